@@ -1,0 +1,1 @@
+"""Projects, credentials, the property schema and identity keys."""

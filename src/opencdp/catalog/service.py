@@ -1,0 +1,340 @@
+"""The catalog: projects, their credentials and property schema, kept in the metadata DB.
+
+Reads come from an in-memory snapshot (the hot path looks up a project per request); every change
+is written to the DB first and then swaps the snapshot, under one lock.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from opencdp.catalog import secrets
+from opencdp.catalog.model import Project, Property, Schema
+from opencdp.catalog.types import TABLES, PropertyType, zone
+from opencdp.errors import CdpError, Code, invalid, not_found
+from opencdp.meta import tables as t
+
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+DEFAULT_IDENTITY_KEYS = ("mobile", "email")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Secrets as issued: shown once, then only their hashes remain."""
+
+    client_id: str
+    client_secret: str
+    api_token: str
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def check_name(name: object, field: str, max_length: int = 128) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise invalid(field, "must be a non-empty string")
+    if len(name) > max_length:
+        raise invalid(field, f"longer than {max_length} characters")
+    if _CONTROL.search(name):
+        raise invalid(field, "contains control characters")
+    return name
+
+
+class Catalog:
+    def __init__(self, engine: sa.Engine, server_key: bytes) -> None:
+        self._engine = engine
+        self._server_key = server_key
+        self._lock = threading.RLock()
+        self._projects: dict[int, Project] = {}
+        self._by_token: dict[str, int] = {}
+        self._by_client: dict[str, tuple[int, str]] = {}
+        self._schemas: dict[int, Schema] = {}
+        self.reload()
+
+    # ---- loading -------------------------------------------------------------------------
+    def reload(self) -> None:
+        with self._engine.connect() as conn:
+            projects = {
+                r.id: Project(r.id, r.key, r.name, r.timezone, bool(r.strict_schema), r.created_at)
+                for r in conn.execute(sa.select(t.projects))
+            }
+            creds = conn.execute(
+                sa.select(t.credentials).where(t.credentials.c.revoked_at.is_(None))
+            ).all()
+            props: dict[int, list[Property]] = {pid: [] for pid in projects}
+            for r in conn.execute(sa.select(t.properties).order_by(t.properties.c.id)):
+                props[r.project_id].append(
+                    Property(r.id, r.table_name, r.name, PropertyType(r.type), bool(r.is_identity))
+                )
+        with self._lock:
+            self._projects = projects
+            self._by_token = {c.api_token_hash: c.project_id for c in creds}
+            self._by_client = {c.client_id: (c.project_id, c.client_secret_hash) for c in creds}
+            self._schemas = {pid: _schema(pid, ps) for pid, ps in props.items()}
+
+    # ---- projects ------------------------------------------------------------------------
+    def create_project(
+        self, name: str, timezone: str = DEFAULT_TIMEZONE, strict_schema: bool = False
+    ) -> tuple[Project, Credentials]:
+        name = check_name(name, "name").strip()
+        try:
+            zone(timezone)
+        except ValueError as exc:
+            raise invalid("timezone", str(exc)) from None
+        now = _now()
+        with self._lock, self._engine.begin() as conn:
+            if conn.execute(sa.select(t.projects.c.id).where(t.projects.c.name == name)).first():
+                raise CdpError(Code.CONFLICT, f"a project named {name!r} already exists", "name")
+            pid = conn.execute(
+                sa.insert(t.projects).values(
+                    key=secrets.new_id(8),
+                    name=name,
+                    timezone=timezone,
+                    strict_schema=strict_schema,
+                    created_at=now,
+                )
+            ).inserted_primary_key[0]  # type: ignore[index]
+            for key in DEFAULT_IDENTITY_KEYS:
+                conn.execute(
+                    sa.insert(t.properties).values(
+                        project_id=pid,
+                        table_name="user",
+                        name=key,
+                        type=PropertyType.STRING.value,
+                        is_identity=True,
+                        created_at=now,
+                    )
+                )
+            creds = self._issue(conn, pid)
+        self.reload()
+        return self.project(pid), creds
+
+    def _issue(self, conn: sa.Connection, project_id: int) -> Credentials:
+        """Revoke a project's credentials and issue new ones."""
+        now = _now()
+        generation = (
+            conn.execute(
+                sa.select(sa.func.max(t.credentials.c.secret_generation)).where(
+                    t.credentials.c.project_id == project_id
+                )
+            ).scalar()
+            or 0
+        ) + 1
+        conn.execute(
+            sa.update(t.credentials)
+            .where(t.credentials.c.project_id == project_id, t.credentials.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        client_id = "ci_" + secrets.new_id(12)
+        client_secret = secrets.derive_client_secret(self._server_key, client_id, generation)
+        api_token = secrets.new_token("tok")
+        conn.execute(
+            sa.insert(t.credentials).values(
+                project_id=project_id,
+                client_id=client_id,
+                api_token_hash=secrets.digest(api_token),
+                secret_generation=generation,
+                client_secret_hash=secrets.digest(client_secret),
+                created_at=now,
+            )
+        )
+        return Credentials(client_id, client_secret, api_token)
+
+    def rotate_credentials(self, project_id: int) -> Credentials:
+        with self._lock, self._engine.begin() as conn:
+            creds = self._issue(conn, self.project(project_id).id)
+        self.reload()
+        return creds
+
+    def credentials_info(self, project_id: int) -> dict[str, object]:
+        """What can be shown of a project's live credentials (never the secrets)."""
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.credentials).where(
+                    t.credentials.c.project_id == self.project(project_id).id,
+                    t.credentials.c.revoked_at.is_(None),
+                )
+            ).first()
+        if row is None:
+            raise not_found("credentials of project", project_id)
+        return {
+            "client_id": row.client_id,
+            "created_at": row.created_at.isoformat() + "Z",
+            "api_token": "(hashed; rotate to issue a new one)",
+            "client_secret": "(hashed; rotate to issue a new one)",
+        }
+
+    def set_strict(self, project_id: int, strict: bool) -> Project:
+        with self._lock, self._engine.begin() as conn:
+            conn.execute(
+                sa.update(t.projects)
+                .where(t.projects.c.id == self.project(project_id).id)
+                .values(strict_schema=strict)
+            )
+        self.reload()
+        return self.project(project_id)
+
+    def projects(self) -> list[Project]:
+        return sorted(self._projects.values(), key=lambda p: p.id)
+
+    def project(self, project_id: int) -> Project:
+        try:
+            return self._projects[project_id]
+        except KeyError:
+            raise not_found("project", project_id) from None
+
+    def resolve(self, ref: str | int) -> Project:
+        """A project by id, key or name, in that order.
+
+        >>> # catalog.resolve("default") is the project named "default"
+        """
+        text = str(ref).strip()
+        if text.isdigit() and int(text) in self._projects:
+            return self._projects[int(text)]
+        for p in self._projects.values():
+            if p.key == text:
+                return p
+        for p in self._projects.values():
+            if p.name == text:
+                return p
+        raise not_found("project", text)
+
+    def authenticate_token(self, token: str) -> Project | None:
+        """The project an api token belongs to, or None.
+
+        The token is hashed and the hash looked up; equality of two SHA-256 digests of a
+        256-bit secret leaks nothing an attacker can use, and the final check is constant-time.
+        """
+        hashed = secrets.digest(token)
+        pid = self._by_token.get(hashed)
+        if pid is None:
+            return None
+        return self._projects.get(pid)
+
+    def authenticate_client(self, client_id: str, client_secret: str) -> Project | None:
+        entry = self._by_client.get(client_id)
+        if entry is None:
+            secrets.matches(client_secret, "0" * 64)  # same work either way
+            return None
+        pid, hashed = entry
+        return self._projects.get(pid) if secrets.matches(client_secret, hashed) else None
+
+    # ---- schema --------------------------------------------------------------------------
+    def schema(self, project_id: int) -> Schema:
+        try:
+            return self._schemas[project_id]
+        except KeyError:
+            raise not_found("project", project_id) from None
+
+    def add_property(
+        self, project_id: int, table: str, name: str, ptype: str, is_identity: bool = False
+    ) -> tuple[Property, bool]:
+        """Add a property; returns it and whether it was new. Re-adding with the same type is
+        a no-op; with another type it is a conflict (types never change under stored data)."""
+        if table not in TABLES:
+            raise invalid("table", f"must be one of {', '.join(TABLES)}")
+        try:
+            typ = PropertyType(ptype)
+        except ValueError:
+            allowed = ", ".join(x.value for x in PropertyType)
+            raise invalid("type", f"must be one of {allowed}, got {ptype!r}") from None
+        name = check_name(name, "name")
+        existed = name in self.schema(project_id).table(table)
+        prop = self.ensure_properties(project_id, table, {name: typ})[name]
+        if prop.type is not typ:
+            raise CdpError(
+                Code.CONFLICT,
+                f"property {name!r} already exists with type {prop.type.value}",
+                "type",
+            )
+        if is_identity and not prop.is_identity:
+            if table != "user":
+                raise invalid("is_identity", "only user properties can be identity keys")
+            self.set_identity_keys(project_id, [*self.schema(project_id).identity_keys, name])
+            prop = self.schema(project_id).user[name]
+        return prop, not existed
+
+    def ensure_properties(
+        self, project_id: int, table: str, wanted: dict[str, PropertyType]
+    ) -> dict[str, Property]:
+        """The named properties of ``table``, adding those that do not exist yet.
+
+        A property that already exists keeps its type; callers re-check values against it.
+        """
+        current = self.schema(project_id).table(table)
+        missing = {n: ty for n, ty in wanted.items() if n not in current}
+        if missing:
+            with self._lock:
+                current = self.schema(project_id).table(table)
+                missing = {n: ty for n, ty in missing.items() if n not in current}
+                if missing:
+                    self._insert_properties(project_id, table, missing)
+            current = self.schema(project_id).table(table)
+        return {n: current[n] for n in wanted}
+
+    def _insert_properties(
+        self, project_id: int, table: str, missing: dict[str, PropertyType]
+    ) -> None:
+        now = _now()
+        with self._engine.begin() as conn:
+            rows = [
+                {
+                    "project_id": project_id,
+                    "table_name": table,
+                    "name": n,
+                    "type": ty.value,
+                    "is_identity": False,
+                    "created_at": now,
+                }
+                for n, ty in missing.items()
+            ]
+            conn.execute(sa.insert(t.properties), rows)
+            added = conn.execute(
+                sa.select(t.properties).where(
+                    t.properties.c.project_id == project_id,
+                    t.properties.c.table_name == table,
+                    t.properties.c.name.in_(list(missing)),
+                )
+            ).all()
+        old = self.schema(project_id)
+        props = {**old.table(table)}
+        for r in added:
+            props[r.name] = Property(r.id, r.table_name, r.name, PropertyType(r.type), False)
+        user, event = (props, old.event) if table == "user" else (old.user, props)
+        self._schemas[project_id] = Schema(project_id, user, event)
+
+    def set_identity_keys(self, project_id: int, keys: Iterable[str]) -> Schema:
+        """Make exactly ``keys`` the identity keys; unknown ones become string user properties."""
+        names = list(dict.fromkeys(check_name(k, "keys") for k in keys))
+        if not names:
+            raise invalid("keys", "at least one identity key is required")
+        schema = self.schema(project_id)
+        for n in names:
+            existing = schema.user.get(n)
+            if existing is not None and existing.type is not PropertyType.STRING:
+                raise invalid("keys", f"{n!r} is a {existing.type.value} property, not a string")
+        self.ensure_properties(project_id, "user", {n: PropertyType.STRING for n in names})
+        with self._lock, self._engine.begin() as conn:
+            conn.execute(
+                sa.update(t.properties)
+                .where(t.properties.c.project_id == project_id, t.properties.c.table_name == "user")
+                .values(is_identity=t.properties.c.name.in_(names))
+            )
+        self.reload()
+        return self.schema(project_id)
+
+
+def _schema(project_id: int, props: list[Property]) -> Schema:
+    return Schema(
+        project_id,
+        {p.name: p for p in props if p.table == "user"},
+        {p.name: p for p in props if p.table == "event"},
+    )

@@ -1,0 +1,201 @@
+"""Property types: inference from JSON values and coercion of incoming values (pure functions).
+
+Values are coerced to the form the log and the store keep: strings, floats, bools, lists of
+strings, and datetimes as integer microseconds since the epoch (UTC).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from opencdp.config import Limits
+from opencdp.errors import invalid
+
+
+class PropertyType(StrEnum):
+    STRING = "string"
+    NUMBER = "number"
+    BOOL = "bool"
+    DATETIME = "datetime"
+    LIST = "list"
+
+
+TABLES = ("user", "event")
+
+# YYYY-M-D[ H:M[:S[.ffffff]]][Z|±HH[:]MM]; browser code sends fields unpadded.
+_DATETIME = re.compile(
+    r"\s*(\d{4})-(\d{1,2})-(\d{1,2})"
+    r"(?:[ T](\d{1,2}):(\d{1,2})(?::(\d{1,2})(?:\.(\d{1,9}))?)?)?"
+    r"\s*(Z|[+-]\d{2}:?\d{2})?\s*"
+)
+# Strings of this exact shape are inferred as datetimes for properties seen for the first time.
+_INFER_DATETIME = re.compile(r"\d{4}-\d{1,2}-\d{1,2}[ T]\d{1,2}:\d{1,2}:\d{1,2}(\.\d{1,9})?")
+_NUMBER = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+
+
+@lru_cache(maxsize=256)
+def zone(name: str) -> tzinfo:
+    """The tzinfo of an IANA zone name; raises ValueError for an unknown one.
+
+    >>> zone("Asia/Shanghai").utcoffset(None) is None
+    True
+    """
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown timezone {name!r}") from exc
+
+
+def infer_type(value: Any) -> PropertyType | None:
+    """The type of a property first seen with ``value``; None when the value says nothing.
+
+    >>> infer_type(3), infer_type("2024-1-2 03:04:05"), infer_type("abc"), infer_type(None)
+    (<PropertyType.NUMBER: 'number'>, <PropertyType.DATETIME: 'datetime'>, \
+<PropertyType.STRING: 'string'>, None)
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return PropertyType.BOOL
+    if isinstance(value, int | float):
+        return PropertyType.NUMBER
+    if isinstance(value, list):
+        return PropertyType.LIST
+    if isinstance(value, str):
+        if _INFER_DATETIME.fullmatch(value):
+            return PropertyType.DATETIME
+        return PropertyType.STRING
+    return None  # objects: coerce() rejects them with a message naming the property
+
+
+def parse_datetime(text: str, tz: tzinfo) -> int:
+    """Microseconds since the epoch (UTC) of ``text``, read in ``tz`` unless it carries an offset.
+
+    >>> parse_datetime("1970-1-1 8:0:0", zone("Asia/Shanghai"))
+    0
+    >>> parse_datetime("1970-01-01T00:00:01.5Z", zone("Asia/Shanghai"))
+    1500000
+    """
+    m = _DATETIME.fullmatch(text)
+    if not m:
+        raise ValueError("expected a datetime like 'YYYY-MM-DD HH:MM:SS'")
+    y, mo, d, h, mi, s, frac, off = m.groups()
+    micro = int((frac or "0")[:6].ljust(6, "0"))
+    zone_info: tzinfo = tz
+    if off:
+        if off == "Z":
+            zone_info = UTC
+        else:
+            sign = -1 if off[0] == "-" else 1
+            digits = off[1:].replace(":", "")
+            zone_info = timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
+    try:
+        dt = datetime(
+            int(y), int(mo), int(d), int(h or 0), int(mi or 0), int(s or 0), micro, zone_info
+        )
+        delta = dt - _EPOCH
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"not a valid date or time ({exc})") from None
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+_MIN_US = parse_datetime("0001-01-02 00:00:00Z", UTC)
+_MAX_US = parse_datetime("9999-12-30 00:00:00Z", UTC)
+
+
+def epoch_to_us(value: float) -> int:
+    """Epoch seconds, or milliseconds when the number is too large to be seconds."""
+    us = value * 1_000 if abs(value) >= 100_000_000_000 else value * 1_000_000
+    if not math.isfinite(us) or not _MIN_US <= us <= _MAX_US:
+        raise ValueError("timestamp out of range")
+    return int(us)
+
+
+def coerce(ptype: PropertyType, value: Any, name: str, limits: Limits, tz: tzinfo) -> Any:
+    """``value`` in the stored form of ``ptype``, or a validation error naming the property."""
+    if isinstance(value, dict):
+        raise invalid(name, "nested objects are not supported; expected a " + ptype.value)
+    if ptype is PropertyType.STRING:
+        if isinstance(value, str):
+            return _check_string(value, name, limits)
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int | float):
+            return _number_text(value)
+        raise invalid(name, "expected a string, got a list")
+    if ptype is PropertyType.NUMBER:
+        if isinstance(value, bool):
+            raise invalid(name, "expected a number, got a boolean")
+        if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+            number = float(value)
+        else:
+            raise invalid(name, f"expected a number, got {_show(value)}")
+        if not math.isfinite(number):
+            raise invalid(name, "expected a finite number")
+        return number
+    if ptype is PropertyType.BOOL:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+        raise invalid(name, f"expected a boolean, got {_show(value)}")
+    if ptype is PropertyType.DATETIME:
+        try:
+            if isinstance(value, str):
+                us = parse_datetime(value, tz)
+                if not _MIN_US <= us <= _MAX_US:
+                    raise ValueError("datetime out of range")
+                return us
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return epoch_to_us(value)
+        except ValueError as exc:
+            raise invalid(name, f"{exc}, got {_show(value)}") from None
+        raise invalid(name, f"expected a datetime, got {_show(value)}")
+    # LIST
+    if not isinstance(value, list):
+        raise invalid(name, f"expected a list, got {_show(value)}")
+    if len(value) > limits.max_list_items:
+        raise invalid(name, f"a list holds at most {limits.max_list_items} items")
+    items = []
+    for item in value:
+        if isinstance(item, dict | list):
+            raise invalid(name, "list items must be strings, numbers or booleans")
+        if item is None:
+            continue
+        items.append(coerce(PropertyType.STRING, item, name, limits, tz))
+    return items
+
+
+def _check_string(value: str, name: str, limits: Limits) -> str:
+    # len() counts characters; a UTF-8 character is at most 4 bytes, so encode only when needed.
+    if len(value) * 4 > limits.max_string_bytes and (
+        len(value.encode("utf-8", "surrogatepass")) > limits.max_string_bytes
+    ):
+        raise invalid(name, f"string longer than {limits.max_string_bytes} bytes")
+    return value
+
+
+def _number_text(value: float) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return str(value)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

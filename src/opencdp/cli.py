@@ -1,0 +1,294 @@
+"""The ``opencdp`` command: ``serve``, and thin clients of the admin API.
+
+Admin commands find the server by ``--url`` (or ``OPENCDP_URL``) and the admin token by
+``OPENCDP_ADMIN_TOKEN`` or the data dir. With ``--json`` they print JSON; on an error they print
+``{"error": {...}}`` and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import httpx
+import orjson
+
+from opencdp import __version__
+from opencdp.config import from_env
+
+DEFAULT_URL = "http://127.0.0.1:8600"
+
+
+# ---- serve -------------------------------------------------------------------------------
+@click.group()
+@click.version_option(__version__, prog_name="opencdp")
+def main() -> None:
+    """OpenCDP: a self-hosted customer data platform."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on [127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port to listen on [8600].")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="[./data]")
+@click.option("--flush-interval", type=float, default=None, help="Seconds between store flushes.")
+@click.option("--log-level", default="info", show_default=True)
+def serve(
+    host: str | None,
+    port: int | None,
+    data_dir: Path | None,
+    flush_interval: float | None,
+    log_level: str,
+) -> None:
+    """Start the server (DuckDB + SQLite in the data dir unless configured otherwise)."""
+    import uvicorn
+
+    from opencdp.app import create_app
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    settings = from_env().with_overrides(
+        host=host, port=port, data_dir=data_dir, flush_interval=flush_interval
+    )
+    app = create_app(settings)
+    click.echo(
+        f"OpenCDP {__version__} on http://{settings.host}:{settings.port} "
+        f"(data in {settings.data_dir.resolve()})"
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        loop="auto",
+        http="auto",
+        timeout_graceful_shutdown=10,
+    )
+
+
+# ---- admin client ------------------------------------------------------------------------
+class Client:
+    def __init__(self, url: str | None, data_dir: Path | None) -> None:
+        self.url = (url or os.environ.get("OPENCDP_URL") or DEFAULT_URL).rstrip("/")
+        token = os.environ.get("OPENCDP_ADMIN_TOKEN")
+        if not token:
+            settings = from_env().with_overrides(data_dir=data_dir)
+            try:
+                token = settings.admin_token_path.read_text().strip()
+            except OSError:
+                fail(
+                    "missing_credential",
+                    f"no admin token: set OPENCDP_ADMIN_TOKEN or point --data-dir at the "
+                    f"server's data dir (looked in {settings.admin_token_path})",
+                )
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            resp = httpx.request(
+                method, self.url + "/admin/v1" + path, headers=self.headers, timeout=60, **kwargs
+            )
+        except httpx.HTTPError as exc:
+            fail("unavailable", f"cannot reach the server at {self.url}: {exc}")
+        try:
+            data = resp.json()
+        except ValueError:
+            fail("internal", f"HTTP {resp.status_code} from the server: {resp.text[:200]}")
+        if resp.status_code >= 400:
+            err = data.get("error", {}) if isinstance(data, dict) else {}
+            fail(err.get("code", "error"), err.get("message", resp.text), err.get("field"))
+        return data
+
+
+def fail(code: str, message: str, field: str | None = None) -> NoReturn:
+    body = {"error": {"code": code, "message": message, "field": field}}
+    click.echo(orjson.dumps(body).decode(), err=True)
+    sys.exit(2 if code == "not_found" else 1)
+
+
+def emit(data: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    elif isinstance(data, list):
+        for item in data:
+            _print_mapping(item)
+            click.echo()
+    else:
+        _print_mapping(data)
+
+
+def _print_mapping(data: Any, indent: int = 0) -> None:
+    pad = " " * indent
+    if not isinstance(data, dict):
+        click.echo(f"{pad}{data}")
+        return
+    for key, value in data.items():
+        if isinstance(value, dict | list) and value:
+            click.echo(f"{pad}{key}:")
+            if isinstance(value, dict):
+                _print_mapping(value, indent + 2)
+            else:
+                for item in value:
+                    text = orjson.dumps(item).decode() if isinstance(item, dict) else item
+                    click.echo(f"{pad}  - {text}")
+        else:
+            click.echo(f"{pad}{key}: {value}")
+
+
+def client_options(f: Any) -> Any:
+    f = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
+    f = click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Where to find the admin token [./data].",
+    )(f)
+    f = click.option("--url", default=None, help=f"Server URL [{DEFAULT_URL}].")(f)
+    return f
+
+
+@main.group()
+def project() -> None:
+    """Projects and their credentials."""
+
+
+@project.command("create")
+@click.argument("name")
+@click.option("--timezone", default="Asia/Shanghai", show_default=True)
+@click.option("--strict", is_flag=True, help="Reject properties not in the schema.")
+@client_options
+def project_create(
+    name: str, timezone: str, strict: bool, url: str | None, data_dir: Path | None, as_json: bool
+) -> None:
+    """Create a project; prints its credentials (shown only once)."""
+    data = Client(url, data_dir).call(
+        "POST", "/projects", json={"name": name, "timezone": timezone, "strict_schema": strict}
+    )
+    keys = ("project_id", "key", "name", "timezone", "client_id", "client_secret", "api_token")
+    emit({k: data[k] for k in keys}, as_json)
+
+
+@project.command("list")
+@client_options
+def project_list(url: str | None, data_dir: Path | None, as_json: bool) -> None:
+    """List projects."""
+    emit(Client(url, data_dir).call("GET", "/projects"), as_json)
+
+
+@project.command("stats")
+@click.option("--project", "ref", required=True, help="Project name, key or id.")
+@client_options
+def project_stats(ref: str, url: str | None, data_dir: Path | None, as_json: bool) -> None:
+    """Counts of profiles and events, and records waiting to be flushed."""
+    emit(Client(url, data_dir).call("GET", f"/projects/{_q(ref)}/stats"), as_json)
+
+
+@project.command("rotate")
+@click.option("--project", "ref", required=True, help="Project name, key or id.")
+@client_options
+def project_rotate(ref: str, url: str | None, data_dir: Path | None, as_json: bool) -> None:
+    """Revoke a project's credentials and issue new ones."""
+    emit(Client(url, data_dir).call("POST", f"/projects/{_q(ref)}/credentials/rotate"), as_json)
+
+
+@main.group()
+def property() -> None:
+    """Properties of a project's user and event tables."""
+
+
+@property.command("add")
+@click.option("--project", "ref", required=True)
+@click.option("--table", type=click.Choice(["user", "event"]), required=True)
+@click.option("--identity", is_flag=True, help="Make this user property an identity key.")
+@click.argument("name")
+@click.argument("type", type=click.Choice(["string", "number", "bool", "datetime", "list"]))
+@client_options
+def property_add(
+    ref: str,
+    table: str,
+    identity: bool,
+    name: str,
+    type: str,
+    url: str | None,
+    data_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Add a property NAME of TYPE."""
+    body = {"table": table, "name": name, "type": type, "is_identity": identity}
+    emit(Client(url, data_dir).call("POST", f"/projects/{_q(ref)}/properties", json=body), as_json)
+
+
+@property.command("list")
+@click.option("--project", "ref", required=True)
+@click.option("--table", type=click.Choice(["user", "event"]), default=None)
+@client_options
+def property_list(
+    ref: str, table: str | None, url: str | None, data_dir: Path | None, as_json: bool
+) -> None:
+    """List properties."""
+    params = {"table": table} if table else {}
+    emit(
+        Client(url, data_dir).call("GET", f"/projects/{_q(ref)}/properties", params=params), as_json
+    )
+
+
+@main.group("identity-keys")
+def identity_keys() -> None:
+    """The user properties that identify a person."""
+
+
+@identity_keys.command("set")
+@click.option("--project", "ref", required=True)
+@click.argument("keys", nargs=-1, required=True)
+@client_options
+def identity_keys_set(
+    ref: str, keys: tuple[str, ...], url: str | None, data_dir: Path | None, as_json: bool
+) -> None:
+    """Make KEYS the project's identity keys."""
+    emit(
+        Client(url, data_dir).call(
+            "PUT", f"/projects/{_q(ref)}/identity-keys", json={"keys": list(keys)}
+        ),
+        as_json,
+    )
+
+
+@main.group()
+def profile() -> None:
+    """Customer profiles."""
+
+
+@profile.command("show")
+@click.option("--project", "ref", required=True)
+@click.option("--key", default=None, help="Identity key, e.g. mobile.")
+@click.option("--value", default=None, help="Its value.")
+@click.option("--user-id", type=int, default=None)
+@client_options
+def profile_show(
+    ref: str,
+    key: str | None,
+    value: str | None,
+    user_id: int | None,
+    url: str | None,
+    data_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Show a profile: its properties, identities, event count and latest events."""
+    if user_id is None and (key is None or value is None):
+        fail("validation_failed", "give --key and --value, or --user-id", "key")
+    params: dict[str, Any] = (
+        {"user_id": user_id} if user_id is not None else {"key": key, "value": value}
+    )
+    emit(Client(url, data_dir).call("GET", f"/projects/{_q(ref)}/profiles", params=params), as_json)
+
+
+def _q(ref: str) -> str:
+    from urllib.parse import quote
+
+    return quote(ref, safe="")

@@ -1,0 +1,99 @@
+"""Settings: defaults, overridden by ``OPENCDP_*`` environment variables, then by CLI flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one request may carry; anything over them is rejected, never truncated."""
+
+    max_body_bytes: int = 1 << 20
+    max_properties: int = 1000
+    max_string_bytes: int = 64 * 1024
+    max_list_items: int = 1000
+    max_name_length: int = 128
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 8600
+    meta_url: str = ""  # default: sqlite in the data dir
+    store_url: str = ""  # default: duckdb in the data dir
+    flush_interval: float = 0.2  # seconds between flushes of the ingest log into the store
+    flush_max_records: int = 20_000  # a flush starts early once this many records wait
+    log_segment_bytes: int = 64 << 20
+    admin_token: str | None = None
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def meta_url_resolved(self) -> str:
+        return self.meta_url or f"sqlite:///{(self.data_dir / 'meta.db').resolve()}"
+
+    @property
+    def store_url_resolved(self) -> str:
+        return self.store_url or f"duckdb:///{(self.data_dir / 'store.duckdb').resolve()}"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "log"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_dir / "admin_token"
+
+    @property
+    def secret_key_path(self) -> Path:
+        return self.data_dir / "secret.key"
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        known = {f.name for f in fields(self)} | {f.name for f in fields(Limits)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"unknown settings: {sorted(unknown)}")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        limit_names = {f.name for f in fields(Limits)}
+        limits = replace(self.limits, **{k: v for k, v in given.items() if k in limit_names})
+        top = {k: v for k, v in given.items() if k not in limit_names}
+        if "data_dir" in top:
+            top["data_dir"] = Path(top["data_dir"])
+        return replace(self, limits=limits, **top)
+
+
+_ENV_TYPES: dict[str, type] = {
+    "data_dir": Path,
+    "host": str,
+    "port": int,
+    "meta_url": str,
+    "store_url": str,
+    "flush_interval": float,
+    "flush_max_records": int,
+    "log_segment_bytes": int,
+    "admin_token": str,
+    "max_body_bytes": int,
+    "max_properties": int,
+    "max_string_bytes": int,
+    "max_list_items": int,
+    "max_name_length": int,
+}
+
+
+def from_env(environ: dict[str, str] | None = None) -> Settings:
+    """Settings from ``OPENCDP_<NAME>`` variables, e.g. ``OPENCDP_PORT=9000``.
+
+    >>> from_env({"OPENCDP_PORT": "9000", "OPENCDP_MAX_BODY_BYTES": "10"}).limits.max_body_bytes
+    10
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name, typ in _ENV_TYPES.items():
+        raw = env.get(f"OPENCDP_{name.upper()}")
+        if raw is not None and raw != "":
+            values[name] = typ(raw)
+    return Settings().with_overrides(**values)

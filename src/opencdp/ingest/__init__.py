@@ -1,0 +1,1 @@
+"""Single-record ingest: validate -> durable log (group commit) -> batch flush into the store."""

@@ -1,0 +1,230 @@
+"""Validation of single records into the form the log keeps (pure, apart from the injected
+``ensure`` that registers properties seen for the first time).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from opencdp.catalog.model import Project, Property, Schema
+from opencdp.catalog.types import PropertyType, coerce, infer_type
+from opencdp.config import Limits
+from opencdp.errors import CdpError, Code, invalid
+from opencdp.identity import normalize
+
+EVENT = "event"
+USER = "user"
+USER_DELETE = "user_delete"
+KINDS = (EVENT, USER, USER_DELETE)
+
+Ensure = Callable[[str, dict[str, PropertyType]], dict[str, Property]]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_EVENT_ID = 256
+
+
+@dataclass(slots=True)
+class Record:
+    """A validated record: what the durable log keeps and the flusher applies."""
+
+    kind: str
+    project_id: int
+    tokens: list[tuple[int, str]]  # (identity key property id, normalized value)
+    user_values: dict[int, Any] = field(default_factory=dict)  # property id -> stored value
+    event_values: dict[int, Any] = field(default_factory=dict)
+    event_name: str = ""
+    event_id: str = ""
+    event_time: int = 0  # epoch µs, UTC
+    received_at: int = 0  # epoch µs, UTC
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            [
+                self.kind,
+                self.project_id,
+                self.tokens,
+                self.user_values,
+                self.event_values,
+                self.event_name,
+                self.event_id,
+                self.event_time,
+                self.received_at,
+            ],
+            option=orjson.OPT_NON_STR_KEYS,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Record:
+        kind, pid, tokens, uv, ev, name, eid, etime, recv = orjson.loads(data)
+        return cls(
+            kind,
+            pid,
+            [(int(k), v) for k, v in tokens],
+            {int(k): v for k, v in uv.items()},
+            {int(k): v for k, v in ev.items()},
+            name,
+            eid,
+            etime,
+            recv,
+        )
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """The JSON object in ``body``; malformed JSON or UTF-8, or a non-object, is invalid_json."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise CdpError(Code.INVALID_JSON, f"body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise CdpError(Code.INVALID_JSON, "body must be a JSON object")
+    return doc
+
+
+def build_record(
+    doc: Mapping[str, Any],
+    project: Project,
+    schema: Schema,
+    limits: Limits,
+    received_at: int,
+    ensure: Ensure,
+) -> Record:
+    """Validate one import request body (already parsed) into a :class:`Record`."""
+    kind = doc.get("type")
+    if kind not in KINDS:
+        raise CdpError(
+            Code.INVALID_TYPE, f"type: must be one of {', '.join(KINDS)}, got {kind!r}", "type"
+        )
+    props = _properties(doc.get("properties"))
+    if len(props) > limits.max_properties:
+        raise CdpError(
+            Code.LIMIT_EXCEEDED,
+            f"properties: {len(props)} properties, at most {limits.max_properties} are allowed",
+            "properties",
+        )
+    tz = project.tz
+    keys = schema.identity_keys
+    tokens, key_values = _identities(props, keys, limits, tz)
+    record = Record(kind, project.id, tokens, received_at=received_at)
+    if kind == USER_DELETE:
+        return record
+
+    record.user_values.update(key_values)
+    if kind == EVENT:
+        record.event_name = _event_name(doc.get("event"), limits)
+        record.event_id = _event_id(_pick(props, doc, "event_id"))
+        created = _pick(props, doc, "create_time")
+        if created is None:
+            raise invalid("create_time", "required for events")
+        record.event_time = coerce(PropertyType.DATETIME, created, "create_time", limits, tz)
+        skip = {"event_id", "create_time", *keys}
+        target, tbl = record.event_values, "event"
+    else:
+        skip = set(keys)
+        target, tbl = record.user_values, "user"
+
+    known = schema.table(tbl)
+    unknown: dict[str, PropertyType] = {}
+    for name, value in props.items():
+        if value is None or name in skip:
+            continue
+        prop = known.get(name)
+        if prop is not None:
+            target[prop.id] = coerce(prop.type, value, name, limits, tz)
+            continue
+        _check_new_name(name, limits)
+        if project.strict_schema:
+            raise invalid(name, f"unknown {tbl} property (the project's schema is strict)")
+        inferred = infer_type(value)
+        if inferred is None:
+            raise invalid(name, "nested objects are not supported")
+        coerce(inferred, value, name, limits, tz)  # reject before anything is registered
+        unknown[name] = inferred
+    if unknown:
+        # Registered with the inferred type unless another request registered it first.
+        for name, prop in ensure(tbl, unknown).items():
+            target[prop.id] = coerce(prop.type, props[name], name, limits, tz)
+    return record
+
+
+def _properties(value: Any) -> dict[str, Any]:
+    if isinstance(value, str) and value.strip().startswith("{"):
+        # The vendor documents `properties` as a string: accept a JSON object encoded in one.
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise invalid("properties", "is a string that does not hold a JSON object") from None
+    if value is None or value == {} or value == "" or value == []:
+        raise CdpError(Code.EMPTY_PROPERTIES, "properties: is missing or empty", "properties")
+    if not isinstance(value, dict):
+        raise invalid("properties", "must be a JSON object")
+    return value
+
+
+def _identities(
+    props: Mapping[str, Any], keys: Mapping[str, Property], limits: Limits, tz: Any
+) -> tuple[list[tuple[int, str]], dict[int, Any]]:
+    present = [name for name in keys if name in props]
+    if not present:
+        raise CdpError(
+            Code.MISSING_IDENTITY,
+            f"properties: no identity key is present (identity keys: {', '.join(keys)})",
+            "properties",
+        )
+    tokens: list[tuple[int, str]] = []
+    values: dict[int, Any] = {}
+    for name in present:
+        raw = props[name]
+        if isinstance(raw, dict | list):
+            raise invalid(name, "an identity key must be a string or a number")
+        prop = keys[name]
+        token = normalize(name, raw)
+        if token is not None:
+            tokens.append((prop.id, coerce(PropertyType.STRING, token, name, limits, tz)))
+            values[prop.id] = str(raw).strip() if isinstance(raw, str) else token
+    if not tokens:
+        raise CdpError(
+            Code.EMPTY_IDENTITY,
+            f"properties: identity keys {', '.join(present)} are present but all empty",
+            "properties",
+        )
+    return tokens, values
+
+
+def _pick(props: Mapping[str, Any], doc: Mapping[str, Any], name: str) -> Any:
+    value = props.get(name)
+    return doc.get(name) if value is None else value
+
+
+def _event_name(value: Any, limits: Limits) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise invalid("event", "required for events: the event name as a non-empty string")
+    if len(value) > limits.max_name_length or _CONTROL.search(value):
+        raise invalid("event", f"at most {limits.max_name_length} printable characters")
+    return value
+
+
+def _event_id(value: Any) -> str:
+    if value is None:
+        raise invalid("event_id", "required for events")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise invalid("event_id", "must be a string or an integer")
+    text = str(value).strip()
+    if not text:
+        raise invalid("event_id", "must not be empty")
+    if len(text) > _MAX_EVENT_ID:
+        raise invalid("event_id", f"longer than {_MAX_EVENT_ID} characters")
+    return text
+
+
+def _check_new_name(name: str, limits: Limits) -> None:
+    if not name.strip():
+        raise invalid("properties", "a property name is empty")
+    if len(name) > limits.max_name_length:
+        raise invalid(name[:40] + "...", f"property name longer than {limits.max_name_length}")
+    if _CONTROL.search(name):
+        raise invalid(repr(name), "property name contains control characters")

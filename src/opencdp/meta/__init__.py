@@ -1,0 +1,1 @@
+"""The metadata database: projects, credentials, the property catalog (later: jobs, segments)."""

@@ -1,0 +1,55 @@
+"""Forward-only schema migrations of the metadata DB.
+
+The DB records the version it is at; :func:`upgrade` applies every later step in order, each in
+its own transaction. A step is never edited once released: a change is a new step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from opencdp.meta import tables
+
+Step = Callable[[sa.Connection], None]
+
+
+def _v1_initial(conn: sa.Connection) -> None:
+    for table in (tables.projects, tables.credentials, tables.properties):
+        table.create(conn)
+
+
+MIGRATIONS: list[tuple[int, Step]] = [
+    (1, _v1_initial),
+]
+
+LATEST = MIGRATIONS[-1][0]
+
+
+def current_version(conn: sa.Connection) -> int:
+    if not sa.inspect(conn).has_table("schema_version"):
+        return 0
+    value = conn.execute(sa.select(sa.func.max(tables.schema_version.c.version))).scalar()
+    return int(value or 0)
+
+
+def upgrade(engine: sa.Engine) -> int:
+    """Bring the DB to the latest version; returns the version it is at afterwards."""
+    with engine.begin() as conn:
+        tables.schema_version.create(conn, checkfirst=True)
+    version = 0
+    for target, step in MIGRATIONS:
+        with engine.begin() as conn:
+            version = current_version(conn)
+            if version >= target:
+                continue
+            step(conn)
+            conn.execute(sa.delete(tables.schema_version))
+            conn.execute(sa.insert(tables.schema_version).values(version=target))
+            version = target
+    if version > LATEST:
+        raise RuntimeError(
+            f"metadata DB is at schema version {version}, newer than this OpenCDP ({LATEST})"
+        )
+    return version

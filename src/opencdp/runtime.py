@@ -1,0 +1,86 @@
+"""The running server's parts, wired together once: settings, metadata, catalog, store, ingest."""
+
+from __future__ import annotations
+
+import logging
+import secrets as pysecrets
+import sys
+from dataclasses import dataclass, field
+
+from opencdp.catalog.secrets import read_or_create_private
+from opencdp.catalog.service import Catalog
+from opencdp.config import Settings
+from opencdp.ingest.apply import Applied
+from opencdp.ingest.service import IngestService
+from opencdp.meta.db import connect
+from opencdp.metrics import Metrics
+from opencdp.store import open_store
+from opencdp.store.base import Store
+
+log = logging.getLogger("opencdp")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    catalog: Catalog
+    store: Store
+    ingest: IngestService
+    admin_token: str
+    metrics: Metrics = field(default_factory=Metrics)
+    started: bool = False
+
+    @classmethod
+    def open(cls, settings: Settings) -> Runtime:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = connect(settings.meta_url_resolved)
+        server_key = read_or_create_private(settings.secret_key_path, pysecrets.token_bytes(32))
+        catalog = Catalog(engine, server_key)
+        store = open_store(settings.store_url_resolved)
+        metrics = Metrics()
+
+        def on_batch(stats: Applied, seconds: float) -> None:
+            metrics.flushed_records.inc(stats.records)
+            metrics.flush_seconds.observe(seconds)
+            metrics.merges.inc(stats.merges)
+
+        ingest = IngestService(settings, catalog, store, on_batch)
+        metrics.backlog.set_function(lambda: ingest.pending)
+        metrics.dead_letters.set_function(lambda: ingest.flusher.failures)
+        return cls(settings, catalog, store, ingest, _admin_token(settings), metrics)
+
+    def start(self, announce: bool = True) -> None:
+        self.ingest.start()
+        if not self.catalog.projects():
+            project, creds = self.catalog.create_project("default")
+            if announce:
+                _say(
+                    "Created project 'default' (shown once; rotate with "
+                    "`opencdp project rotate --project default`):\n"
+                    f"  project_id    {project.id}\n"
+                    f"  key           {project.key}\n"
+                    f"  api_token     {creds.api_token}   (Dmartech ?secret=, ThinkingData token)\n"
+                    f"  client_id     {creds.client_id}\n"
+                    f"  client_secret {creds.client_secret}\n"
+                    f"Admin token: {self.admin_token}"
+                )
+        elif announce and not self.settings.admin_token:
+            _say(f"Admin token in {self.settings.admin_token_path}")
+        self.started = True
+
+    def stop(self) -> None:
+        if self.started:
+            self.ingest.stop()
+            self.started = False
+        self.store.close()
+
+
+def _admin_token(settings: Settings) -> str:
+    if settings.admin_token:
+        return settings.admin_token
+    token = "adm_" + pysecrets.token_urlsafe(32)
+    return read_or_create_private(settings.admin_token_path, token).decode()
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stdout, flush=True)

@@ -1,0 +1,135 @@
+"""The analytic store interface.
+
+Engine differences are data (:class:`Capabilities`), not ``if engine == ...`` in shared code.
+Writes go through one :class:`StoreWriter` at a time (one transaction); reads may run from any
+thread.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from opencdp.catalog.model import Property
+from opencdp.catalog.types import PropertyType
+
+Token = tuple[int, str]  # (identity key property id, normalized value)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    name: str
+    sqlglot_dialect: str
+    column_types: dict[PropertyType, str]
+    transactional_ddl: bool = True
+
+
+@dataclass
+class ProfileRows:
+    """Profile changes: only the columns a row carries are updated (None leaves a value)."""
+
+    user_ids: list[int] = field(default_factory=list)
+    touched_at: list[int] = field(default_factory=list)  # epoch µs
+    values: list[dict[int, Any]] = field(default_factory=list)  # property id -> value
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+@dataclass
+class EventRows:
+    event_ids: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)  # epoch µs, UTC
+    received: list[int] = field(default_factory=list)
+    user_ids: list[int] = field(default_factory=list)
+    values: list[dict[int, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+
+class StoreWriter(ABC):
+    """One write transaction."""
+
+    @abstractmethod
+    def ensure_project(self, project_id: int) -> None: ...
+
+    @abstractmethod
+    def ensure_columns(self, project_id: int, props: Iterable[Property]) -> None: ...
+
+    @abstractmethod
+    def allocate_user_ids(self, project_id: int, count: int) -> int:
+        """Reserve ``count`` new user ids; returns the first. Ids are never reused."""
+
+    @abstractmethod
+    def lookup_identities(self, project_id: int, tokens: Sequence[Token]) -> dict[Token, int]: ...
+
+    @abstractmethod
+    def insert_identities(
+        self, project_id: int, tokens: Sequence[Token], user_ids: Sequence[int]
+    ) -> None: ...
+
+    @abstractmethod
+    def merge_users(
+        self, project_id: int, merges: dict[int, int], user_props: Sequence[Property]
+    ) -> None:
+        """Move every loser's identities, events and properties to its survivor (loser -> survivor).
+
+        Where both have a property the most recently updated value wins."""
+
+    @abstractmethod
+    def upsert_profiles(
+        self, project_id: int, rows: ProfileRows, props: Sequence[Property]
+    ) -> None: ...
+
+    @abstractmethod
+    def upsert_events(
+        self, project_id: int, rows: EventRows, props: Sequence[Property]
+    ) -> None: ...
+
+    @abstractmethod
+    def delete_users(self, project_id: int, user_ids: Sequence[int]) -> None: ...
+
+    @abstractmethod
+    def set_checkpoint(self, name: str, value: int) -> None: ...
+
+
+class Store(ABC):
+    capabilities: Capabilities
+
+    @abstractmethod
+    def writer(self) -> AbstractContextManager[StoreWriter]:
+        """A write transaction: committed on normal exit, rolled back on an exception."""
+
+    @abstractmethod
+    def checkpoint(self, name: str) -> int: ...
+
+    @abstractmethod
+    def find_user(self, project_id: int, token: Token) -> int | None: ...
+
+    @abstractmethod
+    def profile(
+        self, project_id: int, user_id: int, props: Sequence[Property]
+    ) -> dict[str, Any] | None:
+        """``{"user_id", "created_at", "updated_at", "values": {property id: value}}``."""
+
+    @abstractmethod
+    def identities(self, project_id: int, user_id: int) -> list[Token]: ...
+
+    @abstractmethod
+    def event_count(self, project_id: int, user_id: int) -> int: ...
+
+    @abstractmethod
+    def latest_events(
+        self, project_id: int, user_id: int, limit: int, props: Sequence[Property]
+    ) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def counts(self, project_id: int) -> dict[str, int]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...

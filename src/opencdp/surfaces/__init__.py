@@ -1,0 +1,1 @@
+"""HTTP surfaces: one module per vendor API, translating its protocol to the core."""

@@ -1,0 +1,274 @@
+"""The native admin API under ``/admin/v1/``: projects, credentials, schema, profiles, health."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, ORJSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from opencdp import __version__
+from opencdp.catalog import secrets
+from opencdp.catalog.model import Project, Property, Schema
+from opencdp.catalog.types import PropertyType
+from opencdp.errors import CdpError, Code, invalid
+from opencdp.identity import normalize
+from opencdp.runtime import Runtime
+
+STATUS: dict[Code, int] = {
+    Code.NOT_FOUND: 404,
+    Code.CONFLICT: 409,
+    Code.AUTH_FAILED: 401,
+    Code.MISSING_CREDENTIAL: 401,
+    Code.INTERNAL: 500,
+}
+LATEST_EVENTS = 20
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "field": field}}
+
+
+class NewProject(BaseModel):
+    name: str = Field(min_length=1, max_length=128)
+    timezone: str = "Asia/Shanghai"
+    strict_schema: bool = False
+
+
+class ProjectPatch(BaseModel):
+    strict_schema: bool | None = None
+
+
+class NewProperty(BaseModel):
+    table: Literal["user", "event"]
+    name: str = Field(min_length=1, max_length=128)
+    type: PropertyType
+    is_identity: bool = False
+
+
+class IdentityKeys(BaseModel):
+    keys: list[str] = Field(min_length=1)
+
+
+def project_of(ref: str, request: Request) -> Project:
+    """The project named in the path by its id, key or name."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime.catalog.resolve(ref)
+
+
+P = Annotated[Project, Depends(project_of)]
+
+
+def build(rt: Runtime) -> FastAPI:
+    app = FastAPI(
+        title="OpenCDP admin API",
+        version=__version__,
+        default_response_class=ORJSONResponse,
+        docs_url="/admin/docs",
+        openapi_url="/admin/openapi.json",
+        redoc_url=None,
+    )
+
+    app.state.runtime = rt
+
+    @app.exception_handler(CdpError)
+    async def cdp_error(_: Request, exc: CdpError) -> JSONResponse:
+        return ORJSONResponse(
+            error_body(exc.code.value, exc.message, exc.field),
+            status_code=STATUS.get(exc.code, 400),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        field = ".".join(str(x) for x in first["loc"] if x not in ("body", "query"))
+        return ORJSONResponse(
+            error_body(Code.VALIDATION_FAILED.value, f"{field}: {first['msg']}", field or None),
+            status_code=400,
+        )
+
+    @app.get("/health", include_in_schema=False)
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(_router(rt), prefix="/admin/v1")
+    return app
+
+
+def _router(rt: Runtime) -> APIRouter:
+    async def admin_auth(request: Request) -> None:
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise CdpError(
+                Code.MISSING_CREDENTIAL, "Authorization: expected 'Bearer <admin token>'"
+            )
+        if not secrets.matches(token.strip(), secrets.digest(rt.admin_token)):
+            raise CdpError(Code.AUTH_FAILED, "Authorization: not the admin token")
+
+    r = APIRouter(dependencies=[Depends(admin_auth)])
+
+    @r.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "store": rt.store.capabilities.name,
+            "projects": len(rt.catalog.projects()),
+            "ingest_backlog": rt.ingest.pending,
+            "dead_letters": rt.ingest.flusher.failures,
+        }
+
+    @r.get("/projects")
+    async def list_projects() -> list[dict[str, object]]:
+        return [p.public() for p in rt.catalog.projects()]
+
+    @r.post("/projects", status_code=201)
+    async def create_project(body: NewProject) -> dict[str, object]:
+        project, creds = rt.catalog.create_project(body.name, body.timezone, body.strict_schema)
+        return {**project.public(), **_creds(creds)}
+
+    @r.get("/projects/{ref}")
+    async def get_project(project: P) -> dict[str, object]:
+        return project.public()
+
+    @r.patch("/projects/{ref}")
+    async def patch_project(project: P, body: ProjectPatch) -> dict[str, object]:
+        if body.strict_schema is not None:
+            project = rt.catalog.set_strict(project.id, body.strict_schema)
+        return project.public()
+
+    @r.get("/projects/{ref}/credentials")
+    async def credentials(project: P) -> dict[str, object]:
+        return {
+            "project_id": project.id,
+            "key": project.key,
+            **rt.catalog.credentials_info(project.id),
+        }
+
+    @r.post("/projects/{ref}/credentials/rotate")
+    async def rotate(project: P) -> dict[str, object]:
+        creds = rt.catalog.rotate_credentials(project.id)
+        return {**project.public(), **_creds(creds)}
+
+    @r.get("/projects/{ref}/stats")
+    async def stats(project: P) -> dict[str, object]:
+        pending = rt.ingest.pending
+        counts = await run_in_threadpool(rt.store.counts, project.id)
+        return {"project_id": project.id, "name": project.name, **counts, "pending": pending}
+
+    @r.get("/projects/{ref}/properties")
+    async def list_properties(
+        project: P, table: Literal["user", "event"] | None = None
+    ) -> list[dict[str, object]]:
+        schema = rt.catalog.schema(project.id)
+        props = [*schema.user.values(), *schema.event.values()]
+        return [p.public() for p in props if table is None or p.table == table]
+
+    @r.post("/projects/{ref}/properties")
+    async def add_property(project: P, body: NewProperty, response: Response) -> dict[str, object]:
+        prop, new = rt.catalog.add_property(
+            project.id, body.table, body.name, body.type.value, body.is_identity
+        )
+        response.status_code = 201 if new else 200
+        return {**prop.public(), "created": new}
+
+    @r.get("/projects/{ref}/identity-keys")
+    async def get_keys(project: P) -> dict[str, object]:
+        return {"keys": list(rt.catalog.schema(project.id).identity_keys)}
+
+    @r.put("/projects/{ref}/identity-keys")
+    async def set_keys(project: P, body: IdentityKeys) -> dict[str, object]:
+        schema = rt.catalog.set_identity_keys(project.id, body.keys)
+        return {"keys": list(schema.identity_keys)}
+
+    @r.get("/projects/{ref}/profiles")
+    async def profile(
+        project: P, key: str | None = None, value: str | None = None, user_id: int | None = None
+    ) -> dict[str, Any]:
+        return await run_in_threadpool(_profile, rt, project, key, value, user_id)
+
+    return r
+
+
+def _creds(creds: Any) -> dict[str, str]:
+    return {
+        "client_id": creds.client_id,
+        "client_secret": creds.client_secret,
+        "api_token": creds.api_token,
+    }
+
+
+def _profile(
+    rt: Runtime, project: Project, key: str | None, value: str | None, user_id: int | None
+) -> dict[str, Any]:
+    schema = rt.catalog.schema(project.id)
+    token: tuple[int, str] | None = None
+    if user_id is None:
+        if not key or value is None:
+            raise invalid("key", "give key and value, or user_id")
+        prop = schema.identity_keys.get(key)
+        if prop is None:
+            raise invalid(
+                "key", f"{key!r} is not an identity key ({', '.join(schema.identity_keys)})"
+            )
+        normalized = normalize(key, value)
+        if normalized is None:
+            raise invalid("value", "is empty")
+        token = (prop.id, normalized)
+    # Reads see every record acknowledged before the lookup.
+    rt.ingest.barrier()
+    if token is not None:
+        found = rt.store.find_user(project.id, token)
+        if found is None:
+            raise CdpError(Code.NOT_FOUND, f"no profile with {key} = {value!r}", "value")
+        user_id = found
+    assert user_id is not None
+    row = rt.store.profile(project.id, user_id, list(schema.user.values()))
+    if row is None:
+        raise CdpError(Code.NOT_FOUND, f"no profile with user_id {user_id}", "user_id")
+    events = rt.store.latest_events(project.id, user_id, LATEST_EVENTS, list(schema.event.values()))
+    return {
+        "user_id": user_id,
+        "created_at": _iso(row["created_at"]),
+        "updated_at": _iso(row["updated_at"]),
+        "properties": _named(schema, row["values"]),
+        "identities": [
+            {"key": schema.by_id[k].name, "value": v}
+            for k, v in rt.store.identities(project.id, user_id)
+            if k in schema.by_id
+        ],
+        "event_count": rt.store.event_count(project.id, user_id),
+        "latest_events": [
+            {
+                "event_id": e["event_id"],
+                "event": e["event"],
+                "event_time": _iso(e["event_time"]),
+                "received_at": _iso(e["received_at"]),
+                "properties": _named(schema, e["values"]),
+            }
+            for e in events
+        ],
+    }
+
+
+def _named(schema: Schema, values: dict[int, Any]) -> dict[str, Any]:
+    out = {}
+    for pid, v in values.items():
+        prop: Property | None = schema.by_id.get(pid)
+        if prop is not None:
+            out[prop.name] = _iso(v) if isinstance(v, datetime) else v
+    return out
+
+
+def _iso(value: datetime) -> str:
+    return value.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
