@@ -75,6 +75,8 @@ def resolve(
     """
     uf = _UnionFind()
     for toks in tokens:
+        if toks:
+            uf.find(toks[0])  # registers a record's only token too
         for i in range(1, len(toks)):
             uf.union(toks[0], toks[i])
     distinct = list(uf.parent)

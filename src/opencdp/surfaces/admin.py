@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, ORJSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
@@ -68,7 +68,6 @@ def build(rt: Runtime) -> FastAPI:
     app = FastAPI(
         title="OpenCDP admin API",
         version=__version__,
-        default_response_class=ORJSONResponse,
         docs_url="/admin/docs",
         openapi_url="/admin/openapi.json",
         redoc_url=None,
@@ -78,7 +77,7 @@ def build(rt: Runtime) -> FastAPI:
 
     @app.exception_handler(CdpError)
     async def cdp_error(_: Request, exc: CdpError) -> JSONResponse:
-        return ORJSONResponse(
+        return JSONResponse(
             error_body(exc.code.value, exc.message, exc.field),
             status_code=STATUS.get(exc.code, 400),
         )
@@ -87,7 +86,7 @@ def build(rt: Runtime) -> FastAPI:
     async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         field = ".".join(str(x) for x in first["loc"] if x not in ("body", "query"))
-        return ORJSONResponse(
+        return JSONResponse(
             error_body(Code.VALIDATION_FAILED.value, f"{field}: {first['msg']}", field or None),
             status_code=400,
         )
