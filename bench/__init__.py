@@ -1,0 +1,1 @@
+"""Benchmarks for OpenCDP (``make bench``); figures are recorded in BENCHMARKS.md."""
