@@ -4,7 +4,7 @@ Both servers run under the same uvicorn settings on loopback, and wrk (the load 
 drives both with the same script, so the ratio is comparable across runs on a noisy machine.
 Afterwards the OpenCDP server is stopped and every acknowledged record is counted in the store.
 
-    python -m bench.run [--duration 10] [--connections 32] [--rounds 2]
+    python -m bench.run [--duration 10] [--connections 32] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (Debian package 'wrk'); `make bench` installs it")
