@@ -43,11 +43,12 @@ def frame(payload: bytes) -> bytes:
 class _Batch:
     payloads: list[bytes] = field(default_factory=list)
     items: list[Any] = field(default_factory=list)
-    futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[int]]] = field(
+    # (loop, future, index of its frame in ``payloads``): plain-thread appends have no future.
+    futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[int], int]] = field(
         default_factory=list
     )
     done: threading.Event = field(default_factory=threading.Event)
-    end_lsn: int = 0
+    lsns: list[int] = field(default_factory=list)  # end LSN of each frame, once durable
     error: BaseException | None = None
 
 
@@ -147,30 +148,36 @@ class DurableLog:
         """Queue a frame; the future resolves to its end LSN once it is durable."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
-        with self._cond:
-            if self._closing:
-                raise RuntimeError("the ingest log is closed")
-            b = self._batch
-            b.payloads.append(payload)
-            b.items.append(item)
-            b.futures.append((loop, fut))
-            self._cond.notify()
+        self._enqueue(payload, item, (loop, fut))
         return fut
 
     def append_wait(self, payload: bytes, item: Any, timeout: float | None = None) -> int:
         """Append from a plain thread and wait until durable; returns the end LSN."""
-        with self._cond:
-            if self._closing:
-                raise RuntimeError("the ingest log is closed")
-            b = self._batch
-            b.payloads.append(payload)
-            b.items.append(item)
-            self._cond.notify()
+        b, index = self._enqueue(payload, item, None)
         if not b.done.wait(timeout):
             raise TimeoutError("ingest log write timed out")
         if b.error is not None:
             raise b.error
-        return b.end_lsn
+        return b.lsns[index]
+
+    def _enqueue(
+        self,
+        payload: bytes,
+        item: Any,
+        waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[int]] | None,
+    ) -> tuple[_Batch, int]:
+        """Add a frame to the batch the writer takes next; returns that batch and its index."""
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("the ingest log is closed")
+            b = self._batch
+            index = len(b.payloads)
+            b.payloads.append(payload)
+            b.items.append(item)
+            if waiter is not None:
+                b.futures.append((*waiter, index))
+            self._cond.notify()
+        return b, index
 
     def _run(self) -> None:
         while True:
@@ -200,7 +207,7 @@ class DurableLog:
                 data = data[written:]
             os.fdatasync(self._fd)
             self._size = lsn - self._base
-            batch.end_lsn = lsn
+            batch.lsns = [end for end, _ in entries]
             self._on_durable(entries)
             if self._size >= self.segment_bytes:
                 self._new_segment(self.end_lsn)
@@ -240,7 +247,7 @@ class DurableLog:
 def _complete(batch: _Batch, entries: list[tuple[int, Any]]) -> None:
     """Resolve the batch's futures with one wake-up per event loop."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[int], int]]] = {}
-    for i, (loop, fut) in enumerate(batch.futures):
+    for loop, fut, i in batch.futures:
         by_loop.setdefault(loop, []).append((fut, entries[i][0] if batch.error is None else 0))
     for loop, futs in by_loop.items():
         with contextlib.suppress(RuntimeError):  # a closed loop has nobody waiting any more
