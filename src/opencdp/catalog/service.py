@@ -85,6 +85,10 @@ class Catalog:
         self, name: str, timezone: str = DEFAULT_TIMEZONE, strict_schema: bool = False
     ) -> tuple[Project, Credentials]:
         name = check_name(name, "name").strip()
+        # Wherever a project is referred to, its id, key or name will do: a name must not read
+        # as an id, nor break the path segment it appears in.
+        if name.isdigit() or "/" in name or name in (".", ".."):
+            raise invalid("name", "must not be all digits, '.', '..' or contain '/'")
         try:
             zone(timezone)
         except ValueError as exc:
@@ -247,6 +251,11 @@ class Catalog:
             allowed = ", ".join(x.value for x in PropertyType)
             raise invalid("type", f"must be one of {allowed}, got {ptype!r}") from None
         name = check_name(name, "name")
+        # Refuse before anything is registered: a rejected request leaves the schema as it was.
+        if is_identity and table != "user":
+            raise invalid("is_identity", "only user properties can be identity keys")
+        if is_identity and typ is not PropertyType.STRING:
+            raise invalid("type", f"an identity key must be a string property, not {typ.value}")
         existed = name in self.schema(project_id).table(table)
         prop = self.ensure_properties(project_id, table, {name: typ})[name]
         if prop.type is not typ:
@@ -256,8 +265,6 @@ class Catalog:
                 "type",
             )
         if is_identity and not prop.is_identity:
-            if table != "user":
-                raise invalid("is_identity", "only user properties can be identity keys")
             self.set_identity_keys(project_id, [*self.schema(project_id).identity_keys, name])
             prop = self.schema(project_id).user[name]
         return prop, not existed

@@ -97,7 +97,10 @@ def parse_datetime(text: str, tz: tzinfo) -> int:
         else:
             sign = -1 if off[0] == "-" else 1
             digits = off[1:].replace(":", "")
-            zone_info = timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
+            hours, minutes = int(digits[:2]), int(digits[2:])
+            if hours > 23 or minutes > 59:
+                raise ValueError(f"not a valid UTC offset {off!r}")
+            zone_info = timezone(sign * timedelta(hours=hours, minutes=minutes))
     try:
         dt = datetime(
             int(y), int(mo), int(d), int(h or 0), int(mi or 0), int(s or 0), micro, zone_info

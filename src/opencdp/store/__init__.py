@@ -11,5 +11,6 @@ def open_store(url: str) -> Store:
     if scheme == "duckdb":
         from opencdp.store.duckdb import DuckDBStore
 
-        return DuckDBStore(rest[1:] if rest.startswith("/") and rest != "/:memory:" else rest)
+        # As in SQLAlchemy URLs: duckdb:///relative, duckdb:////absolute, duckdb:///:memory:.
+        return DuckDBStore(rest[1:] if rest.startswith("/") else rest)
     raise ValueError(f"unsupported store URL scheme {scheme!r} (supported: duckdb)")

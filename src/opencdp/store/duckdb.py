@@ -352,7 +352,7 @@ class _Writer(StoreWriter):
             present = [
                 p for p in user_props if p.column in self._store.known_columns(cur, profiles)
             ]
-            # The newest non-null value of each property wins.
+            # Each property comes from the most recently updated profile that has a value.
             picks = "".join(
                 f", arg_max(p.{ident(c.column)}, p.updated_at) "
                 f"FILTER (WHERE p.{ident(c.column)} IS NOT NULL) AS {ident(c.column)}"

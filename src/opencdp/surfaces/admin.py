@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 
 from opencdp import __version__
 from opencdp.catalog import secrets
@@ -80,6 +81,14 @@ def build(rt: Runtime) -> FastAPI:
         return JSONResponse(
             error_body(exc.code.value, exc.message, exc.field),
             status_code=STATUS.get(exc.code, 400),
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        # No route or method: the same error shape as every other admin error.
+        code = {404: Code.NOT_FOUND.value, 405: "method_not_allowed"}.get(exc.status_code, "http")
+        return JSONResponse(
+            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
         )
 
     @app.exception_handler(RequestValidationError)

@@ -1,0 +1,480 @@
+"""The installed ``opencdp`` command, run as a subprocess against the live server."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.liveserver import ADMIN_TOKEN, LiveServer, free_port
+
+_n = itertools.count(1)
+
+
+def _exe() -> str:
+    beside = Path(sys.executable).parent / "opencdp"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("opencdp")
+    assert found, "the opencdp command is not installed"
+    return found
+
+
+OPENCDP = _exe()
+
+
+def unique(prefix: str = "cli") -> str:
+    return f"{prefix}-{next(_n)}-{uuid.uuid4().hex[:6]}"
+
+
+def run(
+    server: LiveServer, *args: str, token: str | None = ADMIN_TOKEN, **env: str
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCDP_")}
+    full_env["OPENCDP_URL"] = server.url
+    if token is not None:
+        full_env["OPENCDP_ADMIN_TOKEN"] = token
+    full_env.update(env)
+    return subprocess.run(
+        [OPENCDP, *args], capture_output=True, text=True, env=full_env, timeout=120, check=False
+    )
+
+
+def ok_json(proc: subprocess.CompletedProcess[str]) -> Any:
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
+    return json.loads(proc.stdout)
+
+
+def failed(proc: subprocess.CompletedProcess[str], exit_code: int, code: str) -> dict[str, Any]:
+    assert proc.returncode == exit_code, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stdout == ""
+    body = json.loads(proc.stderr)
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message", "field"}
+    assert body["error"]["code"] == code, body
+    assert "Traceback" not in proc.stderr
+    return dict(body["error"])
+
+
+@pytest.fixture
+def created(server: LiveServer) -> dict[str, Any]:
+    """A project made with ``opencdp project create``."""
+    return dict(ok_json(run(server, "project", "create", unique(), "--json")))
+
+
+def send(server: LiveServer, secret: str, body: dict[str, Any]) -> None:
+    resp = httpx.post(
+        server.url + "/api/v1/api/import", params={"secret": secret}, json=body, timeout=30
+    )
+    assert resp.json() == {"errcode": 0, "errmsg": "success"}, resp.text
+
+
+def test_version(server: LiveServer) -> None:
+    proc = run(server, "--version")
+    assert proc.returncode == 0
+    assert "opencdp" in proc.stdout
+
+
+def test_project_create_prints_exactly_the_credentials(
+    server: LiveServer, created: dict[str, Any]
+) -> None:
+    assert set(created) == {
+        "project_id",
+        "key",
+        "name",
+        "timezone",
+        "client_id",
+        "client_secret",
+        "api_token",
+    }
+    assert created["timezone"] == "Asia/Shanghai"
+    assert isinstance(created["project_id"], int)
+    # The printed token is live.
+    send(server, created["api_token"], {"type": "user", "properties": {"mobile": "1"}})
+
+
+def test_project_create_with_timezone(server: LiveServer) -> None:
+    name = unique()
+    data = ok_json(
+        run(server, "project", "create", name, "--timezone", "America/New_York", "--json")
+    )
+    assert data["name"] == name
+    assert data["timezone"] == "America/New_York"
+    # Local times of the project are read in its timezone.
+    send(
+        server,
+        data["api_token"],
+        {
+            "type": "event",
+            "event": "e",
+            "properties": {"mobile": "tz", "event_id": "1", "create_time": "2024-07-01 12:00:00"},
+        },
+    )
+    prof = ok_json(
+        run(
+            server,
+            "profile",
+            "show",
+            "--project",
+            name,
+            "--key",
+            "mobile",
+            "--value",
+            "tz",
+            "--json",
+        )
+    )
+    assert prof["latest_events"][0]["event_time"] == "2024-07-01T16:00:00Z"
+
+
+def test_project_create_strict(server: LiveServer) -> None:
+    name = unique()
+    data = ok_json(run(server, "project", "create", name, "--strict", "--json"))
+    listed = ok_json(run(server, "project", "list", "--json"))
+    (mine,) = [p for p in listed if p["project_id"] == data["project_id"]]
+    assert mine["strict_schema"] is True
+    resp = httpx.post(
+        server.url + "/api/v1/api/import",
+        params={"secret": data["api_token"]},
+        json={"type": "user", "properties": {"mobile": "1", "unknown": 1}},
+    )
+    assert resp.json()["errcode"] == 20003
+
+
+def test_project_create_errors(server: LiveServer, created: dict[str, Any]) -> None:
+    err = failed(run(server, "project", "create", created["name"], "--json"), 1, "conflict")
+    assert created["name"] in err["message"]
+    err = failed(
+        run(server, "project", "create", unique(), "--timezone", "Nowhere/City"),
+        1,
+        "validation_failed",
+    )
+    assert err["field"] == "timezone"
+    err = failed(run(server, "project", "create", "123"), 1, "validation_failed")
+    assert err["field"] == "name"
+
+
+def test_project_list(server: LiveServer, created: dict[str, Any]) -> None:
+    listed = ok_json(run(server, "project", "list", "--json"))
+    assert isinstance(listed, list)
+    (mine,) = [p for p in listed if p["project_id"] == created["project_id"]]
+    assert mine["name"] == created["name"]
+    assert mine["key"] == created["key"]
+    assert created["api_token"] not in json.dumps(listed)
+    # Without --json: readable text naming the project.
+    text = run(server, "project", "list")
+    assert text.returncode == 0
+    assert f"name: {created['name']}" in text.stdout
+
+
+def test_project_stats_by_name_key_and_id(server: LiveServer, created: dict[str, Any]) -> None:
+    send(server, created["api_token"], {"type": "user", "properties": {"mobile": "s1", "a": 1}})
+    send(
+        server,
+        created["api_token"],
+        {
+            "type": "event",
+            "event": "x",
+            "properties": {"mobile": "s1", "event_id": "e1", "create_time": "2024-01-01 00:00:00"},
+        },
+    )
+    # A profile read is a barrier: everything acknowledged is in the store afterwards.
+    ok_json(
+        run(
+            server,
+            "profile",
+            "show",
+            "--project",
+            created["name"],
+            "--key",
+            "mobile",
+            "--value",
+            "s1",
+            "--json",
+        )
+    )
+    results = [
+        ok_json(run(server, "project", "stats", "--project", str(ref), "--json"))
+        for ref in (created["name"], created["key"], created["project_id"])
+    ]
+    assert results[0] == results[1] == results[2]
+    stats = results[0]
+    assert stats["project_id"] == created["project_id"]
+    assert stats["name"] == created["name"]
+    assert (stats["profiles"], stats["events"], stats["identities"]) == (1, 1, 1)
+
+
+def test_project_rotate(server: LiveServer, created: dict[str, Any]) -> None:
+    new = ok_json(run(server, "project", "rotate", "--project", created["name"], "--json"))
+    assert new["api_token"] != created["api_token"]
+    resp = httpx.post(
+        server.url + "/api/v1/api/import",
+        params={"secret": created["api_token"]},
+        json={"type": "user", "properties": {"mobile": "1"}},
+    )
+    assert resp.json()["errcode"] == 20000
+    send(server, new["api_token"], {"type": "user", "properties": {"mobile": "1"}})
+
+
+def test_property_add_and_list(server: LiveServer, created: dict[str, Any]) -> None:
+    p = created["name"]
+    for table, name, ptype in (
+        ("user", "level", "number"),
+        ("user", "vip", "bool"),
+        ("event", "paid_at", "datetime"),
+        ("event", "tags", "list"),
+        ("event", "shop", "string"),
+    ):
+        data = ok_json(
+            run(server, "property", "add", "--project", p, "--table", table, name, ptype, "--json")
+        )
+        assert (data["name"], data["table"], data["type"], data["created"]) == (
+            name,
+            table,
+            ptype,
+            True,
+        )
+    again = ok_json(
+        run(
+            server,
+            "property",
+            "add",
+            "--project",
+            p,
+            "--table",
+            "user",
+            "level",
+            "number",
+            "--json",
+        )
+    )
+    assert again["created"] is False
+    failed(
+        run(server, "property", "add", "--project", p, "--table", "user", "level", "string"),
+        1,
+        "conflict",
+    )
+    # A type the CLI does not know is refused before the server is asked.
+    bad = run(server, "property", "add", "--project", p, "--table", "user", "x", "integer")
+    assert bad.returncode != 0
+    assert "integer" in bad.stderr
+
+    users = ok_json(run(server, "property", "list", "--project", p, "--table", "user", "--json"))
+    assert {u["name"]: u["type"] for u in users} == {
+        "mobile": "string",
+        "email": "string",
+        "level": "number",
+        "vip": "bool",
+    }
+    events = ok_json(run(server, "property", "list", "--project", p, "--table", "event", "--json"))
+    assert {e["name"] for e in events} == {"paid_at", "tags", "shop"}
+
+
+def test_identity_keys_set_and_profile_show(server: LiveServer, created: dict[str, Any]) -> None:
+    p = created["name"]
+    keys = ok_json(
+        run(server, "identity-keys", "set", "--project", p, "member_no", "email", "--json")
+    )
+    assert sorted(keys["keys"]) == ["email", "member_no"]  # order carries no meaning
+    ok_json(
+        run(
+            server,
+            "property",
+            "add",
+            "--project",
+            p,
+            "--table",
+            "user",
+            "level",
+            "number",
+            "--json",
+        )
+    )
+    send(
+        server,
+        created["api_token"],
+        {
+            "type": "event",
+            "event": "purchase",
+            "properties": {
+                "member_no": "M-42",
+                "email": "Zhao@Example.com",
+                "event_id": "cli-1",
+                "create_time": "2024-05-06 07:08:09",
+                "amount": 12.5,
+            },
+        },
+    )
+    send(
+        server,
+        created["api_token"],
+        {"type": "user", "properties": {"member_no": "M-42", "level": "3", "city": "Wuhan"}},
+    )
+
+    prof = ok_json(
+        run(
+            server,
+            "profile",
+            "show",
+            "--project",
+            p,
+            "--key",
+            "member_no",
+            "--value",
+            "M-42",
+            "--json",
+        )
+    )
+    assert prof["properties"] == {
+        "member_no": "M-42",
+        "email": "Zhao@Example.com",
+        "level": 3,
+        "city": "Wuhan",
+    }
+    assert {i["key"]: i["value"] for i in prof["identities"]} == {
+        "member_no": "M-42",
+        "email": "zhao@example.com",
+    }
+    assert prof["event_count"] == 1
+    (ev,) = prof["latest_events"]
+    assert ev["event_id"] == "cli-1"
+    assert ev["event"] == "purchase"
+    assert ev["properties"] == {"amount": 12.5}
+
+    by_email = ok_json(
+        run(
+            server,
+            "profile",
+            "show",
+            "--project",
+            p,
+            "--key",
+            "email",
+            "--value",
+            "ZHAO@example.com",
+            "--json",
+        )
+    )
+    by_id = ok_json(
+        run(
+            server,
+            "profile",
+            "show",
+            "--project",
+            created["key"],
+            "--user-id",
+            str(prof["user_id"]),
+            "--json",
+        )
+    )
+    assert by_email == by_id == prof
+
+    text = run(server, "profile", "show", "--project", p, "--key", "member_no", "--value", "M-42")
+    assert text.returncode == 0
+    assert "event_count: 1" in text.stdout
+    assert "city: Wuhan" in text.stdout
+
+
+def test_profile_show_missing_profile(server: LiveServer, created: dict[str, Any]) -> None:
+    err = failed(
+        run(
+            server,
+            "profile",
+            "show",
+            "--project",
+            created["name"],
+            "--key",
+            "mobile",
+            "--value",
+            "nobody",
+            "--json",
+        ),
+        2,
+        "not_found",
+    )
+    assert "nobody" in err["message"]
+    failed(
+        run(server, "profile", "show", "--project", created["name"], "--user-id", "424242"),
+        2,
+        "not_found",
+    )
+
+
+def test_missing_project(server: LiveServer) -> None:
+    ghost = unique("ghost")
+    err = failed(
+        run(
+            server,
+            "profile",
+            "show",
+            "--project",
+            ghost,
+            "--key",
+            "mobile",
+            "--value",
+            "1",
+            "--json",
+        ),
+        2,
+        "not_found",
+    )
+    assert ghost in err["message"]
+    failed(run(server, "project", "stats", "--project", ghost, "--json"), 2, "not_found")
+    failed(run(server, "identity-keys", "set", "--project", ghost, "k"), 2, "not_found")
+
+
+def test_profile_show_needs_key_and_value_or_user_id(
+    server: LiveServer, created: dict[str, Any]
+) -> None:
+    err = failed(
+        run(server, "profile", "show", "--project", created["name"], "--key", "mobile"),
+        1,
+        "validation_failed",
+    )
+    assert err["field"] == "key"
+    err = failed(
+        run(
+            server, "profile", "show", "--project", created["name"], "--key", "city", "--value", "x"
+        ),
+        1,
+        "validation_failed",
+    )
+    assert "city" in err["message"]
+
+
+def test_wrong_admin_token(server: LiveServer) -> None:
+    name = unique()
+    err = failed(
+        run(server, "project", "create", name, "--json", token="adm_wrong"), 1, "auth_failed"
+    )
+    assert "adm_wrong" not in err["message"]
+    failed(run(server, "project", "list", "--json", token="adm_wrong"), 1, "auth_failed")
+    names = [p["name"] for p in ok_json(run(server, "project", "list", "--json"))]
+    assert name not in names
+
+
+def test_admin_token_from_the_data_dir(server: LiveServer, tmp_path: Path) -> None:
+    # Without OPENCDP_ADMIN_TOKEN the token is read from <data dir>/admin_token.
+    missing = run(server, "project", "list", "--data-dir", str(tmp_path), token=None)
+    err = failed(missing, 1, "missing_credential")
+    assert "admin_token" in err["message"]
+    (tmp_path / "admin_token").write_text(ADMIN_TOKEN + "\n")
+    listed = ok_json(
+        run(server, "project", "list", "--data-dir", str(tmp_path), "--json", token=None)
+    )
+    assert isinstance(listed, list) and listed
+
+
+def test_server_unreachable(server: LiveServer) -> None:
+    proc = run(server, "project", "list", "--url", f"http://127.0.0.1:{free_port()}", "--json")
+    err = failed(proc, 1, "unavailable")
+    assert "cannot reach" in err["message"]
