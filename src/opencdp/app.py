@@ -7,7 +7,7 @@ from typing import Any
 
 from opencdp.config import Settings
 from opencdp.runtime import Runtime
-from opencdp.surfaces import admin, dmartech
+from opencdp.surfaces import admin, dmartech, marketo
 from opencdp.surfaces.rawasgi import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("opencdp")
@@ -22,6 +22,9 @@ class OpenCDP:
         self.framework: ASGIApp = admin.build(self.runtime)
         handler = dmartech.ImportHandler(self.runtime)
         self.fast: dict[str, ASGIApp] = {path: handler for path in dmartech.PATHS}
+        # Vendor surfaces by path prefix; everything else is the admin app.
+        vendor = marketo.build(self.runtime)
+        self.prefixed: list[tuple[str, ASGIApp]] = [(p, vendor) for p in marketo.PREFIXES]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -30,6 +33,11 @@ class OpenCDP:
             if fast is not None:
                 await fast(scope, receive, send)
                 return
+            path = scope["path"]
+            for prefix, app in self.prefixed:
+                if path.startswith(prefix):
+                    await app(scope, receive, send)
+                    return
         elif kind == "lifespan":
             await self._lifespan(receive, send)
             return

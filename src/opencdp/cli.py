@@ -298,3 +298,101 @@ def _q(ref: str) -> str:
     from urllib.parse import quote
 
     return quote(ref, safe="")
+
+
+# ---- imports -----------------------------------------------------------------------------
+_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".ssv": "ssv", ".jsonl": "jsonl", ".json": "json"}
+
+
+class _Counting:
+    """A file whose reads advance a progress bar (the upload's)."""
+
+    def __init__(self, path: Path, bar: Any) -> None:
+        self._f = path.open("rb")
+        self._bar = bar
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self._bar.update(len(data))
+        return data
+
+    def close(self) -> None:
+        self._f.close()
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--project", "ref", required=True, help="Project name, key or id.")
+@click.option("--into", default="users", show_default=True, help="users or events.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "tsv", "ssv", "jsonl", "json"]),
+    default=None,
+    help="[from the file name's extension, else csv]",
+)
+@click.option("--mode", type=click.Choice(["upsert", "insert"]), default="upsert")
+@click.option("--lookup-field", default="email", show_default=True, help="For --into users.")
+@click.option("--charset", default=None, help="e.g. gbk [detected]")
+@click.option("--stop-on-error", is_flag=True, help="Import nothing if any row is bad.")
+@click.option("--wait", is_flag=True, help="Wait for the job, showing its progress.")
+@client_options
+def import_file(
+    file: Path,
+    ref: str,
+    into: str,
+    fmt: str | None,
+    mode: str,
+    lookup_field: str,
+    charset: str | None,
+    stop_on_error: bool,
+    wait: bool,
+    url: str | None,
+    data_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Upload FILE and import it as a job; with --wait, follow it to the end."""
+    client = Client(url, data_dir)
+    fields = {
+        "into": into,
+        "format": fmt or _EXTENSIONS.get(file.suffix.lower(), "csv"),
+        "mode": mode,
+        "lookup_field": lookup_field,
+        "stop_on_error": str(stop_on_error).lower(),
+    }
+    if charset:
+        fields["charset"] = charset
+    size = file.stat().st_size
+    with click.progressbar(length=size, label="upload", file=sys.stderr) as bar:
+        body = _Counting(file, bar)
+        try:
+            job = client.call(
+                "POST",
+                f"/projects/{_q(ref)}/imports",
+                data=fields,
+                files={"file": (file.name, body, "application/octet-stream")},
+            )
+        finally:
+            body.close()
+    if wait:
+        job = _follow(client, ref, job)
+    job["failures_file"] = (
+        f"{client.url}/admin/v1/projects/{_q(ref)}/imports/{job['job_id']}/failures"
+    )
+    emit(job, as_json)
+    if job["state"] == "failed":
+        sys.exit(1)
+
+
+def _follow(client: Client, ref: str, job: dict[str, Any]) -> dict[str, Any]:
+    import time
+
+    path = f"/projects/{_q(ref)}/imports/{job['job_id']}"
+    with click.progressbar(length=1, label="import", file=sys.stderr) as bar:
+        while job["state"] not in ("complete", "failed"):
+            time.sleep(0.2)
+            job = client.call("GET", path)
+            bar.label = f"import: {job['rows_read']:,} rows read, {job['failed']:,} failed"
+            bar.render_progress()
+        bar.update(1)
+    return job

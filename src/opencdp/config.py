@@ -30,6 +30,13 @@ class Settings:
     flush_max_records: int = 20_000  # a flush starts early once this many records wait
     log_segment_bytes: int = 64 << 20
     admin_token: str | None = None
+    import_concurrency: int = 2  # import jobs running at once per project
+    import_queue: int = 10  # import jobs queued or running per project
+    job_workers: int = 2  # worker threads for all jobs
+    max_upload_bytes: int = 1 << 30  # largest uploaded file (WeChat, CLI, admin API)
+    marketo_max_file_bytes: int = 10 << 20  # the Marketo bulk API's documented limit
+    access_token_ttl: int = 3600  # seconds an OAuth-style access token is valid
+    import_batch_rows: int = 50_000
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -43,6 +50,10 @@ class Settings:
     @property
     def log_dir(self) -> Path:
         return self.data_dir / "log"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
 
     @property
     def admin_token_path(self) -> Path:
@@ -76,6 +87,13 @@ _ENV_TYPES: dict[str, type] = {
     "flush_max_records": int,
     "log_segment_bytes": int,
     "admin_token": str,
+    "import_concurrency": int,
+    "import_queue": int,
+    "job_workers": int,
+    "max_upload_bytes": int,
+    "marketo_max_file_bytes": int,
+    "access_token_ttl": int,
+    "import_batch_rows": int,
     "max_body_bytes": int,
     "max_properties": int,
     "max_string_bytes": int,

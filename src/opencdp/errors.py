@@ -14,6 +14,7 @@ class Code(StrEnum):
     INVALID_TYPE = "invalid_type"
     MISSING_CREDENTIAL = "missing_credential"
     AUTH_FAILED = "auth_failed"
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105 (a code, not a secret)
     EMPTY_PROPERTIES = "empty_properties"
     MISSING_IDENTITY = "missing_identity"
     EMPTY_IDENTITY = "empty_identity"
@@ -21,6 +22,8 @@ class Code(StrEnum):
     LIMIT_EXCEEDED = "limit_exceeded"
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
+    BUSY = "busy"  # a limit on concurrent or queued work: retry later
+    UNSUPPORTED = "unsupported"
     INTERNAL = "internal"
 
 

@@ -10,8 +10,11 @@ from dataclasses import dataclass, field
 from opencdp.catalog.secrets import read_or_create_private
 from opencdp.catalog.service import Catalog
 from opencdp.config import Settings
+from opencdp.imports.files import Files
+from opencdp.imports.pipeline import ImportRunner
 from opencdp.ingest.apply import Applied
 from opencdp.ingest.service import IngestService
+from opencdp.jobs.service import JobLimits, Jobs
 from opencdp.meta.db import connect
 from opencdp.metrics import Metrics
 from opencdp.store import open_store
@@ -27,6 +30,8 @@ class Runtime:
     store: Store
     ingest: IngestService
     admin_token: str
+    files: Files
+    jobs: Jobs
     metrics: Metrics = field(default_factory=Metrics)
     started: bool = False
 
@@ -47,10 +52,29 @@ class Runtime:
         ingest = IngestService(settings, catalog, store, on_batch)
         metrics.backlog.set_function(lambda: ingest.pending)
         metrics.dead_letters.set_function(lambda: ingest.flusher.failures)
-        return cls(settings, catalog, store, ingest, _admin_token(settings), metrics)
+        files = Files(engine, settings.files_dir)
+        jobs = Jobs(
+            engine,
+            JobLimits(settings.import_concurrency, settings.import_queue, settings.job_workers),
+        )
+        jobs.register(
+            "import",
+            ImportRunner(
+                catalog,
+                store,
+                files,
+                settings.limits,
+                lambda: jobs.stopping,
+                settings.import_batch_rows,
+            ),
+        )
+        return cls(
+            settings, catalog, store, ingest, _admin_token(settings), files, jobs, metrics=metrics
+        )
 
     def start(self, announce: bool = True) -> None:
         self.ingest.start()
+        self.jobs.start()
         if not self.catalog.projects():
             project, creds = self.catalog.create_project("default")
             if announce:
@@ -70,6 +94,7 @@ class Runtime:
 
     def stop(self) -> None:
         if self.started:
+            self.jobs.stop()
             self.ingest.stop()
             self.started = False
         self.store.close()

@@ -54,3 +54,16 @@ def read_or_create_private(path: Path, make: str | bytes) -> bytes:
         f.flush()
         os.fsync(f.fileno())
     return data
+
+
+def sign(server_key: bytes, purpose: str, *parts: str) -> str:
+    """An HMAC-SHA256 (hex) of ``parts`` for one ``purpose``; parts must not contain ``:``."""
+    msg = ":".join((purpose, *parts)).encode("utf-8", "surrogatepass")
+    return hmac.new(server_key, msg, "sha256").hexdigest()
+
+
+def same(a: str, b: str) -> bool:
+    """Constant-time equality of two strings."""
+    return hmac.compare_digest(
+        a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass")
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -230,6 +231,40 @@ class Catalog:
             return None
         pid, hashed = entry
         return self._projects.get(pid) if secrets.matches(client_secret, hashed) else None
+
+    # ---- access tokens -------------------------------------------------------------------
+    def issue_access_token(self, client_id: str, audience: str, ttl: int) -> tuple[str, int]:
+        """A signed, expiring bearer token for ``client_id`` on one surface; (token, expiry).
+
+        Nothing is stored: the token carries the client id and its expiry, signed with the
+        server key. Rotating the project's credentials retires the client id, and with it
+        every token issued for it.
+        """
+        if client_id not in self._by_client:
+            raise CdpError(Code.AUTH_FAILED, "client_id: unknown client", "client_id")
+        expires = int(time.time()) + ttl
+        mac = secrets.sign(self._server_key, "access", audience, client_id, str(expires))
+        return f"{client_id}.{expires}.{mac}", expires
+
+    def check_access_token(self, token: str, audience: str) -> tuple[Project, int]:
+        """The project a token from :meth:`issue_access_token` is for, and its expiry.
+
+        Raises auth_failed for a forged, altered or retired token and token_expired for one
+        whose time is up.
+        """
+        client_id, _, rest = token.partition(".")
+        expires_text, _, mac = rest.partition(".")
+        entry = self._by_client.get(client_id)
+        good = secrets.sign(self._server_key, "access", audience, client_id, expires_text)
+        if not secrets.same(mac, good) or entry is None or not expires_text.isdigit():
+            raise CdpError(Code.AUTH_FAILED, "access token: invalid", "access_token")
+        project = self._projects.get(entry[0])
+        if project is None:
+            raise CdpError(Code.AUTH_FAILED, "access token: invalid", "access_token")
+        expires = int(expires_text)
+        if expires <= time.time():
+            raise CdpError(Code.TOKEN_EXPIRED, "access token: expired", "access_token")
+        return project, expires
 
     # ---- schema --------------------------------------------------------------------------
     def schema(self, project_id: int) -> Schema:

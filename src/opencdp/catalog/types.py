@@ -159,6 +159,12 @@ def coerce(ptype: PropertyType, value: Any, name: str, limits: Limits, tz: tzinf
         raise invalid(name, f"expected a boolean, got {_show(value)}")
     if ptype is PropertyType.DATETIME:
         try:
+            if (
+                isinstance(value, str)
+                and value.strip().isdigit()
+                and len(value.strip()) in (10, 13)
+            ):
+                return epoch_to_us(int(value))  # epoch seconds or milliseconds, as text
             if isinstance(value, str):
                 us = parse_datetime(value, tz)
                 if not _MIN_US <= us <= _MAX_US:

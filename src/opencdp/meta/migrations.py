@@ -20,8 +20,14 @@ def _v1_initial(conn: sa.Connection) -> None:
         table.create(conn)
 
 
+def _v2_files_and_jobs(conn: sa.Connection) -> None:
+    for table in (tables.files, tables.jobs):
+        table.create(conn)
+
+
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _v1_initial),
+    (2, _v2_files_and_jobs),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -51,3 +51,45 @@ properties = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.UniqueConstraint("project_id", "table_name", "name", name="uq_property_name"),
 )
+
+# Uploaded files. ``name`` is the client's name for the file (a WeChat ``path``, a multipart
+# filename) and is only ever a lookup key; the bytes live at ``files/<project id>/<id>`` in the
+# data dir, a path built from numbers alone.
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("name", sa.String(1024), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending | stored
+    sa.Column("size", sa.BigInteger, nullable=False, default=0),
+    sa.Column("sha256", sa.String(64), nullable=True),
+    sa.Column("upload_token_hash", sa.String(64), nullable=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("stored_at", sa.DateTime, nullable=True),
+    sa.Index("ix_files_project_name", "project_id", "name"),
+)
+
+# Durable jobs: queued -> running -> complete | failed. Counters are copied here as the job
+# goes; the store holds the authoritative progress, committed with the rows it describes.
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),  # import
+    sa.Column("surface", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("file_id", sa.Integer, sa.ForeignKey("files.id"), nullable=True),
+    sa.Column("rows_read", sa.BigInteger, nullable=False, default=0),
+    sa.Column("imported", sa.BigInteger, nullable=False, default=0),
+    sa.Column("failed", sa.BigInteger, nullable=False, default=0),
+    sa.Column("warnings", sa.BigInteger, nullable=False, default=0),
+    sa.Column("message", sa.Text, nullable=False, default=""),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("started_at", sa.DateTime, nullable=True),
+    sa.Column("finished_at", sa.DateTime, nullable=True),
+    sa.Index("ix_jobs_project_state", "project_id", "state"),
+)

@@ -52,6 +52,15 @@ class EventRows:
         return len(self.event_ids)
 
 
+@dataclass
+class ImportOutcome:
+    """What a set-based profile import did; failures and warnings are keyed by row number."""
+
+    imported: int = 0
+    failures: dict[int, str] = field(default_factory=dict)
+    warnings: dict[int, str] = field(default_factory=dict)
+
+
 class StoreWriter(ABC):
     """One write transaction."""
 
@@ -96,6 +105,32 @@ class StoreWriter(ABC):
 
     @abstractmethod
     def set_checkpoint(self, name: str, value: int) -> None: ...
+
+    @abstractmethod
+    def existing_event_ids(self, project_id: int, event_ids: Sequence[str]) -> set[str]: ...
+
+    @abstractmethod
+    def import_profiles(
+        self,
+        project_id: int,
+        rows: Any,
+        lookup_key: int | None,
+        other_keys: Sequence[int],
+        props: Sequence[Property],
+        insert_only: bool,
+        write: bool,
+    ) -> ImportOutcome:
+        """Match and upsert a batch of profile rows, set-based.
+
+        ``rows`` is an Arrow table: ``_row`` (row number), ``_lookup`` (the normalised lookup
+        value, or a user id when ``lookup_key`` is None), ``_k<key id>`` (normalised values of
+        other identity keys), ``_touched`` and one column per property in ``props``. Within the
+        batch the last row of a lookup value wins (insert-only: the first, the others fail).
+        A row matching no profile creates one (not when looking up by user id: it fails); an
+        existing match fails an insert-only row. Other identity values are linked to the
+        profile unless another profile holds them (a warning). With ``write`` False nothing is
+        written: only the failures are reported.
+        """
 
 
 class Store(ABC):

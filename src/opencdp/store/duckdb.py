@@ -23,6 +23,7 @@ from opencdp.catalog.types import PropertyType
 from opencdp.store.base import (
     Capabilities,
     EventRows,
+    ImportOutcome,
     ProfileRows,
     Store,
     StoreWriter,
@@ -435,6 +436,129 @@ class _Writer(StoreWriter):
                 )
         finally:
             self._unstage(staged)
+
+    def existing_event_ids(self, project_id: int, event_ids: Sequence[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        self.ensure_project(project_id)
+        staged = self._stage(pa.table({"event_id": pa.array(list(event_ids), pa.string())}))
+        try:
+            rows = self._cur.execute(
+                f"SELECT e.event_id FROM {table(project_id, 'events')} e "
+                f"JOIN {staged} s ON e.event_id = s.event_id"
+            ).fetchall()
+        finally:
+            self._unstage(staged)
+        return {r[0] for r in rows}
+
+    def import_profiles(
+        self,
+        project_id: int,
+        rows: Any,
+        lookup_key: int | None,
+        other_keys: Sequence[int],
+        props: Sequence[Property],
+        insert_only: bool,
+        write: bool,
+    ) -> ImportOutcome:
+        out = ImportOutcome()
+        if rows.num_rows == 0:
+            return out
+        self.ensure_project(project_id)
+        if write:
+            self.ensure_columns(project_id, props)
+        cur = self._cur
+        profiles, identities = table(project_id, "profiles"), table(project_id, "identities")
+        staged = self._stage(rows)
+        order = "_row" if insert_only else "_row DESC"
+        try:
+            # One row per lookup value: the last (upsert) or the first (insert-only).
+            cur.execute(
+                "CREATE OR REPLACE TEMP TABLE _imp AS SELECT *, "
+                f"row_number() OVER (PARTITION BY _lookup ORDER BY {order}) AS _rank "
+                f"FROM {staged}"
+            )
+        finally:
+            self._unstage(staged)
+        if insert_only:
+            for row, value in cur.execute(
+                "SELECT _row, _lookup FROM _imp WHERE _rank > 1 ORDER BY _row"
+            ).fetchall():
+                out.failures[row] = f"{value!r} repeats an earlier row of the file"
+        if lookup_key is None:
+            match = f"LEFT JOIN {profiles} m ON m.user_id = i._lookup"
+        else:
+            match = (
+                f"LEFT JOIN {identities} m ON m.key_id = {int(lookup_key)} AND m.value = i._lookup"
+            )
+        cur.execute(
+            "CREATE OR REPLACE TEMP TABLE _imp_m AS "
+            f"SELECT i.*, m.user_id AS _match FROM _imp i {match} WHERE i._rank = 1"
+        )
+        if lookup_key is None:
+            missing = "SELECT _row, _lookup FROM _imp_m WHERE _match IS NULL"
+            for row, value in cur.execute(missing).fetchall():
+                out.failures[row] = f"id: no profile with user id {value}"
+        elif insert_only:
+            for row, value, uid in cur.execute(
+                "SELECT _row, _lookup, _match FROM _imp_m WHERE _match IS NOT NULL"
+            ).fetchall():
+                out.failures[row] = f"{value!r} already belongs to profile {uid}"
+        keep = (
+            "_match IS NOT NULL"
+            if lookup_key is None
+            else ("_match IS NULL" if insert_only else "TRUE")
+        )
+        row = cur.execute(
+            f"SELECT count(*) FILTER (WHERE {keep}), "
+            f"count(*) FILTER (WHERE {keep} AND _match IS NULL) FROM _imp_m"
+        ).fetchone()
+        assert row is not None
+        kept, new = int(row[0]), int(row[1])
+        out.imported = rows.num_rows - len(out.failures)
+        if not write or kept == 0:
+            cur.execute("DROP TABLE _imp")
+            cur.execute("DROP TABLE _imp_m")
+            return out
+        base = self.allocate_user_ids(project_id, new) if new else 0
+        cur.execute(
+            "CREATE OR REPLACE TEMP TABLE _imp_t AS SELECT *, "
+            f"COALESCE(_match, {int(base)} - 1 + row_number() OVER "
+            "(PARTITION BY _match IS NULL ORDER BY _row)) AS _uid "
+            f"FROM _imp_m WHERE {keep}"
+        )
+        cols = [ident(p.column) for p in props]
+        sets = ["updated_at = EXCLUDED.updated_at"] + [
+            f"{c} = COALESCE(EXCLUDED.{c}, {c})" for c in cols
+        ]
+        src = ", ".join(["_uid", "_touched", "_touched", *cols])
+        dst = ", ".join(["user_id", "created_at", "updated_at", *cols])
+        cur.execute(
+            f"INSERT INTO {profiles} ({dst}) SELECT {src} FROM _imp_t "
+            f"ON CONFLICT (user_id) DO UPDATE SET {', '.join(sets)}"
+        )
+        if lookup_key is not None:
+            cur.execute(
+                f"INSERT INTO {identities} SELECT {int(lookup_key)}, _lookup, _uid "
+                "FROM _imp_t WHERE _match IS NULL"
+            )
+        for key in other_keys:
+            col = ident(f"_k{int(key)}")
+            cur.execute(
+                f"INSERT INTO {identities} SELECT {int(key)}, {col}, _uid FROM _imp_t "
+                f"WHERE {col} IS NOT NULL QUALIFY row_number() OVER "
+                f"(PARTITION BY {col} ORDER BY _row DESC) = 1 ON CONFLICT DO NOTHING"
+            )
+            for row_no, value, uid in cur.execute(
+                f"SELECT t._row, t.{col}, m.user_id FROM _imp_t t JOIN {identities} m "
+                f"ON m.key_id = {int(key)} AND m.value = t.{col} WHERE m.user_id <> t._uid"
+            ).fetchall():
+                out.warnings.setdefault(
+                    row_no, f"{value!r} belongs to another profile ({uid}); not linked"
+                )
+        for name in ("_imp", "_imp_m", "_imp_t"):
+            cur.execute(f"DROP TABLE {name}")
+        return out
 
     def set_checkpoint(self, name: str, value: int) -> None:
         self._cur.execute(

@@ -19,7 +19,11 @@ from opencdp.catalog.model import Project, Property, Schema
 from opencdp.catalog.types import PropertyType
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.identity import normalize
+from opencdp.imports.readers import FORMATS
+from opencdp.imports.targets import MODES, TARGETS, check_lookup_field
+from opencdp.jobs.service import Job
 from opencdp.runtime import Runtime
+from opencdp.surfaces.uploads import file_field, param, read_form, store_upload
 
 STATUS: dict[Code, int] = {
     Code.NOT_FOUND: 404,
@@ -27,6 +31,9 @@ STATUS: dict[Code, int] = {
     Code.AUTH_FAILED: 401,
     Code.MISSING_CREDENTIAL: 401,
     Code.INTERNAL: 500,
+    Code.BUSY: 429,
+    Code.LIMIT_EXCEEDED: 413,
+    Code.INVALID_TYPE: 415,
 }
 LATEST_EVENTS = 20
 
@@ -205,7 +212,74 @@ def _router(rt: Runtime) -> APIRouter:
     ) -> dict[str, Any]:
         return await run_in_threadpool(_profile, rt, project, key, value, user_id)
 
+    @r.post("/projects/{ref}/imports", status_code=202)
+    async def start_import(project: P, request: Request) -> dict[str, Any]:
+        form = await read_form(request, rt.settings.max_upload_bytes)
+        target = str(param(request, form, "into", "users"))
+        fmt = str(param(request, form, "format", "csv")).lower()
+        mode = str(param(request, form, "mode", "upsert")).lower()
+        if target not in TARGETS:
+            raise invalid("into", f"must be one of {', '.join(TARGETS)}, got {target!r}")
+        if fmt not in FORMATS:
+            raise invalid("format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        if mode not in MODES:
+            raise invalid("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
+        lookup = str(param(request, form, "lookup_field", "email"))
+        if target == "users":
+            check_lookup_field(rt.catalog.schema(project.id), lookup, mode == "insert")
+        stop = str(param(request, form, "stop_on_error", "false")).lower() in ("1", "true")
+        stored = await store_upload(
+            rt.files, project.id, file_field(form), rt.settings.max_upload_bytes
+        )
+        params = {
+            "target": target,
+            "format": fmt,
+            "mode": mode,
+            "lookup_field": lookup,
+            "stop_on_error": stop,
+            "charset": param(request, form, "charset"),
+        }
+        job = await run_in_threadpool(
+            rt.jobs.submit, project.id, "import", "admin", params, stored.id
+        )
+        return _job(job)
+
+    @r.get("/projects/{ref}/imports")
+    async def list_imports(project: P) -> list[dict[str, Any]]:
+        return [_job(j) for j in rt.jobs.list(project.id) if j.kind == "import"]
+
+    @r.get("/projects/{ref}/imports/{job_id}")
+    async def get_import(project: P, job_id: int) -> dict[str, Any]:
+        return _job(rt.jobs.get(project.id, job_id))
+
+    @r.get("/projects/{ref}/imports/{job_id}/{kind}")
+    async def import_file(
+        project: P, job_id: int, kind: Literal["failures", "warnings"]
+    ) -> Response:
+        job = rt.jobs.get(project.id, job_id)
+        path = rt.files.job_file(job.project_id, job.id, kind)
+        data = path.read_bytes() if path.exists() else b""
+        return Response(data, media_type="text/csv; charset=utf-8")
+
     return r
+
+
+def _job(job: Job) -> dict[str, Any]:
+    return {
+        "job_id": job.id,
+        "kind": job.kind,
+        "surface": job.surface,
+        "state": job.state,
+        "params": job.params,
+        "rows_read": job.rows_read,
+        "imported": job.imported,
+        "failed": job.failed,
+        "warnings": job.warnings,
+        "message": job.message,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at) if job.started_at else None,
+        "finished_at": _iso(job.finished_at) if job.finished_at else None,
+    }
 
 
 def _creds(creds: Any) -> dict[str, str]:

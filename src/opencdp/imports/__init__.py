@@ -1,0 +1,1 @@
+"""Bulk imports: uploaded files read in batches, checked, and written to the store."""

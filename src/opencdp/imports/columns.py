@@ -1,0 +1,123 @@
+"""Whole columns of text from a file, typed by the catalog: the bulk counterpart of ``coerce``.
+
+Numbers, booleans and strings are checked and converted with Arrow compute kernels, a column at
+a time; datetimes and lists, whose formats are richer, go value by value through the same
+``coerce`` the single-record API uses, so both paths accept exactly the same values.
+"""
+
+from __future__ import annotations
+
+from datetime import tzinfo
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from opencdp.catalog import types as ct
+from opencdp.catalog.types import PropertyType
+from opencdp.config import Limits
+from opencdp.errors import CdpError
+
+_NUMBER_RE = "^" + ct._NUMBER.pattern + "$"
+_DATETIME_RE = "^" + ct._INFER_DATETIME.pattern + "$"
+ARROW: dict[PropertyType, pa.DataType] = {
+    PropertyType.STRING: pa.string(),
+    PropertyType.NUMBER: pa.float64(),
+    PropertyType.BOOL: pa.bool_(),
+    PropertyType.DATETIME: pa.timestamp("us"),
+    PropertyType.LIST: pa.list_(pa.string()),
+}
+
+Problems = dict[int, str]  # index in the column -> reason
+
+
+def infer(values: pa.Array) -> PropertyType:
+    """The type of a new property from the text values of its column.
+
+    >>> infer(pa.array(["1", "2.5", None])), infer(pa.array(["yes", "no"]))
+    (<PropertyType.NUMBER: 'number'>, <PropertyType.BOOL: 'bool'>)
+    """
+    present = pc.drop_null(values)
+    if len(present) == 0:
+        return PropertyType.STRING
+    if pc.all(pc.match_substring_regex(present, _NUMBER_RE)).as_py():
+        return PropertyType.NUMBER
+    lowered = pc.utf8_lower(pc.utf8_trim_whitespace(present))
+    if pc.all(pc.is_in(lowered, pa.array(sorted(ct._TRUE | ct._FALSE)))).as_py():
+        return PropertyType.BOOL
+    if pc.all(pc.match_substring_regex(present, _DATETIME_RE)).as_py():
+        return PropertyType.DATETIME
+    if pc.all(pc.starts_with(pc.utf8_trim_whitespace(present), "[")).as_py():
+        return PropertyType.LIST
+    return PropertyType.STRING
+
+
+def coerce_column(
+    ptype: PropertyType,
+    values: pa.Array,
+    name: str,
+    limits: Limits,
+    tz: tzinfo,
+    problems: Problems,
+    notes: Problems,
+) -> pa.Array:
+    """``values`` (text) as ``ptype``. A bad value is null in the result and its index is put in
+    ``problems`` with the reason; a value accepted with a change goes to ``notes``."""
+    if ptype is PropertyType.STRING:
+        too_long = pc.greater(pc.binary_length(values), limits.max_string_bytes)
+        if pc.any(too_long).as_py():
+            cut = []
+            for i, v in enumerate(values.to_pylist()):
+                if (
+                    v is not None
+                    and len(v.encode("utf-8", "surrogatepass")) > limits.max_string_bytes
+                ):
+                    v = v.encode("utf-8", "surrogatepass")[: limits.max_string_bytes].decode(
+                        "utf-8", "ignore"
+                    )
+                    notes.setdefault(i, f"{name}: truncated to {limits.max_string_bytes} bytes")
+                cut.append(v)
+            return pa.array(cut, pa.string())
+        return values
+    if ptype is PropertyType.NUMBER:
+        ok = pc.match_substring_regex(values, _NUMBER_RE)
+        clean = pc.if_else(ok, values, pa.scalar(None, pa.string()))
+        try:
+            numbers = pc.cast(pc.utf8_trim_whitespace(clean), pa.float64())
+        except pa.ArrowInvalid:
+            numbers = pa.array([None if v is None else float(v) for v in clean.to_pylist()])
+        finite = pc.is_finite(numbers)
+        _flag(values, pc.and_(ok, finite), problems, name, "expected a number")
+        return pc.if_else(finite, numbers, pa.scalar(None, pa.float64()))
+    if ptype is PropertyType.BOOL:
+        lowered = pc.utf8_lower(pc.utf8_trim_whitespace(values))
+        true = pc.is_in(lowered, pa.array(sorted(ct._TRUE)))
+        false = pc.is_in(lowered, pa.array(sorted(ct._FALSE)))
+        _flag(values, pc.or_(true, false), problems, name, "expected a boolean")
+        return pc.if_else(true, True, pc.if_else(false, False, pa.scalar(None, pa.bool_())))
+    out: list[object] = []
+    for i, v in enumerate(values.to_pylist()):
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            if ptype is PropertyType.LIST:
+                try:
+                    parsed = orjson.loads(v)
+                except orjson.JSONDecodeError:
+                    parsed = v  # not a JSON array: coerce says what it expected
+                out.append(ct.coerce(ptype, parsed, name, limits, tz))
+            else:
+                out.append(ct.coerce(ptype, v, name, limits, tz))
+        except CdpError as exc:
+            problems.setdefault(i, exc.message)
+            out.append(None)
+    return pa.array(out, ARROW[ptype])
+
+
+def _flag(values: pa.Array, ok: pa.Array, problems: Problems, name: str, what: str) -> None:
+    bad = pc.and_(pc.is_valid(values), pc.invert(pc.fill_null(ok, False)))
+    if not pc.any(bad).as_py():
+        return
+    for i in pc.indices_nonzero(bad).to_pylist():
+        problems.setdefault(i, f"{name}: {what}, got {values[i].as_py()[:80]!r}")

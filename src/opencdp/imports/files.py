@@ -1,0 +1,180 @@
+"""The files store: uploads kept in the data dir, named by numbers only.
+
+A client names a file however it likes (a WeChat ``path``, a multipart filename); that name is
+a lookup key in the metadata DB and never part of a filesystem path, so no name can reach
+outside the store. Uploads are written to a temporary file, synced, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from opencdp.catalog import secrets
+from opencdp.errors import CdpError, Code, invalid
+from opencdp.meta import tables as t
+
+PENDING, STORED = "pending", "stored"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    id: int
+    project_id: int
+    name: str
+    state: str
+    size: int
+    sha256: str | None
+    path: Path
+
+
+class FileTooLarge(CdpError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(Code.LIMIT_EXCEEDED, f"file: larger than {limit} bytes", "file")
+
+
+class Files:
+    def __init__(self, engine: sa.Engine, root: Path) -> None:
+        self._engine = engine
+        self.root = root
+
+    def _path(self, project_id: int, file_id: int) -> Path:
+        return self.root / str(int(project_id)) / f"{int(file_id)}.dat"
+
+    def job_file(self, project_id: int, job_id: int, kind: str) -> Path:
+        """Where a job's failures or warnings file lives."""
+        if kind not in ("failures", "warnings"):
+            raise ValueError(kind)
+        return self.root / str(int(project_id)) / f"job-{int(job_id)}-{kind}.csv"
+
+    def _row(self, row: Any) -> StoredFile:
+        return StoredFile(
+            row.id, row.project_id, row.name, row.state, row.size, row.sha256,
+            self._path(row.project_id, row.id),
+        )  # fmt: skip
+
+    # ---- creating ------------------------------------------------------------------------
+    def reserve(self, project_id: int, name: str) -> tuple[StoredFile, str]:
+        """A pending file and the one-time token that authorises its upload."""
+        if not name or len(name) > 1024 or "\x00" in name:
+            raise invalid("path", "must be 1 to 1024 characters")
+        token = secrets.new_token("up")
+        with self._engine.begin() as conn:
+            file_id = conn.execute(
+                sa.insert(t.files).values(
+                    project_id=project_id,
+                    name=name,
+                    state=PENDING,
+                    size=0,
+                    upload_token_hash=secrets.digest(token),
+                    created_at=_now(),
+                )
+            ).inserted_primary_key
+        assert file_id is not None
+        return self.get(project_id, int(file_id[0]), any_state=True), token
+
+    def pending_for_token(self, token: str) -> StoredFile | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.files).where(
+                    t.files.c.upload_token_hash == secrets.digest(token),
+                    t.files.c.state == PENDING,
+                )
+            ).first()
+        return None if row is None else self._row(row)
+
+    async def write(
+        self,
+        project_id: int,
+        name: str,
+        chunks: AsyncIterator[bytes],
+        limit: int,
+        reserved: StoredFile | None = None,
+    ) -> StoredFile:
+        """Store an upload streamed in ``chunks`` (at most ``limit`` bytes)."""
+        if reserved is None:
+            reserved, _ = self.reserve(project_id, name)
+        path = reserved.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with tmp.open("wb") as f:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > limit:
+                        raise FileTooLarge(limit)
+                    digest.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        with self._engine.begin() as conn:
+            conn.execute(
+                sa.update(t.files)
+                .where(t.files.c.id == reserved.id)
+                .values(
+                    state=STORED,
+                    size=size,
+                    sha256=digest.hexdigest(),
+                    upload_token_hash=None,
+                    stored_at=_now(),
+                )
+            )
+        return self.get(project_id, reserved.id)
+
+    # ---- finding -------------------------------------------------------------------------
+    def get(self, project_id: int, file_id: int, any_state: bool = False) -> StoredFile:
+        """A file of this project; another project's file is not found."""
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.files).where(
+                    t.files.c.id == file_id, t.files.c.project_id == project_id
+                )
+            ).first()
+        if row is None or (row.state != STORED and not any_state):
+            raise CdpError(Code.NOT_FOUND, f"file {file_id} does not exist", "file")
+        return self._row(row)
+
+    def find(self, project_id: int, name: str) -> StoredFile:
+        """The newest stored file of this project uploaded under ``name``."""
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.files)
+                .where(
+                    t.files.c.project_id == project_id,
+                    t.files.c.name == name,
+                    t.files.c.state == STORED,
+                )
+                .order_by(t.files.c.id.desc())
+                .limit(1)
+            ).first()
+        if row is None:
+            raise CdpError(Code.NOT_FOUND, f"no file was uploaded as {name!r}", "file_path")
+        return self._row(row)
+
+
+async def chunks_of(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+def read_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(size):
+            yield chunk

@@ -1,0 +1,210 @@
+"""Import jobs: read a stored file in batches, validate, write, and account for every row.
+
+Each batch is written in one store transaction that also records the job's progress (rows
+consumed, counters, and the lengths of its failures and warnings files). A job interrupted at
+any point therefore resumes after its last commit: no row is written twice and none is skipped,
+whatever the mode, and the files are cut back to what the commit recorded.
+
+``stop_on_error`` jobs first validate the whole file without writing anything; only a clean
+file is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+
+from opencdp.catalog.service import Catalog
+from opencdp.config import Limits
+from opencdp.errors import CdpError, Code
+from opencdp.imports.files import Files
+from opencdp.imports.readers import RowBatch, detect_charset, read_file
+from opencdp.imports.targets import Target, make_target
+from opencdp.jobs.service import Interrupted, Job, Outcome, Progress
+from opencdp.store.base import Store
+
+FAILURE_COLUMN = "Import Failure Reason"
+WARNING_COLUMN = "Import Warning Reason"
+_COUNTERS = ("rows", "imported", "failed", "warnings", "failures_bytes", "warnings_bytes")
+DELIMITERS = {"csv": ",", "tsv": "\t", "ssv": ";"}
+
+
+class RowFile:
+    """A failures or warnings file: the rows in the input's format plus a reason column."""
+
+    def __init__(self, path: Path, delimiter: str, reason_column: str, length: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.delimiter = delimiter
+        self.reason_column = reason_column
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._f: BinaryIO = os.fdopen(fd, "r+b")
+        self._f.truncate(length)  # drop what the last commit did not record
+        self._f.seek(length)
+        self.length = length
+
+    def append(self, columns: list[str], rows: list[tuple[list[Any], str]]) -> None:
+        if not rows:
+            return
+        buf = io.StringIO()
+        w = csv.writer(buf, delimiter=self.delimiter, lineterminator="\n")
+        if self.length == 0:
+            w.writerow([*columns, self.reason_column])
+        for values, reason in rows:
+            w.writerow(["" if v is None else v for v in values] + [reason])
+        data = buf.getvalue().encode("utf-8")
+        self._f.write(data)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self.length += len(data)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class ImportRunner:
+    """The ``import`` job handler."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        store: Store,
+        files: Files,
+        limits: Limits,
+        stopping: Callable[[], bool],
+        batch_rows: int = 50_000,
+    ) -> None:
+        self.catalog = catalog
+        self.store = store
+        self.files = files
+        self.limits = limits
+        self.stopping = stopping
+        self.batch_rows = batch_rows
+
+    def __call__(self, job: Job, progress: Progress) -> Outcome:
+        if job.file_id is None:
+            raise CdpError(Code.VALIDATION_FAILED, "the job has no file", "file")
+        stored = self.files.get(job.project_id, job.file_id)
+        params = job.params
+        fmt = str(params.get("format", "csv"))
+        charset = detect_charset(stored.path, params.get("charset"))
+        target = make_target(self.catalog, self.limits, job.project_id, params)
+        names = {k: f"job:{job.id}:{k}" for k in _COUNTERS}
+        state = {k: self.store.checkpoint(n) for k, n in names.items()}
+        delimiter = DELIMITERS.get(fmt, ",")
+        failures = RowFile(
+            self.files.job_file(job.project_id, job.id, "failures"),
+            delimiter,
+            FAILURE_COLUMN,
+            state["failures_bytes"],
+        )
+        warnings = RowFile(
+            self.files.job_file(job.project_id, job.id, "warnings"),
+            delimiter,
+            WARNING_COLUMN,
+            state["warnings_bytes"],
+        )
+        try:
+            if params.get("stop_on_error") and state["rows"] == 0:
+                stop = self._first_problem(target, stored.path, fmt, charset)
+                if stop is not None:
+                    columns, values, reason, row = stop
+                    failures.append(columns, [(values, reason)])
+                    return Outcome(
+                        False,
+                        f"stopped at row {row}: {reason.partition(': ')[2]}; nothing imported",
+                        rows_read=row,
+                        failed=1,
+                    )
+            for batch in self._batches(stored.path, fmt, charset, state["rows"]):
+                if self.stopping():
+                    raise Interrupted
+                with self.store.writer() as w:
+                    result = target.apply(w, batch)
+                    failures.append(batch.columns, _rows(batch, result.failures))
+                    warnings.append(batch.columns, _rows(batch, result.warnings, False))
+                    state["rows"] = _last_row(batch, state["rows"])
+                    state["imported"] += result.imported
+                    state["failed"] += len(result.failures) + len(batch.bad)
+                    state["warnings"] += len(result.warnings)
+                    state["failures_bytes"] = failures.length
+                    state["warnings_bytes"] = warnings.length
+                    for k, n in names.items():
+                        w.set_checkpoint(n, state[k])
+                progress.report(
+                    state["rows"], state["imported"], state["failed"], state["warnings"]
+                )
+        finally:
+            failures.close()
+            warnings.close()
+        return Outcome(
+            True,
+            _summary(state),
+            rows_read=state["rows"],
+            imported=state["imported"],
+            failed=state["failed"],
+            warnings=state["warnings"],
+        )
+
+    def _batches(self, path: Path, fmt: str, charset: str, skip: int) -> Iterator[RowBatch]:
+        return read_file(path, fmt, charset, batch_rows=self.batch_rows, skip_rows=skip)
+
+    def _first_problem(
+        self, target: Target, path: Path, fmt: str, charset: str
+    ) -> tuple[list[str], list[Any], str, int] | None:
+        """The first bad row of the file, validated without writing anything."""
+        for batch in self._batches(path, fmt, charset, 0):
+            if self.stopping():
+                raise Interrupted
+            with self.store.writer() as w:  # read-only: check() writes nothing
+                result = target.check(w, batch)
+            rows = _numbered(batch, result.failures, True)
+            if rows:
+                row, values, reason = rows[0]
+                return batch.columns, values, reason, row
+        return None
+
+
+def _rows(
+    batch: RowBatch, problems: dict[int, str], with_bad: bool = True
+) -> list[tuple[list[Any], str]]:
+    """The original values and the reason of each row in ``problems`` (and, with ``with_bad``,
+    of each row that could not be parsed), in file order."""
+    return [(values, reason) for _, values, reason in _numbered(batch, problems, with_bad)]
+
+
+def _numbered(
+    batch: RowBatch, problems: dict[int, str], with_bad: bool
+) -> list[tuple[int, list[Any], str]]:
+    out: list[tuple[int, list[Any], str]] = []
+    if problems:
+        idx = sorted(problems)
+        numbers = batch.row_numbers.take(pa.array(idx)).to_pylist()
+        taken = batch.rows.take(pa.array(idx)).to_pylist()
+        for i, n, row in zip(idx, numbers, taken, strict=True):
+            out.append((n, [row.get(c) for c in batch.columns], f"row {n}: {problems[i]}"))
+    if with_bad:
+        out.extend((b.row, [b.text], f"row {b.row}: {b.reason}") for b in batch.bad)
+    return sorted(out, key=lambda x: x[0])
+
+
+def _last_row(batch: RowBatch, before: int) -> int:
+    last = before
+    if len(batch.row_numbers):
+        last = max(last, int(batch.row_numbers[-1].as_py()))
+    if batch.bad:
+        last = max(last, max(b.row for b in batch.bad))
+    return last
+
+
+def _summary(state: dict[str, int]) -> str:
+    return (
+        f"Import succeeded, {state['imported']} records imported, {state['failed']} failed, "
+        f"{state['warnings']} with warnings"
+    )

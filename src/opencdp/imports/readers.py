@@ -1,0 +1,862 @@
+"""Import files read as batches of text columns: delimited text (CSV, TSV, SSV) and JSON.
+
+Files are streamed, so memory is bounded by the batch size (and the largest record), never by
+the file. Every record is accounted for: it is either a row of a batch or a :class:`BadRow` of
+that batch, numbered from 1 (the header of a delimited file is not counted), so a job can resume
+after the last record of a batch with ``skip_rows``.
+
+Delimited files are read by a fast path, Arrow's CSV reader, which gives no row numbers for
+problems and stops at the first one. On any problem it hands over to a slow path (Python's
+``csv`` module, record by record) from the first record it did not deliver; the slow path reads
+past the problem and hands back. Both paths produce the same rows: the slow path splits records
+exactly as Arrow does, and reads the file as Latin-1 text (one character per byte), so it knows
+the byte offset of every record; fields are decoded with the file's charset afterwards. The
+charsets accepted are ASCII-compatible ones, in which ``"``, delimiters and newlines are never
+part of a multibyte character.
+
+JSON values become text: a string as is, a number or a nested value as its JSON text, ``true``
+and ``false``, and ``null`` as null.
+"""
+
+from __future__ import annotations
+
+import bisect
+import codecs
+import contextlib
+import csv
+import io
+import json
+import re
+import secrets
+import sys
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from opencdp.errors import CdpError, Code
+
+FORMATS = ("csv", "tsv", "ssv", "jsonl", "json")
+DELIMITERS = {"csv": ",", "tsv": "\t", "ssv": ";"}
+
+_SNIFF = 4 << 20  # bytes looked at to guess a charset
+_BLOCK = 8 << 20  # Arrow's block size
+_CHUNK = 1 << 20  # bytes (or characters) read at a time by the slow paths
+_TEXT_MAX = 64 << 10  # raw bytes kept as the text of a bad row
+_BOMS = {"utf-8": b"\xef\xbb\xbf", "gb18030": b"\x84\x31\x95\x33"}
+_WHITESPACE = b" \t\r\n\x0b\x0c"
+# Latin-1 text never holds a character above U+00FF: this line marks the end of the file for
+# ``csv``, and shows up inside the last field when a quote is left open.
+_END = "\uffff"
+_PROBE = '\t\n\r "#,;:[]{}\\/0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'
+_STRUCT = re.compile(rb'["\[\]{},]')
+_STRING_REST = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
+# A whole object with no nested object or array: most elements of an array, in one match.
+_FLAT_OBJECT = re.compile(rb'\{[^"\[\]{}]*(?:"[^"\\]*(?:\\.[^"\\]*)*"[^"\[\]{}]*)*\}', re.DOTALL)
+_LONG_DIGITS = re.compile(rb"\d{20}")  # an integer orjson would read as a float
+_OPENERS = {0x5B: 0x5D, 0x7B: 0x7D}  # [ -> ], { -> }
+
+
+class FileError(CdpError):
+    """A problem with the whole file (or its charset or format): nothing can be read."""
+
+    def __init__(self, reason: str, field: str = "file") -> None:
+        super().__init__(Code.VALIDATION_FAILED, f"{field}: {reason}", field)
+
+
+@dataclass
+class BadRow:
+    """A record that could not be read: its number, its raw text (at most 64 KiB), and why."""
+
+    row: int
+    text: str
+    reason: str
+
+
+@dataclass
+class RowBatch:
+    """Consecutive records of a file: the good ones as text columns, and the bad ones.
+
+    ``rows`` has one ``pa.string()`` column per name in ``columns`` (null for an empty or
+    missing value); ``row_numbers`` holds the record number of each of its rows.
+    """
+
+    columns: list[str]
+    rows: pa.Table
+    row_numbers: pa.Array
+    bad: list[BadRow]
+
+
+# ---- charsets ------------------------------------------------------------------------------
+
+
+def detect_charset(path: Path, declared: str | None) -> str:
+    """The charset to read ``path`` with: the declared one, else UTF-8 or GB18030 by content.
+
+    GBK and GB2312 are read as GB18030, which contains both. Undecodable files are read as
+    UTF-8, so that their bad records are reported one by one.
+    """
+    if declared is not None and declared.strip():
+        return _checked_charset(declared.strip())
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF)
+        final = not f.read(1)
+    for name, bom in _BOMS.items():
+        if head.startswith(bom):
+            return name
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise FileError("UTF-16 is not supported; save the file as UTF-8", "charset")
+    for name in ("utf-8", "gb18030"):
+        try:
+            codecs.getincrementaldecoder(name)().decode(head, final)
+        except UnicodeDecodeError:
+            continue
+        return name
+    return "utf-8"
+
+
+def _checked_charset(declared: str) -> str:
+    try:
+        name = codecs.lookup(declared).name
+    except LookupError:
+        raise FileError(f"unknown charset {declared!r}", "charset") from None
+    if name in ("gbk", "gb2312"):
+        return "gb18030"
+    if name == "utf-8-sig":
+        return "utf-8"
+    try:
+        compatible = _PROBE.encode(name) == _PROBE.encode("ascii")
+    except (LookupError, UnicodeError, TypeError, ValueError):
+        compatible = False
+    if not compatible or name.startswith("iso2022") or name in ("hz", "utf-7"):
+        raise FileError(f"charset {declared!r} is not supported", "charset")
+    return name
+
+
+def _label(charset: str) -> str:
+    return charset.upper()
+
+
+def _bom_length(path: Path, charset: str) -> int:
+    bom = _BOMS.get(charset)
+    if bom is None:
+        return 0
+    with open(path, "rb") as f:
+        return len(bom) if f.read(len(bom)) == bom else 0
+
+
+def _first_content(path: Path, offset: int) -> int | None:
+    """The offset of the first byte from ``offset`` that is not whitespace, if any."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while chunk := f.read(_CHUNK):
+            stripped = chunk.lstrip(_WHITESPACE)
+            if stripped:
+                return offset + len(chunk) - len(stripped)
+            offset += len(chunk)
+    return None
+
+
+def _bad_text(raw: bytes | bytearray, charset: str = "utf-8") -> str:
+    return bytes(raw[:_TEXT_MAX]).decode(charset, errors="replace").rstrip("\r\n")
+
+
+# ---- reading -------------------------------------------------------------------------------
+
+
+def read_file(
+    path: Path,
+    fmt: str,
+    charset: str | None = None,
+    batch_rows: int = 50_000,
+    skip_rows: int = 0,
+    max_field_bytes: int = 64 << 20,
+) -> Iterator[RowBatch]:
+    """Read ``path`` as ``fmt`` in batches of ``batch_rows`` records (good or bad).
+
+    Records ``1..skip_rows`` are read but not yielded; numbering is that of a full read. The
+    file's own problems (empty, no header, an unusable charset) raise :class:`FileError` here;
+    a bad record is reported in its batch and reading goes on.
+    """
+    return _read(path, fmt, charset, batch_rows, skip_rows, max_field_bytes, True, _BLOCK)
+
+
+def _read(
+    path: Path,
+    fmt: str,
+    charset: str | None,
+    batch_rows: int,
+    skip_rows: int,
+    max_field_bytes: int,
+    fast: bool,
+    block_size: int,
+) -> Iterator[RowBatch]:
+    """:func:`read_file`, with the fast path optional and its block size chosen (for tests)."""
+    if fmt not in FORMATS:
+        raise FileError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}", "format")
+    if batch_rows < 1 or skip_rows < 0 or max_field_bytes < 1:
+        raise ValueError("batch_rows and max_field_bytes must be positive, skip_rows >= 0")
+    charset = detect_charset(path, charset)
+    start = _bom_length(path, charset)
+    content = _first_content(path, start)
+    if content is None:
+        raise FileError("file is empty")
+    cap = max(2 * max_field_bytes, 1 << 20)  # the largest record held in memory
+    if fmt in DELIMITERS:
+        spec = _delimited_spec(
+            path, DELIMITERS[fmt], charset, start, batch_rows, skip_rows, max_field_bytes, cap
+        )
+        return _batches(_delimited_pieces(path, spec, fast, block_size), spec)
+    if fmt == "jsonl":
+        records = _json_lines(_utf8_chunks(path, start, charset), cap)
+    else:
+        with open(path, "rb") as f:
+            f.seek(content)
+            if f.read(1) != b"[":
+                raise FileError("a JSON array file must start with '['")
+        records = _array_elements(_utf8_chunks(path, content + 1, charset), cap)
+    return _json_batches(records, _label(charset), batch_rows, skip_rows)
+
+
+# ---- delimited: records --------------------------------------------------------------------
+
+
+@dataclass
+class _Delimited:
+    columns: list[str]
+    delimiter: str
+    charset: str
+    data_offset: int  # where the first record after the header starts
+    batch_rows: int
+    skip_rows: int
+    max_field_bytes: int
+    cap: int
+
+
+@dataclass
+class _Cursor:
+    offset: int  # byte offset of the next record
+    number: int  # number of the last record read
+    eof: bool = False
+
+
+class _Lines:
+    """What the line feeder knows about the record ``csv`` is reading."""
+
+    __slots__ = ("eof", "over", "pos", "raw", "raw_len", "size")
+
+    def __init__(self, pos: int) -> None:
+        self.pos = pos  # byte offset after the last line fed
+        self.raw: list[str] = []  # the record's lines, up to _TEXT_MAX
+        self.raw_len = 0
+        self.size = 0  # the record's bytes so far
+        self.eof = False
+        self.over = False  # the record grew past the cap: only its outline is fed
+
+    def take(self) -> tuple[list[str], bool]:
+        """The raw lines of the record just read, and whether it was too large; then reset."""
+        raw, over = self.raw, self.over
+        self.raw, self.raw_len, self.size, self.over = [], 0, 0, False
+        return raw, over
+
+    def keep(self, text: str) -> None:
+        if self.raw_len < _TEXT_MAX:
+            text = text[: _TEXT_MAX - self.raw_len]
+            self.raw.append(text)
+            self.raw_len += len(text)
+
+
+class _Outline:
+    """A line with each run of ordinary characters cut to one: ``csv`` splits it into records
+    and fields exactly as the line itself, without holding its text."""
+
+    def __init__(self, delimiter: str) -> None:
+        self._runs = re.compile(f'[^"{re.escape(delimiter)}\r\n]+')
+
+    def __call__(self, line: str) -> str:
+        return self._runs.sub("x", line)
+
+
+def _lines(text: io.TextIOWrapper, st: _Lines, cap: int, outline: _Outline) -> Iterator[str]:
+    """Feed ``csv`` the lines of ``text``, then the end marker.
+
+    Once a record passes ``cap`` bytes, the rest of it is fed in outline: memory stays bounded,
+    and the record still ends where it would have.
+    """
+    readline = text.readline
+    while True:
+        line = readline(_CHUNK)
+        if len(line) == _CHUNK and line[-1] not in "\r\n":
+            yield _long_line(readline, line, st, cap, outline)
+            continue
+        if not line:
+            st.eof = True
+            yield _END + "\n"
+            return
+        n = len(line)
+        st.pos += n
+        st.size += n
+        if st.raw_len < _TEXT_MAX:
+            st.keep(line)
+        if st.size > cap:
+            st.over = True
+        yield outline(line) if st.over else line
+
+
+def _long_line(readline: Any, piece: str, st: _Lines, cap: int, outline: _Outline) -> str:
+    """A line longer than a read, gathered piece by piece (in outline past the cap)."""
+    parts: list[str] = []
+    while True:
+        st.pos += len(piece)
+        st.size += len(piece)
+        st.keep(piece)
+        if st.size > cap and not st.over:
+            st.over = True
+            parts = [outline(x) for x in parts]
+        parts.append(outline(piece) if st.over else piece)
+        if len(piece) < _CHUNK or piece[-1] in "\r\n":
+            return "".join(parts)
+        piece = readline(_CHUNK)
+
+
+_Record = tuple[list[str], int, list[str], str | None]
+
+
+def _records(path: Path, offset: int, delimiter: str, cap: int) -> Iterator[_Record]:
+    """Each non-blank record from ``offset``: (fields, end offset, raw lines, problem).
+
+    Fields and lines are Latin-1 text, a character per byte. The problem, if any, is why the
+    record could not be read (its fields are then meaningless).
+    """
+    if csv.field_size_limit() < sys.maxsize >> 1:
+        csv.field_size_limit(sys.maxsize >> 1)  # records are bounded by the feeder instead
+    with open(path, "rb") as f:
+        f.seek(offset)
+        text = io.TextIOWrapper(f, encoding="latin-1", newline="")
+        st = _Lines(offset)
+        reader = csv.reader(
+            _lines(text, st, cap, _Outline(delimiter)), delimiter=delimiter, strict=False
+        )
+        while True:
+            try:
+                for fields in reader:
+                    raw, over = st.take()
+                    if st.eof:
+                        if fields != [_END]:
+                            yield fields, st.pos, raw, "unclosed quote at end of file"
+                        return
+                    if over:
+                        yield fields, st.pos, raw, f"record larger than {cap} bytes"
+                    elif fields:
+                        yield fields, st.pos, raw, None
+                return
+            except csv.Error as exc:  # the reader goes on with the next line
+                yield [], st.pos, st.take()[0], f"not valid CSV: {exc}"
+
+
+def _delimited_spec(
+    path: Path,
+    delimiter: str,
+    charset: str,
+    start: int,
+    batch_rows: int,
+    skip_rows: int,
+    max_field_bytes: int,
+    cap: int,
+) -> _Delimited:
+    """Read and check the header."""
+    for fields, end, _, problem in _records(path, start, delimiter, cap):
+        if problem is not None:
+            raise FileError(f"the header cannot be read: {problem}")
+        try:
+            names = [x.encode("latin-1").decode(charset).strip() for x in fields]
+        except UnicodeDecodeError:
+            raise FileError(f"the header is not valid {_label(charset)}") from None
+        seen: set[str] = set()
+        for i, name in enumerate(names, 1):
+            if not name:
+                raise FileError(f"column {i} of the header has no name")
+            if name.casefold() in seen:
+                raise FileError(f"duplicate column name {name!r}")
+            seen.add(name.casefold())
+        return _Delimited(
+            names, delimiter, charset, end, batch_rows, skip_rows, max_field_bytes, cap
+        )
+    raise FileError("file is empty")
+
+
+# ---- delimited: pieces ---------------------------------------------------------------------
+
+
+@dataclass
+class _Piece:
+    """Records ``first..last`` of the file: the good ones in ``table``, the others in ``bad``."""
+
+    table: pa.Table
+    numbers: pa.Array
+    bad: list[BadRow]
+    last: int
+
+
+def _delimited_pieces(path: Path, sp: _Delimited, fast: bool, block_size: int) -> Iterator[_Piece]:
+    cur = _Cursor(sp.data_offset, 0)
+    if not fast:
+        yield from _slow(path, sp, cur)
+        return
+    while not cur.eof:
+        offset, number = cur.offset, cur.number
+        failed_at = yield from _fast(path, sp, cur, block_size)
+        if failed_at is None:
+            return
+        # Find where the first record the fast path did not deliver starts, then read on
+        # slowly past the point where it failed.
+        delivered, cur.offset, cur.number = cur.number, offset, number
+        yield from _slow(path, sp, cur, stop=failed_at, quiet_until=delivered)
+
+
+class _Source:
+    """The file from an offset, then ``tail``: what Arrow reads. Counts the bytes read."""
+
+    def __init__(self, f: BinaryIO, tail: bytes) -> None:
+        self._f = f
+        self._tail = tail
+        self.pos = f.tell()
+        self.closed = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        if not data:
+            data, self._tail = self._tail, b""
+            return data
+        self.pos += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _fast(
+    path: Path, sp: _Delimited, cur: _Cursor, block_size: int
+) -> Generator[_Piece, None, int | None]:
+    """Read with Arrow from ``cur``; return None at the end, or where it could read no more.
+
+    A row with a random token ends the input: if it comes back as the last row, the file's
+    last record was complete; if not, a quote was left open and swallowed it.
+    """
+    token = secrets.token_hex(16)
+    end_row = f"\n{token}{sp.delimiter * (len(sp.columns) - 1)}\n".encode("ascii")
+    types = dict.fromkeys(sp.columns, pa.string())
+    with open(path, "rb") as f:
+        f.seek(cur.offset)
+        source = _Source(f, end_row)
+        try:
+            reader = pacsv.open_csv(
+                pa.PythonFile(source, mode="r"),
+                read_options=pacsv.ReadOptions(
+                    column_names=sp.columns,
+                    block_size=block_size,
+                    use_threads=False,
+                    encoding="utf8" if sp.charset == "utf-8" else sp.charset,
+                ),
+                parse_options=pacsv.ParseOptions(
+                    delimiter=sp.delimiter, newlines_in_values=True, ignore_empty_lines=True
+                ),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=types,
+                    null_values=[""],
+                    strings_can_be_null=True,
+                    quoted_strings_can_be_null=True,
+                ),
+            )
+        except Exception:  # any problem at all: the slow path finds and reports it
+            return source.pos
+        held = None  # the batch read last: the end row must be its last row
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except Exception:
+                return source.pos
+            if _too_large(batch, sp.max_field_bytes):
+                return source.pos
+            if held is not None:
+                yield from _fast_piece(held, sp, cur)
+            held = batch
+    if held is None or not _is_end_row(held, token):
+        return source.pos
+    yield from _fast_piece(held.slice(0, held.num_rows - 1), sp, cur)
+    cur.eof = True
+    return None
+
+
+def _too_large(batch: pa.RecordBatch, limit: int) -> bool:
+    for column in batch.columns:
+        longest = pc.max(pc.binary_length(column)).as_py()
+        if longest is not None and longest > limit:
+            return True
+    return False
+
+
+def _is_end_row(batch: pa.RecordBatch, token: str) -> bool:
+    if batch.num_rows == 0 or batch.column(0)[-1].as_py() != token:
+        return False
+    return all(not column[-1].is_valid for column in batch.columns[1:])
+
+
+def _fast_piece(batch: pa.RecordBatch, sp: _Delimited, cur: _Cursor) -> Iterator[_Piece]:
+    first = cur.number + 1
+    cur.number += batch.num_rows
+    if cur.number <= sp.skip_rows or batch.num_rows == 0:
+        return
+    drop = max(0, sp.skip_rows - first + 1)
+    table = pa.Table.from_batches([batch.slice(drop)])
+    yield _Piece(table, _numbers(first + drop, table.num_rows), [], cur.number)
+
+
+def _numbers(first: int, count: int) -> pa.Array:
+    ones = pa.repeat(pa.scalar(1, pa.int64()), count)
+    return pc.cumulative_sum(ones, start=pa.scalar(first - 1, pa.int64()))
+
+
+def _slow(
+    path: Path, sp: _Delimited, cur: _Cursor, stop: int | None = None, quiet_until: int = 0
+) -> Iterator[_Piece]:
+    """Read record by record from ``cur`` up to the first record ending at or past ``stop``.
+
+    Records up to ``quiet_until`` (already delivered) and ``skip_rows`` are only counted.
+    """
+    quiet = max(quiet_until, sp.skip_rows)
+    rows: list[list[str]] = []
+    numbers: list[int] = []
+    bad: list[BadRow] = []
+    n = cur.number
+    for fields, end, raw, problem in _records(path, cur.offset, sp.delimiter, sp.cap):
+        n += 1
+        if n > quiet:
+            values, reason = _checked(fields, sp) if problem is None else (fields, problem)
+            if reason is None:
+                rows.append(values)
+                numbers.append(n)
+            else:
+                text = _bad_text("".join(raw).encode("latin-1"), sp.charset)
+                bad.append(BadRow(n, text, reason))
+            if len(rows) + len(bad) >= sp.batch_rows:
+                yield _slow_piece(sp.columns, rows, numbers, bad, n)
+                rows, numbers, bad = [], [], []
+        if stop is not None and end >= stop and n > quiet_until:
+            cur.offset, cur.number = end, n
+            if rows or bad:
+                yield _slow_piece(sp.columns, rows, numbers, bad, n)
+            return
+    cur.offset, cur.number, cur.eof = -1, n, True
+    if rows or bad:
+        yield _slow_piece(sp.columns, rows, numbers, bad, n)
+
+
+def _checked(fields: list[str], sp: _Delimited) -> tuple[list[str], str | None]:
+    """A record's fields decoded, or why it is bad."""
+    if len(fields) != len(sp.columns):
+        return fields, f"expected {len(sp.columns)} fields, got {len(fields)}"
+    joined = "".join(fields)
+    limit = sp.max_field_bytes
+    if len(joined) > limit:
+        for name, value in zip(sp.columns, fields, strict=True):
+            if len(value) > limit:
+                return fields, f"field {name!r} is larger than {limit} bytes"
+    if joined.isascii():
+        return fields, None
+    try:
+        return [x.encode("latin-1").decode(sp.charset) for x in fields], None
+    except UnicodeDecodeError:
+        return fields, f"not valid {_label(sp.charset)}"
+
+
+def _slow_piece(
+    columns: list[str], rows: list[list[str]], numbers: list[int], bad: list[BadRow], last: int
+) -> _Piece:
+    if rows:
+        arrays = [
+            _empty_to_null(pa.array(values, pa.string())) for values in zip(*rows, strict=True)
+        ]
+        table = pa.Table.from_arrays(arrays, names=columns)
+    else:
+        table = _schema(columns).empty_table()
+    return _Piece(table, pa.array(numbers, pa.int64()), bad, last)
+
+
+def _empty_to_null(values: pa.Array) -> pa.Array:
+    return pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values)
+
+
+def _schema(columns: list[str]) -> pa.Schema:
+    return pa.schema([(c, pa.string()) for c in columns])
+
+
+def _batches(pieces: Iterator[_Piece], sp: _Delimited) -> Iterator[RowBatch]:
+    """Group pieces into batches of ``batch_rows`` records, split by record number."""
+    size = sp.batch_rows
+    hi = sp.skip_rows + size  # the last record of the current batch
+    tables: list[pa.Table] = []
+    numbers: list[pa.Array] = []
+    bad: list[BadRow] = []
+    for piece in pieces:
+        while piece.last >= hi:
+            k = _count_upto(piece.numbers, hi)
+            tables.append(piece.table.slice(0, k))
+            numbers.append(piece.numbers.slice(0, k))
+            bad.extend(b for b in piece.bad if b.row <= hi)
+            yield _row_batch(sp.columns, tables, numbers, bad)
+            tables, numbers, bad = [], [], []
+            rest = [b for b in piece.bad if b.row > hi]
+            piece = _Piece(piece.table.slice(k), piece.numbers.slice(k), rest, piece.last)
+            hi += size
+        if piece.table.num_rows or piece.bad:
+            tables.append(piece.table)
+            numbers.append(piece.numbers)
+            bad.extend(piece.bad)
+    if numbers or bad:
+        yield _row_batch(sp.columns, tables, numbers, bad)
+
+
+def _count_upto(numbers: pa.Array, hi: int) -> int:
+    """How many of the (sorted) ``numbers`` are at most ``hi``."""
+    count = len(numbers)
+    if count == 0:
+        return 0
+    first: int = numbers[0].as_py()
+    last: int = numbers[-1].as_py()
+    if last - first + 1 == count:  # consecutive
+        return max(0, min(count, hi - first + 1))
+    return bisect.bisect_right(numbers.to_pylist(), hi)
+
+
+def _row_batch(
+    columns: list[str], tables: list[pa.Table], numbers: list[pa.Array], bad: list[BadRow]
+) -> RowBatch:
+    empty = _schema(columns).empty_table()
+    table = pa.concat_tables(tables).combine_chunks() if tables else empty
+    row_numbers = pa.concat_arrays(numbers) if numbers else pa.array([], pa.int64())
+    return RowBatch(list(columns), table, row_numbers, sorted(bad, key=lambda b: b.row))
+
+
+# ---- JSON ----------------------------------------------------------------------------------
+
+
+def _utf8_chunks(path: Path, offset: int, charset: str) -> Iterator[bytes]:
+    """The file from ``offset`` as UTF-8; bytes invalid in ``charset`` stay invalid UTF-8."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        if charset == "utf-8":
+            while chunk := f.read(_CHUNK):
+                yield chunk
+            return
+        decoder = codecs.getincrementaldecoder(charset)(errors="surrogateescape")
+        while True:
+            chunk = f.read(_CHUNK)
+            text = decoder.decode(chunk, final=not chunk)
+            if text:
+                yield text.encode("utf-8", errors="surrogatepass")
+            if not chunk:
+                return
+
+
+_Element = tuple[bytes | bytearray, str | None]  # a record's bytes, and why it is bad if it is
+
+
+def _json_lines(chunks: Iterator[bytes], cap: int) -> Iterator[_Element]:
+    """Each non-blank line."""
+    pending: list[bytes] = []  # the start of a line that continues in the next chunk
+    size = 0
+    over = False
+    for chunk in chunks:
+        lines = chunk.split(b"\n")
+        if len(lines) > 1:
+            if over:
+                over, lines[0] = False, b""
+                yield b"".join(pending), f"record larger than {cap} bytes"
+            elif pending:
+                lines[0] = b"".join(pending) + lines[0]
+            pending, size = [], 0
+            for line in lines[:-1]:
+                if line and not line.isspace():
+                    yield line, None
+        if not over:
+            pending.append(lines[-1])
+            size += len(lines[-1])
+            if size > cap:
+                over = True
+                pending = [b"".join(pending)[:_TEXT_MAX]]
+    last = b"".join(pending)
+    if over:
+        yield last, f"record larger than {cap} bytes"
+    elif last and not last.isspace():
+        yield last, None
+
+
+def _array_elements(chunks: Iterator[bytes], cap: int) -> Iterator[_Element]:
+    """Each top-level element of a JSON array, from just after its '['.
+
+    Strings are skipped whole, brackets counted; a closing bracket that matches no open one
+    is left inside its element (which then fails to parse), one that closes an outer bracket
+    closes the inner ones too.
+    """
+    buf = bytearray()
+    pos = start = 0  # scan position; start of the current element
+    in_string = False
+    closers = [0x5D]  # the closing bracket expected at each depth
+    prefix: bytes | None = None  # the start of an element past the cap (its bytes are dropped)
+    too_large = f"record larger than {cap} bytes"
+    for chunk in chunks:
+        buf += chunk
+        while True:
+            if in_string:
+                rest = _STRING_REST.match(buf, pos)
+                pos = rest.end() if rest else pos
+                if pos >= len(buf) or buf[pos] != 0x22:
+                    break  # the string, or an escape, goes on in the next chunk
+                in_string = False
+                pos += 1
+                continue
+            m = _STRUCT.search(buf, pos)
+            if m is None:
+                pos = len(buf)
+                break
+            i = m.start()
+            c = buf[i]
+            pos = i + 1
+            if c == 0x22:
+                in_string = True
+            elif c == 0x2C:
+                if len(closers) == 1:
+                    yield (prefix, too_large) if prefix is not None else (buf[start:i], None)
+                    start, prefix = pos, None
+            elif c in _OPENERS:
+                if c == 0x7B and len(closers) == 1 and (flat := _FLAT_OBJECT.match(buf, i)):
+                    pos = flat.end()
+                else:
+                    closers.append(_OPENERS[c])
+            elif c == closers[-1] or c in closers:
+                while closers.pop() != c:
+                    pass
+                if not closers:
+                    element = buf[start:i]
+                    if prefix is not None:
+                        yield prefix, too_large
+                    elif element.strip():  # not after a trailing comma, nor in "[]"
+                        yield element, None
+                    yield from _after_array(buf[pos:], chunks)
+                    return
+        keep = start if prefix is None else pos
+        if prefix is None and len(buf) - start > cap:
+            prefix = bytes(buf[start : start + _TEXT_MAX])
+            keep = pos
+        del buf[:keep]
+        pos -= keep
+        start -= keep
+    # The file ended inside the array.
+    if prefix is not None:
+        yield prefix, too_large
+    elif (tail := buf[start:]).strip():
+        if in_string or len(closers) > 1:
+            yield tail, "the file ends inside this element (the JSON array is not closed)"
+        else:
+            yield tail, None  # a complete element: only the closing ']' is missing
+
+
+def _after_array(rest: bytearray, chunks: Iterator[bytes]) -> Iterator[_Element]:
+    """Anything but whitespace after the closing ']' is reported as one more bad record."""
+    found = bytes(rest).lstrip(_WHITESPACE)[:_TEXT_MAX]
+    for chunk in chunks:
+        if len(found) >= _TEXT_MAX:
+            break
+        found = (found + chunk if found else chunk.lstrip(_WHITESPACE))[:_TEXT_MAX]
+    if found:
+        yield found, "unexpected data after the end of the JSON array"
+
+
+def _parse_object(data: bytes | bytearray, label: str) -> tuple[dict[str, Any] | None, str]:
+    """The object in ``data``, or why there is none."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        try:
+            bytes(data).decode("utf-8")
+        except UnicodeDecodeError:
+            return None, f"not valid {label}"
+        return None, f"not valid JSON: {exc}"
+    if not isinstance(value, dict):
+        return None, "not a JSON object"
+    if _LONG_DIGITS.search(data):  # orjson reads integers past 64 bits as floats
+        with contextlib.suppress(ValueError):
+            value = json.loads(data, parse_constant=_no_constant)
+    return value, ""
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_text(value: Any) -> str | None:
+    """A JSON value as text: strings as is, anything else as its compact JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # an integer past 64 bits, nested
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _json_batches(
+    records: Iterator[_Element], label: str, batch_rows: int, skip_rows: int
+) -> Iterator[RowBatch]:
+    columns: list[str] = []  # every key seen, skipped records' too, so resuming keeps the order
+    known: set[str] = set()
+    objects: list[dict[str, Any]] = []
+    numbers: list[int] = []
+    bad: list[BadRow] = []
+    hi = skip_rows + batch_rows
+    n = 0
+    for data, problem in records:
+        n += 1
+        obj, reason = (None, problem) if problem is not None else _parse_object(data, label)
+        if obj is not None:
+            for key in obj:
+                if key not in known:
+                    known.add(key)
+                    columns.append(key)
+        if n <= skip_rows:
+            continue
+        if obj is not None:
+            objects.append(obj)
+            numbers.append(n)
+        else:
+            bad.append(BadRow(n, _bad_text(data.strip()), reason))
+        if n >= hi:
+            yield _json_batch(columns, objects, numbers, bad)
+            objects, numbers, bad = [], [], []
+            hi += batch_rows
+    if objects or bad:
+        yield _json_batch(columns, objects, numbers, bad)
+
+
+def _json_batch(
+    columns: list[str], objects: list[dict[str, Any]], numbers: list[int], bad: list[BadRow]
+) -> RowBatch:
+    arrays = [pa.array([_json_text(o.get(c)) for o in objects], pa.string()) for c in columns]
+    table = pa.Table.from_arrays(arrays, schema=_schema(columns))
+    return RowBatch(list(columns), table, pa.array(numbers, pa.int64()), bad)

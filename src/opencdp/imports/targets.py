@@ -1,0 +1,262 @@
+"""Where imported rows go: profiles (upsert by a lookup field) and events (backfill).
+
+A target turns a batch of text rows into typed columns checked against the catalog, and hands
+them to the store as a whole: profile imports are one set-based match-and-upsert per batch;
+events go through the same identity resolution and event upsert as the single-record API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from opencdp.catalog.model import Property, Schema
+from opencdp.catalog.service import Catalog
+from opencdp.catalog.types import PropertyType
+from opencdp.config import Limits
+from opencdp.errors import CdpError, Code, invalid
+from opencdp.imports.columns import coerce_column, infer
+from opencdp.imports.readers import RowBatch
+from opencdp.ingest.apply import apply_records
+from opencdp.ingest.records import Record, build_record
+from opencdp.store.base import StoreWriter
+
+USER_ID = "id"  # the lookup field naming our own user id
+TARGETS = ("users", "events")
+MODES = ("upsert", "insert")
+
+
+@dataclass
+class BatchResult:
+    """What a target did with a batch: rows written, and per-row failures and warnings."""
+
+    imported: int = 0
+    failures: dict[int, str] = field(default_factory=dict)  # index in the batch -> reason
+    warnings: dict[int, str] = field(default_factory=dict)
+
+
+class Target(ABC):
+    def __init__(self, catalog: Catalog, limits: Limits, project_id: int, insert_only: bool):
+        self.catalog = catalog
+        self.limits = limits
+        self.project_id = project_id
+        self.insert_only = insert_only
+        self.tz = catalog.project(project_id).tz
+
+    @abstractmethod
+    def apply(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
+        """Write the batch's good rows; report the others."""
+
+    @abstractmethod
+    def check(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
+        """Report the rows :meth:`apply` would refuse, writing nothing."""
+
+    def _columns(
+        self, schema: Schema, table: str, batch: RowBatch, reserved: set[str], res: BatchResult
+    ) -> dict[str, Property]:
+        """The batch's columns as catalog properties; new ones are added with an inferred type
+        (or, in a strict project, ignored with a warning on each row that has a value)."""
+        known = schema.table(table)
+        wanted: dict[str, PropertyType] = {}
+        strict = self.catalog.project(self.project_id).strict_schema
+        for name in batch.columns:
+            if name in reserved or name in known or name in schema.identity_keys:
+                continue
+            if strict:
+                present = pc.is_valid(batch.rows.column(name))
+                for i in pc.indices_nonzero(present).to_pylist():
+                    res.warnings.setdefault(i, f"{name}: unknown column ignored")
+                continue
+            if len(name) > self.limits.max_name_length or not name.strip():
+                raise invalid("file", f"column name {name[:80]!r} is not a valid property name")
+            wanted[name] = infer(batch.rows.column(name))
+        if wanted:
+            self.catalog.ensure_properties(self.project_id, table, wanted)
+            known = self.catalog.schema(self.project_id).table(table)
+        return {n: known[n] for n in batch.columns if n in known and n not in reserved}
+
+
+def make_target(
+    catalog: Catalog, limits: Limits, project_id: int, params: dict[str, Any]
+) -> Target:
+    target = params.get("target", "users")
+    insert_only = params.get("mode", "upsert") == "insert"
+    if target == "users":
+        return ProfilesTarget(
+            catalog, limits, project_id, insert_only, str(params.get("lookup_field") or "email")
+        )
+    if target == "events":
+        return EventsTarget(catalog, limits, project_id, insert_only)
+    raise CdpError(Code.UNSUPPORTED, f"target: cannot import into {target!r}", "target")
+
+
+def check_lookup_field(schema: Schema, lookup: str, insert_only: bool) -> None:
+    """Refuse a lookup field that cannot identify a profile (before a job is queued)."""
+    if lookup == USER_ID:
+        if insert_only:
+            raise invalid("lookupField", "insert-only imports look profiles up by an identity key")
+        return
+    if lookup not in schema.identity_keys:
+        keys = ", ".join([*schema.identity_keys, USER_ID])
+        raise invalid("lookupField", f"{lookup!r} is not an identity key (one of {keys})")
+
+
+def _normalize(values: pa.Array, key: str) -> pa.Array:
+    """Identity values as ``identity.normalize`` makes them: trimmed, e-mail lower-cased, and
+    null when empty."""
+    out = pc.utf8_trim_whitespace(values)
+    if "email" in key.lower():
+        out = pc.utf8_lower(out)
+    return pc.if_else(pc.equal(out, ""), pa.scalar(None, pa.string()), out)
+
+
+class ProfilesTarget(Target):
+    def __init__(
+        self, catalog: Catalog, limits: Limits, project_id: int, insert_only: bool, lookup: str
+    ) -> None:
+        super().__init__(catalog, limits, project_id, insert_only)
+        check_lookup_field(catalog.schema(project_id), lookup, insert_only)
+        self.lookup = lookup
+
+    def _prepare(self, batch: RowBatch, res: BatchResult) -> tuple[pa.Table, list[Property]]:
+        if self.lookup not in batch.columns:
+            raise invalid("file", f"the lookup field {self.lookup!r} is not a column of the file")
+        schema = self.catalog.schema(self.project_id)
+        props = self._columns(schema, "user", batch, {USER_ID}, res)
+        schema = self.catalog.schema(self.project_id)
+        n = batch.rows.num_rows
+        data: dict[str, pa.Array] = {"_row": batch.row_numbers}
+        raw_lookup = batch.rows.column(self.lookup).combine_chunks()
+        if self.lookup == USER_ID:
+            problems: dict[int, str] = {}
+            ids = coerce_column(
+                PropertyType.NUMBER, raw_lookup, USER_ID, self.limits, self.tz, problems, {}
+            )
+            whole = pc.and_(pc.is_valid(ids), pc.equal(pc.round(ids), ids))
+            for i in pc.indices_nonzero(pc.invert(pc.fill_null(whole, False))).to_pylist():
+                res.failures.setdefault(i, f"{USER_ID}: expected a user id")
+            data["_lookup"] = pc.cast(pc.if_else(whole, ids, None), pa.int64())
+        else:
+            lookup = _normalize(raw_lookup, self.lookup)
+            for i in pc.indices_nonzero(pc.is_null(lookup)).to_pylist():
+                res.failures.setdefault(i, f"{self.lookup}: the lookup field is empty")
+            data["_lookup"] = lookup
+        for name, prop in schema.identity_keys.items():
+            if name in batch.columns and name != self.lookup:
+                data[f"_k{prop.id}"] = _normalize(batch.rows.column(name).combine_chunks(), name)
+        for name, prop in props.items():
+            column = batch.rows.column(name).combine_chunks()
+            if prop.is_identity:
+                column = pc.utf8_trim_whitespace(column)
+                column = pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
+            data[prop.column] = coerce_column(
+                prop.type, column, name, self.limits, self.tz, res.failures, res.warnings
+            )
+        now = time.time_ns() // 1000
+        data["_touched"] = pa.array([now] * n, pa.timestamp("us"))
+        table = pa.table(data)
+        if res.failures:
+            keep = pa.array([i not in res.failures for i in range(n)])
+            table = table.filter(keep)
+        return table, list(props.values())
+
+    def _run(self, w: StoreWriter, batch: RowBatch, write: bool) -> BatchResult:
+        res = BatchResult()
+        table, props = self._prepare(batch, res)
+        schema = self.catalog.schema(self.project_id)
+        key = None if self.lookup == USER_ID else schema.identity_keys[self.lookup].id
+        others = [
+            p.id for n, p in schema.identity_keys.items() if n in batch.columns and n != self.lookup
+        ]
+        outcome = w.import_profiles(
+            self.project_id, table, key, others, props, self.insert_only, write
+        )
+        index = {n: i for i, n in enumerate(batch.row_numbers.to_pylist())}
+        for row, reason in outcome.failures.items():
+            res.failures.setdefault(index[row], reason)
+        for row, reason in outcome.warnings.items():
+            res.warnings.setdefault(index[row], reason)
+        res.imported = outcome.imported
+        return res
+
+    def apply(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
+        return self._run(w, batch, True)
+
+    def check(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
+        return self._run(w, batch, False)
+
+
+EVENT_NAME = ("event", "event_name")
+EVENT_RESERVED = {"event", "event_name", "event_id", "create_time", "event_time"}
+
+
+class EventsTarget(Target):
+    def _records(self, w: StoreWriter, batch: RowBatch, res: BatchResult) -> list[Record]:
+        project = self.catalog.project(self.project_id)
+        schema = self.catalog.schema(self.project_id)
+        props = self._columns(schema, "event", batch, EVENT_RESERVED, res)
+        lists = {n for n, p in props.items() if p.type is PropertyType.LIST}
+        schema = self.catalog.schema(self.project_id)
+        received = time.time_ns() // 1000
+        records: list[tuple[int, Record]] = []
+        ignored = set(batch.columns) - set(props) - set(schema.identity_keys) - EVENT_RESERVED
+        for i, row in enumerate(batch.rows.to_pylist()):
+            if i in res.failures:
+                continue
+            name = next((row[c] for c in EVENT_NAME if row.get(c)), None)
+            properties = {k: v for k, v in row.items() if k not in ignored and v is not None}
+            if "create_time" not in properties and "event_time" in properties:
+                properties["create_time"] = properties["event_time"]
+            for k in ("event", "event_name", "event_time"):
+                properties.pop(k, None)
+            for k in lists & properties.keys():
+                with contextlib.suppress(orjson.JSONDecodeError):  # else coerce says why
+                    properties[k] = orjson.loads(properties[k])
+            try:
+                record = build_record(
+                    {"type": "event", "event": name, "properties": properties},
+                    project,
+                    schema,
+                    self.limits,
+                    received,
+                    lambda table, wanted: self.catalog.ensure_properties(
+                        self.project_id, table, wanted
+                    ),
+                )
+            except CdpError as exc:
+                res.failures[i] = exc.message
+                continue
+            records.append((i, record))
+        # One event per event_id: a later row replaces an earlier one, or, insert-only, fails.
+        latest: dict[str, int] = {}
+        for pos, (i, r) in enumerate(records):
+            if r.event_id in latest and self.insert_only:
+                res.failures[i] = f"event_id: {r.event_id!r} repeats an earlier row of the file"
+                continue
+            latest[r.event_id] = pos
+        if self.insert_only:
+            existing = w.existing_event_ids(self.project_id, list(latest))
+            for eid in existing:
+                i = records[latest.pop(eid)][0]
+                res.failures[i] = f"event_id: {eid!r} already exists"
+        return [r for i, r in records if i not in res.failures]
+
+    def apply(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
+        res = BatchResult()
+        records = self._records(w, batch, res)
+        if records:
+            apply_records(w, self.catalog, records)
+        res.imported = batch.rows.num_rows - len(res.failures)
+        return res
+
+    def check(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
+        res = BatchResult()
+        self._records(w, batch, res)
+        return res

@@ -1,0 +1,230 @@
+"""Marketo bulk import (seed 001): OAuth client-credentials tokens and lead import jobs.
+
+Served paths: ``/identity/oauth/token``; ``POST /bulk/v1/leads.json``;
+``GET /bulk/v1/leads/batch/{batchId}.json`` and its ``failures.json`` / ``warnings.json``.
+Every JSON answer has Marketo's envelope (``requestId``, ``success``, ``result`` or ``errors``).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets as pysecrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from opencdp.catalog.model import Project
+from opencdp.errors import CdpError, Code, invalid
+from opencdp.imports.targets import check_lookup_field
+from opencdp.jobs.service import COMPLETE, FAILED, QUEUED, Job
+from opencdp.runtime import Runtime
+from opencdp.surfaces.uploads import file_field, param, read_form, store_upload
+
+log = logging.getLogger(__name__)
+AUDIENCE = "marketo"
+SCOPE = "opencdp"
+
+# core code -> (Marketo code, message)
+ERRORS: dict[Code, tuple[str, str]] = {
+    Code.MISSING_CREDENTIAL: ("600", "Access token not specified"),
+    Code.AUTH_FAILED: ("601", "Access token invalid"),
+    Code.TOKEN_EXPIRED: ("602", "Access token expired"),
+    Code.INVALID_JSON: ("609", "Invalid JSON"),
+    Code.NOT_FOUND: ("610", "Requested resource not found"),
+    Code.INTERNAL: ("611", "System error"),
+    Code.INVALID_TYPE: ("612", "Invalid Content Type"),
+    Code.VALIDATION_FAILED: ("1003", "Invalid data"),
+    Code.LIMIT_EXCEEDED: ("1003", "Invalid data"),
+    Code.BUSY: ("1016", "Too many imports"),
+    Code.UNSUPPORTED: ("1003", "Invalid data"),
+}
+STATUS = {QUEUED: "Queued", "running": "Importing", COMPLETE: "Complete", FAILED: "Failed"}
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _request_id() -> str:
+    return f"{pysecrets.token_hex(2)}#{int(time.time() * 1000):x}"
+
+
+def _ok(result: list[dict[str, Any]]) -> JSONResponse:
+    return JSONResponse({"requestId": _request_id(), "result": result, "success": True})
+
+
+def _error(code: str, message: str) -> JSONResponse:
+    # Marketo answers API errors with HTTP 200 and success: false; clients read `errors`.
+    return JSONResponse(
+        {
+            "requestId": _request_id(),
+            "success": False,
+            "errors": [{"code": code, "message": message}],
+        }
+    )
+
+
+def envelope(handler: Handler) -> Handler:
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except CdpError as exc:
+            code, text = ERRORS.get(exc.code, ERRORS[Code.INTERNAL])
+            return _error(code, f"{text}: {exc.message}")
+        except Exception:
+            log.exception("marketo request failed")
+            return _error(*ERRORS[Code.INTERNAL])
+
+    return wrapped
+
+
+class Marketo:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    # ---- identity ------------------------------------------------------------------------
+    async def token(self, request: Request) -> Response:
+        form: FormData | None = None
+        if request.method == "POST" and "form" in request.headers.get("content-type", ""):
+            form = await request.form()
+        client_id = param(request, form, "client_id", "")
+        client_secret = param(request, form, "client_secret", "")
+        grant = param(request, form, "grant_type", "client_credentials")
+        if grant != "client_credentials":
+            return JSONResponse(
+                {"error": "unsupported_grant_type", "error_description": f"{grant!r}"}, 400
+            )
+        project = self.rt.catalog.authenticate_client(str(client_id), str(client_secret))
+        if project is None:
+            return JSONResponse(
+                {"error": "invalid_client", "error_description": "Bad client credentials"}, 401
+            )
+        token, expires = self.rt.catalog.issue_access_token(
+            str(client_id), AUDIENCE, self.rt.settings.access_token_ttl
+        )
+        return JSONResponse(
+            {
+                "access_token": token,
+                "token_type": "bearer",
+                "expires_in": max(0, expires - int(time.time())),
+                "scope": SCOPE,
+            }
+        )
+
+    def _project(self, request: Request, form: FormData | None = None) -> Project:
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            token = param(request, form, "access_token", "")
+        if not token:
+            raise CdpError(Code.MISSING_CREDENTIAL, "access_token: missing", "access_token")
+        project, _ = self.rt.catalog.check_access_token(token.strip(), AUDIENCE)
+        return project
+
+    # ---- leads ---------------------------------------------------------------------------
+    async def import_leads(self, request: Request) -> Response:
+        if request.headers.get("authorization") or request.query_params.get("access_token"):
+            self._project(request)  # refuse before reading the upload
+        limit = self.rt.settings.marketo_max_file_bytes
+        form = await read_form(request, limit)
+        project = self._project(request, form)
+        fmt = str(param(request, form, "format", "csv")).lower()
+        if fmt not in ("csv", "tsv", "ssv"):
+            raise invalid("format", f"must be CSV, TSV or SSV, got {fmt!r}")
+        lookup = str(param(request, form, "lookupField", "email"))
+        check_lookup_field(self.rt.catalog.schema(project.id), lookup, False)
+        list_id = param(request, form, "listId")
+        if list_id is not None and not str(list_id).isdigit():
+            raise invalid("listId", "must be a positive integer")
+        upload = file_field(form)
+        stored = await store_upload(self.rt.files, project.id, upload, limit)
+        params = {
+            "target": "users",
+            "format": fmt,
+            "lookup_field": lookup,
+            "mode": "upsert",
+            "list_id": int(list_id) if list_id is not None else None,
+            "partition": param(request, form, "partitionName"),
+            "charset": param(request, form, "charset"),
+        }
+        job = await run_in_threadpool(
+            self.rt.jobs.submit, project.id, "import", AUDIENCE, params, stored.id
+        )
+        return _ok([{"batchId": job.id, "importId": str(job.id), "status": STATUS[job.state]}])
+
+    def _job(self, request: Request) -> Job:
+        project = self._project(request)
+        raw = request.path_params["batch_id"]
+        if not raw.isdigit():
+            raise CdpError(Code.NOT_FOUND, f"batchId {raw!r} does not exist", "batchId")
+        return self.rt.jobs.get(project.id, int(raw), surface=AUDIENCE)
+
+    async def lead_status(self, request: Request) -> Response:
+        job = self._job(request)
+        return _ok([_status(job)])
+
+    async def lead_failures(self, request: Request) -> Response:
+        return self._file(self._job(request), "failures")
+
+    async def lead_warnings(self, request: Request) -> Response:
+        return self._file(self._job(request), "warnings")
+
+    def _file(self, job: Job, kind: str) -> Response:
+        path = self.rt.files.job_file(job.project_id, job.id, kind)
+        data = path.read_bytes() if path.exists() else b""
+        return Response(data, media_type="text/csv; charset=utf-8")
+
+
+def _status(job: Job) -> dict[str, Any]:
+    if job.state == FAILED:
+        message = job.message
+    elif job.state == COMPLETE:
+        message = (
+            f"Import succeeded, {job.imported} records imported ({job.imported} members)"
+            if job.failed == 0
+            else f"Import completed with errors, {job.imported} records imported "
+            f"({job.imported} members), {job.failed} failed"
+        )
+    else:
+        message = ""
+    return {
+        "batchId": job.id,
+        "importId": str(job.id),
+        "status": STATUS.get(job.state, job.state),
+        "numOfLeadsProcessed": job.imported,
+        "numOfRowsFailed": job.failed,
+        "numOfRowsWithWarning": job.warnings,
+        "message": message,
+    }
+
+
+def build(rt: Runtime) -> Starlette:
+    m = Marketo(rt)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return _error("610", "Requested resource not found")
+
+    routes = [
+        Route("/identity/oauth/token", envelope(m.token), methods=["GET", "POST"]),
+        Route("/bulk/v1/leads.json", envelope(m.import_leads), methods=["POST"]),
+        Route("/bulk/v1/leads/batch/{batch_id}.json", envelope(m.lead_status), methods=["GET"]),
+        Route(
+            "/bulk/v1/leads/batch/{batch_id}/failures.json",
+            envelope(m.lead_failures),
+            methods=["GET"],
+        ),
+        Route(
+            "/bulk/v1/leads/batch/{batch_id}/warnings.json",
+            envelope(m.lead_warnings),
+            methods=["GET"],
+        ),
+    ]
+    return Starlette(routes=routes, exception_handlers={404: not_found})
+
+
+PREFIXES = ("/identity/", "/bulk/")

@@ -1,0 +1,66 @@
+"""Multipart uploads shared by the surfaces: bounded, streamed to the files store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.datastructures import FormData, UploadFile
+from starlette.requests import Request
+
+from opencdp.errors import CdpError, Code, invalid
+from opencdp.imports.files import Files, FileTooLarge, StoredFile
+
+_OVERHEAD = 64 << 10  # multipart headers and boundaries around the file
+
+
+async def read_form(request: Request, limit: int) -> FormData:
+    """The multipart form of ``request``; a body clearly over ``limit`` is refused unread."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        raise CdpError(
+            Code.INVALID_TYPE, "Content-Type: expected multipart/form-data", "Content-Type"
+        )
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit + _OVERHEAD:
+        raise FileTooLarge(limit)
+    try:
+        return await request.form(max_files=4, max_fields=64)
+    except CdpError:
+        raise
+    except Exception as exc:  # malformed multipart
+        raise invalid("body", f"not a valid multipart form ({exc})") from None
+
+
+def file_field(form: FormData, name: str = "file") -> UploadFile:
+    value = form.get(name)
+    if not isinstance(value, UploadFile):
+        raise CdpError(Code.VALIDATION_FAILED, f"{name}: a file part is required", name)
+    return value
+
+
+async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(1 << 20):
+        yield chunk
+
+
+async def store_upload(
+    files: Files,
+    project_id: int,
+    upload: UploadFile,
+    limit: int,
+    name: str | None = None,
+    reserved: StoredFile | None = None,
+) -> StoredFile:
+    return await files.write(
+        project_id, name or upload.filename or "upload", _chunks(upload), limit, reserved
+    )
+
+
+def param(request: Request, form: FormData | None, name: str, default: Any = None) -> Any:
+    """A parameter from the query string or, failing that, a form field."""
+    value = request.query_params.get(name)
+    if value is None and form is not None:
+        field = form.get(name)
+        value = field if isinstance(field, str) else None
+    return default if value is None or value == "" else value
