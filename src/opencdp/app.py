@@ -7,7 +7,7 @@ from typing import Any
 
 from opencdp.config import Settings
 from opencdp.runtime import Runtime
-from opencdp.surfaces import admin, dmartech, marketo
+from opencdp.surfaces import admin, dmartech, marketo, wechat
 from opencdp.surfaces.rawasgi import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("opencdp")
@@ -23,8 +23,10 @@ class OpenCDP:
         handler = dmartech.ImportHandler(self.runtime)
         self.fast: dict[str, ASGIApp] = {path: handler for path in dmartech.PATHS}
         # Vendor surfaces by path prefix; everything else is the admin app.
-        vendor = marketo.build(self.runtime)
-        self.prefixed: list[tuple[str, ASGIApp]] = [(p, vendor) for p in marketo.PREFIXES]
+        self.prefixed: list[tuple[str, ASGIApp]] = []
+        for surface in (marketo, wechat):
+            vendor = surface.build(self.runtime)
+            self.prefixed += [(p, vendor) for p in surface.PREFIXES]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -35,6 +35,9 @@ class Credentials:
     api_token: str
 
 
+_COLLECTION = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,127}")
+
+
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -265,6 +268,43 @@ class Catalog:
         if expires <= time.time():
             raise CdpError(Code.TOKEN_EXPIRED, "access token: expired", "access_token")
         return project, expires
+
+    # ---- collections ---------------------------------------------------------------------
+    def collection(self, project_id: int, name: str, create: bool = True) -> int:
+        """The id of a project's collection, created on first use."""
+        name = check_name(name, "collection_name")
+        if not _COLLECTION.fullmatch(name):
+            raise invalid(
+                "collection_name", "use letters, digits, '_' and '-', starting with a letter"
+            )
+        c = t.collections.c
+        with self._lock, self._engine.begin() as conn:
+            found = conn.execute(
+                sa.select(c.id).where(c.project_id == self.project(project_id).id, c.name == name)
+            ).scalar()
+            if found is not None:
+                return int(found)
+            if not create:
+                raise not_found("collection", name)
+            new = conn.execute(
+                sa.insert(t.collections).values(project_id=project_id, name=name, created_at=_now())
+            ).inserted_primary_key
+            assert new is not None
+            return int(new[0])
+
+    # ---- signed links --------------------------------------------------------------------
+    def sign_link(self, purpose: str, *parts: str, ttl: int) -> tuple[int, str]:
+        """(expiry, signature) for a download link; parts name what the link gives."""
+        expires = int(time.time()) + ttl
+        return expires, secrets.sign(self._server_key, "link", purpose, *parts, str(expires))
+
+    def check_link(self, purpose: str, *parts: str, expires: str, signature: str) -> None:
+        """Refuse a link that was altered in any part, or whose time is up."""
+        good = secrets.sign(self._server_key, "link", purpose, *parts, expires)
+        if not secrets.same(signature, good) or not expires.isdigit():
+            raise CdpError(Code.AUTH_FAILED, "link: invalid signature", "sign")
+        if int(expires) <= time.time():
+            raise CdpError(Code.TOKEN_EXPIRED, "link: expired", "expires")
 
     # ---- schema --------------------------------------------------------------------------
     def schema(self, project_id: int) -> Schema:

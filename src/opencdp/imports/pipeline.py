@@ -94,7 +94,9 @@ class ImportRunner:
         params = job.params
         fmt = str(params.get("format", "csv"))
         charset = detect_charset(stored.path, params.get("charset"))
-        target = make_target(self.catalog, self.limits, job.project_id, params)
+        target = make_target(
+            self.catalog, self.limits, job.project_id, {**params, "file_sha256": stored.sha256}
+        )
         names = {k: f"job:{job.id}:{k}" for k in _COUNTERS}
         state = {k: self.store.checkpoint(n) for k, n in names.items()}
         delimiter = DELIMITERS.get(fmt, ",")

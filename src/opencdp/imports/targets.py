@@ -29,7 +29,8 @@ from opencdp.ingest.records import Record, build_record
 from opencdp.store.base import StoreWriter
 
 USER_ID = "id"  # the lookup field naming our own user id
-TARGETS = ("users", "events")
+IDENTITY = "*"  # look profiles up by every identity key, merging as the single-record API does
+TARGETS = ("users", "events", "collection")
 MODES = ("upsert", "insert")
 
 
@@ -88,6 +89,12 @@ def make_target(
 ) -> Target:
     target = params.get("target", "users")
     insert_only = params.get("mode", "upsert") == "insert"
+    if target == "users" and params.get("lookup_field") == IDENTITY:
+        return UsersByIdentityTarget(catalog, limits, project_id, insert_only)
+    if target == "collection":
+        return CollectionTarget(
+            catalog, limits, project_id, insert_only, str(params["collection"]), params
+        )
     if target == "users":
         return ProfilesTarget(
             catalog, limits, project_id, insert_only, str(params.get("lookup_field") or "email")
@@ -99,6 +106,8 @@ def make_target(
 
 def check_lookup_field(schema: Schema, lookup: str, insert_only: bool) -> None:
     """Refuse a lookup field that cannot identify a profile (before a job is queued)."""
+    if lookup == IDENTITY:
+        return
     if lookup == USER_ID:
         if insert_only:
             raise invalid("lookupField", "insert-only imports look profiles up by an identity key")
@@ -259,4 +268,143 @@ class EventsTarget(Target):
     def check(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
         res = BatchResult()
         self._records(w, batch, res)
+        return res
+
+
+class _RecordTarget(Target):
+    """Rows validated as single records and applied like ingested ones."""
+
+    kind = "user"
+
+    def _records(self, w: StoreWriter, batch: RowBatch, res: BatchResult) -> list[Record]:
+        raise NotImplementedError
+
+    def apply(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
+        res = BatchResult()
+        records = self._records(w, batch, res)
+        if records:
+            apply_records(w, self.catalog, records)
+        res.imported = batch.rows.num_rows - len(res.failures)
+        return res
+
+    def check(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
+        res = BatchResult()
+        self._records(w, batch, res)
+        return res
+
+
+class UsersByIdentityTarget(_RecordTarget):
+    """Profiles matched by every identity key they carry (users that turn out to be one are
+    merged), as the single-record API does with ``type: user``."""
+
+    def _records(self, w: StoreWriter, batch: RowBatch, res: BatchResult) -> list[Record]:
+        project = self.catalog.project(self.project_id)
+        schema = self.catalog.schema(self.project_id)
+        props = self._columns(schema, "user", batch, {"_id"}, res)
+        schema = self.catalog.schema(self.project_id)
+        lists = {n for n, p in props.items() if p.type is PropertyType.LIST}
+        keep = set(props) | set(schema.identity_keys)
+        received = time.time_ns() // 1000
+        out: list[tuple[int, Record]] = []
+        for i, row in enumerate(batch.rows.to_pylist()):
+            if i in res.failures:
+                continue
+            properties = {k: v for k, v in row.items() if k in keep and v is not None}
+            for k in lists & properties.keys():
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    properties[k] = orjson.loads(properties[k])
+            try:
+                record = build_record(
+                    {"type": "user", "properties": properties},
+                    project,
+                    schema,
+                    self.limits,
+                    received,
+                    lambda table, wanted: self.catalog.ensure_properties(
+                        self.project_id, table, wanted
+                    ),
+                )
+            except CdpError as exc:
+                res.failures[i] = exc.message
+                continue
+            out.append((i, record))
+        if self.insert_only:
+            known = w.lookup_identities(
+                self.project_id, list(dict.fromkeys(t for _, r in out for t in r.tokens))
+            )
+            seen: set[tuple[int, str]] = set()
+            for i, r in out:
+                if any(t in known for t in r.tokens):
+                    res.failures[i] = "a profile with one of these identities already exists"
+                elif any(t in seen for t in r.tokens):
+                    res.failures[i] = "repeats the identity of an earlier row of the file"
+                seen.update(r.tokens)
+        return [r for i, r in out if i not in res.failures]
+
+
+class CollectionTarget(Target):
+    """Documents of a custom collection, keyed by their ``_id``.
+
+    A row without ``_id`` gets one made from the file's digest and the row number, so that
+    importing the same file again (or resuming it) replaces rather than duplicates.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        limits: Limits,
+        project_id: int,
+        insert_only: bool,
+        name: str,
+        params: dict[str, Any],
+    ) -> None:
+        super().__init__(catalog, limits, project_id, insert_only)
+        self.collection_id = catalog.collection(project_id, name)
+        self.file_tag = str(params.get("file_sha256") or "")[:16] or "row"
+        self.json = params.get("format") in ("json", "jsonl")
+
+    def _docs(
+        self, w: StoreWriter, batch: RowBatch, res: BatchResult
+    ) -> dict[str, tuple[int, str]]:
+        docs: dict[str, tuple[int, str]] = {}
+        numbers = batch.row_numbers.to_pylist()
+        for i, row in enumerate(batch.rows.to_pylist()):
+            doc = {k: self._value(v) for k, v in row.items() if v is not None}
+            doc_id = str(doc.get("_id") or f"{self.file_tag}-{numbers[i]}")
+            doc["_id"] = doc_id
+            if len(doc_id) > self.limits.max_string_bytes:
+                res.failures[i] = "_id: too long"
+                continue
+            if doc_id in docs and self.insert_only:
+                res.failures[i] = f"_id: {doc_id!r} repeats an earlier row of the file"
+                continue
+            docs[doc_id] = (i, orjson.dumps(doc).decode())
+        if self.insert_only:
+            for doc_id in w.existing_documents(self.project_id, self.collection_id, list(docs)):
+                res.failures[docs.pop(doc_id)[0]] = f"_id: {doc_id!r} already exists"
+        return docs
+
+    def _value(self, text: str) -> Any:
+        if not self.json:
+            return text
+        try:  # JSON files: numbers, booleans, objects and arrays come back as themselves
+            return orjson.loads(text) if text[:1] in "-0123456789tfn[{" else text
+        except orjson.JSONDecodeError:
+            return text
+
+    def apply(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
+        res = BatchResult()
+        docs = self._docs(w, batch, res)
+        w.upsert_documents(
+            self.project_id,
+            self.collection_id,
+            list(docs),
+            [d for _, d in docs.values()],
+        )
+        res.imported = batch.rows.num_rows - len(res.failures)
+        return res
+
+    def check(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
+        res = BatchResult()
+        self._docs(w, batch, res)
         return res

@@ -21,7 +21,7 @@ def _v1_initial(conn: sa.Connection) -> None:
 
 
 def _v2_files_and_jobs(conn: sa.Connection) -> None:
-    for table in (tables.files, tables.jobs):
+    for table in (tables.files, tables.jobs, tables.collections):
         table.create(conn)
 
 

@@ -93,3 +93,15 @@ jobs = sa.Table(
     sa.Column("finished_at", sa.DateTime, nullable=True),
     sa.Index("ix_jobs_project_state", "project_id", "state"),
 )
+
+# Custom collections (WeChat collections, Marketo custom objects): documents keyed by their own
+# ``_id``, stored in the analytic store in a table named from this id.
+collections = sa.Table(
+    "collections",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("project_id", "name", name="uq_collection_name"),
+)

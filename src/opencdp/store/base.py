@@ -110,6 +110,17 @@ class StoreWriter(ABC):
     def existing_event_ids(self, project_id: int, event_ids: Sequence[str]) -> set[str]: ...
 
     @abstractmethod
+    def existing_documents(
+        self, project_id: int, collection_id: int, ids: Sequence[str]
+    ) -> set[str]: ...
+
+    @abstractmethod
+    def upsert_documents(
+        self, project_id: int, collection_id: int, ids: Sequence[str], docs: Sequence[str]
+    ) -> None:
+        """Insert or replace documents (JSON text) of a collection by their ``_id``."""
+
+    @abstractmethod
     def import_profiles(
         self,
         project_id: int,
@@ -165,6 +176,12 @@ class Store(ABC):
 
     @abstractmethod
     def counts(self, project_id: int) -> dict[str, int]: ...
+
+    @abstractmethod
+    def document(self, project_id: int, collection_id: int, doc_id: str) -> str | None: ...
+
+    @abstractmethod
+    def document_count(self, project_id: int, collection_id: int) -> int: ...
 
     @abstractmethod
     def close(self) -> None: ...

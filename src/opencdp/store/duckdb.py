@@ -64,6 +64,12 @@ def ident(name: str) -> str:
     return f'"{name}"'
 
 
+def collection_table(project_id: int, collection_id: int) -> str:
+    if not isinstance(project_id, int) or not isinstance(collection_id, int):
+        raise ValueError("bad table reference")
+    return ident(f"p{project_id}_c{collection_id}")
+
+
 def table(project_id: int, kind: str) -> str:
     if not isinstance(project_id, int) or kind not in ("profiles", "identities", "events"):
         raise ValueError("bad table reference")
@@ -220,6 +226,22 @@ class DuckDBStore(Store):
                 row = cur.execute(f"SELECT count(*) FROM {table(project_id, kind)}").fetchone()
                 out[kind] = int(row[0]) if row else 0
         return out
+
+    def document(self, project_id: int, collection_id: int, doc_id: str) -> str | None:
+        tbl = collection_table(project_id, collection_id)
+        with self._read() as cur:
+            if not self.known_columns(cur, tbl):
+                return None
+            row = cur.execute(f"SELECT doc FROM {tbl} WHERE _id = ?", [doc_id]).fetchone()
+        return None if row is None else str(row[0])
+
+    def document_count(self, project_id: int, collection_id: int) -> int:
+        tbl = collection_table(project_id, collection_id)
+        with self._read() as cur:
+            if not self.known_columns(cur, tbl):
+                return 0
+            row = cur.execute(f"SELECT count(*) FROM {tbl}").fetchone()
+        return int(row[0]) if row else 0
 
     def close(self) -> None:
         with self._write_lock:
@@ -450,6 +472,49 @@ class _Writer(StoreWriter):
         finally:
             self._unstage(staged)
         return {r[0] for r in rows}
+
+    def _collection(self, project_id: int, collection_id: int) -> str:
+        tbl = collection_table(project_id, collection_id)
+        if not self._store.known_columns(self._cur, tbl):
+            self._cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {tbl} (_id VARCHAR PRIMARY KEY, doc JSON NOT NULL, "
+                "updated_at TIMESTAMP NOT NULL)"
+            )
+            self._store._columns.pop(tbl, None)
+        return tbl
+
+    def existing_documents(
+        self, project_id: int, collection_id: int, ids: Sequence[str]
+    ) -> set[str]:
+        if not ids:
+            return set()
+        tbl = self._collection(project_id, collection_id)
+        staged = self._stage(pa.table({"_id": pa.array(list(ids), pa.string())}))
+        try:
+            rows = self._cur.execute(
+                f"SELECT d._id FROM {tbl} d JOIN {staged} s ON d._id = s._id"
+            ).fetchall()
+        finally:
+            self._unstage(staged)
+        return {r[0] for r in rows}
+
+    def upsert_documents(
+        self, project_id: int, collection_id: int, ids: Sequence[str], docs: Sequence[str]
+    ) -> None:
+        if not ids:
+            return
+        tbl = self._collection(project_id, collection_id)
+        staged = self._stage(
+            pa.table({"_id": pa.array(list(ids), pa.string()), "doc": pa.array(list(docs))})
+        )
+        try:
+            self._cur.execute(
+                f"INSERT INTO {tbl} SELECT _id, doc::JSON, now() FROM {staged} "
+                "ON CONFLICT (_id) DO UPDATE SET doc = EXCLUDED.doc, "
+                "updated_at = EXCLUDED.updated_at"
+            )
+        finally:
+            self._unstage(staged)
 
     def import_profiles(
         self,

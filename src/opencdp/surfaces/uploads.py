@@ -25,7 +25,7 @@ async def read_form(request: Request, limit: int) -> FormData:
     if length and length.isdigit() and int(length) > limit + _OVERHEAD:
         raise FileTooLarge(limit)
     try:
-        return await request.form(max_files=4, max_fields=64)
+        return await request.form(max_files=8, max_fields=64)
     except CdpError:
         raise
     except Exception as exc:  # malformed multipart

@@ -1,0 +1,296 @@
+"""WeChat cloud database import (seed 002): tokens, file upload, import jobs and their status.
+
+Served paths: ``GET /cgi-bin/token``; ``POST /tcb/uploadfile`` and the upload target it points
+to (``POST /tcb/upload/{file id}``, the part of cloud storage this API needs);
+``POST /tcb/databasemigrateimport``; ``POST /tcb/databasemigratequeryinfo``; and the signed
+link to a job's failed records (``GET /tcb/errorfile/{job id}``).
+
+Bodies are JSON whatever the ``Content-Type`` (clients send none). ``env`` is the project's
+key. ``collection_name``: ``users`` -> profiles (matched by every identity key), ``events`` ->
+events, anything else -> a collection of documents keyed by ``_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from opencdp.catalog.model import Project
+from opencdp.errors import CdpError, Code, invalid
+from opencdp.imports.targets import IDENTITY
+from opencdp.jobs.service import COMPLETE, FAILED, QUEUED, Job
+from opencdp.runtime import Runtime
+from opencdp.surfaces.uploads import file_field, read_form, store_upload
+
+log = logging.getLogger(__name__)
+AUDIENCE = "wechat"
+TOKEN_TTL = 7200
+LINK_TTL = 3600
+
+ERRORS: dict[Code, tuple[int, str]] = {
+    Code.MISSING_CREDENTIAL: (41001, "access_token missing"),
+    Code.AUTH_FAILED: (40001, "invalid credential"),
+    Code.TOKEN_EXPIRED: (42001, "access_token expired"),
+    Code.INVALID_JSON: (47001, "data format error"),
+    Code.EMPTY_PROPERTIES: (44002, "empty post data"),
+    Code.MISSING_IDENTITY: (40101, "missing parameter"),
+    Code.VALIDATION_FAILED: (40097, "invalid args"),
+    Code.NOT_FOUND: (40097, "invalid args"),
+    Code.LIMIT_EXCEEDED: (40097, "invalid args"),
+    Code.UNSUPPORTED: (40097, "invalid args"),
+    Code.INVALID_TYPE: (40097, "invalid args"),
+    Code.BUSY: (-1, "system error"),
+    Code.INTERNAL: (-1000, "system error"),
+}
+STATUS = {QUEUED: "waiting", "running": "writing", COMPLETE: "success", FAILED: "fail"}
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def storage(handler: Handler) -> Handler:
+    """Errors of the upload target carry an HTTP error status, as object storage's do:
+    clients check the status of this request, not a body."""
+    inner = envelope(handler)
+
+    async def wrapped(request: Request) -> Response:
+        response = await inner(request)
+        if response.status_code == 200:
+            body = orjson.loads(bytes(response.body))
+            response.status_code = 403 if body.get("errcode") in (40001, 42001) else 400
+            response.headers["content-length"] = str(len(response.body))
+        return response
+
+    return wrapped
+
+
+def _reply(**fields: Any) -> JSONResponse:
+    return JSONResponse({"errcode": 0, "errmsg": "ok", **fields})
+
+
+def envelope(handler: Handler) -> Handler:
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except CdpError as exc:
+            code, text = ERRORS.get(exc.code, ERRORS[Code.INTERNAL])
+            return JSONResponse({"errcode": code, "errmsg": f"{text}: {exc.message}"})
+        except Exception:
+            log.exception("wechat request failed")
+            code, text = ERRORS[Code.INTERNAL]
+            return JSONResponse({"errcode": code, "errmsg": text})
+
+    return wrapped
+
+
+async def _text(value: object) -> str:
+    """A form field's text; some clients send every field as a file part."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, UploadFile):
+        return (await value.read(4096)).decode("utf-8", "replace")
+    return ""
+
+
+def _missing(name: str) -> CdpError:
+    return CdpError(Code.MISSING_IDENTITY, f"{name}: missing", name)
+
+
+class WeChat:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    async def token(self, request: Request) -> Response:
+        q = request.query_params
+        if q.get("grant_type", "client_credential") != "client_credential":
+            raise invalid("grant_type", "must be client_credential")
+        appid, secret = q.get("appid", ""), q.get("secret", "")
+        if not appid:
+            raise _missing("appid")
+        if not secret:
+            raise _missing("secret")
+        if self.rt.catalog.authenticate_client(appid, secret) is None:
+            return JSONResponse({"errcode": 40013, "errmsg": "invalid appid or secret"})
+        token, expires = self.rt.catalog.issue_access_token(appid, AUDIENCE, TOKEN_TTL)
+        return JSONResponse({"access_token": token, "expires_in": expires - int(time.time())})
+
+    def _project(self, request: Request) -> Project:
+        token = request.query_params.get("access_token", "")
+        if not token:
+            raise CdpError(Code.MISSING_CREDENTIAL, "access_token: missing", "access_token")
+        project, _ = self.rt.catalog.check_access_token(token, AUDIENCE)
+        return project
+
+    async def _body(self, request: Request, project: Project) -> dict[str, Any]:
+        raw = await request.body()
+        if not raw.strip():
+            raise CdpError(Code.EMPTY_PROPERTIES, "the POST body is empty", "body")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise CdpError(Code.INVALID_JSON, f"body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise CdpError(Code.INVALID_JSON, "body must be a JSON object")
+        env = body.get("env")
+        if not env:
+            raise _missing("env")
+        if env != project.key:
+            raise invalid("env", "not the environment of this access token")
+        return body
+
+    async def upload_link(self, request: Request) -> Response:
+        project = self._project(request)
+        body = await self._body(request, project)
+        path = body.get("path")
+        if not isinstance(path, str) or not path:
+            raise _missing("path")
+        reserved, token = self.rt.files.reserve(project.id, path)
+        expires, sign = self.rt.catalog.sign_link(
+            "upload", str(project.id), str(reserved.id), ttl=LINK_TTL
+        )
+        base = str(request.base_url).rstrip("/")
+        return _reply(
+            url=f"{base}/tcb/upload/{reserved.id}?expires={expires}&sign={sign}",
+            token=token,
+            authorization=sign,
+            file_id=f"cloud://{project.key}/{path}",
+            cos_file_id=str(reserved.id),
+        )
+
+    async def upload_target(self, request: Request) -> Response:
+        file_id = int(request.path_params["file_id"])
+        form = await read_form(request, self.rt.settings.max_upload_bytes)
+        token = await _text(form.get("x-cos-security-token"))
+        reserved = self.rt.files.pending_for_token(token) if token else None
+        if reserved is None or reserved.id != file_id:
+            # Object storage answers 403 here; clients check the HTTP status of this upload.
+            return JSONResponse(
+                {"errcode": 40001, "errmsg": "invalid credential: unknown or used upload token"},
+                403,
+            )
+        q = request.query_params
+        self.rt.catalog.check_link(
+            "upload",
+            str(reserved.project_id),
+            str(reserved.id),
+            expires=q.get("expires", ""),
+            signature=q.get("sign", ""),
+        )
+        await store_upload(
+            self.rt.files,
+            reserved.project_id,
+            file_field(form),
+            self.rt.settings.max_upload_bytes,
+            name=reserved.name,
+            reserved=reserved,
+        )
+        return Response(status_code=204)
+
+    async def start_import(self, request: Request) -> Response:
+        project = self._project(request)
+        body = await self._body(request, project)
+        for name in ("collection_name", "file_path", "file_type", "conflict_mode"):
+            if body.get(name) in (None, ""):
+                raise _missing(name)
+        collection = body["collection_name"]
+        file_type, mode = body["file_type"], body["conflict_mode"]
+        if not isinstance(collection, str):
+            raise invalid("collection_name", "must be a string")
+        if file_type not in (1, 2):
+            raise invalid("file_type", "must be 1 (JSON) or 2 (CSV)")
+        if mode not in (1, 2):
+            raise invalid("conflict_mode", "must be 1 (INSERT) or 2 (UPSERT)")
+        stop = body.get("stop_on_error", False)
+        if not isinstance(stop, bool):
+            raise invalid("stop_on_error", "must be true or false")
+        path = body["file_path"]
+        if not isinstance(path, str):
+            raise invalid("file_path", "must be a string")
+        stored = self.rt.files.find(project.id, path)
+        params: dict[str, Any] = {
+            "format": "jsonl" if file_type == 1 else "csv",
+            "mode": "insert" if mode == 1 else "upsert",
+            "stop_on_error": stop,
+        }
+        if collection == "users":
+            params.update(target="users", lookup_field=IDENTITY)
+        elif collection == "events":
+            params.update(target="events")
+        else:
+            self.rt.catalog.collection(project.id, collection)  # checks the name
+            params.update(target="collection", collection=collection)
+        job = await run_in_threadpool(
+            self.rt.jobs.submit, project.id, "import", AUDIENCE, params, stored.id
+        )
+        return _reply(job_id=job.id)
+
+    async def query(self, request: Request) -> Response:
+        project = self._project(request)
+        body = await self._body(request, project)
+        job_id = body.get("job_id")
+        if job_id in (None, ""):
+            raise _missing("job_id")
+        if not isinstance(job_id, int) or isinstance(job_id, bool):
+            raise invalid("job_id", "must be a number")
+        job = self.rt.jobs.get(project.id, job_id, surface=AUDIENCE)
+        status = STATUS.get(job.state, job.state)
+        if job.state == "running" and job.rows_read == 0:
+            status = "reading"
+        expires, sign = self.rt.catalog.sign_link(
+            "errorfile", str(project.id), str(job.id), ttl=LINK_TTL
+        )
+        base = str(request.base_url).rstrip("/")
+        return _reply(
+            status=status,
+            record_success=job.imported,
+            record_fail=job.failed,
+            error_msg=job.message if job.state == FAILED else "",
+            file_url=f"{base}/tcb/errorfile/{job.id}?p={project.id}&expires={expires}&sign={sign}",
+        )
+
+    async def error_file(self, request: Request) -> Response:
+        q = request.query_params
+        raw_job, raw_project = str(request.path_params["job_id"]), q.get("p", "")
+        self.rt.catalog.check_link(
+            "errorfile",
+            raw_project,
+            raw_job,
+            expires=q.get("expires", ""),
+            signature=q.get("sign", ""),
+        )
+        job: Job = self.rt.jobs.get(int(raw_project), int(raw_job))
+        path = self.rt.files.job_file(job.project_id, job.id, "failures")
+        data = path.read_bytes() if path.exists() else b""
+        return Response(data, media_type="text/csv; charset=utf-8")
+
+
+def build(rt: Runtime) -> Starlette:
+    w = WeChat(rt)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"errcode": 40097, "errmsg": "invalid args: no such API"}, 404)
+
+    async def wrong_method(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"errcode": 43002, "errmsg": "require POST method"}, 405)
+
+    routes = [
+        Route("/cgi-bin/token", envelope(w.token), methods=["GET"]),
+        Route("/tcb/uploadfile", envelope(w.upload_link), methods=["POST"]),
+        Route("/tcb/upload/{file_id:int}", storage(w.upload_target), methods=["POST"]),
+        Route("/tcb/databasemigrateimport", envelope(w.start_import), methods=["POST"]),
+        Route("/tcb/databasemigratequeryinfo", envelope(w.query), methods=["POST"]),
+        Route("/tcb/errorfile/{job_id:int}", envelope(w.error_file), methods=["GET"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: wrong_method})
+
+
+PREFIXES = ("/cgi-bin/", "/tcb/")
