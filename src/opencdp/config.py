@@ -36,7 +36,7 @@ class Settings:
     max_upload_bytes: int = 1 << 30  # largest uploaded file (WeChat, CLI, admin API)
     marketo_max_file_bytes: int = 10 << 20  # the Marketo bulk API's documented limit
     access_token_ttl: int = 3600  # seconds an OAuth-style access token is valid
-    import_batch_rows: int = 50_000
+    import_batch_rows: int = 0  # rows per import batch; 0: each target's own default
     limits: Limits = field(default_factory=Limits)
 
     @property

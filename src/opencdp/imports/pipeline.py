@@ -78,7 +78,7 @@ class ImportRunner:
         files: Files,
         limits: Limits,
         stopping: Callable[[], bool],
-        batch_rows: int = 50_000,
+        batch_rows: int = 0,
     ) -> None:
         self.catalog = catalog
         self.store = store
@@ -124,7 +124,8 @@ class ImportRunner:
                         rows_read=row,
                         failed=1,
                     )
-            for batch in self._batches(stored.path, fmt, charset, state["rows"]):
+            rows = self.batch_rows or target.batch_rows
+            for batch in self._batches(stored.path, fmt, charset, state["rows"], rows):
                 if self.stopping():
                     raise Interrupted
                 with self.store.writer() as w:
@@ -154,14 +155,16 @@ class ImportRunner:
             warnings=state["warnings"],
         )
 
-    def _batches(self, path: Path, fmt: str, charset: str, skip: int) -> Iterator[RowBatch]:
-        return read_file(path, fmt, charset, batch_rows=self.batch_rows, skip_rows=skip)
+    def _batches(
+        self, path: Path, fmt: str, charset: str, skip: int, rows: int
+    ) -> Iterator[RowBatch]:
+        return read_file(path, fmt, charset, batch_rows=rows, skip_rows=skip)
 
     def _first_problem(
         self, target: Target, path: Path, fmt: str, charset: str
     ) -> tuple[list[str], list[Any], str, int] | None:
         """The first bad row of the file, validated without writing anything."""
-        for batch in self._batches(path, fmt, charset, 0):
+        for batch in self._batches(path, fmt, charset, 0, self.batch_rows or target.batch_rows):
             if self.stopping():
                 raise Interrupted
             with self.store.writer() as w:  # read-only: check() writes nothing

@@ -44,6 +44,10 @@ class BatchResult:
 
 
 class Target(ABC):
+    # Rows per batch: set-based targets gain from large batches (each batch is a few scans of
+    # the stored table); record-based ones hold a Python object per row.
+    batch_rows = 50_000
+
     def __init__(self, catalog: Catalog, limits: Limits, project_id: int, insert_only: bool):
         self.catalog = catalog
         self.limits = limits
@@ -127,6 +131,8 @@ def _normalize(values: pa.Array, key: str) -> pa.Array:
 
 
 class ProfilesTarget(Target):
+    batch_rows = 250_000
+
     def __init__(
         self, catalog: Catalog, limits: Limits, project_id: int, insert_only: bool, lookup: str
     ) -> None:
@@ -207,6 +213,8 @@ EVENT_RESERVED = {"event", "event_name", "event_id", "create_time", "event_time"
 
 
 class EventsTarget(Target):
+    batch_rows = 20_000
+
     def _records(self, w: StoreWriter, batch: RowBatch, res: BatchResult) -> list[Record]:
         project = self.catalog.project(self.project_id)
         schema = self.catalog.schema(self.project_id)
@@ -273,6 +281,8 @@ class EventsTarget(Target):
 
 class _RecordTarget(Target):
     """Rows validated as single records and applied like ingested ones."""
+
+    batch_rows = 20_000
 
     kind = "user"
 

@@ -83,7 +83,13 @@ class DuckDBStore(Store):
         self._conn = duckdb.connect(path)
         self._write_lock = threading.Lock()
         self._cursor_lock = threading.Lock()
+        # Columns of each table as committed (what readers see), and, while a write
+        # transaction is open, as that transaction sees them: a table or column it adds must
+        # not reach readers before the commit does.
         self._columns: dict[str, set[str]] = {}
+        self._txn_columns: dict[str, set[str]] | None = None
+        self._txn_touched: set[str] = set()
+        self._txn_cur: duckdb.DuckDBPyConnection | None = None
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS _opencdp_state (name VARCHAR PRIMARY KEY, value BIGINT)"
         )
@@ -110,29 +116,44 @@ class DuckDBStore(Store):
         with self._write_lock:
             cur = self._cursor()
             w = _Writer(self, cur)
+            self._txn_columns, self._txn_touched, self._txn_cur = {}, set(), cur
             cur.execute("BEGIN TRANSACTION")
             try:
                 yield w
             except BaseException:
                 cur.execute("ROLLBACK")
-                # Columns added inside the rolled-back transaction are gone again.
-                self._columns.clear()
                 raise
             else:
                 cur.execute("COMMIT")
+                for tbl in self._txn_touched:
+                    self._columns.pop(tbl, None)
+                self._columns.update(self._txn_columns)
             finally:
+                self._txn_columns, self._txn_touched, self._txn_cur = None, set(), None
                 cur.close()
 
+    def _cache(self, cur: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
+        if self._txn_columns is not None and cur is self._txn_cur:
+            return self._txn_columns
+        return self._columns
+
     def known_columns(self, cur: duckdb.DuckDBPyConnection, tbl: str) -> set[str]:
-        cols = self._columns.get(tbl)
+        cache = self._cache(cur)
+        cols = cache.get(tbl)
         if cols is None:
             rows = cur.execute(
                 "SELECT column_name FROM duckdb_columns() WHERE table_name = ?",
                 [tbl.strip('"')],
             ).fetchall()
             cols = {r[0] for r in rows}
-            self._columns[tbl] = cols
+            cache[tbl] = cols
         return cols
+
+    def changed(self, cur: duckdb.DuckDBPyConnection, tbl: str) -> None:
+        """The writer changed ``tbl``'s columns: look them up again (after the commit, for
+        readers)."""
+        self._cache(cur).pop(tbl, None)
+        self._txn_touched.add(tbl)
 
     # ---- reads ---------------------------------------------------------------------------
     def checkpoint(self, name: str) -> int:
@@ -272,12 +293,12 @@ class _Writer(StoreWriter):
         if self._store.known_columns(cur, profiles):
             return
         cur.execute(
-            f"CREATE TABLE IF NOT EXISTS {profiles} (user_id BIGINT PRIMARY KEY, "
+            f"CREATE TABLE IF NOT EXISTS {profiles} (user_id BIGINT NOT NULL, "
             "created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL)"
         )
         cur.execute(
             f"CREATE TABLE IF NOT EXISTS {identities} (key_id INTEGER NOT NULL, "
-            "value VARCHAR NOT NULL, user_id BIGINT NOT NULL, PRIMARY KEY (key_id, value))"
+            "value VARCHAR NOT NULL, user_id BIGINT NOT NULL)"
         )
         cur.execute(
             f"CREATE TABLE IF NOT EXISTS {events} (event_id VARCHAR PRIMARY KEY, "
@@ -285,7 +306,7 @@ class _Writer(StoreWriter):
             "received_at TIMESTAMP NOT NULL, user_id BIGINT NOT NULL)"
         )
         for tbl in (profiles, identities, events):
-            self._store._columns.pop(tbl, None)
+            self._store.changed(cur, tbl)
 
     def ensure_columns(self, project_id: int, props: Iterable[Property]) -> None:
         cur = self._cur
@@ -295,7 +316,7 @@ class _Writer(StoreWriter):
             if p.column not in cols:
                 sql_type = CAPABILITIES.column_types[p.type]
                 cur.execute(f"ALTER TABLE {tbl} ADD COLUMN {ident(p.column)} {sql_type}")
-                cols.add(p.column)
+                self._store.changed(cur, tbl)
 
     def allocate_user_ids(self, project_id: int, count: int) -> int:
         row = self._cur.execute(
@@ -343,9 +364,11 @@ class _Writer(StoreWriter):
         )
         try:
             self._cur.execute(
-                f"INSERT INTO {table(project_id, 'identities')} "
-                f"SELECT key_id, value, user_id FROM {staged} "
-                "ON CONFLICT (key_id, value) DO UPDATE SET user_id = EXCLUDED.user_id"
+                f"MERGE INTO {table(project_id, 'identities')} AS t USING {staged} AS s "
+                "ON t.key_id = s.key_id AND t.value = s.value "
+                "WHEN MATCHED THEN UPDATE SET user_id = s.user_id "
+                "WHEN NOT MATCHED THEN INSERT (key_id, value, user_id) "
+                "VALUES (s.key_id, s.value, s.user_id)"
             )
         finally:
             self._unstage(staged)
@@ -409,11 +432,32 @@ class _Writer(StoreWriter):
         }
         for p in props:
             data[p.column] = pa.array([v.get(p.id) for v in rows.values], ARROW_TYPES[p.type])
-        sets = ["updated_at = EXCLUDED.updated_at"] + [
-            f"{ident(p.column)} = COALESCE(EXCLUDED.{ident(p.column)}, {ident(p.column)})"
-            for p in props
-        ]
-        self._upsert(table(project_id, "profiles"), "user_id", pa.table(data), sets)
+        staged = self._stage(pa.table(data))
+        try:
+            self._merge_profiles(project_id, staged, "user_id", "created_at", props)
+        finally:
+            self._unstage(staged)
+
+    def _merge_profiles(
+        self, project_id: int, source: str, uid: str, touched: str, props: Sequence[Property]
+    ) -> None:
+        """Upsert profiles from ``source`` (one row per user): a null leaves a stored value.
+
+        A MERGE rather than INSERT ... ON CONFLICT: the profiles table has no index to keep up
+        (bulk upserts are several times faster without one); user ids are unique because every
+        write goes through the single writer with sources of unique ids.
+        """
+        cols = [ident(p.column) for p in props]
+        sets = ", ".join(
+            [f"updated_at = s.{touched}"] + [f"{c} = COALESCE(s.{c}, t.{c})" for c in cols]
+        )
+        names = ", ".join(["user_id", "created_at", "updated_at", *cols])
+        values = ", ".join([f"s.{uid}", f"s.{touched}", f"s.{touched}", *(f"s.{c}" for c in cols)])
+        self._cur.execute(
+            f"MERGE INTO {table(project_id, 'profiles')} AS t USING {source} AS s "
+            f"ON t.user_id = s.{uid} WHEN MATCHED THEN UPDATE SET {sets} "
+            f"WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})"
+        )
 
     def upsert_events(self, project_id: int, rows: EventRows, props: Sequence[Property]) -> None:
         if not rows:
@@ -480,7 +524,7 @@ class _Writer(StoreWriter):
                 f"CREATE TABLE IF NOT EXISTS {tbl} (_id VARCHAR PRIMARY KEY, doc JSON NOT NULL, "
                 "updated_at TIMESTAMP NOT NULL)"
             )
-            self._store._columns.pop(tbl, None)
+            self._store.changed(self._cur, tbl)
         return tbl
 
     def existing_documents(
@@ -534,39 +578,37 @@ class _Writer(StoreWriter):
             self.ensure_columns(project_id, props)
         cur = self._cur
         profiles, identities = table(project_id, "profiles"), table(project_id, "identities")
-        staged = self._stage(rows)
-        order = "_row" if insert_only else "_row DESC"
-        try:
-            # One row per lookup value: the last (upsert) or the first (insert-only).
-            cur.execute(
-                "CREATE OR REPLACE TEMP TABLE _imp AS SELECT *, "
-                f"row_number() OVER (PARTITION BY _lookup ORDER BY {order}) AS _rank "
-                f"FROM {staged}"
-            )
-        finally:
-            self._unstage(staged)
-        if insert_only:
-            for row, value in cur.execute(
-                "SELECT _row, _lookup FROM _imp WHERE _rank > 1 ORDER BY _row"
-            ).fetchall():
-                out.failures[row] = f"{value!r} repeats an earlier row of the file"
         if lookup_key is None:
-            match = f"LEFT JOIN {profiles} m ON m.user_id = i._lookup"
+            match = f"LEFT JOIN {profiles} m ON m.user_id = s._lookup"
         else:
             match = (
-                f"LEFT JOIN {identities} m ON m.key_id = {int(lookup_key)} AND m.value = i._lookup"
+                f"LEFT JOIN {identities} m ON m.key_id = {int(lookup_key)} AND m.value = s._lookup"
             )
-        cur.execute(
-            "CREATE OR REPLACE TEMP TABLE _imp_m AS "
-            f"SELECT i.*, m.user_id AS _match FROM _imp i {match} WHERE i._rank = 1"
-        )
+        staged = self._stage(rows)
+        try:
+            # One row per lookup value (the last; insert-only: the first), with the profile
+            # it matches. A grouped pick and hash joins: no sort of the batch.
+            pick = "min" if insert_only else "max"
+            cur.execute(
+                "CREATE OR REPLACE TEMP TABLE _imp AS SELECT s.*, m.user_id AS _match "
+                f"FROM {staged} s JOIN (SELECT {pick}(_row) AS _pick FROM {staged} "
+                f"GROUP BY _lookup) d ON s._row = d._pick {match}"
+            )
+            if insert_only:
+                for row, value in cur.execute(
+                    f"SELECT s._row, s._lookup FROM {staged} s ANTI JOIN _imp i "
+                    "ON s._row = i._row ORDER BY s._row"
+                ).fetchall():
+                    out.failures[row] = f"{value!r} repeats an earlier row of the file"
+        finally:
+            self._unstage(staged)
         if lookup_key is None:
-            missing = "SELECT _row, _lookup FROM _imp_m WHERE _match IS NULL"
+            missing = "SELECT _row, _lookup FROM _imp WHERE _match IS NULL"
             for row, value in cur.execute(missing).fetchall():
                 out.failures[row] = f"id: no profile with user id {value}"
         elif insert_only:
             for row, value, uid in cur.execute(
-                "SELECT _row, _lookup, _match FROM _imp_m WHERE _match IS NOT NULL"
+                "SELECT _row, _lookup, _match FROM _imp WHERE _match IS NOT NULL"
             ).fetchall():
                 out.failures[row] = f"{value!r} already belongs to profile {uid}"
         keep = (
@@ -574,55 +616,61 @@ class _Writer(StoreWriter):
             if lookup_key is None
             else ("_match IS NULL" if insert_only else "TRUE")
         )
-        row = cur.execute(
-            f"SELECT count(*) FILTER (WHERE {keep}), "
-            f"count(*) FILTER (WHERE {keep} AND _match IS NULL) FROM _imp_m"
+        new_rows = f"({keep}) AND _match IS NULL"
+        stats = cur.execute(
+            f"SELECT count(*) FILTER (WHERE {keep}), count(*) FILTER (WHERE {new_rows}), "
+            f"min(_row) FILTER (WHERE {new_rows}), max(_row) FILTER (WHERE {new_rows}) FROM _imp"
         ).fetchone()
-        assert row is not None
-        kept, new = int(row[0]), int(row[1])
+        assert stats is not None
+        kept, new, lo, hi = int(stats[0]), int(stats[1]), stats[2], stats[3]
         out.imported = rows.num_rows - len(out.failures)
         if not write or kept == 0:
             cur.execute("DROP TABLE _imp")
-            cur.execute("DROP TABLE _imp_m")
             return out
-        base = self.allocate_user_ids(project_id, new) if new else 0
-        cur.execute(
-            "CREATE OR REPLACE TEMP TABLE _imp_t AS SELECT *, "
-            f"COALESCE(_match, {int(base)} - 1 + row_number() OVER "
-            "(PARTITION BY _match IS NULL ORDER BY _row)) AS _uid "
-            f"FROM _imp_m WHERE {keep}"
-        )
+        # New profiles take ids by row number: one allocation per batch, no ranking; ids of
+        # rows that matched or failed are simply never used.
+        base = self.allocate_user_ids(project_id, int(hi) - int(lo) + 1) if new else 0
+        uid = f"COALESCE(_match, {int(base)} + _row - {int(lo or 0)})"
         cols = [ident(p.column) for p in props]
-        sets = ["updated_at = EXCLUDED.updated_at"] + [
-            f"{c} = COALESCE(EXCLUDED.{c}, {c})" for c in cols
-        ]
-        src = ", ".join(["_uid", "_touched", "_touched", *cols])
-        dst = ", ".join(["user_id", "created_at", "updated_at", *cols])
-        cur.execute(
-            f"INSERT INTO {profiles} ({dst}) SELECT {src} FROM _imp_t "
-            f"ON CONFLICT (user_id) DO UPDATE SET {', '.join(sets)}"
-        )
-        if lookup_key is not None:
+        names = ", ".join(["user_id", "created_at", "updated_at", *cols])
+        if new:
             cur.execute(
-                f"INSERT INTO {identities} SELECT {int(lookup_key)}, _lookup, _uid "
-                "FROM _imp_t WHERE _match IS NULL"
+                f"INSERT INTO {profiles} ({names}) SELECT {uid}, _touched, _touched"
+                f"{''.join(', ' + c for c in cols)} FROM _imp WHERE {new_rows}"
+            )
+            if lookup_key is not None:
+                cur.execute(
+                    f"INSERT INTO {identities} SELECT {int(lookup_key)}, _lookup, {uid} "
+                    f"FROM _imp WHERE {new_rows}"
+                )
+        if kept > new:
+            sets = ", ".join(
+                ["updated_at = s._touched"]
+                + [f"{c} = COALESCE(s.{c}, {profiles}.{c})" for c in cols]
+            )
+            cur.execute(
+                f"UPDATE {profiles} SET {sets} FROM (SELECT * FROM _imp WHERE ({keep}) "
+                f"AND _match IS NOT NULL) s WHERE {profiles}.user_id = s._match"
             )
         for key in other_keys:
             col = ident(f"_k{int(key)}")
             cur.execute(
-                f"INSERT INTO {identities} SELECT {int(key)}, {col}, _uid FROM _imp_t "
-                f"WHERE {col} IS NOT NULL QUALIFY row_number() OVER "
-                f"(PARTITION BY {col} ORDER BY _row DESC) = 1 ON CONFLICT DO NOTHING"
+                f"MERGE INTO {identities} AS t USING (SELECT {int(key)} AS key_id, "
+                f"{col} AS value, {uid} AS _uid FROM _imp WHERE ({keep}) AND {col} IS NOT NULL "
+                f"QUALIFY row_number() OVER (PARTITION BY {col} ORDER BY _row DESC) = 1) AS s "
+                "ON t.key_id = s.key_id AND t.value = s.value "
+                "WHEN NOT MATCHED THEN INSERT (key_id, value, user_id) "
+                "VALUES (s.key_id, s.value, s._uid)"
             )
-            for row_no, value, uid in cur.execute(
-                f"SELECT t._row, t.{col}, m.user_id FROM _imp_t t JOIN {identities} m "
-                f"ON m.key_id = {int(key)} AND m.value = t.{col} WHERE m.user_id <> t._uid"
+            for row_no, value, owner in cur.execute(
+                f"SELECT i._row, i.{col}, m.user_id FROM _imp i JOIN {identities} m "
+                f"ON m.key_id = {int(key)} AND m.value = i.{col} "
+                f"WHERE ({keep}) AND m.user_id <> {uid}"
             ).fetchall():
                 out.warnings.setdefault(
-                    row_no, f"{value!r} belongs to another profile ({uid}); not linked"
+                    row_no, f"{value!r} belongs to another profile ({owner}); not linked"
                 )
-        for name in ("_imp", "_imp_m", "_imp_t"):
-            cur.execute(f"DROP TABLE {name}")
+        cur.execute("DROP TABLE _imp")
         return out
 
     def set_checkpoint(self, name: str, value: int) -> None:

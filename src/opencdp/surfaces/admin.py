@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -36,6 +37,7 @@ STATUS: dict[Code, int] = {
     Code.INVALID_TYPE: 415,
 }
 LATEST_EVENTS = 20
+log = logging.getLogger(__name__)
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -88,6 +90,13 @@ def build(rt: Runtime) -> FastAPI:
         return JSONResponse(
             error_body(exc.code.value, exc.message, exc.field),
             status_code=STATUS.get(exc.code, 400),
+        )
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception) -> JSONResponse:
+        log.error("admin request failed", exc_info=exc)
+        return JSONResponse(
+            error_body(Code.INTERNAL.value, "internal error; see the server log"), 500
         )
 
     @app.exception_handler(HTTPException)
