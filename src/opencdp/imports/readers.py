@@ -1,9 +1,11 @@
 """Import files read as batches of text columns: delimited text (CSV, TSV, SSV) and JSON.
 
-Files are streamed, so memory is bounded by the batch size (and the largest record), never by
-the file. Every record is accounted for: it is either a row of a batch or a :class:`BadRow` of
-that batch, numbered from 1 (the header of a delimited file is not counted), so a job can resume
-after the last record of a batch with ``skip_rows``.
+Files are streamed, so memory is bounded by the batch size and the largest record, never by
+the file: a record past twice ``max_field_bytes`` (at least 1 MiB) is not held but reported,
+and a field past ``max_field_bytes`` (in UTF-8) makes its record bad. Every record is accounted
+for: it is either a row of a batch or a :class:`BadRow` of that batch, numbered from 1 (the
+header of a delimited file is not counted, nor blank lines), and a batch holds consecutive
+records, so a job can resume after the last record of a batch with ``skip_rows``.
 
 Delimited files are read by a fast path, Arrow's CSV reader, which gives no row numbers for
 problems and stops at the first one. On any problem it hands over to a slow path (Python's
@@ -14,8 +16,10 @@ the byte offset of every record; fields are decoded with the file's charset afte
 charsets accepted are ASCII-compatible ones, in which ``"``, delimiters and newlines are never
 part of a multibyte character.
 
-JSON values become text: a string as is, a number or a nested value as its JSON text, ``true``
-and ``false``, and ``null`` as null.
+JSON lines are parsed one by one; a JSON array is split into its elements by a small scanner
+(strings skipped whole, brackets counted), and long runs of elements are parsed at once where
+that works. Values become text: a string as is, a number or a nested value as its compact JSON
+text, ``true`` and ``false``, and ``null`` as null; columns are the keys in first-seen order.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ FORMATS = ("csv", "tsv", "ssv", "jsonl", "json")
 DELIMITERS = {"csv": ",", "tsv": "\t", "ssv": ";"}
 
 _SNIFF = 4 << 20  # bytes looked at to guess a charset
-_BLOCK = 8 << 20  # Arrow's block size
+_BLOCK = 2 << 20  # Arrow's block size: a problem costs about a block read slowly
 _CHUNK = 1 << 20  # bytes (or characters) read at a time by the slow paths
 _TEXT_MAX = 64 << 10  # raw bytes kept as the text of a bad row
 _BOMS = {"utf-8": b"\xef\xbb\xbf", "gb18030": b"\x84\x31\x95\x33"}
@@ -58,8 +62,13 @@ _STRUCT = re.compile(rb'["\[\]{},]')
 _STRING_REST = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
 # A whole object with no nested object or array: most elements of an array, in one match.
 _FLAT_OBJECT = re.compile(rb'\{[^"\[\]{}]*(?:"[^"\\]*(?:\\.[^"\\]*)*"[^"\[\]{}]*)*\}', re.DOTALL)
-_LONG_DIGITS = re.compile(rb"\d{20}")  # an integer orjson would read as a float
+_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_DIGIT_RUN = b"0" * 20  # after _DIGITS: an integer orjson would read as a float
 _OPENERS = {0x5B: 0x5D, 0x7B: 0x7D}  # [ -> ], { -> }
+_BULK = 64 << 10  # bytes of a JSON array worth parsing at once
+_BULK_MIN = 8 << 10
+_TEXT_KINDS = {str, type(None)}
+_SCALAR_KINDS = {int, float, bool, type(None)}
 
 
 class FileError(CdpError):
@@ -213,14 +222,14 @@ def _read(
         )
         return _batches(_delimited_pieces(path, spec, fast, block_size), spec)
     if fmt == "jsonl":
-        records = _json_lines(_utf8_chunks(path, start, charset), cap)
+        records = _json_lines(_utf8_chunks(path, start, charset), cap, _label(charset))
     else:
         with open(path, "rb") as f:
             f.seek(content)
             if f.read(1) != b"[":
                 raise FileError("a JSON array file must start with '['")
-        records = _array_elements(_utf8_chunks(path, content + 1, charset), cap)
-    return _json_batches(records, _label(charset), batch_rows, skip_rows)
+        records = _array_elements(_utf8_chunks(path, content + 1, charset), cap, _label(charset))
+    return _json_batches(records, batch_rows, skip_rows, max_field_bytes)
 
 
 # ---- delimited: records --------------------------------------------------------------------
@@ -414,9 +423,55 @@ def _delimited_pieces(path: Path, sp: _Delimited, fast: bool, block_size: int) -
         if failed_at is None:
             return
         # Find where the first record the fast path did not deliver starts, then read on
-        # slowly past the point where it failed.
-        delivered, cur.offset, cur.number = cur.number, offset, number
-        yield from _slow(path, sp, cur, stop=failed_at, quiet_until=delivered)
+        # slowly past the block where it failed: the block began there, or nearly (Arrow
+        # carries a record cut by the end of a block over to the next one).
+        cur.offset, _ = _skip_records(path, offset, cur.number - number, sp)
+        yield from _slow(path, sp, cur, stop=min(failed_at, cur.offset + block_size + _CHUNK))
+
+
+def _skip_records(path: Path, offset: int, count: int, sp: _Delimited) -> tuple[int, int]:
+    """Where the record ``count`` records on from ``offset`` ends, and how many there were.
+
+    Stretches of the file without a quote are counted by lines; the others are split by
+    ``csv``, exactly as :func:`_records` does.
+    """
+    done = 0
+    with open(path, "rb") as f:
+        while done < count:
+            f.seek(offset)
+            chunk = f.read(_CHUNK)
+            if not chunk:
+                break
+            at_end = len(chunk) < _CHUNK
+            lines = chunk.split(b"\n")
+            if (
+                b'"' in chunk
+                or chunk.count(b"\r") != chunk.count(b"\r\n")
+                or (len(lines) == 1 and not at_end)
+            ):
+                end = offset + len(chunk)
+                for _, record_end, _, _ in _records(path, offset, sp.delimiter, sp.cap):
+                    done, offset = done + 1, record_end
+                    if done == count or offset >= end:
+                        break
+                else:
+                    break  # the end of the file
+                continue
+            whole = lines if at_end else lines[:-1]
+            found = len(whole) - whole.count(b"") - whole.count(b"\r")
+            if done + found < count:
+                done += found
+                offset += len(chunk) - (0 if at_end else len(lines[-1]))
+                if at_end:
+                    break
+                continue
+            for i, line in enumerate(whole):
+                offset += len(line) + (i < len(lines) - 1)
+                if line and line != b"\r":
+                    done += 1
+                    if done == count:
+                        break
+    return offset, done
 
 
 class _Source:
@@ -485,11 +540,11 @@ def _fast(
             except StopIteration:
                 break
             except Exception:
-                return source.pos
-            if _too_large(batch, sp.max_field_bytes):
-                return source.pos
+                batch = None
             if held is not None:
-                yield from _fast_piece(held, sp, cur)
+                yield from _fast_piece(held, sp, cur)  # not the last: complete
+            if batch is None or _too_large(batch, sp.max_field_bytes):
+                return source.pos
             held = batch
     if held is None or not _is_end_row(held, token):
         return source.pos
@@ -527,32 +582,28 @@ def _numbers(first: int, count: int) -> pa.Array:
     return pc.cumulative_sum(ones, start=pa.scalar(first - 1, pa.int64()))
 
 
-def _slow(
-    path: Path, sp: _Delimited, cur: _Cursor, stop: int | None = None, quiet_until: int = 0
-) -> Iterator[_Piece]:
-    """Read record by record from ``cur`` up to the first record ending at or past ``stop``.
-
-    Records up to ``quiet_until`` (already delivered) and ``skip_rows`` are only counted.
-    """
-    quiet = max(quiet_until, sp.skip_rows)
+def _slow(path: Path, sp: _Delimited, cur: _Cursor, stop: int | None = None) -> Iterator[_Piece]:
+    """Read record by record from ``cur`` up to the first record ending at or past ``stop``."""
+    if cur.number < sp.skip_rows:
+        cur.offset, skipped = _skip_records(path, cur.offset, sp.skip_rows - cur.number, sp)
+        cur.number += skipped
     rows: list[list[str]] = []
     numbers: list[int] = []
     bad: list[BadRow] = []
     n = cur.number
     for fields, end, raw, problem in _records(path, cur.offset, sp.delimiter, sp.cap):
         n += 1
-        if n > quiet:
-            values, reason = _checked(fields, sp) if problem is None else (fields, problem)
-            if reason is None:
-                rows.append(values)
-                numbers.append(n)
-            else:
-                text = _bad_text("".join(raw).encode("latin-1"), sp.charset)
-                bad.append(BadRow(n, text, reason))
-            if len(rows) + len(bad) >= sp.batch_rows:
-                yield _slow_piece(sp.columns, rows, numbers, bad, n)
-                rows, numbers, bad = [], [], []
-        if stop is not None and end >= stop and n > quiet_until:
+        values, reason = _checked(fields, sp) if problem is None else (fields, problem)
+        if reason is None:
+            rows.append(values)
+            numbers.append(n)
+        else:
+            text = _bad_text("".join(raw).encode("latin-1"), sp.charset)
+            bad.append(BadRow(n, text, reason))
+        if len(rows) + len(bad) >= sp.batch_rows:
+            yield _slow_piece(sp.columns, rows, numbers, bad, n)
+            rows, numbers, bad = [], [], []
+        if stop is not None and end >= stop:
             cur.offset, cur.number = end, n
             if rows or bad:
                 yield _slow_piece(sp.columns, rows, numbers, bad, n)
@@ -563,21 +614,25 @@ def _slow(
 
 
 def _checked(fields: list[str], sp: _Delimited) -> tuple[list[str], str | None]:
-    """A record's fields decoded, or why it is bad."""
+    """A record's fields decoded, or why it is bad.
+
+    A field's size is that of its UTF-8 text, as the fast path measures it; in another charset
+    a byte may take up to three.
+    """
     if len(fields) != len(sp.columns):
         return fields, f"expected {len(sp.columns)} fields, got {len(fields)}"
     joined = "".join(fields)
+    if not joined.isascii():
+        try:
+            fields = [x.encode("latin-1").decode(sp.charset) for x in fields]
+        except UnicodeDecodeError:
+            return fields, f"not valid {_label(sp.charset)}"
     limit = sp.max_field_bytes
-    if len(joined) > limit:
+    if len(joined) * (1 if sp.charset == "utf-8" else 3) > limit:
         for name, value in zip(sp.columns, fields, strict=True):
-            if len(value) > limit:
+            if len(value.encode()) > limit:
                 return fields, f"field {name!r} is larger than {limit} bytes"
-    if joined.isascii():
-        return fields, None
-    try:
-        return [x.encode("latin-1").decode(sp.charset) for x in fields], None
-    except UnicodeDecodeError:
-        return fields, f"not valid {_label(sp.charset)}"
+    return fields, None
 
 
 def _slow_piece(
@@ -669,10 +724,34 @@ def _utf8_chunks(path: Path, offset: int, charset: str) -> Iterator[bytes]:
                 return
 
 
-_Element = tuple[bytes | bytearray, str | None]  # a record's bytes, and why it is bad if it is
+# A record: an object, and None; or its raw bytes, and why it is bad.
+_Element = tuple[Any, str | None]
 
 
-def _json_lines(chunks: Iterator[bytes], cap: int) -> Iterator[_Element]:
+def _long_digits(data: bytes | bytearray) -> bool:
+    """Whether ``data`` holds a run of 20 digits, maybe an integer orjson would make a float."""
+    return data.translate(_DIGITS).find(_DIGIT_RUN) >= 0
+
+
+def _record(data: bytes | bytearray, label: str, exact: bool = True) -> _Element:
+    """The object in ``data`` (read exactly if it may hold a long integer), or why not."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        try:
+            bytes(data).decode("utf-8")
+        except UnicodeDecodeError:
+            return data, f"not valid {label}"
+        return data, f"not valid JSON: {exc}"
+    if type(value) is not dict:
+        return data, "not a JSON object"
+    if exact and _long_digits(data):
+        with contextlib.suppress(ValueError):  # (what orjson reads, json reads too)
+            value = json.loads(data)
+    return value, None
+
+
+def _json_lines(chunks: Iterator[bytes], cap: int, label: str) -> Iterator[_Element]:
     """Each non-blank line."""
     pending: list[bytes] = []  # the start of a line that continues in the next chunk
     size = 0
@@ -685,10 +764,14 @@ def _json_lines(chunks: Iterator[bytes], cap: int) -> Iterator[_Element]:
                 yield b"".join(pending), f"record larger than {cap} bytes"
             elif pending:
                 lines[0] = b"".join(pending) + lines[0]
+                if (line := lines[0]) and not line.isspace():
+                    yield _record(line, label)
+                lines[0] = b""
             pending, size = [], 0
+            exact = _long_digits(chunk)
             for line in lines[:-1]:
                 if line and not line.isspace():
-                    yield line, None
+                    yield _record(line, label, exact)
         if not over:
             pending.append(lines[-1])
             size += len(lines[-1])
@@ -699,13 +782,14 @@ def _json_lines(chunks: Iterator[bytes], cap: int) -> Iterator[_Element]:
     if over:
         yield last, f"record larger than {cap} bytes"
     elif last and not last.isspace():
-        yield last, None
+        yield _record(last, label)
 
 
-def _array_elements(chunks: Iterator[bytes], cap: int) -> Iterator[_Element]:
+def _array_elements(chunks: Iterator[bytes], cap: int, label: str) -> Iterator[_Element]:
     """Each top-level element of a JSON array, from just after its '['.
 
-    Strings are skipped whole, brackets counted; a closing bracket that matches no open one
+    Runs of whole elements are parsed at once where possible (:func:`_bulk`). Otherwise
+    strings are skipped whole and brackets counted; a closing bracket that matches no open one
     is left inside its element (which then fails to parse), one that closes an outer bracket
     closes the inner ones too.
     """
@@ -715,9 +799,22 @@ def _array_elements(chunks: Iterator[bytes], cap: int) -> Iterator[_Element]:
     closers = [0x5D]  # the closing bracket expected at each depth
     prefix: bytes | None = None  # the start of an element past the cap (its bytes are dropped)
     too_large = f"record larger than {cap} bytes"
+    scan_to = 0  # no bulk parsing before this offset: it failed there
     for chunk in chunks:
         buf += chunk
         while True:
+            if pos == start and prefix is None and start >= scan_to and len(buf) - start > _BULK:
+                values, after = _bulk(buf, start)
+                if values is None:
+                    scan_to = after
+                else:
+                    pos = start = after
+                    for value in values:
+                        if type(value) is dict:
+                            yield value, None
+                        else:
+                            yield orjson.dumps(value), "not a JSON object"
+                    continue
             if in_string:
                 rest = _STRING_REST.match(buf, pos)
                 pos = rest.end() if rest else pos
@@ -737,14 +834,16 @@ def _array_elements(chunks: Iterator[bytes], cap: int) -> Iterator[_Element]:
                 in_string = True
             elif c == 0x2C:
                 if len(closers) == 1:
-                    yield (prefix, too_large) if prefix is not None else (buf[start:i], None)
+                    yield (
+                        (prefix, too_large) if prefix is not None else _record(buf[start:i], label)
+                    )
                     start, prefix = pos, None
             elif c in _OPENERS:
                 if c == 0x7B and len(closers) == 1 and (flat := _FLAT_OBJECT.match(buf, i)):
                     pos = flat.end()
                 else:
                     closers.append(_OPENERS[c])
-            elif c == closers[-1] or c in closers:
+            elif c in closers:
                 while closers.pop() != c:
                     pass
                 if not closers:
@@ -752,7 +851,7 @@ def _array_elements(chunks: Iterator[bytes], cap: int) -> Iterator[_Element]:
                     if prefix is not None:
                         yield prefix, too_large
                     elif element.strip():  # not after a trailing comma, nor in "[]"
-                        yield element, None
+                        yield _record(element, label)
                     yield from _after_array(buf[pos:], chunks)
                     return
         keep = start if prefix is None else pos
@@ -762,6 +861,7 @@ def _array_elements(chunks: Iterator[bytes], cap: int) -> Iterator[_Element]:
         del buf[:keep]
         pos -= keep
         start -= keep
+        scan_to -= keep
     # The file ended inside the array.
     if prefix is not None:
         yield prefix, too_large
@@ -769,7 +869,32 @@ def _array_elements(chunks: Iterator[bytes], cap: int) -> Iterator[_Element]:
         if in_string or len(closers) > 1:
             yield tail, "the file ends inside this element (the JSON array is not closed)"
         else:
-            yield tail, None  # a complete element: only the closing ']' is missing
+            yield _record(tail, label)  # a complete element: only the closing ']' is missing
+
+
+def _bulk(buf: bytearray, start: int) -> tuple[list[Any] | None, int]:
+    """The whole elements from ``start`` (where one begins) parsed at once, and the offset
+    after the comma that follows them; or None, and the end of the stretch to scan instead.
+
+    The run is cut after a '}' followed by ',', and parsed as an array. Starting where an
+    element starts, that parses only if the cut is between two elements: inside a string or a
+    nested value, the closing ']' added would leave something open. A run that fails (a bad
+    element, or a bad cut) is halved, down to a few KiB.
+    """
+    end = len(buf)
+    failed = end
+    while (cut := buf.rfind(b"},", start, end)) - start >= _BULK_MIN:
+        run = buf[start : cut + 1]
+        try:
+            values = orjson.loads(b"[" + run + b"]")
+        except orjson.JSONDecodeError:
+            failed = cut + 1
+            end = start + (cut - start) // 2
+            continue
+        if not isinstance(values, list) or _long_digits(run):
+            break  # (orjson reads integers past 64 bits as floats)
+        return values, cut + 2
+    return None, failed
 
 
 def _after_array(rest: bytearray, chunks: Iterator[bytes]) -> Iterator[_Element]:
@@ -781,28 +906,6 @@ def _after_array(rest: bytearray, chunks: Iterator[bytes]) -> Iterator[_Element]
         found = (found + chunk if found else chunk.lstrip(_WHITESPACE))[:_TEXT_MAX]
     if found:
         yield found, "unexpected data after the end of the JSON array"
-
-
-def _parse_object(data: bytes | bytearray, label: str) -> tuple[dict[str, Any] | None, str]:
-    """The object in ``data``, or why there is none."""
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        try:
-            bytes(data).decode("utf-8")
-        except UnicodeDecodeError:
-            return None, f"not valid {label}"
-        return None, f"not valid JSON: {exc}"
-    if not isinstance(value, dict):
-        return None, "not a JSON object"
-    if _LONG_DIGITS.search(data):  # orjson reads integers past 64 bits as floats
-        with contextlib.suppress(ValueError):
-            value = json.loads(data, parse_constant=_no_constant)
-    return value, ""
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _json_text(value: Any) -> str | None:
@@ -822,7 +925,7 @@ def _json_text(value: Any) -> str | None:
 
 
 def _json_batches(
-    records: Iterator[_Element], label: str, batch_rows: int, skip_rows: int
+    records: Iterator[_Element], batch_rows: int, skip_rows: int, max_field_bytes: int
 ) -> Iterator[RowBatch]:
     columns: list[str] = []  # every key seen, skipped records' too, so resuming keeps the order
     known: set[str] = set()
@@ -830,33 +933,64 @@ def _json_batches(
     numbers: list[int] = []
     bad: list[BadRow] = []
     hi = skip_rows + batch_rows
-    n = 0
-    for data, problem in records:
-        n += 1
-        obj, reason = (None, problem) if problem is not None else _parse_object(data, label)
-        if obj is not None:
-            for key in obj:
-                if key not in known:
-                    known.add(key)
-                    columns.append(key)
-        if n <= skip_rows:
-            continue
-        if obj is not None:
-            objects.append(obj)
-            numbers.append(n)
-        else:
-            bad.append(BadRow(n, _bad_text(data.strip()), reason))
+    for n, (value, problem) in enumerate(records, 1):
+        if problem is None:
+            if not known.issuperset(value):
+                columns.extend(k for k in value if k not in known)
+                known.update(value)
+            if n > skip_rows:
+                objects.append(value)
+                numbers.append(n)
+        elif n > skip_rows:
+            bad.append(BadRow(n, _bad_text(value.strip()), problem))
         if n >= hi:
-            yield _json_batch(columns, objects, numbers, bad)
+            yield _json_batch(columns, objects, numbers, bad, max_field_bytes)
             objects, numbers, bad = [], [], []
             hi += batch_rows
     if objects or bad:
-        yield _json_batch(columns, objects, numbers, bad)
+        yield _json_batch(columns, objects, numbers, bad, max_field_bytes)
 
 
 def _json_batch(
-    columns: list[str], objects: list[dict[str, Any]], numbers: list[int], bad: list[BadRow]
+    columns: list[str],
+    objects: list[dict[str, Any]],
+    numbers: list[int],
+    bad: list[BadRow],
+    max_field_bytes: int,
 ) -> RowBatch:
-    arrays = [pa.array([_json_text(o.get(c)) for o in objects], pa.string()) for c in columns]
+    arrays = [_json_column([o.get(c) for o in objects]) for c in columns]
+    too_large: dict[int, str] = {}  # index -> the first column too large
+    for name, column in zip(columns, arrays, strict=True):
+        lengths = pc.binary_length(column)
+        longest = pc.max(lengths).as_py()
+        if longest is not None and longest > max_field_bytes:
+            over = pc.greater(lengths, max_field_bytes).fill_null(False)
+            for i in pc.indices_nonzero(over).to_pylist():
+                too_large.setdefault(i, name)
     table = pa.Table.from_arrays(arrays, schema=_schema(columns))
-    return RowBatch(list(columns), table, pa.array(numbers, pa.int64()), bad)
+    row_numbers = pa.array(numbers, pa.int64())
+    if too_large:
+        for i, name in too_large.items():
+            reason = f"field {name!r} is larger than {max_field_bytes} bytes"
+            text = _bad_text((_json_text(objects[i]) or "").encode())
+            bad.append(BadRow(numbers[i], text, reason))
+        keep = pa.array([i not in too_large for i in range(len(numbers))])
+        table, row_numbers = table.filter(keep), row_numbers.filter(keep)
+        bad.sort(key=lambda b: b.row)
+    return RowBatch(list(columns), table, row_numbers, bad)
+
+
+def _json_column(values: list[Any]) -> pa.Array:
+    """JSON values as text (see :func:`_json_text`), a column at a time where possible."""
+    kinds = set(map(type, values))
+    if kinds <= _TEXT_KINDS:
+        return pa.array(values, pa.string())
+    if kinds <= _SCALAR_KINDS and values:
+        try:
+            texts = orjson.dumps(values)[1:-1].split(b",")  # no scalar's text has a comma
+        except TypeError:  # an integer past 64 bits
+            pass
+        else:
+            column = pa.array(texts, pa.binary()).cast(pa.string())
+            return pc.if_else(pc.equal(column, "null"), pa.scalar(None, pa.string()), column)
+    return pa.array([_json_text(v) for v in values], pa.string())
