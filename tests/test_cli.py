@@ -478,3 +478,47 @@ def test_server_unreachable(server: LiveServer) -> None:
     proc = run(server, "project", "list", "--url", f"http://127.0.0.1:{free_port()}", "--json")
     err = failed(proc, 1, "unavailable")
     assert "cannot reach" in err["message"]
+
+
+def test_import_waits_and_reports_failures(
+    server: LiveServer, created: dict[str, Any], tmp_path: Path
+) -> None:
+    path = tmp_path / "people.csv"
+    path.write_text("email,city\nc1@x.com,Oslo\n,Nowhere\nc2@x.com,Bergen\n")
+    job = ok_json(
+        run(server, "import", str(path), "--project", created["name"], "--wait", "--json")
+    )
+    assert (job["state"], job["imported"], job["failed"]) == ("complete", 2, 1)
+    assert job["failures_file"].endswith(f"/imports/{job['job_id']}/failures")
+    failures = httpx.get(job["failures_file"], headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert "row 2" in failures.text
+    prof = server.profile(created["name"], key="email", value="c2@x.com").json()
+    assert prof["properties"]["city"] == "Bergen"
+
+
+def test_import_events_json_lines_insert_only(
+    server: LiveServer, created: dict[str, Any], tmp_path: Path
+) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text(
+        '{"event": "buy", "event_id": "c1", "create_time": "2024-01-01 00:00:00", "mobile": "5"}\n'
+    )
+    args = ("import", str(path), "--project", created["name"], "--into", "events")
+    job = ok_json(run(server, *args, "--mode", "insert", "--wait", "--json"))
+    assert (job["imported"], job["failed"]) == (1, 0)
+    job = ok_json(run(server, *args, "--mode", "insert", "--wait", "--json"))
+    assert (job["imported"], job["failed"]) == (0, 1)
+
+
+def test_import_bad_option_is_a_json_error(
+    server: LiveServer, created: dict[str, Any], tmp_path: Path
+) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("email\na@x.com\n")
+    err = failed(
+        run(server, "import", str(path), "--project", created["name"], "--lookup-field", "city"),
+        1,
+        "validation_failed",
+    )
+    assert err["field"] == "lookupField"
+    failed(run(server, "import", str(path), "--project", "no-such-project"), 2, "not_found")

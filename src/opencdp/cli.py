@@ -363,7 +363,9 @@ def import_file(
     if charset:
         fields["charset"] = charset
     size = file.stat().st_size
-    with click.progressbar(length=size, label="upload", file=sys.stderr) as bar:
+    with click.progressbar(
+        length=size, label="upload", file=sys.stderr, hidden=not sys.stderr.isatty()
+    ) as bar:
         body = _Counting(file, bar)
         try:
             job = client.call(
@@ -388,7 +390,9 @@ def _follow(client: Client, ref: str, job: dict[str, Any]) -> dict[str, Any]:
     import time
 
     path = f"/projects/{_q(ref)}/imports/{job['job_id']}"
-    with click.progressbar(length=1, label="import", file=sys.stderr) as bar:
+    with click.progressbar(
+        length=1, label="import", file=sys.stderr, hidden=not sys.stderr.isatty()
+    ) as bar:
         while job["state"] not in ("complete", "failed"):
             time.sleep(0.2)
             job = client.call("GET", path)
