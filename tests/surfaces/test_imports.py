@@ -183,3 +183,54 @@ def test_an_import_killed_midway_completes_exactly_once(tmp_path: Path) -> None:
     with duckdb.connect(str(tmp_path / "data" / "store.duckdb"), read_only=True) as db:
         (count,) = db.execute("SELECT count(DISTINCT event_id) FROM p2_events").fetchone() or (0,)
     assert count == rows
+
+
+@pytest.mark.parametrize(
+    ("content", "fmt", "imported", "failed"),
+    [
+        (b"email,city\na@x.com,A\nb@x.com,B,extra\nc@x.com\nd@x.com,D\n", "csv", 2, 2),
+        (b'email,city\na@x.com,A\nb@x.com,"never closed\n', "csv", 1, 1),
+        (b"email,city\na@x.com,A\n\xff\xfe\x00garbage\x81,\x9f\nd@x.com,D\n", "csv", 2, 1),
+        (b'email\tcity\na@x.com\t"Paris\tFR"\nb@x.com\t"multi\nline"\n', "tsv", 2, 0),
+        (b'{"email": "a@x.com"}\n{"email": \n{"email": "c@x.com"}\n', "jsonl", 2, 1),
+        (b'[{"email": "a@x.com"}, 7, {"email": "c@x.com"}]', "json", 2, 1),
+    ],
+)
+def test_bad_rows_fail_alone(
+    server: LiveServer, proj: str, content: bytes, fmt: str, imported: int, failed: int
+) -> None:
+    job = run(server, proj, content, format=fmt)
+    assert (job["state"], job["imported"], job["failed"]) == ("complete", imported, failed), job
+    assert server.profile(proj, key="email", value="a@x.com").status_code == 200
+
+
+def test_a_5mb_field_is_truncated_with_a_warning(server: LiveServer, proj: str) -> None:
+    big = "x" * (5 << 20)
+    job = run(server, proj, f"email,bio\nbig@x.com,{big}\nsmall@x.com,short\n")
+    assert (job["imported"], job["failed"], job["warnings"]) == (2, 0, 1), job
+    warnings = server.admin("GET", f"/projects/{proj}/imports/{job['job_id']}/warnings").text
+    assert "bio: truncated to 65536 bytes" in warnings
+    prof = server.profile(proj, key="email", value="big@x.com").json()
+    assert len(prof["properties"]["bio"]) == 65536
+
+
+@pytest.mark.parametrize(
+    ("content", "expect"),
+    [
+        (b"", "file is empty"),
+        (b"email,Email\na@x.com,b@x.com\n", "duplicate column"),
+        (b"\x00\x01\x02\xff" * 1000, ""),
+    ],
+)
+def test_whole_file_problems(server: LiveServer, proj: str, content: bytes, expect: str) -> None:
+    job = run(server, proj, content)
+    assert job["imported"] == 0
+    if expect:
+        assert job["state"] == "failed" and expect in job["message"], job
+
+
+def test_header_only_and_unknown_charset(server: LiveServer, proj: str) -> None:
+    job = run(server, proj, "email,city\n")
+    assert (job["state"], job["imported"], job["failed"]) == ("complete", 0, 0)
+    job = run(server, proj, "email\na@x.com\n", charset="klingon")
+    assert job["state"] == "failed" and "charset" in job["message"]
