@@ -238,6 +238,8 @@ def test_request_errors(mk: Mkto, server: LiveServer) -> None:
     assert errors_of(body) == "1003" and "format" in body["errors"][0]["message"]
     body = mk.upload("email\na@x.com\n", lookupField="city")
     assert errors_of(body) == "1003" and "lookupField" in body["errors"][0]["message"]
+    body = mk.upload("email\na@x.com\n", listId="abc")
+    assert errors_of(body) == "1003" and "listId" in body["errors"][0]["message"]
     assert errors_of(mk.http.get("/bulk/v1/leads/batch/999999.json", headers=mk.auth()).json()) == (
         "610"
     )
@@ -304,3 +306,29 @@ def test_marketorestpython_works_unchanged(mk: Mkto, tmp_path: Path) -> None:
     assert mk.profile(key="email", value="lib2@x.com")["properties"]["firstName"] == "Ray"
     failures = client.execute(method="get_import_failure_file", id=batch)
     assert "Import Failure Reason" in str(failures)
+
+
+def test_list_id_puts_imported_leads_on_a_static_list(mk: Mkto) -> None:
+    st = mk.run("email\nl1@x.com\nl2@x.com\n,\n", listId="7")
+    assert (st["numOfLeadsProcessed"], st["numOfRowsFailed"]) == (2, 1)
+    mk.run("email\nl2@x.com\nl3@x.com\n", listId="7")  # l2 again: still once
+    members = mk.server.admin("GET", f"/projects/{mk.info['name']}/lists/7").json()["user_ids"]
+    expected = sorted(mk.profile(key="email", value=f"l{i}@x.com")["user_id"] for i in (1, 2, 3))
+    assert members == expected
+    other = mk.server.admin("GET", f"/projects/{mk.info['name']}/lists/8").json()
+    assert other["user_ids"] == []
+
+
+def test_a_merge_keeps_list_membership_once(mk: Mkto) -> None:
+    mk.run("email,mobile\nma@x.com,13500000001\nmb@x.com,\n", listId="5")
+    a = mk.profile(key="email", value="ma@x.com")["user_id"]
+    b = mk.profile(key="email", value="mb@x.com")["user_id"]
+    r = mk.http.post(
+        "/api/v1/api/import",
+        params={"secret": mk.info["api_token"]},
+        json={"type": "user", "properties": {"email": "mb@x.com", "mobile": "13500000001"}},
+    )
+    assert r.json()["errcode"] == 0
+    assert mk.profile(key="email", value="mb@x.com")["user_id"] == min(a, b)
+    members = mk.server.admin("GET", f"/projects/{mk.info['name']}/lists/5").json()["user_ids"]
+    assert members == [min(a, b)]

@@ -101,7 +101,12 @@ def make_target(
         )
     if target == "users":
         return ProfilesTarget(
-            catalog, limits, project_id, insert_only, str(params.get("lookup_field") or "email")
+            catalog,
+            limits,
+            project_id,
+            insert_only,
+            str(params.get("lookup_field") or "email"),
+            params.get("list_id"),
         )
     if target == "events":
         return EventsTarget(catalog, limits, project_id, insert_only)
@@ -134,11 +139,18 @@ class ProfilesTarget(Target):
     batch_rows = 250_000
 
     def __init__(
-        self, catalog: Catalog, limits: Limits, project_id: int, insert_only: bool, lookup: str
+        self,
+        catalog: Catalog,
+        limits: Limits,
+        project_id: int,
+        insert_only: bool,
+        lookup: str,
+        list_id: int | None = None,
     ) -> None:
         super().__init__(catalog, limits, project_id, insert_only)
         check_lookup_field(catalog.schema(project_id), lookup, insert_only)
         self.lookup = lookup
+        self.list_id = list_id
 
     def _prepare(self, batch: RowBatch, res: BatchResult) -> tuple[pa.Table, list[Property]]:
         if self.lookup not in batch.columns:
@@ -191,7 +203,7 @@ class ProfilesTarget(Target):
             p.id for n, p in schema.identity_keys.items() if n in batch.columns and n != self.lookup
         ]
         outcome = w.import_profiles(
-            self.project_id, table, key, others, props, self.insert_only, write
+            self.project_id, table, key, others, props, self.insert_only, write, self.list_id
         )
         index = {n: i for i, n in enumerate(batch.row_numbers.to_pylist())}
         for row, reason in outcome.failures.items():

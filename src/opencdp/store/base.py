@@ -130,6 +130,7 @@ class StoreWriter(ABC):
         props: Sequence[Property],
         insert_only: bool,
         write: bool,
+        list_id: int | None = None,
     ) -> ImportOutcome:
         """Match and upsert a batch of profile rows, set-based.
 
@@ -139,8 +140,9 @@ class StoreWriter(ABC):
         batch the last row of a lookup value wins (insert-only: the first, the others fail).
         A row matching no profile creates one (not when looking up by user id: it fails); an
         existing match fails an insert-only row. Other identity values are linked to the
-        profile unless another profile holds them (a warning). With ``write`` False nothing is
-        written: only the failures are reported.
+        profile unless another profile holds them (a warning). With ``list_id``, every imported
+        profile is put on that static list. With ``write`` False nothing is written: only the
+        failures are reported.
         """
 
 
@@ -176,6 +178,10 @@ class Store(ABC):
 
     @abstractmethod
     def counts(self, project_id: int) -> dict[str, int]: ...
+
+    @abstractmethod
+    def list_members(self, project_id: int, list_id: int, limit: int, after: int) -> list[int]:
+        """User ids on a static list, ascending, after ``after`` (paging)."""
 
     @abstractmethod
     def document(self, project_id: int, collection_id: int, doc_id: str) -> str | None: ...

@@ -64,6 +64,9 @@ def ident(name: str) -> str:
     return f'"{name}"'
 
 
+KINDS = ("profiles", "identities", "events", "list_members")
+
+
 def collection_table(project_id: int, collection_id: int) -> str:
     if not isinstance(project_id, int) or not isinstance(collection_id, int):
         raise ValueError("bad table reference")
@@ -71,7 +74,7 @@ def collection_table(project_id: int, collection_id: int) -> str:
 
 
 def table(project_id: int, kind: str) -> str:
-    if not isinstance(project_id, int) or kind not in ("profiles", "identities", "events"):
+    if not isinstance(project_id, int) or kind not in KINDS:
         raise ValueError("bad table reference")
     return ident(f"p{project_id}_{kind}")
 
@@ -248,6 +251,17 @@ class DuckDBStore(Store):
                 out[kind] = int(row[0]) if row else 0
         return out
 
+    def list_members(self, project_id: int, list_id: int, limit: int, after: int) -> list[int]:
+        with self._read() as cur:
+            if not self._has_tables(cur, project_id):
+                return []
+            rows = cur.execute(
+                f"SELECT user_id FROM {table(project_id, 'list_members')} WHERE list_id = ? "
+                "AND user_id > ? ORDER BY user_id LIMIT ?",
+                [list_id, after, limit],
+            ).fetchall()
+        return [int(r[0]) for r in rows]
+
     def document(self, project_id: int, collection_id: int, doc_id: str) -> str | None:
         tbl = collection_table(project_id, collection_id)
         with self._read() as cur:
@@ -304,6 +318,11 @@ class _Writer(StoreWriter):
             f"CREATE TABLE IF NOT EXISTS {events} (event_id VARCHAR PRIMARY KEY, "
             "event_name VARCHAR NOT NULL, event_time TIMESTAMP NOT NULL, "
             "received_at TIMESTAMP NOT NULL, user_id BIGINT NOT NULL)"
+        )
+        # Static lists (Marketo listId): who is on which list; no index, unique by construction.
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {table(project_id, 'list_members')} "
+            "(list_id BIGINT NOT NULL, user_id BIGINT NOT NULL)"
         )
         for tbl in (profiles, identities, events):
             self._store.changed(cur, tbl)
@@ -390,11 +409,18 @@ class _Writer(StoreWriter):
         )
         profiles = table(project_id, "profiles")
         try:
-            for kind in ("events", "identities"):
+            for kind in ("events", "identities", "list_members"):
                 cur.execute(
                     f"UPDATE {table(project_id, kind)} AS t SET user_id = m.survivor "
                     f"FROM {staged} AS m WHERE t.user_id = m.member AND m.member <> m.survivor"
                 )
+            lists = table(project_id, "list_members")
+            survivors = f"(SELECT DISTINCT survivor FROM {staged})"
+            cur.execute(  # a survivor on a list twice (it and a loser were both there): once
+                f"DELETE FROM {lists} WHERE user_id IN {survivors} AND rowid NOT IN "
+                f"(SELECT min(rowid) FROM {lists} WHERE user_id IN {survivors} "
+                "GROUP BY list_id, user_id)"
+            )
             present = [
                 p for p in user_props if p.column in self._store.known_columns(cur, profiles)
             ]
@@ -495,7 +521,7 @@ class _Writer(StoreWriter):
             return
         staged = self._stage(pa.table({"user_id": pa.array(list(user_ids), pa.int64())}))
         try:
-            for kind in ("events", "identities", "profiles"):
+            for kind in ("events", "identities", "profiles", "list_members"):
                 self._cur.execute(
                     f"DELETE FROM {table(project_id, kind)} "
                     f"WHERE user_id IN (SELECT user_id FROM {staged})"
@@ -569,6 +595,7 @@ class _Writer(StoreWriter):
         props: Sequence[Property],
         insert_only: bool,
         write: bool,
+        list_id: int | None = None,
     ) -> ImportOutcome:
         out = ImportOutcome()
         if rows.num_rows == 0:
@@ -670,6 +697,13 @@ class _Writer(StoreWriter):
                 out.warnings.setdefault(
                     row_no, f"{value!r} belongs to another profile ({owner}); not linked"
                 )
+        if list_id is not None:
+            lists = table(project_id, "list_members")
+            cur.execute(
+                f"INSERT INTO {lists} SELECT {int(list_id)}, s.u FROM (SELECT DISTINCT {uid} AS u "
+                f"FROM _imp WHERE {keep}) s ANTI JOIN (SELECT user_id FROM {lists} "
+                f"WHERE list_id = {int(list_id)}) l ON l.user_id = s.u"
+            )
         cur.execute("DROP TABLE _imp")
         return out
 

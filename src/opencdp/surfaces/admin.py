@@ -221,6 +221,20 @@ def _router(rt: Runtime) -> APIRouter:
     ) -> dict[str, Any]:
         return await run_in_threadpool(_profile, rt, project, key, value, user_id)
 
+    @r.get("/projects/{ref}/lists/{list_id}")
+    async def list_members(
+        project: P, list_id: int, limit: int = 1000, after: int = 0
+    ) -> dict[str, Any]:
+        """Members of a static list (e.g. a Marketo ``listId``), by user id, paged."""
+        rt.ingest.barrier()
+        limit = max(1, min(limit, 100_000))
+        ids = await run_in_threadpool(rt.store.list_members, project.id, list_id, limit, after)
+        return {
+            "list_id": list_id,
+            "user_ids": ids,
+            "next_after": ids[-1] if len(ids) == limit else None,
+        }
+
     @r.post("/projects/{ref}/imports", status_code=202)
     async def start_import(project: P, request: Request) -> dict[str, Any]:
         form = await read_form(request, rt.settings.max_upload_bytes)
