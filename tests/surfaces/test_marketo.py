@@ -332,3 +332,79 @@ def test_a_merge_keeps_list_membership_once(mk: Mkto) -> None:
     assert mk.profile(key="email", value="mb@x.com")["user_id"] == min(a, b)
     members = mk.server.admin("GET", f"/projects/{mk.info['name']}/lists/5").json()["user_ids"]
     assert members == [min(a, b)]
+
+
+def _poll(mk: Mkto, path: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        body = mk.http.get(path, headers=mk.auth()).json()
+        assert body["success"], body
+        if body["result"][0]["status"] in ("Complete", "Failed"):
+            return dict(body["result"][0])
+        time.sleep(0.05)
+    raise AssertionError("never finished")
+
+
+def test_custom_objects(mk: Mkto) -> None:
+    up = {"file": ("cars.csv", b"vin,model,year\nV1,Golf,2019\nV2,Polo,2020\n,Up,2021\n")}
+    body = mk.http.post(
+        "/bulk/v1/customobjects/car_c/import.json", files=up, headers=mk.auth()
+    ).json()
+    assert body["success"], body
+    batch = body["result"][0]["batchId"]
+    st = _poll(mk, f"/bulk/v1/customobjects/car_c/import/{batch}/status.json")
+    assert st["objectApiName"] == "car_c" and st["operation"] == "import"
+    assert (st["numOfObjectsProcessed"], st["numOfRowsFailed"]) == (2, 1)
+    text = mk.http.get(
+        f"/bulk/v1/customobjects/car_c/import/{batch}/failures.json", headers=mk.auth()
+    ).text
+    assert "vin: the key field is empty" in text
+    # Re-importing a key updates the object; another object's path does not know the batch.
+    up = {"file": ("cars.csv", b"vin,model,year\nV1,Golf GTI,2019\n")}
+    batch2 = mk.http.post(
+        "/bulk/v1/customobjects/car_c/import.json", files=up, headers=mk.auth()
+    ).json()["result"][0]["batchId"]
+    assert (
+        _poll(mk, f"/bulk/v1/customobjects/car_c/import/{batch2}/status.json")[
+            "numOfObjectsProcessed"
+        ]
+        == 1
+    )
+    body = mk.http.get(
+        f"/bulk/v1/customobjects/boat_c/import/{batch2}/status.json", headers=mk.auth()
+    ).json()
+    assert errors_of(body) == "610"
+    body = mk.http.get(f"/bulk/v1/leads/batch/{batch2}.json", headers=mk.auth()).json()
+    assert errors_of(body) == "610"
+
+
+def test_program_members(mk: Mkto) -> None:
+    up = {"file": ("m.csv", b"email,firstName\npm1@x.com,Ann\npm2@x.com,Bo\n,Nobody\n")}
+    body = mk.http.post(
+        "/bulk/v1/program/1044/members/import.json",
+        params={"programMemberStatus": "Registered"},
+        files=up,
+        headers=mk.auth(),
+    ).json()
+    assert body["success"], body
+    batch = body["result"][0]["batchId"]
+    st = _poll(mk, f"/bulk/v1/program/members/import/{batch}/status.json")
+    assert (st["numOfRowsProcessed"], st["numOfRowsFailed"]) == (2, 1)
+    assert mk.profile(key="email", value="pm2@x.com")["properties"]["firstName"] == "Bo"
+    failures = mk.http.get(
+        f"/bulk/v1/program/members/import/{batch}/failures.json", headers=mk.auth()
+    ).text
+    assert "row 3" in failures
+    doc = mk.server.admin(
+        "GET", f"/projects/{mk.info['name']}/collections/program_members/1044:pm1@x.com"
+    ).json()
+    assert doc == {
+        "_id": "1044:pm1@x.com",
+        "programId": 1044,
+        "email": "pm1@x.com",
+        "status": "Registered",
+    }
+    body = mk.http.post(
+        "/bulk/v1/program/1044/members/import.json", files=up, headers=mk.auth()
+    ).json()
+    assert errors_of(body) == "1003" and "programMemberStatus" in body["errors"][0]["message"]

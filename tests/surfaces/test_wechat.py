@@ -134,6 +134,11 @@ def test_collection_documents_insert_and_upsert(wx: Wx) -> None:
     # Importing the same file again replaces, never duplicates, even rows without an _id.
     st = wx.run("orders", "o.json", body, file_type=1, mode=2)
     assert st["record_success"] == 3
+    base = f"/projects/{wx.info['name']}/collections/orders"
+    assert wx.server.admin("GET", base).json()["count"] == 3
+    assert wx.server.admin("GET", f"{base}/d1").json() == {"_id": "d1", "n": 1, "tags": ["x"]}
+    assert wx.server.admin("GET", f"{base}/nope").status_code == 404
+    assert wx.server.admin("GET", f"/projects/{wx.info['name']}/collections/x").status_code == 404
 
 
 def test_request_errors(wx: Wx, server: LiveServer) -> None:

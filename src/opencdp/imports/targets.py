@@ -31,6 +31,8 @@ from opencdp.store.base import StoreWriter
 USER_ID = "id"  # the lookup field naming our own user id
 IDENTITY = "*"  # look profiles up by every identity key, merging as the single-record API does
 TARGETS = ("users", "events", "collection")
+FIRST_COLUMN = "*first"  # a collection keyed by the file's first column (Marketo custom objects)
+PROGRAM_MEMBERS = "program_members"
 MODES = ("upsert", "insert")
 
 
@@ -98,6 +100,10 @@ def make_target(
     if target == "collection":
         return CollectionTarget(
             catalog, limits, project_id, insert_only, str(params["collection"]), params
+        )
+    if target == PROGRAM_MEMBERS:
+        return ProgramMembersTarget(
+            catalog, limits, project_id, int(params["program_id"]), str(params["status"])
         )
     if target == "users":
         return ProfilesTarget(
@@ -384,15 +390,20 @@ class CollectionTarget(Target):
         self.collection_id = catalog.collection(project_id, name)
         self.file_tag = str(params.get("file_sha256") or "")[:16] or "row"
         self.json = params.get("format") in ("json", "jsonl")
+        self.key = params.get("key")
 
     def _docs(
         self, w: StoreWriter, batch: RowBatch, res: BatchResult
     ) -> dict[str, tuple[int, str]]:
         docs: dict[str, tuple[int, str]] = {}
         numbers = batch.row_numbers.to_pylist()
+        key = batch.columns[0] if self.key == FIRST_COLUMN and batch.columns else "_id"
         for i, row in enumerate(batch.rows.to_pylist()):
             doc = {k: self._value(v) for k, v in row.items() if v is not None}
-            doc_id = str(doc.get("_id") or f"{self.file_tag}-{numbers[i]}")
+            if self.key == FIRST_COLUMN and not row.get(key):
+                res.failures[i] = f"{key}: the key field is empty"
+                continue
+            doc_id = str(row.get(key) or f"{self.file_tag}-{numbers[i]}")
             doc["_id"] = doc_id
             if len(doc_id) > self.limits.max_string_bytes:
                 res.failures[i] = "_id: too long"
@@ -429,4 +440,31 @@ class CollectionTarget(Target):
     def check(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
         res = BatchResult()
         self._docs(w, batch, res)
+        return res
+
+
+class ProgramMembersTarget(ProfilesTarget):
+    """Leads (by e-mail, created when new) made members of a program with a status."""
+
+    def __init__(
+        self, catalog: Catalog, limits: Limits, project_id: int, program_id: int, status: str
+    ) -> None:
+        super().__init__(catalog, limits, project_id, False, "email")
+        self.program_id = program_id
+        self.status = status
+        self.collection_id = catalog.collection(project_id, PROGRAM_MEMBERS)
+
+    def apply(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
+        res = super().apply(w, batch)
+        emails = _normalize(batch.rows.column("email").combine_chunks(), "email").to_pylist()
+        docs: dict[str, str] = {}
+        for i, email in enumerate(emails):
+            if i in res.failures or email is None:
+                continue
+            doc_id = f"{self.program_id}:{email}"
+            docs[doc_id] = orjson.dumps(
+                {"_id": doc_id, "programId": self.program_id, "email": email,
+                 "status": self.status}
+            ).decode()  # fmt: skip
+        w.upsert_documents(self.project_id, self.collection_id, list(docs), list(docs.values()))
         return res

@@ -6,6 +6,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -234,6 +235,20 @@ def _router(rt: Runtime) -> APIRouter:
             "user_ids": ids,
             "next_after": ids[-1] if len(ids) == limit else None,
         }
+
+    @r.get("/projects/{ref}/collections/{name}")
+    async def collection_info(project: P, name: str) -> dict[str, Any]:
+        cid = rt.catalog.collection(project.id, name, create=False)
+        count = await run_in_threadpool(rt.store.document_count, project.id, cid)
+        return {"name": name, "count": count}
+
+    @r.get("/projects/{ref}/collections/{name}/{doc_id}")
+    async def document(project: P, name: str, doc_id: str) -> Any:
+        cid = rt.catalog.collection(project.id, name, create=False)
+        doc = await run_in_threadpool(rt.store.document, project.id, cid, doc_id)
+        if doc is None:
+            raise CdpError(Code.NOT_FOUND, f"no document with _id {doc_id!r}", "doc_id")
+        return orjson.loads(doc)
 
     @r.post("/projects/{ref}/imports", status_code=202)
     async def start_import(project: P, request: Request) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from opencdp.catalog.model import Project
 from opencdp.errors import CdpError, Code, invalid
-from opencdp.imports.targets import check_lookup_field
+from opencdp.imports.targets import FIRST_COLUMN, PROGRAM_MEMBERS, check_lookup_field
 from opencdp.jobs.service import COMPLETE, FAILED, QUEUED, Job
 from opencdp.runtime import Runtime
 from opencdp.surfaces.uploads import file_field, param, read_form, store_upload
@@ -127,22 +127,33 @@ class Marketo:
         return project
 
     # ---- leads ---------------------------------------------------------------------------
-    async def import_leads(self, request: Request) -> Response:
+    async def _upload(self, request: Request) -> tuple[Project, FormData, str]:
         if request.headers.get("authorization") or request.query_params.get("access_token"):
             self._project(request)  # refuse before reading the upload
-        limit = self.rt.settings.marketo_max_file_bytes
-        form = await read_form(request, limit)
+        form = await read_form(request, self.rt.settings.marketo_max_file_bytes)
         project = self._project(request, form)
         fmt = str(param(request, form, "format", "csv")).lower()
         if fmt not in ("csv", "tsv", "ssv"):
             raise invalid("format", f"must be CSV, TSV or SSV, got {fmt!r}")
+        return project, form, fmt
+
+    async def _submit(
+        self, request: Request, project: Project, form: FormData, params: dict[str, Any]
+    ) -> Job:
+        limit = self.rt.settings.marketo_max_file_bytes
+        stored = await store_upload(self.rt.files, project.id, file_field(form), limit)
+        params["charset"] = param(request, form, "charset")
+        return await run_in_threadpool(
+            self.rt.jobs.submit, project.id, "import", AUDIENCE, params, stored.id
+        )
+
+    async def import_leads(self, request: Request) -> Response:
+        project, form, fmt = await self._upload(request)
         lookup = str(param(request, form, "lookupField", "email"))
         check_lookup_field(self.rt.catalog.schema(project.id), lookup, False)
         list_id = param(request, form, "listId")
         if list_id is not None and not str(list_id).isdigit():
             raise invalid("listId", "must be a positive integer")
-        upload = file_field(form)
-        stored = await store_upload(self.rt.files, project.id, upload, limit)
         params = {
             "target": "users",
             "format": fmt,
@@ -150,29 +161,88 @@ class Marketo:
             "mode": "upsert",
             "list_id": int(list_id) if list_id is not None else None,
             "partition": param(request, form, "partitionName"),
-            "charset": param(request, form, "charset"),
         }
-        job = await run_in_threadpool(
-            self.rt.jobs.submit, project.id, "import", AUDIENCE, params, stored.id
-        )
+        job = await self._submit(request, project, form, params)
         return _ok([{"batchId": job.id, "importId": str(job.id), "status": STATUS[job.state]}])
 
-    def _job(self, request: Request) -> Job:
+    async def import_objects(self, request: Request) -> Response:
+        project, form, fmt = await self._upload(request)
+        api_name = request.path_params["api_name"]
+        self.rt.catalog.collection(project.id, api_name)  # checks the name
+        params = {
+            "target": "collection",
+            "collection": api_name,
+            "key": FIRST_COLUMN,
+            "format": fmt,
+            "mode": "upsert",
+        }
+        job = await self._submit(request, project, form, params)
+        return _ok([{"batchId": job.id, "status": STATUS[job.state]}])
+
+    async def import_members(self, request: Request) -> Response:
+        project, form, fmt = await self._upload(request)
+        raw = request.path_params["program_id"]
+        if not raw.isdigit():
+            raise invalid("programId", "must be a positive integer")
+        status = param(request, form, "programMemberStatus")
+        if not status:
+            raise invalid("programMemberStatus", "is required")
+        params = {
+            "target": PROGRAM_MEMBERS,
+            "program_id": int(raw),
+            "status": str(status),
+            "format": fmt,
+            "mode": "upsert",
+        }
+        job = await self._submit(request, project, form, params)
+        return _ok([{"batchId": job.id, "importId": str(job.id), "status": STATUS[job.state]}])
+
+    def _job(self, request: Request, **expect: Any) -> Job:
+        """The batch named in the path, if it is one of this kind (else: not found)."""
         project = self._project(request)
-        raw = request.path_params["batch_id"]
+        raw = str(request.path_params["batch_id"])
         if not raw.isdigit():
             raise CdpError(Code.NOT_FOUND, f"batchId {raw!r} does not exist", "batchId")
-        return self.rt.jobs.get(project.id, int(raw), surface=AUDIENCE)
+        job = self.rt.jobs.get(project.id, int(raw), surface=AUDIENCE)
+        if any(job.params.get(k) != v for k, v in expect.items()):
+            raise CdpError(Code.NOT_FOUND, f"batchId {raw!r} does not exist", "batchId")
+        return job
+
+    def _lead(self, request: Request) -> Job:
+        return self._job(request, target="users")
+
+    def _object(self, request: Request) -> Job:
+        return self._job(request, target="collection", collection=request.path_params["api_name"])
+
+    def _member(self, request: Request) -> Job:
+        return self._job(request, target=PROGRAM_MEMBERS)
 
     async def lead_status(self, request: Request) -> Response:
-        job = self._job(request)
-        return _ok([_status(job)])
+        return _ok([_status(self._lead(request))])
 
-    async def lead_failures(self, request: Request) -> Response:
-        return self._file(self._job(request), "failures")
+    async def object_status(self, request: Request) -> Response:
+        job = self._object(request)
+        base = _status(job)
+        return _ok(
+            [
+                {
+                    "batchId": job.id,
+                    "operation": "import",
+                    "status": base["status"],
+                    "objectApiName": job.params.get("collection"),
+                    "numOfObjectsProcessed": job.imported,
+                    "numOfRowsFailed": job.failed,
+                    "numOfRowsWithWarning": job.warnings,
+                    "message": base["message"],
+                }
+            ]
+        )
 
-    async def lead_warnings(self, request: Request) -> Response:
-        return self._file(self._job(request), "warnings")
+    async def member_status(self, request: Request) -> Response:
+        job = self._member(request)
+        base = _status(job)
+        base["numOfRowsProcessed"] = job.imported
+        return _ok([base])
 
     def _file(self, job: Job, kind: str) -> Response:
         path = self.rt.files.job_file(job.project_id, job.id, kind)
@@ -203,6 +273,21 @@ def _status(job: Job) -> dict[str, Any]:
     }
 
 
+def _files(prefix: str, m: Marketo, find: Callable[[Request], Job]) -> list[Route]:
+    """``{prefix}/failures.json`` and ``{prefix}/warnings.json`` of one kind of batch."""
+
+    def handler(kind: str) -> Handler:
+        async def serve(request: Request) -> Response:
+            return m._file(find(request), kind)
+
+        return envelope(serve)
+
+    return [
+        Route(f"{prefix}/{kind}.json", handler(kind), methods=["GET"])
+        for kind in ("failures", "warnings")
+    ]
+
+
 def build(rt: Runtime) -> Starlette:
     m = Marketo(rt)
 
@@ -213,16 +298,29 @@ def build(rt: Runtime) -> Starlette:
         Route("/identity/oauth/token", envelope(m.token), methods=["GET", "POST"]),
         Route("/bulk/v1/leads.json", envelope(m.import_leads), methods=["POST"]),
         Route("/bulk/v1/leads/batch/{batch_id}.json", envelope(m.lead_status), methods=["GET"]),
+        *_files("/bulk/v1/leads/batch/{batch_id}", m, m._lead),
         Route(
-            "/bulk/v1/leads/batch/{batch_id}/failures.json",
-            envelope(m.lead_failures),
-            methods=["GET"],
+            "/bulk/v1/customobjects/{api_name}/import.json",
+            envelope(m.import_objects),
+            methods=["POST"],
         ),
         Route(
-            "/bulk/v1/leads/batch/{batch_id}/warnings.json",
-            envelope(m.lead_warnings),
+            "/bulk/v1/customobjects/{api_name}/import/{batch_id}/status.json",
+            envelope(m.object_status),
             methods=["GET"],
         ),
+        *_files("/bulk/v1/customobjects/{api_name}/import/{batch_id}", m, m._object),
+        Route(
+            "/bulk/v1/program/{program_id}/members/import.json",
+            envelope(m.import_members),
+            methods=["POST"],
+        ),
+        Route(
+            "/bulk/v1/program/members/import/{batch_id}/status.json",
+            envelope(m.member_status),
+            methods=["GET"],
+        ),
+        *_files("/bulk/v1/program/members/import/{batch_id}", m, m._member),
     ]
     return Starlette(routes=routes, exception_handlers={404: not_found})
 
