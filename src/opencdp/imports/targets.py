@@ -211,7 +211,11 @@ class ProfilesTarget(Target):
         outcome = w.import_profiles(
             self.project_id, table, key, others, props, self.insert_only, write, self.list_id
         )
-        index = {n: i for i, n in enumerate(batch.row_numbers.to_pylist())}
+        index = (
+            {n: i for i, n in enumerate(batch.row_numbers.to_pylist())}
+            if outcome.failures or outcome.warnings
+            else {}
+        )
         for row, reason in outcome.failures.items():
             res.failures.setdefault(index[row], reason)
         for row, reason in outcome.warnings.items():
@@ -226,13 +230,35 @@ class ProfilesTarget(Target):
         return self._run(w, batch, False)
 
 
+class _RecordTarget(Target):
+    """Rows validated as single records and applied like ingested ones."""
+
+    batch_rows = 20_000
+
+    kind = "user"
+
+    def _records(self, w: StoreWriter, batch: RowBatch, res: BatchResult) -> list[Record]:
+        raise NotImplementedError
+
+    def apply(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
+        res = BatchResult()
+        records = self._records(w, batch, res)
+        if records:
+            apply_records(w, self.catalog, records)
+        res.imported = batch.rows.num_rows - len(res.failures)
+        return res
+
+    def check(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
+        res = BatchResult()
+        self._records(w, batch, res)
+        return res
+
+
 EVENT_NAME = ("event", "event_name")
 EVENT_RESERVED = {"event", "event_name", "event_id", "create_time", "event_time"}
 
 
-class EventsTarget(Target):
-    batch_rows = 20_000
-
+class EventsTarget(_RecordTarget):
     def _records(self, w: StoreWriter, batch: RowBatch, res: BatchResult) -> list[Record]:
         project = self.catalog.project(self.project_id)
         schema = self.catalog.schema(self.project_id)
@@ -282,43 +308,6 @@ class EventsTarget(Target):
                 i = records[latest.pop(eid)][0]
                 res.failures[i] = f"event_id: {eid!r} already exists"
         return [r for i, r in records if i not in res.failures]
-
-    def apply(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
-        res = BatchResult()
-        records = self._records(w, batch, res)
-        if records:
-            apply_records(w, self.catalog, records)
-        res.imported = batch.rows.num_rows - len(res.failures)
-        return res
-
-    def check(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
-        res = BatchResult()
-        self._records(w, batch, res)
-        return res
-
-
-class _RecordTarget(Target):
-    """Rows validated as single records and applied like ingested ones."""
-
-    batch_rows = 20_000
-
-    kind = "user"
-
-    def _records(self, w: StoreWriter, batch: RowBatch, res: BatchResult) -> list[Record]:
-        raise NotImplementedError
-
-    def apply(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
-        res = BatchResult()
-        records = self._records(w, batch, res)
-        if records:
-            apply_records(w, self.catalog, records)
-        res.imported = batch.rows.num_rows - len(res.failures)
-        return res
-
-    def check(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
-        res = BatchResult()
-        self._records(w, batch, res)
-        return res
 
 
 class UsersByIdentityTarget(_RecordTarget):

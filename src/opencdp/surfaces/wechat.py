@@ -28,6 +28,7 @@ from starlette.routing import Route
 from opencdp.catalog.model import Project
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.imports.targets import IDENTITY
+from opencdp.ingest.records import parse_json
 from opencdp.jobs.service import COMPLETE, FAILED, QUEUED, Job
 from opencdp.runtime import Runtime
 from opencdp.surfaces.uploads import file_field, read_form, store_upload
@@ -134,12 +135,7 @@ class WeChat:
         raw = await request.body()
         if not raw.strip():
             raise CdpError(Code.EMPTY_PROPERTIES, "the POST body is empty", "body")
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise CdpError(Code.INVALID_JSON, f"body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise CdpError(Code.INVALID_JSON, "body must be a JSON object")
+        body = parse_json(raw)
         env = body.get("env")
         if not env:
             raise _missing("env")
