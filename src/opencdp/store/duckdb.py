@@ -681,13 +681,12 @@ class _Writer(StoreWriter):
             )
         for key in other_keys:
             col = ident(f"_k{int(key)}")
+            # Link each value to the last row's profile, unless some profile holds it already.
             cur.execute(
-                f"MERGE INTO {identities} AS t USING (SELECT {int(key)} AS key_id, "
-                f"{col} AS value, {uid} AS _uid FROM _imp WHERE ({keep}) AND {col} IS NOT NULL "
-                f"QUALIFY row_number() OVER (PARTITION BY {col} ORDER BY _row DESC) = 1) AS s "
-                "ON t.key_id = s.key_id AND t.value = s.value "
-                "WHEN NOT MATCHED THEN INSERT (key_id, value, user_id) "
-                "VALUES (s.key_id, s.value, s._uid)"
+                f"INSERT INTO {identities} SELECT {int(key)}, s.v, s.u FROM (SELECT {col} AS v, "
+                f"arg_max({uid}, _row) AS u FROM _imp WHERE ({keep}) AND {col} IS NOT NULL "
+                f"GROUP BY {col}) s ANTI JOIN (SELECT value FROM {identities} "
+                f"WHERE key_id = {int(key)}) t ON t.value = s.v"
             )
             for row_no, value, owner in cur.execute(
                 f"SELECT i._row, i.{col}, m.user_id FROM _imp i JOIN {identities} m "
