@@ -136,7 +136,8 @@ def test_collection_documents_insert_and_upsert(wx: Wx) -> None:
     assert st["record_success"] == 3
     base = f"/projects/{wx.info['name']}/collections/orders"
     assert wx.server.admin("GET", base).json()["count"] == 3
-    assert wx.server.admin("GET", f"{base}/d1").json() == {"_id": "d1", "n": 1, "tags": ["x"]}
+    assert wx.server.admin("GET", f"{base}/d1").json() == {"_id": "d1", "n": 1.0, "tags": ["x"]}
+    assert wx.server.admin("GET", base).json()["fields"] == {"n": "number", "tags": "list"}
     assert wx.server.admin("GET", f"{base}/nope").status_code == 404
     assert wx.server.admin("GET", f"/projects/{wx.info['name']}/collections/x").status_code == 404
 
@@ -204,3 +205,19 @@ def test_wechatpy_cloud_module_works_unchanged(wx: Wx, tmp_path: Path) -> None:
     assert info["status"] == "success" and info["record_success"] == 1
     prof = wx.server.profile(wx.info["name"], key="email", value="lib@x.com").json()
     assert prof["properties"]["city"] == "Paris"
+
+
+def test_declared_collection_fields_are_enforced(wx: Wx) -> None:
+    base = f"/projects/{wx.info['name']}/collections/visits"
+    r = wx.server.admin("PUT", base, json={"fields": {"at": "datetime", "paid": "bool"}})
+    assert r.status_code == 200 and r.json()["fields"] == {"at": "datetime", "paid": "bool"}
+    csv = "_id,at,paid,note\nv1,2024-01-02 03:04:05,yes,hi\nv2,someday,no,x\nv3,,maybe,y\n"
+    st = wx.run("visits", "v.csv", csv)
+    assert (st["record_success"], st["record_fail"]) == (1, 2), st
+    errors = httpx.get(st["file_url"]).text
+    assert "at: " in errors and "paid: expected a boolean" in errors
+    doc = wx.server.admin("GET", f"{base}/v1").json()
+    assert doc == {"_id": "v1", "at": "2024-01-01T19:04:05+00:00", "paid": True, "note": "hi"}
+    assert wx.server.admin("GET", base).json()["fields"]["note"] == "string"  # inferred
+    clash = wx.server.admin("PUT", base, json={"fields": {"paid": "number"}})
+    assert clash.status_code == 409

@@ -292,6 +292,41 @@ class Catalog:
             assert new is not None
             return int(new[0])
 
+    def collection_fields(self, collection_id: int) -> dict[str, PropertyType]:
+        f = t.collection_fields.c
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(f.name, f.type).where(f.collection_id == collection_id).order_by(f.id)
+            ).all()
+        return {r.name: PropertyType(r.type) for r in rows}
+
+    def ensure_collection_fields(
+        self, collection_id: int, wanted: dict[str, PropertyType]
+    ) -> dict[str, PropertyType]:
+        """The collection's fields, adding those in ``wanted`` that it does not have yet (a
+        field that exists keeps its type)."""
+        for name in wanted:
+            check_name(name, "field")
+        with self._lock, self._engine.begin() as conn:
+            f = t.collection_fields.c
+            have = {
+                r.name
+                for r in conn.execute(
+                    sa.select(f.name).where(f.collection_id == collection_id)
+                ).all()
+            }
+            for name, ptype in wanted.items():
+                if name not in have:
+                    conn.execute(
+                        sa.insert(t.collection_fields).values(
+                            collection_id=collection_id,
+                            name=name,
+                            type=ptype.value,
+                            created_at=_now(),
+                        )
+                    )
+        return self.collection_fields(collection_id)
+
     # ---- signed links --------------------------------------------------------------------
     def sign_link(self, purpose: str, *parts: str, ttl: int) -> tuple[int, str]:
         """(expiry, signature) for a download link; parts name what the link gives."""

@@ -378,8 +378,26 @@ class CollectionTarget(Target):
         super().__init__(catalog, limits, project_id, insert_only)
         self.collection_id = catalog.collection(project_id, name)
         self.file_tag = str(params.get("file_sha256") or "")[:16] or "row"
-        self.json = params.get("format") in ("json", "jsonl")
         self.key = params.get("key")
+
+    def _fields(self, batch: RowBatch, key: str, res: BatchResult) -> dict[str, PropertyType]:
+        """The collection's fields for this batch's columns; new ones are inferred (in a strict
+        project: ignored, with a warning on each row that has a value)."""
+        fields = self.catalog.collection_fields(self.collection_id)
+        strict = self.catalog.project(self.project_id).strict_schema
+        wanted: dict[str, PropertyType] = {}
+        for name in batch.columns:
+            if name in fields or name in (key, "_id"):
+                continue
+            if strict:
+                present = pc.is_valid(batch.rows.column(name))
+                for i in pc.indices_nonzero(present).to_pylist():
+                    res.warnings.setdefault(i, f"{name}: unknown field ignored")
+                continue
+            wanted[name] = infer(batch.rows.column(name))
+        if wanted:
+            fields = self.catalog.ensure_collection_fields(self.collection_id, wanted)
+        return {n: fields[n] for n in batch.columns if n in fields and n not in (key, "_id")}
 
     def _docs(
         self, w: StoreWriter, batch: RowBatch, res: BatchResult
@@ -387,32 +405,44 @@ class CollectionTarget(Target):
         docs: dict[str, tuple[int, str]] = {}
         numbers = batch.row_numbers.to_pylist()
         key = batch.columns[0] if self.key == FIRST_COLUMN and batch.columns else "_id"
-        for i, row in enumerate(batch.rows.to_pylist()):
-            doc = {k: self._value(v) for k, v in row.items() if v is not None}
-            if self.key == FIRST_COLUMN and not row.get(key):
+        fields = self._fields(batch, key, res)
+        typed = {
+            name: coerce_column(
+                ptype,
+                batch.rows.column(name).combine_chunks(),
+                name,
+                self.limits,
+                self.tz,
+                res.failures,
+                res.warnings,
+            ).to_pylist()
+            for name, ptype in fields.items()
+        }
+        keys = batch.rows.column(key).to_pylist() if key in batch.columns else [None] * len(numbers)
+        for i, key_value in enumerate(keys):
+            if i in res.failures:
+                continue
+            if self.key == FIRST_COLUMN and not key_value:
                 res.failures[i] = f"{key}: the key field is empty"
                 continue
-            doc_id = str(row.get(key) or f"{self.file_tag}-{numbers[i]}")
-            doc["_id"] = doc_id
+            doc_id = str(key_value or f"{self.file_tag}-{numbers[i]}")
             if len(doc_id) > self.limits.max_string_bytes:
-                res.failures[i] = "_id: too long"
+                res.failures[i] = f"{key}: too long"
                 continue
             if doc_id in docs and self.insert_only:
-                res.failures[i] = f"_id: {doc_id!r} repeats an earlier row of the file"
+                res.failures[i] = f"{key}: {doc_id!r} repeats an earlier row of the file"
                 continue
-            docs[doc_id] = (i, orjson.dumps(doc).decode())
+            doc = {"_id": doc_id}
+            if key != "_id":
+                doc[key] = doc_id
+            for name, values in typed.items():
+                if values[i] is not None:
+                    doc[name] = values[i]
+            docs[doc_id] = (i, orjson.dumps(doc, option=orjson.OPT_NAIVE_UTC).decode())
         if self.insert_only:
             for doc_id in w.existing_documents(self.project_id, self.collection_id, list(docs)):
-                res.failures[docs.pop(doc_id)[0]] = f"_id: {doc_id!r} already exists"
+                res.failures[docs.pop(doc_id)[0]] = f"{key}: {doc_id!r} already exists"
         return docs
-
-    def _value(self, text: str) -> Any:
-        if not self.json:
-            return text
-        try:  # JSON files: numbers, booleans, objects and arrays come back as themselves
-            return orjson.loads(text) if text[:1] in "-0123456789tfn[{" else text
-        except orjson.JSONDecodeError:
-            return text
 
     def apply(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
         res = BatchResult()

@@ -25,9 +25,14 @@ def _v2_files_and_jobs(conn: sa.Connection) -> None:
         table.create(conn)
 
 
+def _v3_collection_fields(conn: sa.Connection) -> None:
+    tables.collection_fields.create(conn)
+
+
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _v1_initial),
     (2, _v2_files_and_jobs),
+    (3, _v3_collection_fields),
 ]
 
 LATEST = MIGRATIONS[-1][0]

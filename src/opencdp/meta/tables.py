@@ -105,3 +105,16 @@ collections = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.UniqueConstraint("project_id", "name", name="uq_collection_name"),
 )
+
+# The fields of a collection: declared through the admin API, or inferred from the first values
+# an import sees. Values that do not fit a field's type are refused, as for properties.
+collection_fields = sa.Table(
+    "collection_fields",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("collection_id", sa.Integer, sa.ForeignKey("collections.id"), nullable=False),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("collection_id", "name", name="uq_collection_field"),
+)

@@ -62,6 +62,10 @@ class NewProperty(BaseModel):
     is_identity: bool = False
 
 
+class Fields(BaseModel):
+    fields: dict[str, PropertyType]
+
+
 class IdentityKeys(BaseModel):
     keys: list[str] = Field(min_length=1)
 
@@ -240,7 +244,20 @@ def _router(rt: Runtime) -> APIRouter:
     async def collection_info(project: P, name: str) -> dict[str, Any]:
         cid = rt.catalog.collection(project.id, name, create=False)
         count = await run_in_threadpool(rt.store.document_count, project.id, cid)
-        return {"name": name, "count": count}
+        fields = rt.catalog.collection_fields(cid)
+        return {"name": name, "count": count, "fields": {k: v.value for k, v in fields.items()}}
+
+    @r.put("/projects/{ref}/collections/{name}")
+    async def declare_collection(project: P, name: str, body: Fields) -> dict[str, Any]:
+        """Declare a collection and the types of its fields (before importing into it)."""
+        cid = rt.catalog.collection(project.id, name)
+        fields = rt.catalog.ensure_collection_fields(cid, body.fields)
+        clash = {k: v.value for k, v in body.fields.items() if fields[k] is not v}
+        if clash:
+            raise CdpError(
+                Code.CONFLICT, f"fields already exist with other types: {sorted(clash)}", "fields"
+            )
+        return await collection_info(project, name)
 
     @r.get("/projects/{ref}/collections/{name}/{doc_id}")
     async def document(project: P, name: str, doc_id: str) -> Any:
