@@ -17,7 +17,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from opencdp.catalog.model import Property, Schema
+from opencdp.catalog.model import Project, Property, Schema
 from opencdp.catalog.service import Catalog
 from opencdp.catalog.types import PropertyType
 from opencdp.config import Limits
@@ -235,10 +235,39 @@ class _RecordTarget(Target):
 
     batch_rows = 20_000
 
-    kind = "user"
-
+    @abstractmethod
     def _records(self, w: StoreWriter, batch: RowBatch, res: BatchResult) -> list[Record]:
-        raise NotImplementedError
+        """The batch's valid rows as records (failures go to ``res``)."""
+
+    def _build(
+        self,
+        doc: dict[str, Any],
+        lists: set[str],
+        project: Project,
+        schema: Schema,
+        received: int,
+        index: int,
+        res: BatchResult,
+    ) -> Record | None:
+        """One row as a single-API record; None (and a failure) when it does not validate."""
+        properties = doc["properties"]
+        for k in lists & properties.keys():
+            with contextlib.suppress(orjson.JSONDecodeError):  # else coerce says why
+                properties[k] = orjson.loads(properties[k])
+        try:
+            return build_record(
+                doc,
+                project,
+                schema,
+                self.limits,
+                received,
+                lambda table, wanted: self.catalog.ensure_properties(
+                    self.project_id, table, wanted
+                ),
+            )
+        except CdpError as exc:
+            res.failures[index] = exc.message
+            return None
 
     def apply(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
         res = BatchResult()
@@ -277,24 +306,10 @@ class EventsTarget(_RecordTarget):
                 properties["create_time"] = properties["event_time"]
             for k in ("event", "event_name", "event_time"):
                 properties.pop(k, None)
-            for k in lists & properties.keys():
-                with contextlib.suppress(orjson.JSONDecodeError):  # else coerce says why
-                    properties[k] = orjson.loads(properties[k])
-            try:
-                record = build_record(
-                    {"type": "event", "event": name, "properties": properties},
-                    project,
-                    schema,
-                    self.limits,
-                    received,
-                    lambda table, wanted: self.catalog.ensure_properties(
-                        self.project_id, table, wanted
-                    ),
-                )
-            except CdpError as exc:
-                res.failures[i] = exc.message
-                continue
-            records.append((i, record))
+            doc = {"type": "event", "event": name, "properties": properties}
+            record = self._build(doc, lists, project, schema, received, i, res)
+            if record is not None:
+                records.append((i, record))
         # One event per event_id: a later row replaces an earlier one, or, insert-only, fails.
         latest: dict[str, int] = {}
         for pos, (i, r) in enumerate(records):
@@ -327,24 +342,10 @@ class UsersByIdentityTarget(_RecordTarget):
             if i in res.failures:
                 continue
             properties = {k: v for k, v in row.items() if k in keep and v is not None}
-            for k in lists & properties.keys():
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    properties[k] = orjson.loads(properties[k])
-            try:
-                record = build_record(
-                    {"type": "user", "properties": properties},
-                    project,
-                    schema,
-                    self.limits,
-                    received,
-                    lambda table, wanted: self.catalog.ensure_properties(
-                        self.project_id, table, wanted
-                    ),
-                )
-            except CdpError as exc:
-                res.failures[i] = exc.message
-                continue
-            out.append((i, record))
+            doc = {"type": "user", "properties": properties}
+            record = self._build(doc, lists, project, schema, received, i, res)
+            if record is not None:
+                out.append((i, record))
         if self.insert_only:
             known = w.lookup_identities(
                 self.project_id, list(dict.fromkeys(t for _, r in out for t in r.tokens))
