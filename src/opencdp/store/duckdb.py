@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from opencdp.catalog.model import Property
 from opencdp.catalog.types import PropertyType
@@ -616,10 +617,16 @@ class _Writer(StoreWriter):
             # One row per lookup value (the last; insert-only: the first), with the profile
             # it matches. A grouped pick and hash joins: no sort of the batch.
             pick = "min" if insert_only else "max"
+            if pc.count_distinct(rows.column("_lookup")).as_py() == rows.num_rows:
+                dedupe = ""  # the common case: every lookup value once
+            else:
+                dedupe = (
+                    f"JOIN (SELECT {pick}(_row) AS _pick FROM {staged} GROUP BY _lookup) d "
+                    "ON s._row = d._pick"
+                )
             cur.execute(
                 "CREATE OR REPLACE TEMP TABLE _imp AS SELECT s.*, m.user_id AS _match "
-                f"FROM {staged} s JOIN (SELECT {pick}(_row) AS _pick FROM {staged} "
-                f"GROUP BY _lookup) d ON s._row = d._pick {match}"
+                f"FROM {staged} s {dedupe} {match}"
             )
             if insert_only:
                 for row, value in cur.execute(
