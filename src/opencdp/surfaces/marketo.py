@@ -25,7 +25,13 @@ from opencdp.errors import CdpError, Code, invalid
 from opencdp.imports.targets import FIRST_COLUMN, PROGRAM_MEMBERS, check_lookup_field
 from opencdp.jobs.service import COMPLETE, FAILED, QUEUED, Job
 from opencdp.runtime import Runtime
-from opencdp.surfaces.uploads import file_field, param, read_form, store_upload
+from opencdp.surfaces.uploads import (
+    file_field,
+    param,
+    read_form,
+    store_upload,
+    vendor_errors,
+)
 
 log = logging.getLogger(__name__)
 AUDIENCE = "marketo"
@@ -69,18 +75,7 @@ def _error(code: str, message: str) -> JSONResponse:
     )
 
 
-def envelope(handler: Handler) -> Handler:
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except CdpError as exc:
-            code, text = ERRORS.get(exc.code, ERRORS[Code.INTERNAL])
-            return _error(code, f"{text}: {exc.message}")
-        except Exception:
-            log.exception("marketo request failed")
-            return _error(*ERRORS[Code.INTERNAL])
-
-    return wrapped
+envelope = vendor_errors(ERRORS, _error, log)
 
 
 class Marketo:

@@ -1,12 +1,14 @@
-"""Multipart uploads shared by the surfaces: bounded, streamed to the files store."""
+"""What the vendor surfaces share: bounded multipart uploads and the error wrapper."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
+from starlette.responses import Response
 
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.imports.files import Files, FileTooLarge, StoredFile
@@ -64,3 +66,31 @@ def param(request: Request, form: FormData | None, name: str, default: Any = Non
         field = form.get(name)
         value = field if isinstance(field, str) else None
     return default if value is None or value == "" else value
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def vendor_errors(
+    table: Mapping[Code, tuple[Any, str]],
+    render: Callable[[Any, str], Response],
+    logger: logging.Logger,
+) -> Callable[[Handler], Handler]:
+    """Wrap a vendor surface's handlers: a :class:`CdpError` becomes the vendor's code from
+    ``table`` with its text and the reason; anything else is logged and answered as the
+    vendor's internal error, with no detail."""
+
+    def wrap(handler: Handler) -> Handler:
+        async def wrapped(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except CdpError as exc:
+                code, text = table.get(exc.code, table[Code.INTERNAL])
+                return render(code, f"{text}: {exc.message}")
+            except Exception:
+                logger.exception("%s failed", request.url.path)
+                return render(*table[Code.INTERNAL])
+
+        return wrapped
+
+    return wrap

@@ -31,7 +31,7 @@ from opencdp.imports.targets import IDENTITY
 from opencdp.ingest.records import parse_json
 from opencdp.jobs.service import COMPLETE, FAILED, QUEUED, Job
 from opencdp.runtime import Runtime
-from opencdp.surfaces.uploads import file_field, read_form, store_upload
+from opencdp.surfaces.uploads import file_field, read_form, store_upload, vendor_errors
 
 log = logging.getLogger(__name__)
 AUDIENCE = "wechat"
@@ -78,19 +78,11 @@ def _reply(**fields: Any) -> JSONResponse:
     return JSONResponse({"errcode": 0, "errmsg": "ok", **fields})
 
 
-def envelope(handler: Handler) -> Handler:
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except CdpError as exc:
-            code, text = ERRORS.get(exc.code, ERRORS[Code.INTERNAL])
-            return JSONResponse({"errcode": code, "errmsg": f"{text}: {exc.message}"})
-        except Exception:
-            log.exception("wechat request failed")
-            code, text = ERRORS[Code.INTERNAL]
-            return JSONResponse({"errcode": code, "errmsg": text})
+def _error(code: int, message: str) -> JSONResponse:
+    return JSONResponse({"errcode": code, "errmsg": message})
 
-    return wrapped
+
+envelope = vendor_errors(ERRORS, _error, log)
 
 
 async def _text(value: object) -> str:
