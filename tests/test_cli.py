@@ -520,5 +520,5 @@ def test_import_bad_option_is_a_json_error(
         1,
         "validation_failed",
     )
-    assert err["field"] == "lookupField"
+    assert err["field"] == "lookup_field"
     failed(run(server, "import", str(path), "--project", "no-such-project"), 2, "not_found")

@@ -152,7 +152,7 @@ def test_bad_requests(server: LiveServer, proj: str) -> None:
     assert post(into="nowhere").status_code == 400
     assert post(format="xlsx").json()["error"]["field"] == "format"
     assert post(mode="merge").json()["error"]["field"] == "mode"
-    assert post(lookup_field="city").json()["error"]["field"] == "lookupField"
+    assert post(lookup_field="city").json()["error"]["field"] == "lookup_field"
     assert server.admin("GET", f"/projects/{proj}/imports/999999").status_code == 404
 
 

@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
@@ -36,10 +35,6 @@ class Credentials:
 
 
 _COLLECTION = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,127}")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def check_name(name: object, field: str, max_length: int = 128) -> str:
@@ -97,7 +92,7 @@ class Catalog:
             zone(timezone)
         except ValueError as exc:
             raise invalid("timezone", str(exc)) from None
-        now = _now()
+        now = t.utcnow()
         with self._lock, self._engine.begin() as conn:
             if conn.execute(sa.select(t.projects.c.id).where(t.projects.c.name == name)).first():
                 raise CdpError(Code.CONFLICT, f"a project named {name!r} already exists", "name")
@@ -127,7 +122,7 @@ class Catalog:
 
     def _issue(self, conn: sa.Connection, project_id: int) -> Credentials:
         """Revoke a project's credentials and issue new ones."""
-        now = _now()
+        now = t.utcnow()
         generation = (
             conn.execute(
                 sa.select(sa.func.max(t.credentials.c.secret_generation)).where(
@@ -287,7 +282,9 @@ class Catalog:
             if not create:
                 raise not_found("collection", name)
             new = conn.execute(
-                sa.insert(t.collections).values(project_id=project_id, name=name, created_at=_now())
+                sa.insert(t.collections).values(
+                    project_id=project_id, name=name, created_at=t.utcnow()
+                )
             ).inserted_primary_key
             assert new is not None
             return int(new[0])
@@ -322,7 +319,7 @@ class Catalog:
                             collection_id=collection_id,
                             name=name,
                             type=ptype.value,
-                            created_at=_now(),
+                            created_at=t.utcnow(),
                         )
                     )
         return self.collection_fields(collection_id)
@@ -400,7 +397,7 @@ class Catalog:
     def _insert_properties(
         self, project_id: int, table: str, missing: dict[str, PropertyType]
     ) -> None:
-        now = _now()
+        now = t.utcnow()
         with self._engine.begin() as conn:
             rows = [
                 {

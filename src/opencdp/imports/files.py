@@ -11,7 +11,6 @@ import hashlib
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,6 @@ from opencdp.errors import CdpError, Code, invalid
 from opencdp.meta import tables as t
 
 PENDING, STORED = "pending", "stored"
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 @dataclass(frozen=True)
@@ -78,7 +73,7 @@ class Files:
                     state=PENDING,
                     size=0,
                     upload_token_hash=secrets.digest(token),
-                    created_at=_now(),
+                    created_at=t.utcnow(),
                 )
             ).inserted_primary_key
         assert file_id is not None
@@ -133,7 +128,7 @@ class Files:
                     size=size,
                     sha256=digest.hexdigest(),
                     upload_token_hash=None,
-                    stored_at=_now(),
+                    stored_at=t.utcnow(),
                 )
             )
         return self.get(project_id, reserved.id)

@@ -119,17 +119,19 @@ def make_target(
     raise CdpError(Code.UNSUPPORTED, f"target: cannot import into {target!r}", "target")
 
 
-def check_lookup_field(schema: Schema, lookup: str, insert_only: bool) -> None:
+def check_lookup_field(
+    schema: Schema, lookup: str, insert_only: bool, field: str = "lookup_field"
+) -> None:
     """Refuse a lookup field that cannot identify a profile (before a job is queued)."""
     if lookup == IDENTITY:
         return
     if lookup == USER_ID:
         if insert_only:
-            raise invalid("lookupField", "insert-only imports look profiles up by an identity key")
+            raise invalid(field, "insert-only imports look profiles up by an identity key")
         return
     if lookup not in schema.identity_keys:
         keys = ", ".join([*schema.identity_keys, USER_ID])
-        raise invalid("lookupField", f"{lookup!r} is not an identity key (one of {keys})")
+        raise invalid(field, f"{lookup!r} is not an identity key (one of {keys})")
 
 
 def _normalize(values: pa.Array, key: str) -> pa.Array:

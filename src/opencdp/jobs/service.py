@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,10 +24,6 @@ log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, COMPLETE, FAILED = "queued", "running", "complete", "failed"
 ACTIVE = (QUEUED, RUNNING)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 @dataclass(frozen=True)
@@ -141,7 +137,7 @@ class Jobs:
                     warnings=0,
                     message="",
                     attempts=0,
-                    created_at=_now(),
+                    created_at=t.utcnow(),
                 )
             ).inserted_primary_key
             assert job_id is not None
@@ -219,7 +215,7 @@ class Jobs:
                     .values(
                         state=RUNNING,
                         attempts=row.attempts + 1,
-                        started_at=row.started_at or _now(),
+                        started_at=row.started_at or t.utcnow(),
                     )
                 )
                 return Job.from_row(row)
@@ -262,7 +258,7 @@ class Jobs:
             imported=outcome.imported,
             failed=outcome.failed,
             warnings=outcome.warnings,
-            finished_at=_now(),
+            finished_at=t.utcnow(),
         )
 
 

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
+
+
+def utcnow() -> datetime:
+    """Timestamps in the metadata DB: naive UTC (SQLite keeps no zone)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
 
 schema_version = sa.Table(
     "schema_version",

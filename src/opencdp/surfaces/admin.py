@@ -134,6 +134,8 @@ def build(rt: Runtime) -> FastAPI:
 
 
 def _router(rt: Runtime) -> APIRouter:
+    admin_digest = secrets.digest(rt.admin_token)
+
     async def admin_auth(request: Request) -> None:
         given = request.headers.get("authorization", "")
         scheme, _, token = given.partition(" ")
@@ -141,7 +143,7 @@ def _router(rt: Runtime) -> APIRouter:
             raise CdpError(
                 Code.MISSING_CREDENTIAL, "Authorization: expected 'Bearer <admin token>'"
             )
-        if not secrets.matches(token.strip(), secrets.digest(rt.admin_token)):
+        if not secrets.matches(token.strip(), admin_digest):
             raise CdpError(Code.AUTH_FAILED, "Authorization: not the admin token")
 
     r = APIRouter(dependencies=[Depends(admin_auth)])

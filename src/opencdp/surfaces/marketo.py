@@ -145,7 +145,7 @@ class Marketo:
     async def import_leads(self, request: Request) -> Response:
         project, form, fmt = await self._upload(request)
         lookup = str(param(request, form, "lookupField", "email"))
-        check_lookup_field(self.rt.catalog.schema(project.id), lookup, False)
+        check_lookup_field(self.rt.catalog.schema(project.id), lookup, False, "lookupField")
         list_id = param(request, form, "listId")
         if list_id is not None and not str(list_id).isdigit():
             raise invalid("listId", "must be a positive integer")
