@@ -187,6 +187,25 @@ def test_an_identity_held_by_another_profile_is_a_warning(mk: Mkto) -> None:
     assert mk.profile(key="mobile", value="13900000000")["properties"]["email"] == "one@x.com"
 
 
+def test_an_identity_on_rows_of_two_profiles_goes_with_the_last(mk: Mkto) -> None:
+    mk.run("email,mobile\nheld@x.com,13700000009\n")
+    st = mk.run(
+        "email,mobile\n"
+        "a@x.com,13700000001\n"  # row 1: the mobile is given to b@ on row 2
+        "b@x.com,13700000001\n"
+        "c@x.com,13700000002\n"
+        "c@x.com,13700000002\n"  # the same profile twice: no conflict
+        "d@x.com,13700000009\n"  # row 5: held by held@ already
+    )
+    assert (st["numOfLeadsProcessed"], st["numOfRowsWithWarning"]) == (5, 2)
+    warnings = mk.failures(st["batchId"], "warnings").splitlines()
+    assert [w.split(",")[0] for w in warnings[1:]] == ["a@x.com", "d@x.com"]
+    assert "row 1: '13700000001' belongs to another profile" in warnings[1]
+    assert mk.profile(key="mobile", value="13700000001")["properties"]["email"] == "b@x.com"
+    assert mk.profile(key="mobile", value="13700000002")["properties"]["email"] == "c@x.com"
+    assert mk.profile(key="mobile", value="13700000009")["properties"]["email"] == "held@x.com"
+
+
 def test_strict_schema_ignores_unknown_columns_with_a_warning(mk: Mkto) -> None:
     mk.server.admin("PATCH", f"/projects/{mk.info['name']}", json={"strict_schema": True})
     st = mk.run("email,newcol\ns@x.com,v\n")

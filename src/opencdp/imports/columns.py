@@ -7,6 +7,7 @@ a time; datetimes and lists, whose formats are richer, go value by value through
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import tzinfo
 
 import orjson
@@ -32,7 +33,8 @@ Problems = dict[int, str]  # index in the column -> reason
 
 
 def infer(values: pa.Array) -> PropertyType:
-    """The type of a new property from the text values of its column.
+    """The type of a new property from the text values of its column: the first of number,
+    boolean, datetime and list that every value reads as, else string.
 
     >>> infer(pa.array(["1", "2.5", None])), infer(pa.array(["yes", "no"]))
     (<PropertyType.NUMBER: 'number'>, <PropertyType.BOOL: 'bool'>)
@@ -40,16 +42,29 @@ def infer(values: pa.Array) -> PropertyType:
     present = pc.drop_null(values)
     if len(present) == 0:
         return PropertyType.STRING
-    if pc.all(pc.match_substring_regex(present, _NUMBER_RE)).as_py():
-        return PropertyType.NUMBER
-    lowered = pc.utf8_lower(pc.utf8_trim_whitespace(present))
-    if pc.all(pc.is_in(lowered, pa.array(sorted(ct._TRUE | ct._FALSE)))).as_py():
-        return PropertyType.BOOL
-    if pc.all(pc.match_substring_regex(present, _DATETIME_RE)).as_py():
-        return PropertyType.DATETIME
-    if pc.all(pc.starts_with(pc.utf8_trim_whitespace(present), "[")).as_py():
-        return PropertyType.LIST
+    # A type the first values already refute is not checked against the whole column.
+    sample = present.slice(0, _SAMPLE)
+    for ptype, fits in _CANDIDATES:
+        if fits(sample) and (len(sample) == len(present) or fits(present)):
+            return ptype
     return PropertyType.STRING
+
+
+def _all(values: pa.Array) -> bool:
+    return bool(pc.all(values).as_py())
+
+
+_SAMPLE = 2048
+_BOOLS = pa.array(sorted(ct._TRUE | ct._FALSE))
+_CANDIDATES: list[tuple[PropertyType, Callable[[pa.Array], bool]]] = [
+    (PropertyType.NUMBER, lambda v: _all(pc.match_substring_regex(v, _NUMBER_RE))),
+    (
+        PropertyType.BOOL,
+        lambda v: _all(pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(v)), _BOOLS)),
+    ),
+    (PropertyType.DATETIME, lambda v: _all(pc.match_substring_regex(v, _DATETIME_RE))),
+    (PropertyType.LIST, lambda v: _all(pc.starts_with(pc.utf8_trim_whitespace(v), "["))),
+]
 
 
 def coerce_column(

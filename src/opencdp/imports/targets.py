@@ -134,13 +134,16 @@ def check_lookup_field(
         raise invalid(field, f"{lookup!r} is not an identity key (one of {keys})")
 
 
-def _normalize(values: pa.Array, key: str) -> pa.Array:
-    """Identity values as ``identity.normalize`` makes them: trimmed, e-mail lower-cased, and
-    null when empty."""
+def _trimmed(values: pa.Array) -> pa.Array:
+    """Trimmed, and null when empty."""
     out = pc.utf8_trim_whitespace(values)
-    if "email" in key.lower():
-        out = pc.utf8_lower(out)
     return pc.if_else(pc.equal(out, ""), pa.scalar(None, pa.string()), out)
+
+
+def _normalize(trimmed: pa.Array, key: str) -> pa.Array:
+    """Identity values (already :func:`_trimmed`) as ``identity.normalize`` makes them:
+    e-mail lower-cased."""
+    return pc.utf8_lower(trimmed) if "email" in key.lower() else trimmed
 
 
 class ProfilesTarget(Target):
@@ -168,9 +171,16 @@ class ProfilesTarget(Target):
         schema = self.catalog.schema(self.project_id)
         n = batch.rows.num_rows
         data: dict[str, pa.Array] = {"_row": batch.row_numbers}
-        raw_lookup = batch.rows.column(self.lookup).combine_chunks()
+        trimmed: dict[str, pa.Array] = {}
+
+        def identity(name: str) -> pa.Array:
+            if name not in trimmed:
+                trimmed[name] = _trimmed(batch.rows.column(name).combine_chunks())
+            return trimmed[name]
+
         if self.lookup == USER_ID:
             problems: dict[int, str] = {}
+            raw_lookup = batch.rows.column(self.lookup).combine_chunks()
             ids = coerce_column(
                 PropertyType.NUMBER, raw_lookup, USER_ID, self.limits, self.tz, problems, {}
             )
@@ -179,23 +189,23 @@ class ProfilesTarget(Target):
                 res.failures.setdefault(i, f"{USER_ID}: expected a user id")
             data["_lookup"] = pc.cast(pc.if_else(whole, ids, None), pa.int64())
         else:
-            lookup = _normalize(raw_lookup, self.lookup)
+            lookup = _normalize(identity(self.lookup), self.lookup)
             for i in pc.indices_nonzero(pc.is_null(lookup)).to_pylist():
                 res.failures.setdefault(i, f"{self.lookup}: the lookup field is empty")
             data["_lookup"] = lookup
         for name, prop in schema.identity_keys.items():
             if name in batch.columns and name != self.lookup:
-                data[f"_k{prop.id}"] = _normalize(batch.rows.column(name).combine_chunks(), name)
+                data[f"_k{prop.id}"] = _normalize(identity(name), name)
         for name, prop in props.items():
-            column = batch.rows.column(name).combine_chunks()
             if prop.is_identity:
-                column = pc.utf8_trim_whitespace(column)
-                column = pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
+                column = identity(name)
+            else:
+                column = batch.rows.column(name).combine_chunks()
             data[prop.column] = coerce_column(
                 prop.type, column, name, self.limits, self.tz, res.failures, res.warnings
             )
         now = time.time_ns() // 1000
-        data["_touched"] = pa.array([now] * n, pa.timestamp("us"))
+        data["_touched"] = pa.repeat(pa.scalar(now, pa.timestamp("us")), n)
         table = pa.table(data)
         if res.failures:
             keep = pa.array([i not in res.failures for i in range(n)])
@@ -478,7 +488,8 @@ class ProgramMembersTarget(ProfilesTarget):
 
     def apply(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
         res = super().apply(w, batch)
-        emails = _normalize(batch.rows.column("email").combine_chunks(), "email").to_pylist()
+        emails = _normalize(_trimmed(batch.rows.column("email").combine_chunks()), "email")
+        emails = emails.to_pylist()
         docs: dict[str, str] = {}
         for i, email in enumerate(emails):
             if i in res.failures or email is None:

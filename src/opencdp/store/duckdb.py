@@ -84,7 +84,9 @@ class DuckDBStore(Store):
     capabilities = CAPABILITIES
 
     def __init__(self, path: str) -> None:
-        self._conn = duckdb.connect(path)
+        # Every read that needs an order says ORDER BY; without the insertion-order guarantee
+        # bulk INSERT … SELECT writes row groups in parallel.
+        self._conn = duckdb.connect(path, config={"preserve_insertion_order": False})
         self._write_lock = threading.Lock()
         self._cursor_lock = threading.Lock()
         # Columns of each table as committed (what readers see), and, while a write
@@ -617,7 +619,16 @@ class _Writer(StoreWriter):
             # One row per lookup value (the last; insert-only: the first), with the profile
             # it matches. A grouped pick and hash joins: no sort of the batch.
             pick = "min" if insert_only else "max"
-            if pc.count_distinct(rows.column("_lookup")).as_py() == rows.num_rows:
+            # Which columns hold each value once (the common case: no grouping needed).
+            keys = [ident(f"_k{int(k)}") for k in other_keys]
+            counts = cur.execute(
+                "SELECT count(*), count(DISTINCT _lookup)"
+                + "".join(f", count({c}) = count(DISTINCT {c})" for c in keys)
+                + f" FROM {staged}"
+            ).fetchone()
+            assert counts is not None
+            unique = dict(zip(other_keys, counts[2:], strict=True))
+            if counts[1] == counts[0]:
                 dedupe = ""  # the common case: every lookup value once
             else:
                 dedupe = (
@@ -687,22 +698,7 @@ class _Writer(StoreWriter):
                 f"AND _match IS NOT NULL) s WHERE {profiles}.user_id = s._match"
             )
         for key in other_keys:
-            col = ident(f"_k{int(key)}")
-            # Link each value to the last row's profile, unless some profile holds it already.
-            cur.execute(
-                f"INSERT INTO {identities} SELECT {int(key)}, s.v, s.u FROM (SELECT {col} AS v, "
-                f"arg_max({uid}, _row) AS u FROM _imp WHERE ({keep}) AND {col} IS NOT NULL "
-                f"GROUP BY {col}) s ANTI JOIN (SELECT value FROM {identities} "
-                f"WHERE key_id = {int(key)}) t ON t.value = s.v"
-            )
-            for row_no, value, owner in cur.execute(
-                f"SELECT i._row, i.{col}, m.user_id FROM _imp i JOIN {identities} m "
-                f"ON m.key_id = {int(key)} AND m.value = i.{col} "
-                f"WHERE ({keep}) AND m.user_id <> {uid}"
-            ).fetchall():
-                out.warnings.setdefault(
-                    row_no, f"{value!r} belongs to another profile ({owner}); not linked"
-                )
+            self._link_key(project_id, int(key), uid, keep, bool(unique[key]), out)
         if list_id is not None:
             lists = table(project_id, "list_members")
             cur.execute(
@@ -712,6 +708,41 @@ class _Writer(StoreWriter):
             )
         cur.execute("DROP TABLE _imp")
         return out
+
+    def _link_key(
+        self, project_id: int, key: int, uid: str, keep: str, unique: bool, out: ImportOutcome
+    ) -> None:
+        """Link the values of identity key ``key`` (column ``_k{key}`` of ``_imp``) to their
+        rows' profiles: each value to the last row's profile, unless a profile holds it
+        already. A row whose value ends up with another profile gets a warning."""
+        cur, identities = self._cur, table(project_id, "identities")
+        col = ident(f"_k{key}")
+        # The values some profile holds already: a join with the batch, before linking.
+        cur.execute(
+            f"CREATE OR REPLACE TEMP TABLE _held AS SELECT i._row, i.{col} AS v, "
+            f"m.user_id AS owner, {uid} AS u FROM _imp i JOIN {identities} m "
+            f"ON m.key_id = {key} AND m.value = i.{col} WHERE {keep}"
+        )
+        rows = f"SELECT {col} AS v, {uid} AS u, _row FROM _imp WHERE ({keep}) AND {col} IS NOT NULL"
+        if not unique:
+            rows = f"SELECT v, arg_max(u, _row) AS u FROM ({rows}) GROUP BY v"
+        cur.execute(f"CREATE OR REPLACE TEMP TABLE _link AS SELECT v, u FROM ({rows})")
+        cur.execute(
+            f"INSERT INTO {identities} SELECT {key}, s.v, s.u FROM _link s "
+            "ANTI JOIN _held h ON h.v = s.v"
+        )
+        conflicts = "SELECT _row, v, owner FROM _held WHERE owner <> u"
+        if not unique:  # a value on rows of different profiles goes with the last of them
+            conflicts += (
+                f" UNION ALL SELECT i._row, i.{col}, s.u FROM _imp i JOIN _link s "
+                f"ON s.v = i.{col} ANTI JOIN _held h ON h.v = s.v "
+                f"WHERE ({keep}) AND s.u <> {uid}"
+            )
+        for row_no, value, owner in cur.execute(conflicts).fetchall():
+            out.warnings.setdefault(
+                row_no, f"{value!r} belongs to another profile ({owner}); not linked"
+            )
+        cur.execute("DROP TABLE _held; DROP TABLE _link")
 
     def set_checkpoint(self, name: str, value: int) -> None:
         self._cur.execute(
