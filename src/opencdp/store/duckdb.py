@@ -17,7 +17,6 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from opencdp.catalog.model import Property
 from opencdp.catalog.types import PropertyType
