@@ -15,6 +15,7 @@ import csv
 import io
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,7 +26,7 @@ from opencdp.config import Limits
 from opencdp.errors import CdpError, Code
 from opencdp.imports.files import Files
 from opencdp.imports.readers import RowBatch, detect_charset, read_file
-from opencdp.imports.targets import Target, make_target
+from opencdp.imports.targets import Prepared, Target, make_target
 from opencdp.jobs.service import Interrupted, Job, Outcome, Progress
 from opencdp.store.base import Store
 
@@ -125,11 +126,12 @@ class ImportRunner:
                         failed=1,
                     )
             rows = self.batch_rows or target.batch_rows
-            for batch in self._batches(stored.path, fmt, charset, state["rows"], rows):
+            for prepared in self._prepared(target, stored.path, fmt, charset, state["rows"], rows):
                 if self.stopping():
                     raise Interrupted
+                batch = prepared.batch
                 with self.store.writer() as w:
-                    result = target.apply(w, batch)
+                    result = target.apply(w, prepared)
                     failures.append(batch.columns, _rows(batch, result.failures))
                     warnings.append(batch.columns, _rows(batch, result.warnings, False))
                     state["rows"] = _last_row(batch, state["rows"])
@@ -155,20 +157,35 @@ class ImportRunner:
             warnings=state["warnings"],
         )
 
-    def _batches(
-        self, path: Path, fmt: str, charset: str, skip: int, rows: int
-    ) -> Iterator[RowBatch]:
-        return read_file(path, fmt, charset, batch_rows=rows, skip_rows=skip)
+    def _prepared(
+        self, target: Target, path: Path, fmt: str, charset: str, skip: int, rows: int
+    ) -> Iterator[Prepared]:
+        """The file's batches, prepared by ``target`` one batch ahead of the caller in a
+        thread of their own: reading and typing the next batch overlap with writing this one.
+        At most two batches are in memory."""
+        batches = read_file(path, fmt, charset, batch_rows=rows, skip_rows=skip)
+
+        def step() -> Prepared | None:
+            batch = next(batches, None)
+            return None if batch is None else target.prepare(batch)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="import-read") as ahead:
+            pending = ahead.submit(step)
+            while (prepared := pending.result()) is not None:
+                pending = ahead.submit(step)
+                yield prepared
 
     def _first_problem(
         self, target: Target, path: Path, fmt: str, charset: str
     ) -> tuple[list[str], list[Any], str, int] | None:
         """The first bad row of the file, validated without writing anything."""
-        for batch in self._batches(path, fmt, charset, 0, self.batch_rows or target.batch_rows):
+        size = self.batch_rows or target.batch_rows
+        for prepared in self._prepared(target, path, fmt, charset, 0, size):
             if self.stopping():
                 raise Interrupted
+            batch = prepared.batch
             with self.store.writer() as w:  # read-only: check() writes nothing
-                result = target.check(w, batch)
+                result = target.check(w, prepared)
             rows = _numbered(batch, result.failures, True)
             if rows:
                 row, values, reason = rows[0]

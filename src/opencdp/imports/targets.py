@@ -45,6 +45,16 @@ class BatchResult:
     warnings: dict[int, str] = field(default_factory=dict)
 
 
+@dataclass
+class Prepared:
+    """A batch made ready for the store by :meth:`Target.prepare`: typed, validated against
+    the catalog, with the problems found so far in ``res``."""
+
+    batch: RowBatch
+    res: BatchResult = field(default_factory=BatchResult)
+    data: Any = None  # the target's own form of the batch
+
+
 class Target(ABC):
     # Rows per batch: set-based targets gain from large batches (each batch is a few scans of
     # the stored table); record-based ones hold a Python object per row.
@@ -58,11 +68,16 @@ class Target(ABC):
         self.tz = catalog.project(project_id).tz
 
     @abstractmethod
-    def apply(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
+    def prepare(self, batch: RowBatch) -> Prepared:
+        """Type and validate the batch without touching the store (an import prepares the
+        next batch while the store writes this one)."""
+
+    @abstractmethod
+    def apply(self, w: StoreWriter, p: Prepared) -> BatchResult:
         """Write the batch's good rows; report the others."""
 
     @abstractmethod
-    def check(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
+    def check(self, w: StoreWriter, p: Prepared) -> BatchResult:
         """Report the rows :meth:`apply` would refuse, writing nothing."""
 
     def _columns(
@@ -163,7 +178,12 @@ class ProfilesTarget(Target):
         self.lookup = lookup
         self.list_id = list_id
 
-    def _prepare(self, batch: RowBatch, res: BatchResult) -> tuple[pa.Table, list[Property]]:
+    def prepare(self, batch: RowBatch) -> Prepared:
+        p = Prepared(batch)
+        p.data = self._typed(batch, p.res)
+        return p
+
+    def _typed(self, batch: RowBatch, res: BatchResult) -> tuple[pa.Table, list[Property]]:
         if self.lookup not in batch.columns:
             raise invalid("file", f"the lookup field {self.lookup!r} is not a column of the file")
         schema = self.catalog.schema(self.project_id)
@@ -212,9 +232,9 @@ class ProfilesTarget(Target):
             table = table.filter(keep)
         return table, list(props.values())
 
-    def _run(self, w: StoreWriter, batch: RowBatch, write: bool) -> BatchResult:
-        res = BatchResult()
-        table, props = self._prepare(batch, res)
+    def _run(self, w: StoreWriter, p: Prepared, write: bool) -> BatchResult:
+        batch, res = p.batch, p.res
+        table, props = p.data
         schema = self.catalog.schema(self.project_id)
         key = None if self.lookup == USER_ID else schema.identity_keys[self.lookup].id
         others = [
@@ -235,11 +255,11 @@ class ProfilesTarget(Target):
         res.imported = outcome.imported
         return res
 
-    def apply(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
-        return self._run(w, batch, True)
+    def apply(self, w: StoreWriter, p: Prepared) -> BatchResult:
+        return self._run(w, p, True)
 
-    def check(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
-        return self._run(w, batch, False)
+    def check(self, w: StoreWriter, p: Prepared) -> BatchResult:
+        return self._run(w, p, False)
 
 
 class _RecordTarget(Target):
@@ -248,8 +268,21 @@ class _RecordTarget(Target):
     batch_rows = 20_000
 
     @abstractmethod
-    def _records(self, w: StoreWriter, batch: RowBatch, res: BatchResult) -> list[Record]:
-        """The batch's valid rows as records (failures go to ``res``)."""
+    def _records(self, batch: RowBatch, res: BatchResult) -> list[tuple[int, Record]]:
+        """The batch's valid rows as records, with their index (failures go to ``res``)."""
+
+    def _screen(self, w: StoreWriter, records: list[tuple[int, Record]], res: BatchResult) -> None:
+        """Insert-only: fail the rows whose key the store holds already."""
+
+    def prepare(self, batch: RowBatch) -> Prepared:
+        p = Prepared(batch)
+        p.data = self._records(batch, p.res)
+        return p
+
+    def _valid(self, w: StoreWriter, p: Prepared) -> list[Record]:
+        if self.insert_only:
+            self._screen(w, p.data, p.res)
+        return [r for i, r in p.data if i not in p.res.failures]
 
     def _build(
         self,
@@ -281,18 +314,16 @@ class _RecordTarget(Target):
             res.failures[index] = exc.message
             return None
 
-    def apply(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
-        res = BatchResult()
-        records = self._records(w, batch, res)
+    def apply(self, w: StoreWriter, p: Prepared) -> BatchResult:
+        records = self._valid(w, p)
         if records:
             apply_records(w, self.catalog, records)
-        res.imported = batch.rows.num_rows - len(res.failures)
-        return res
+        p.res.imported = p.batch.rows.num_rows - len(p.res.failures)
+        return p.res
 
-    def check(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
-        res = BatchResult()
-        self._records(w, batch, res)
-        return res
+    def check(self, w: StoreWriter, p: Prepared) -> BatchResult:
+        self._valid(w, p)
+        return p.res
 
 
 EVENT_NAME = ("event", "event_name")
@@ -300,7 +331,7 @@ EVENT_RESERVED = {"event", "event_name", "event_id", "create_time", "event_time"
 
 
 class EventsTarget(_RecordTarget):
-    def _records(self, w: StoreWriter, batch: RowBatch, res: BatchResult) -> list[Record]:
+    def _records(self, batch: RowBatch, res: BatchResult) -> list[tuple[int, Record]]:
         project = self.catalog.project(self.project_id)
         schema = self.catalog.schema(self.project_id)
         props = self._columns(schema, "event", batch, EVENT_RESERVED, res)
@@ -329,19 +360,19 @@ class EventsTarget(_RecordTarget):
                 res.failures[i] = f"event_id: {r.event_id!r} repeats an earlier row of the file"
                 continue
             latest[r.event_id] = pos
-        if self.insert_only:
-            existing = w.existing_event_ids(self.project_id, list(latest))
-            for eid in existing:
-                i = records[latest.pop(eid)][0]
-                res.failures[i] = f"event_id: {eid!r} already exists"
-        return [r for i, r in records if i not in res.failures]
+        return [(i, r) for i, r in records if i not in res.failures]
+
+    def _screen(self, w: StoreWriter, records: list[tuple[int, Record]], res: BatchResult) -> None:
+        rows = {r.event_id: i for i, r in records if i not in res.failures}
+        for eid in w.existing_event_ids(self.project_id, list(rows)):
+            res.failures[rows[eid]] = f"event_id: {eid!r} already exists"
 
 
 class UsersByIdentityTarget(_RecordTarget):
     """Profiles matched by every identity key they carry (users that turn out to be one are
     merged), as the single-record API does with ``type: user``."""
 
-    def _records(self, w: StoreWriter, batch: RowBatch, res: BatchResult) -> list[Record]:
+    def _records(self, batch: RowBatch, res: BatchResult) -> list[tuple[int, Record]]:
         project = self.catalog.project(self.project_id)
         schema = self.catalog.schema(self.project_id)
         props = self._columns(schema, "user", batch, {"_id"}, res)
@@ -358,18 +389,19 @@ class UsersByIdentityTarget(_RecordTarget):
             record = self._build(doc, lists, project, schema, received, i, res)
             if record is not None:
                 out.append((i, record))
-        if self.insert_only:
-            known = w.lookup_identities(
-                self.project_id, list(dict.fromkeys(t for _, r in out for t in r.tokens))
-            )
-            seen: set[tuple[int, str]] = set()
-            for i, r in out:
-                if any(t in known for t in r.tokens):
-                    res.failures[i] = "a profile with one of these identities already exists"
-                elif any(t in seen for t in r.tokens):
-                    res.failures[i] = "repeats the identity of an earlier row of the file"
-                seen.update(r.tokens)
-        return [r for i, r in out if i not in res.failures]
+        return out
+
+    def _screen(self, w: StoreWriter, records: list[tuple[int, Record]], res: BatchResult) -> None:
+        known = w.lookup_identities(
+            self.project_id, list(dict.fromkeys(t for _, r in records for t in r.tokens))
+        )
+        seen: set[tuple[int, str]] = set()
+        for i, r in records:
+            if any(t in known for t in r.tokens):
+                res.failures[i] = "a profile with one of these identities already exists"
+            elif any(t in seen for t in r.tokens):
+                res.failures[i] = "repeats the identity of an earlier row of the file"
+            seen.update(r.tokens)
 
 
 class CollectionTarget(Target):
@@ -412,9 +444,7 @@ class CollectionTarget(Target):
             fields = self.catalog.ensure_collection_fields(self.collection_id, wanted)
         return {n: fields[n] for n in batch.columns if n in fields and n not in (key, "_id")}
 
-    def _docs(
-        self, w: StoreWriter, batch: RowBatch, res: BatchResult
-    ) -> dict[str, tuple[int, str]]:
+    def _docs(self, batch: RowBatch, res: BatchResult) -> tuple[str, dict[str, tuple[int, str]]]:
         docs: dict[str, tuple[int, str]] = {}
         numbers = batch.row_numbers.to_pylist()
         key = batch.columns[0] if self.key == FIRST_COLUMN and batch.columns else "_id"
@@ -452,27 +482,34 @@ class CollectionTarget(Target):
                 if values[i] is not None:
                     doc[name] = values[i]
             docs[doc_id] = (i, orjson.dumps(doc, option=orjson.OPT_NAIVE_UTC).decode())
+        return key, docs
+
+    def prepare(self, batch: RowBatch) -> Prepared:
+        p = Prepared(batch)
+        p.data = self._docs(batch, p.res)
+        return p
+
+    def _valid(self, w: StoreWriter, p: Prepared) -> dict[str, tuple[int, str]]:
+        key, docs = p.data
         if self.insert_only:
             for doc_id in w.existing_documents(self.project_id, self.collection_id, list(docs)):
-                res.failures[docs.pop(doc_id)[0]] = f"{key}: {doc_id!r} already exists"
-        return docs
+                p.res.failures[docs.pop(doc_id)[0]] = f"{key}: {doc_id!r} already exists"
+        return dict(docs)
 
-    def apply(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
-        res = BatchResult()
-        docs = self._docs(w, batch, res)
+    def apply(self, w: StoreWriter, p: Prepared) -> BatchResult:
+        docs = self._valid(w, p)
         w.upsert_documents(
             self.project_id,
             self.collection_id,
             list(docs),
             [d for _, d in docs.values()],
         )
-        res.imported = batch.rows.num_rows - len(res.failures)
-        return res
+        p.res.imported = p.batch.rows.num_rows - len(p.res.failures)
+        return p.res
 
-    def check(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
-        res = BatchResult()
-        self._docs(w, batch, res)
-        return res
+    def check(self, w: StoreWriter, p: Prepared) -> BatchResult:
+        self._valid(w, p)
+        return p.res
 
 
 class ProgramMembersTarget(ProfilesTarget):
@@ -486,8 +523,8 @@ class ProgramMembersTarget(ProfilesTarget):
         self.status = status
         self.collection_id = catalog.collection(project_id, PROGRAM_MEMBERS)
 
-    def apply(self, w: StoreWriter, batch: RowBatch) -> BatchResult:
-        res = super().apply(w, batch)
+    def apply(self, w: StoreWriter, p: Prepared) -> BatchResult:
+        res, batch = super().apply(w, p), p.batch
         emails = _normalize(_trimmed(batch.rows.column("email").combine_chunks()), "email")
         emails = emails.to_pylist()
         docs: dict[str, str] = {}

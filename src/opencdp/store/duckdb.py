@@ -606,55 +606,101 @@ class _Writer(StoreWriter):
         if write:
             self.ensure_columns(project_id, props)
         cur = self._cur
-        profiles, identities = table(project_id, "profiles"), table(project_id, "identities")
-        if lookup_key is None:
-            match = f"LEFT JOIN {profiles} m ON m.user_id = s._lookup"
-        else:
-            match = (
-                f"LEFT JOIN {identities} m ON m.key_id = {int(lookup_key)} AND m.value = s._lookup"
-            )
         staged = self._stage(rows)
         try:
-            # One row per lookup value (the last; insert-only: the first), with the profile
-            # it matches. A grouped pick and hash joins: no sort of the batch.
-            pick = "min" if insert_only else "max"
-            # Which columns hold each value once (the common case: no grouping needed).
-            keys = [ident(f"_k{int(k)}") for k in other_keys]
-            counts = cur.execute(
-                "SELECT count(*), count(DISTINCT _lookup)"
-                + "".join(f", count({c}) = count(DISTINCT {c})" for c in keys)
-                + f" FROM {staged}"
-            ).fetchone()
-            assert counts is not None
-            unique = dict(zip(other_keys, counts[2:], strict=True))
-            if counts[1] == counts[0]:
-                dedupe = ""  # the common case: every lookup value once
-            else:
-                dedupe = (
-                    f"JOIN (SELECT {pick}(_row) AS _pick FROM {staged} GROUP BY _lookup) d "
-                    "ON s._row = d._pick"
-                )
-            cur.execute(
-                "CREATE OR REPLACE TEMP TABLE _imp AS SELECT s.*, m.user_id AS _match "
-                f"FROM {staged} s {dedupe} {match}"
+            unique = self._import_matches(
+                project_id, staged, lookup_key, other_keys, insert_only, out
             )
-            if insert_only:
-                for row, value in cur.execute(
-                    f"SELECT s._row, s._lookup FROM {staged} s ANTI JOIN _imp i "
-                    "ON s._row = i._row ORDER BY s._row"
-                ).fetchall():
-                    out.failures[row] = f"{value!r} repeats an earlier row of the file"
+            return self._import_write(
+                project_id, rows.num_rows, lookup_key, other_keys, unique, props,
+                insert_only, write, list_id, out,
+            )  # fmt: skip
         finally:
+            cur.execute("DROP VIEW IF EXISTS _imp")
+            cur.execute("DROP TABLE IF EXISTS _matched; DROP TABLE IF EXISTS _picked")
             self._unstage(staged)
+
+    def _import_matches(
+        self,
+        project_id: int,
+        staged: str,
+        lookup_key: int | None,
+        other_keys: Sequence[int],
+        insert_only: bool,
+        out: ImportOutcome,
+    ) -> set[int]:
+        """Define ``_imp``: one row per lookup value (the last; insert-only: the first) with
+        the profile it matches (``_match``), over the staged batch. Only the matches and, when
+        a value repeats, the picked rows are materialized: an initial load copies nothing.
+        Returns the other identity keys whose values the batch holds once each."""
+        cur = self._cur
+        if lookup_key is None:
+            match = f"JOIN {table(project_id, 'profiles')} m ON m.user_id = s._lookup"
+        else:
+            match = (
+                f"JOIN {table(project_id, 'identities')} m "
+                f"ON m.key_id = {int(lookup_key)} AND m.value = s._lookup"
+            )
+        # Which columns hold each value once (the common case: no grouping needed).
+        keys = [ident(f"_k{int(k)}") for k in other_keys]
+        counts = cur.execute(
+            "SELECT count(*), count(DISTINCT _lookup)"
+            + "".join(f", count({c}) = count(DISTINCT {c})" for c in keys)
+            + f" FROM {staged}"
+        ).fetchone()
+        assert counts is not None
+        unique = {int(k) for k, u in zip(other_keys, counts[2:], strict=True) if u}
+        cur.execute(
+            f"CREATE OR REPLACE TEMP TABLE _matched AS SELECT s._row, m.user_id AS _match "
+            f"FROM {staged} s {match}"
+        )
+        picked = ""
+        if counts[1] != counts[0]:  # a grouped pick and hash joins: no sort of the batch
+            pick = "min" if insert_only else "max"
+            cur.execute(
+                f"CREATE OR REPLACE TEMP TABLE _picked AS SELECT {pick}(_row) AS _row "
+                f"FROM {staged} GROUP BY _lookup"
+            )
+            picked = "SEMI JOIN _picked p ON p._row = s._row"
+        cur.execute(
+            "CREATE OR REPLACE TEMP VIEW _imp AS SELECT s.*, m._match "
+            f"FROM {staged} s {picked} LEFT JOIN _matched m ON m._row = s._row"
+        )
+        if insert_only and picked:
+            for row, value in cur.execute(
+                f"SELECT s._row, s._lookup FROM {staged} s ANTI JOIN _picked p "
+                "ON s._row = p._row ORDER BY s._row"
+            ).fetchall():
+                out.failures[row] = f"{value!r} repeats an earlier row of the file"
         if lookup_key is None:
             missing = "SELECT _row, _lookup FROM _imp WHERE _match IS NULL"
             for row, value in cur.execute(missing).fetchall():
                 out.failures[row] = f"id: no profile with user id {value}"
         elif insert_only:
             for row, value, uid in cur.execute(
-                "SELECT _row, _lookup, _match FROM _imp WHERE _match IS NOT NULL"
+                "SELECT s._row, s._lookup, m._match FROM _matched m "
+                f"JOIN {staged} s ON s._row = m._row"
             ).fetchall():
-                out.failures[row] = f"{value!r} already belongs to profile {uid}"
+                out.failures.setdefault(row, f"{value!r} already belongs to profile {uid}")
+        return unique
+
+    def _import_write(
+        self,
+        project_id: int,
+        num_rows: int,
+        lookup_key: int | None,
+        other_keys: Sequence[int],
+        unique: set[int],
+        props: Sequence[Property],
+        insert_only: bool,
+        write: bool,
+        list_id: int | None,
+        out: ImportOutcome,
+    ) -> ImportOutcome:
+        """Write what ``_imp`` defines: new profiles, updated ones, their identities and list
+        memberships."""
+        cur = self._cur
+        profiles, identities = table(project_id, "profiles"), table(project_id, "identities")
         keep = (
             "_match IS NOT NULL"
             if lookup_key is None
@@ -667,9 +713,8 @@ class _Writer(StoreWriter):
         ).fetchone()
         assert stats is not None
         kept, new, lo, hi = int(stats[0]), int(stats[1]), stats[2], stats[3]
-        out.imported = rows.num_rows - len(out.failures)
+        out.imported = num_rows - len(out.failures)
         if not write or kept == 0:
-            cur.execute("DROP TABLE _imp")
             return out
         # New profiles take ids by row number: one allocation per batch, no ranking; ids of
         # rows that matched or failed are simply never used.
@@ -697,7 +742,7 @@ class _Writer(StoreWriter):
                 f"AND _match IS NOT NULL) s WHERE {profiles}.user_id = s._match"
             )
         for key in other_keys:
-            self._link_key(project_id, int(key), uid, keep, bool(unique[key]), out)
+            self._link_key(project_id, int(key), uid, keep, int(key) in unique, out)
         if list_id is not None:
             lists = table(project_id, "list_members")
             cur.execute(
@@ -705,7 +750,6 @@ class _Writer(StoreWriter):
                 f"FROM _imp WHERE {keep}) s ANTI JOIN (SELECT user_id FROM {lists} "
                 f"WHERE list_id = {int(list_id)}) l ON l.user_id = s.u"
             )
-        cur.execute("DROP TABLE _imp")
         return out
 
     def _link_key(
