@@ -221,3 +221,28 @@ def test_declared_collection_fields_are_enforced(wx: Wx) -> None:
     assert wx.server.admin("GET", base).json()["fields"]["note"] == "string"  # inferred
     clash = wx.server.admin("PUT", base, json={"fields": {"paid": "number"}})
     assert clash.status_code == 409
+
+
+def test_nested_objects_stay_documents(wx: Wx) -> None:
+    docs = [
+        {"_id": "a1", "address": {"city": "Shenzhen", "geo": [22.5, 114.1]}, "note": "{x}"},
+        {"_id": "a2", "address": {"city": "Hangzhou"}, "note": "plain"},
+    ]
+    st = wx.run("addresses", "a.json", "\n".join(json.dumps(d) for d in docs), file_type=1)
+    assert (st["record_success"], st["record_fail"]) == (2, 0), st
+    base = f"/projects/{wx.info['name']}/collections/addresses"
+    assert wx.server.admin("GET", base).json()["fields"] == {"address": "object", "note": "string"}
+    assert wx.server.admin("GET", f"{base}/a1").json()["address"] == {
+        "city": "Shenzhen",
+        "geo": [22.5, 114.1],
+    }
+    # A field declared (or inferred) as an object refuses anything else, row by row.
+    st = wx.run("addresses", "b.json", '{"_id": "a3", "address": "Nanjing"}\n', file_type=1)
+    assert (st["record_success"], st["record_fail"]) == (0, 1)
+    assert "address: expected an object" in httpx.get(st["file_url"]).text
+    # Objects are for collection fields only: a profile property cannot be one.
+    r = wx.server.admin(
+        "POST", f"/projects/{wx.info['name']}/properties",
+        json={"table": "user", "name": "address", "type": "object"},
+    )  # fmt: skip
+    assert r.status_code == 400 and "type" in r.text

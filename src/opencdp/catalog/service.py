@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from opencdp.catalog import secrets
 from opencdp.catalog.model import Project, Property, Schema
-from opencdp.catalog.types import TABLES, PropertyType, zone
+from opencdp.catalog.types import COLUMN_TYPES, TABLES, PropertyType, zone
 from opencdp.errors import CdpError, Code, invalid, not_found
 from opencdp.meta import tables as t
 
@@ -354,8 +354,10 @@ class Catalog:
             raise invalid("table", f"must be one of {', '.join(TABLES)}")
         try:
             typ = PropertyType(ptype)
+            if typ not in COLUMN_TYPES:
+                raise ValueError(ptype)
         except ValueError:
-            allowed = ", ".join(x.value for x in PropertyType)
+            allowed = ", ".join(x.value for x in COLUMN_TYPES)
             raise invalid("type", f"must be one of {allowed}, got {ptype!r}") from None
         name = check_name(name, "name")
         # Refuse before anything is registered: a rejected request leaves the schema as it was.
@@ -385,6 +387,9 @@ class Catalog:
         """
         current = self.schema(project_id).table(table)
         missing = {n: ty for n, ty in wanted.items() if n not in current}
+        for n, ty in missing.items():
+            if ty not in COLUMN_TYPES:
+                raise invalid(n, f"a {table} property cannot be of type {ty.value}")
         if missing:
             with self._lock:
                 current = self.schema(project_id).table(table)

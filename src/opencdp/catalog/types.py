@@ -14,6 +14,8 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
+
 from opencdp.config import Limits
 from opencdp.errors import invalid
 
@@ -24,7 +26,11 @@ class PropertyType(StrEnum):
     BOOL = "bool"
     DATETIME = "datetime"
     LIST = "list"
+    OBJECT = "object"  # a nested document: collection fields only
 
+
+# Property types of profiles and events (stored as columns); collections also take objects.
+COLUMN_TYPES = tuple(t for t in PropertyType if t is not PropertyType.OBJECT)
 
 TABLES = ("user", "event")
 
@@ -125,6 +131,14 @@ def epoch_to_us(value: float) -> int:
 
 def coerce(ptype: PropertyType, value: Any, name: str, limits: Limits, tz: tzinfo) -> Any:
     """``value`` in the stored form of ``ptype``, or a validation error naming the property."""
+    if ptype is PropertyType.OBJECT:
+        if isinstance(value, str):
+            value = _json_object(value)
+        if not isinstance(value, dict):
+            raise invalid(name, f"expected an object, got {_show(value)}")
+        if len(orjson.dumps(value)) > limits.max_string_bytes:
+            raise invalid(name, f"object larger than {limits.max_string_bytes} bytes")
+        return value
     if isinstance(value, dict):
         raise invalid(name, "nested objects are not supported; expected a " + ptype.value)
     if ptype is PropertyType.STRING:
@@ -188,6 +202,13 @@ def coerce(ptype: PropertyType, value: Any, name: str, limits: Limits, tz: tzinf
             continue
         items.append(coerce(PropertyType.STRING, item, name, limits, tz))
     return items
+
+
+def _json_object(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
 
 
 def _check_string(value: str, name: str, limits: Limits) -> str:

@@ -160,14 +160,21 @@ class ImportRunner:
     def _prepared(
         self, target: Target, path: Path, fmt: str, charset: str, skip: int, rows: int
     ) -> Iterator[Prepared]:
-        """The file's batches, prepared by ``target`` one batch ahead of the caller in a
-        thread of their own: reading and typing the next batch overlap with writing this one.
-        At most two batches are in memory."""
+        """The file's batches, prepared by ``target``. A target whose preparation is Arrow
+        compute (which releases the GIL) prepares one batch ahead of the caller, in a thread of
+        its own, so that typing the next batch overlaps with writing this one; at most two
+        batches are in memory. Preparation that is Python code would only contend for the GIL
+        with the writes, so it runs in line."""
         batches = read_file(path, fmt, charset, batch_rows=rows, skip_rows=skip)
 
         def step() -> Prepared | None:
             batch = next(batches, None)
             return None if batch is None else target.prepare(batch)
+
+        if not target.read_ahead:
+            while (prepared := step()) is not None:
+                yield prepared
+            return
 
         with ThreadPoolExecutor(1, thread_name_prefix="import-read") as ahead:
             pending = ahead.submit(step)

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from opencdp.catalog.model import Project, Property, Schema
 from opencdp.catalog.service import Catalog
-from opencdp.catalog.types import PropertyType
+from opencdp.catalog.types import PropertyType, coerce
 from opencdp.config import Limits
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.imports.columns import coerce_column, infer
@@ -59,6 +59,9 @@ class Target(ABC):
     # Rows per batch: set-based targets gain from large batches (each batch is a few scans of
     # the stored table); record-based ones hold a Python object per row.
     batch_rows = 50_000
+    # Whether prepare() is vectorized (Arrow compute, GIL released) and so gains from running
+    # in a thread of its own, one batch ahead of the writes.
+    read_ahead = False
 
     def __init__(self, catalog: Catalog, limits: Limits, project_id: int, insert_only: bool):
         self.catalog = catalog
@@ -134,6 +137,20 @@ def make_target(
     raise CdpError(Code.UNSUPPORTED, f"target: cannot import into {target!r}", "target")
 
 
+def _all_objects(values: pa.Array) -> bool:
+    """Whether every value is the JSON text of an object (a nested object of a JSON file)."""
+    present = pc.drop_null(values)
+    if len(present) == 0 or not pc.all(pc.starts_with(present, "{")).as_py():
+        return False
+    for text in present.to_pylist():
+        try:
+            if not isinstance(orjson.loads(text), dict):
+                return False
+        except orjson.JSONDecodeError:
+            return False
+    return True
+
+
 def check_lookup_field(
     schema: Schema, lookup: str, insert_only: bool, field: str = "lookup_field"
 ) -> None:
@@ -163,6 +180,7 @@ def _normalize(trimmed: pa.Array, key: str) -> pa.Array:
 
 class ProfilesTarget(Target):
     batch_rows = 250_000
+    read_ahead = True
 
     def __init__(
         self,
@@ -439,7 +457,11 @@ class CollectionTarget(Target):
                 for i in pc.indices_nonzero(present).to_pylist():
                     res.warnings.setdefault(i, f"{name}: unknown field ignored")
                 continue
-            wanted[name] = infer(batch.rows.column(name))
+            column = batch.rows.column(name).combine_chunks()
+            ptype = infer(column)
+            if ptype is PropertyType.STRING and _all_objects(column):
+                ptype = PropertyType.OBJECT  # nested documents stay documents
+            wanted[name] = ptype
         if wanted:
             fields = self.catalog.ensure_collection_fields(self.collection_id, wanted)
         return {n: fields[n] for n in batch.columns if n in fields and n not in (key, "_id")}
@@ -450,15 +472,7 @@ class CollectionTarget(Target):
         key = batch.columns[0] if self.key == FIRST_COLUMN and batch.columns else "_id"
         fields = self._fields(batch, key, res)
         typed = {
-            name: coerce_column(
-                ptype,
-                batch.rows.column(name).combine_chunks(),
-                name,
-                self.limits,
-                self.tz,
-                res.failures,
-                res.warnings,
-            ).to_pylist()
+            name: self._typed(name, ptype, batch.rows.column(name).combine_chunks(), res)
             for name, ptype in fields.items()
         }
         keys = batch.rows.column(key).to_pylist() if key in batch.columns else [None] * len(numbers)
@@ -483,6 +497,23 @@ class CollectionTarget(Target):
                     doc[name] = values[i]
             docs[doc_id] = (i, orjson.dumps(doc, option=orjson.OPT_NAIVE_UTC).decode())
         return key, docs
+
+    def _typed(
+        self, name: str, ptype: PropertyType, values: pa.Array, res: BatchResult
+    ) -> list[Any]:
+        if ptype is not PropertyType.OBJECT:
+            typed = coerce_column(
+                ptype, values, name, self.limits, self.tz, res.failures, res.warnings
+            )
+            return list(typed.to_pylist())
+        out: list[Any] = []
+        for i, v in enumerate(values.to_pylist()):
+            try:
+                out.append(None if v is None else coerce(ptype, v, name, self.limits, self.tz))
+            except CdpError as exc:
+                res.failures.setdefault(i, exc.message)
+                out.append(None)
+        return out
 
     def prepare(self, batch: RowBatch) -> Prepared:
         p = Prepared(batch)

@@ -727,11 +727,6 @@ class _Writer(StoreWriter):
                 f"INSERT INTO {profiles} ({names}) SELECT {uid}, _touched, _touched"
                 f"{''.join(', ' + c for c in cols)} FROM _imp WHERE {new_rows}"
             )
-            if lookup_key is not None:
-                cur.execute(
-                    f"INSERT INTO {identities} SELECT {int(lookup_key)}, _lookup, {uid} "
-                    f"FROM _imp WHERE {new_rows}"
-                )
         if kept > new:
             sets = ", ".join(
                 ["updated_at = s._touched"]
@@ -741,8 +736,20 @@ class _Writer(StoreWriter):
                 f"UPDATE {profiles} SET {sets} FROM (SELECT * FROM _imp WHERE ({keep}) "
                 f"AND _match IS NOT NULL) s WHERE {profiles}.user_id = s._match"
             )
+        # Identities in one statement: the lookup values of new profiles, and the values of
+        # the other keys that no profile holds yet.
+        links = [
+            self._key_links(project_id, int(key), uid, keep, int(key) in unique, out)
+            for key in other_keys
+        ]
+        if new and lookup_key is not None:
+            links.append(f"SELECT {int(lookup_key)}, _lookup, {uid} FROM _imp WHERE {new_rows}")
+        if links:
+            cur.execute(f"INSERT INTO {identities} " + " UNION ALL ".join(links))
         for key in other_keys:
-            self._link_key(project_id, int(key), uid, keep, int(key) in unique, out)
+            cur.execute(
+                f"DROP TABLE IF EXISTS _held{int(key)}; DROP TABLE IF EXISTS _link{int(key)}"
+            )
         if list_id is not None:
             lists = table(project_id, "list_members")
             cur.execute(
@@ -752,40 +759,39 @@ class _Writer(StoreWriter):
             )
         return out
 
-    def _link_key(
+    def _key_links(
         self, project_id: int, key: int, uid: str, keep: str, unique: bool, out: ImportOutcome
-    ) -> None:
-        """Link the values of identity key ``key`` (column ``_k{key}`` of ``_imp``) to their
-        rows' profiles: each value to the last row's profile, unless a profile holds it
-        already. A row whose value ends up with another profile gets a warning."""
+    ) -> str:
+        """The rows linking the values of identity key ``key`` (column ``_k{key}`` of
+        ``_imp``) to their rows' profiles: each value to the last row's profile, unless a
+        profile holds it already. A row whose value ends up with another profile gets a
+        warning."""
         cur, identities = self._cur, table(project_id, "identities")
-        col = ident(f"_k{key}")
-        # The values some profile holds already: a join with the batch, before linking.
+        col, held, link = ident(f"_k{key}"), f"_held{key}", f"_link{key}"
+        # The values some profile holds already: one join with the batch.
         cur.execute(
-            f"CREATE OR REPLACE TEMP TABLE _held AS SELECT i._row, i.{col} AS v, "
+            f"CREATE OR REPLACE TEMP TABLE {held} AS SELECT i._row, i.{col} AS v, "
             f"m.user_id AS owner, {uid} AS u FROM _imp i JOIN {identities} m "
             f"ON m.key_id = {key} AND m.value = i.{col} WHERE {keep}"
         )
+        conflicts = f"SELECT _row, v, owner FROM {held} WHERE owner <> u"
         rows = f"SELECT {col} AS v, {uid} AS u, _row FROM _imp WHERE ({keep}) AND {col} IS NOT NULL"
-        if not unique:
-            rows = f"SELECT v, arg_max(u, _row) AS u FROM ({rows}) GROUP BY v"
-        cur.execute(f"CREATE OR REPLACE TEMP TABLE _link AS SELECT v, u FROM ({rows})")
-        cur.execute(
-            f"INSERT INTO {identities} SELECT {key}, s.v, s.u FROM _link s "
-            "ANTI JOIN _held h ON h.v = s.v"
-        )
-        conflicts = "SELECT _row, v, owner FROM _held WHERE owner <> u"
         if not unique:  # a value on rows of different profiles goes with the last of them
+            cur.execute(
+                f"CREATE OR REPLACE TEMP TABLE {link} AS "
+                f"SELECT v, arg_max(u, _row) AS u FROM ({rows}) GROUP BY v"
+            )
+            rows = f"SELECT v, u FROM {link}"
             conflicts += (
-                f" UNION ALL SELECT i._row, i.{col}, s.u FROM _imp i JOIN _link s "
-                f"ON s.v = i.{col} ANTI JOIN _held h ON h.v = s.v "
+                f" UNION ALL SELECT i._row, i.{col}, s.u FROM _imp i JOIN {link} s "
+                f"ON s.v = i.{col} ANTI JOIN {held} h ON h.v = s.v "
                 f"WHERE ({keep}) AND s.u <> {uid}"
             )
         for row_no, value, owner in cur.execute(conflicts).fetchall():
             out.warnings.setdefault(
                 row_no, f"{value!r} belongs to another profile ({owner}); not linked"
             )
-        cur.execute("DROP TABLE _held; DROP TABLE _link")
+        return f"SELECT {key}, s.v, s.u FROM ({rows}) s ANTI JOIN {held} h ON h.v = s.v"
 
     def set_checkpoint(self, name: str, value: int) -> None:
         self._cur.execute(
