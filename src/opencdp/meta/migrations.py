@@ -29,10 +29,15 @@ def _v3_collection_fields(conn: sa.Connection) -> None:
     tables.collection_fields.create(conn)
 
 
+def _v4_segments(conn: sa.Connection) -> None:
+    tables.segments.create(conn)
+
+
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _v1_initial),
     (2, _v2_files_and_jobs),
     (3, _v3_collection_fields),
+    (4, _v4_segments),
 ]
 
 LATEST = MIGRATIONS[-1][0]

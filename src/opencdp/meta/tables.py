@@ -126,3 +126,33 @@ collection_fields = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.UniqueConstraint("collection_id", "name", name="uq_collection_field"),
 )
+
+# Segments and tags (ThinkingData user clusters): the definition, and the state of the last
+# refresh. Members live in the analytic store, per version; the previous version is kept.
+segments = sa.Table(
+    "segments",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("display_name", sa.String(128), nullable=False),
+    sa.Column("catalog", sa.String(16), nullable=False),  # cluster | tag
+    sa.Column("type", sa.String(48), nullable=False),  # the vendor's clusterType
+    sa.Column("sub_type", sa.String(48), nullable=False, default=""),  # subConditionTabType
+    sa.Column("definition", sa.JSON, nullable=True),  # qp / tagQp as given, or {"sql": …}
+    sa.Column("main_column", sa.String(256), nullable=False, default=""),  # ID uploads
+    sa.Column("upload_name", sa.String(256), nullable=False, default=""),
+    sa.Column("remarks", sa.Text, nullable=False, default=""),
+    sa.Column("refresh_at", sa.String(8), nullable=False, default=""),  # HH:MM, dynamic ones
+    sa.Column("progress", sa.Integer, nullable=False, default=0),  # 0-99, 100 done, -1 failed
+    sa.Column("message", sa.Text, nullable=False, default=""),
+    sa.Column("users_num", sa.BigInteger, nullable=False, default=0),
+    sa.Column("version", sa.Integer, nullable=False, default=0),  # of the current members
+    sa.Column("spans", sa.JSON, nullable=True),  # resolved windows of the last refresh
+    sa.Column("upload_stats", sa.JSON, nullable=True),
+    sa.Column("job_id", sa.Integer, nullable=True),  # the refresh under way or last run
+    sa.Column("refreshed_at", sa.DateTime, nullable=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("project_id", "name", name="uq_segment_name"),
+)

@@ -25,6 +25,7 @@ from opencdp.store.base import (
     EventRows,
     ImportOutcome,
     ProfileRows,
+    SegmentTables,
     Store,
     StoreWriter,
     Token,
@@ -64,7 +65,7 @@ def ident(name: str) -> str:
     return f'"{name}"'
 
 
-KINDS = ("profiles", "identities", "events", "list_members")
+KINDS = ("profiles", "identities", "events", "list_members", "segment_members")
 
 
 def collection_table(project_id: int, collection_id: int) -> str:
@@ -280,6 +281,63 @@ class DuckDBStore(Store):
             row = cur.execute(f"SELECT count(*) FROM {tbl}").fetchone()
         return int(row[0]) if row else 0
 
+    # ---- segments ------------------------------------------------------------------------
+    def segment_tables(self, project_id: int) -> SegmentTables:
+        return SegmentTables(table(project_id, "profiles"), table(project_id, "events"))
+
+    def _has_members(self, cur: duckdb.DuckDBPyConnection, project_id: int) -> bool:
+        return bool(self.known_columns(cur, table(project_id, "segment_members")))
+
+    def count_query(self, project_id: int, query: str) -> int:
+        with self._read() as cur:
+            if not self._has_tables(cur, project_id):
+                return 0
+            row = cur.execute(f"SELECT count(*) FROM ({query})").fetchone()
+        return int(row[0]) if row else 0
+
+    def segment_members(
+        self, project_id: int, segment_id: int, version: int, limit: int, after: int
+    ) -> list[tuple[int, str | None]]:
+        with self._read() as cur:
+            if not self._has_members(cur, project_id):
+                return []
+            rows = cur.execute(
+                f"SELECT user_id, tag_value FROM {table(project_id, 'segment_members')} "
+                "WHERE segment_id = ? AND version = ? AND user_id > ? ORDER BY user_id LIMIT ?",
+                [segment_id, version, after, limit],
+            ).fetchall()
+        return [(int(u), t) for u, t in rows]
+
+    def segment_changes(
+        self, project_id: int, segment_id: int, version: int, limit: int
+    ) -> tuple[list[int], list[int]]:
+        members = table(project_id, "segment_members")
+        out: list[list[int]] = []
+        with self._read() as cur:
+            if not self._has_members(cur, project_id):
+                return [], []
+            for a, b in ((version, version - 1), (version - 1, version)):
+                rows = cur.execute(
+                    f"SELECT user_id FROM {members} WHERE segment_id = ? AND version = ? "
+                    f"EXCEPT SELECT user_id FROM {members} WHERE segment_id = ? AND version = ? "
+                    "ORDER BY user_id LIMIT ?",
+                    [segment_id, a, segment_id, b, limit],
+                ).fetchall()
+                out.append([int(r[0]) for r in rows])
+        return out[0], out[1]
+
+    def user_segments(self, project_id: int, user_id: int) -> list[tuple[int, int, str | None]]:
+        with self._read() as cur:
+            if not self._has_members(cur, project_id):
+                return []
+            rows = cur.execute(
+                f"SELECT segment_id, version, tag_value FROM "
+                f"{table(project_id, 'segment_members')} WHERE user_id = ? "
+                "ORDER BY segment_id, version",
+                [user_id],
+            ).fetchall()
+        return [(int(s), int(v), t) for s, v, t in rows]
+
     def close(self) -> None:
         with self._write_lock:
             self._conn.close()
@@ -423,6 +481,17 @@ class _Writer(StoreWriter):
                 f"(SELECT min(rowid) FROM {lists} WHERE user_id IN {survivors} "
                 "GROUP BY list_id, user_id)"
             )
+            seg = table(project_id, "segment_members")
+            if self._store.known_columns(cur, seg):  # members move to the survivor, once
+                cur.execute(
+                    f"UPDATE {seg} AS t SET user_id = m.survivor FROM {staged} AS m "
+                    "WHERE t.user_id = m.member AND m.member <> m.survivor"
+                )
+                cur.execute(
+                    f"DELETE FROM {seg} WHERE user_id IN {survivors} AND rowid NOT IN "
+                    f"(SELECT min(rowid) FROM {seg} WHERE user_id IN {survivors} "
+                    "GROUP BY segment_id, version, user_id)"
+                )
             present = [
                 p for p in user_props if p.column in self._store.known_columns(cur, profiles)
             ]
@@ -523,7 +592,10 @@ class _Writer(StoreWriter):
             return
         staged = self._stage(pa.table({"user_id": pa.array(list(user_ids), pa.int64())}))
         try:
-            for kind in ("events", "identities", "profiles", "list_members"):
+            kinds = ["events", "identities", "profiles", "list_members"]
+            if self._store.known_columns(self._cur, table(project_id, "segment_members")):
+                kinds.append("segment_members")
+            for kind in kinds:
                 self._cur.execute(
                     f"DELETE FROM {table(project_id, kind)} "
                     f"WHERE user_id IN (SELECT user_id FROM {staged})"
@@ -792,6 +864,95 @@ class _Writer(StoreWriter):
                 row_no, f"{value!r} belongs to another profile ({owner}); not linked"
             )
         return f"SELECT {key}, s.v, s.u FROM ({rows}) s ANTI JOIN {held} h ON h.v = s.v"
+
+    # ---- segments ------------------------------------------------------------------------
+    def _members(self, project_id: int) -> str:
+        self.ensure_project(project_id)
+        members = table(project_id, "segment_members")
+        if not self._store.known_columns(self._cur, members):
+            self._cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {members} (segment_id BIGINT NOT NULL, "
+                "version INTEGER NOT NULL, user_id BIGINT NOT NULL, tag_value VARCHAR)"
+            )
+            self._store.changed(self._cur, members)
+        return members
+
+    def _keep_two(self, members: str, segment_id: int, version: int) -> int:
+        self._cur.execute(
+            f"DELETE FROM {members} WHERE segment_id = ? AND (version < ? OR version > ?)",
+            [segment_id, version - 1, version],
+        )
+        row = self._cur.execute(
+            f"SELECT count(*) FROM {members} WHERE segment_id = ? AND version = ?",
+            [segment_id, version],
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def write_segment(self, project_id: int, segment_id: int, version: int, query: str) -> int:
+        members = self._members(project_id)
+        # Versions above the new one are leftovers of a refresh that did not commit its state.
+        self._cur.execute(
+            f"DELETE FROM {members} WHERE segment_id = ? AND version >= ?", [segment_id, version]
+        )
+        self._cur.execute(
+            f"INSERT INTO {members} SELECT {int(segment_id)}, {int(version)}, q.user_id, "
+            f"q.tag_value FROM ({query}) q"
+        )
+        return self._keep_two(members, segment_id, version)
+
+    def write_segment_rows(
+        self,
+        project_id: int,
+        segment_id: int,
+        version: int,
+        user_ids: Sequence[int],
+        tag_values: Sequence[str | None],
+    ) -> int:
+        members = self._members(project_id)
+        self._cur.execute(
+            f"DELETE FROM {members} WHERE segment_id = ? AND version >= ?", [segment_id, version]
+        )
+        rows = pa.table(
+            {
+                "user_id": pa.array(user_ids, pa.int64()),
+                "tag_value": pa.array(tag_values, pa.string()),
+                "n": pa.array(range(len(user_ids)), pa.int64()),
+            }
+        )
+        staged = self._stage(rows)
+        try:
+            self._cur.execute(
+                f"INSERT INTO {members} SELECT {int(segment_id)}, {int(version)}, user_id, "
+                f"arg_max(tag_value, n) FROM {staged} GROUP BY user_id"
+            )
+        finally:
+            self._unstage(staged)
+        return self._keep_two(members, segment_id, version)
+
+    def delete_segment(self, project_id: int, segment_id: int) -> None:
+        members = table(project_id, "segment_members")
+        if self._store.known_columns(self._cur, members):
+            self._cur.execute(f"DELETE FROM {members} WHERE segment_id = ?", [segment_id])
+
+    def match_property(
+        self, project_id: int, prop: Property, values: Sequence[Any]
+    ) -> dict[Any, list[int]]:
+        self.ensure_project(project_id)
+        profiles = table(project_id, "profiles")
+        if prop.column not in self._store.known_columns(self._cur, profiles) or not values:
+            return {}
+        staged = self._stage(pa.table({"v": pa.array(values, ARROW_TYPES[prop.type])}))
+        try:
+            rows = self._cur.execute(
+                f"SELECT s.v, p.user_id FROM (SELECT DISTINCT v FROM {staged}) s "
+                f"JOIN {profiles} p ON p.{ident(prop.column)} = s.v"
+            ).fetchall()
+        finally:
+            self._unstage(staged)
+        out: dict[Any, list[int]] = {}
+        for v, uid in rows:
+            out.setdefault(v, []).append(int(uid))
+        return out
 
     def set_checkpoint(self, name: str, value: int) -> None:
         self._cur.execute(
