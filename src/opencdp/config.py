@@ -37,6 +37,7 @@ class Settings:
     marketo_max_file_bytes: int = 10 << 20  # the Marketo bulk API's documented limit
     access_token_ttl: int = 3600  # seconds an OAuth-style access token is valid
     import_batch_rows: int = 0  # rows per import batch; 0: each target's own default
+    scheduler_interval: float = 30.0  # seconds between rounds of the periodic-job scheduler
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -94,6 +95,7 @@ _ENV_TYPES: dict[str, type] = {
     "marketo_max_file_bytes": int,
     "access_token_ttl": int,
     "import_batch_rows": int,
+    "scheduler_interval": float,
     "max_body_bytes": int,
     "max_properties": int,
     "max_string_bytes": int,

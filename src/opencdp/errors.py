@@ -13,6 +13,7 @@ class Code(StrEnum):
     INVALID_JSON = "invalid_json"
     INVALID_TYPE = "invalid_type"
     MISSING_CREDENTIAL = "missing_credential"
+    MISSING_PARAMETER = "missing_parameter"
     AUTH_FAILED = "auth_failed"
     TOKEN_EXPIRED = "token_expired"  # noqa: S105 (a code, not a secret)
     EMPTY_PROPERTIES = "empty_properties"
@@ -47,6 +48,11 @@ def invalid(field: str, reason: str) -> CdpError:
     "amount: expected a number, got 'abc'"
     """
     return CdpError(Code.VALIDATION_FAILED, f"{field}: {reason}", field)
+
+
+def missing(field: str) -> CdpError:
+    """A required parameter that was not given."""
+    return CdpError(Code.MISSING_PARAMETER, f"{field}: is required", field)
 
 
 def not_found(what: str, ident: object) -> CdpError:

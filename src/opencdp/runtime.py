@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets as pysecrets
 import sys
+import threading
 from dataclasses import dataclass, field
 
 from opencdp.catalog.secrets import read_or_create_private
@@ -17,6 +18,7 @@ from opencdp.ingest.service import IngestService
 from opencdp.jobs.service import JobLimits, Jobs
 from opencdp.meta.db import connect
 from opencdp.metrics import Metrics
+from opencdp.segments.service import Segments
 from opencdp.store import open_store
 from opencdp.store.base import Store
 
@@ -32,8 +34,11 @@ class Runtime:
     admin_token: str
     files: Files
     jobs: Jobs
+    segments: Segments
     metrics: Metrics = field(default_factory=Metrics)
     started: bool = False
+    _ticker: threading.Event = field(default_factory=threading.Event)
+    _scheduler: threading.Thread | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> Runtime:
@@ -68,8 +73,17 @@ class Runtime:
                 settings.import_batch_rows,
             ),
         )
+        segments = Segments(engine, catalog, store, jobs, ingest.barrier, settings.limits)
         return cls(
-            settings, catalog, store, ingest, _admin_token(settings), files, jobs, metrics=metrics
+            settings,
+            catalog,
+            store,
+            ingest,
+            _admin_token(settings),
+            files,
+            jobs,
+            segments,
+            metrics=metrics,
         )
 
     def start(self, announce: bool = True) -> None:
@@ -90,10 +104,24 @@ class Runtime:
                 )
         elif announce and not self.settings.admin_token:
             _say(f"Admin token in {self.settings.admin_token_path}")
+        self._ticker.clear()
+        self._scheduler = threading.Thread(target=self._schedule, name="scheduler", daemon=True)
+        self._scheduler.start()
         self.started = True
+
+    def _schedule(self) -> None:
+        """Periodic jobs: dynamic segment refreshes at their time of day."""
+        while not self._ticker.wait(self.settings.scheduler_interval):
+            try:
+                self.segments.schedule()
+            except Exception:
+                log.exception("scheduler round failed")
 
     def stop(self) -> None:
         if self.started:
+            self._ticker.set()
+            if self._scheduler is not None:
+                self._scheduler.join()
             self.jobs.stop()
             self.ingest.stop()
             self.started = False

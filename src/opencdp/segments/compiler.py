@@ -52,6 +52,7 @@ from opencdp.segments.model import (
     TagDef,
     Window,
 )
+from opencdp.store.base import SegmentTables
 
 USER_ID = "user_id"
 TAG_VALUE = "tag_value"
@@ -65,12 +66,7 @@ ORDERED = {PropertyType.NUMBER, PropertyType.DATETIME}
 _LIMITS = Limits()
 
 
-@dataclass(frozen=True)
-class Tables:
-    """The project's tables (generated names: the store's, never a user's)."""
-
-    profiles: str
-    events: str
+Tables = SegmentTables  # the project's tables (generated names: the store's, never a user's)
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,6 @@ class StoreWriter(ABC):
         failures are reported.
         """
 
-
     # ---- segments --------------------------------------------------------------------
     @abstractmethod
     def write_segment(self, project_id: int, segment_id: int, version: int, query: str) -> int:
@@ -167,6 +166,9 @@ class StoreWriter(ABC):
 
     @abstractmethod
     def delete_segment(self, project_id: int, segment_id: int) -> None: ...
+
+    @abstractmethod
+    def existing_users(self, project_id: int, user_ids: Sequence[int]) -> set[int]: ...
 
     @abstractmethod
     def match_property(

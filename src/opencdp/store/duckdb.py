@@ -934,6 +934,20 @@ class _Writer(StoreWriter):
         if self._store.known_columns(self._cur, members):
             self._cur.execute(f"DELETE FROM {members} WHERE segment_id = ?", [segment_id])
 
+    def existing_users(self, project_id: int, user_ids: Sequence[int]) -> set[int]:
+        self.ensure_project(project_id)
+        if not user_ids:
+            return set()
+        staged = self._stage(pa.table({"u": pa.array(user_ids, pa.int64())}))
+        try:
+            rows = self._cur.execute(
+                f"SELECT user_id FROM {table(project_id, 'profiles')} "
+                f"WHERE user_id IN (SELECT u FROM {staged})"
+            ).fetchall()
+        finally:
+            self._unstage(staged)
+        return {int(r[0]) for r in rows}
+
     def match_property(
         self, project_id: int, prop: Property, values: Sequence[Any]
     ) -> dict[Any, list[int]]:

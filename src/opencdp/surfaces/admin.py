@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -10,9 +13,10 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
+from starlette.concurrency import iterate_in_threadpool
 from starlette.exceptions import HTTPException
 
 from opencdp import __version__
@@ -25,6 +29,7 @@ from opencdp.imports.readers import FORMATS
 from opencdp.imports.targets import MODES, TARGETS, check_lookup_field
 from opencdp.jobs.service import Job
 from opencdp.runtime import Runtime
+from opencdp.segments.service import Segment
 from opencdp.surfaces.uploads import file_field, param, read_form, store_upload
 
 STATUS: dict[Code, int] = {
@@ -36,6 +41,8 @@ STATUS: dict[Code, int] = {
     Code.BUSY: 429,
     Code.LIMIT_EXCEEDED: 413,
     Code.INVALID_TYPE: 415,
+    Code.MISSING_PARAMETER: 400,
+    Code.UNSUPPORTED: 400,
 }
 LATEST_EVENTS = 20
 log = logging.getLogger(__name__)
@@ -242,6 +249,95 @@ def _router(rt: Runtime) -> APIRouter:
             "next_after": ids[-1] if len(ids) == limit else None,
         }
 
+    # ---- segments and tags -----------------------------------------------------------
+    @r.get("/projects/{ref}/segments")
+    async def list_segments(project: P) -> list[dict[str, Any]]:
+        segs, _ = await run_in_threadpool(
+            rt.segments.search, project.id, None, None, None, 1, 10_000
+        )
+        return [_segment(s) for s in segs]
+
+    @r.get("/projects/{ref}/segments/{name}")
+    async def get_segment(project: P, name: str) -> dict[str, Any]:
+        return _segment(await run_in_threadpool(rt.segments.get, project.id, _seg_ref(name)))
+
+    @r.post("/projects/{ref}/segments/{name}/refresh", status_code=202)
+    async def refresh_segment(project: P, name: str) -> dict[str, Any]:
+        job = await run_in_threadpool(rt.segments.refresh, project.id, _seg_ref(name), "admin")
+        return _job(job)
+
+    @r.get("/projects/{ref}/segments/{name}/members")
+    async def segment_members(
+        project: P, name: str, limit: int = 1000, after: int = 0
+    ) -> dict[str, Any]:
+        """The members of the current version (with their tag value), by user id, paged."""
+        limit = max(1, min(limit, 100_000))
+        seg, rows = await run_in_threadpool(
+            rt.segments.members, project.id, _seg_ref(name), limit, after
+        )
+        return {
+            "segment": seg.name,
+            "version": seg.version,
+            "members": [
+                {"user_id": u} if not seg.is_tag else {"user_id": u, "tag_value": v}
+                for u, v in rows
+            ],
+            "next_after": rows[-1][0] if len(rows) == limit else None,
+        }
+
+    @r.get("/projects/{ref}/segments/{name}/members.csv")
+    async def segment_csv(project: P, name: str) -> StreamingResponse:
+        """Every member of the current version as CSV (user_id[,tag_value]), streamed."""
+        seg = await run_in_threadpool(rt.segments.get, project.id, _seg_ref(name))
+
+        def rows() -> Iterator[bytes]:
+            yield b"user_id,tag_value\n" if seg.is_tag else b"user_id\n"
+            after = 0
+            while True:
+                page = rt.store.segment_members(project.id, seg.id, seg.version, 10_000, after)
+                if not page:
+                    return
+                buf = io.StringIO()
+                w = csv.writer(buf, lineterminator="\n")
+                for u, v in page:
+                    w.writerow([u, v] if seg.is_tag else [u])
+                yield buf.getvalue().encode()
+                after = page[-1][0]
+
+        return StreamingResponse(
+            iterate_in_threadpool(rows()),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="segment-{seg.id}.csv"'},
+        )
+
+    @r.get("/projects/{ref}/segments/{name}/changes")
+    async def segment_changes(project: P, name: str, limit: int = 1000) -> dict[str, Any]:
+        """Who entered and who left at the last refresh."""
+        seg, entered, left = await run_in_threadpool(
+            rt.segments.changes, project.id, _seg_ref(name), max(1, min(limit, 100_000))
+        )
+        return {"segment": seg.name, "version": seg.version, "entered": entered, "left": left}
+
+    @r.post("/projects/{ref}/segments/preview")
+    async def preview_segment(project: P, body: SegmentPreview) -> dict[str, Any]:
+        """How many users a definition holds now, without saving it."""
+        catalog = "catalog_tag" if body.tagQp is not None else body.clusterCatalog
+        definition = body.tagQp if body.tagQp is not None else body.qp
+        if body.sql is not None:
+            definition = {"sql": body.sql}
+        size = await run_in_threadpool(
+            rt.segments.preview, project.id, catalog, body.clusterType, definition
+        )
+        return {"size": size}
+
+    @r.get("/projects/{ref}/users/{user_id}/segments")
+    async def user_segments(project: P, user_id: int) -> list[dict[str, Any]]:
+        """The segments and tags a user is in now."""
+        held = await run_in_threadpool(rt.segments.of_user, project.id, user_id)
+        return [
+            {"segment": s.name, "id": s.id, "catalog": s.catalog, "tag_value": v} for s, v in held
+        ]
+
     @r.get("/projects/{ref}/collections/{name}")
     async def collection_info(project: P, name: str) -> dict[str, Any]:
         cid = rt.catalog.collection(project.id, name, create=False)
@@ -319,6 +415,34 @@ def _router(rt: Runtime) -> APIRouter:
         return Response(data, media_type="text/csv; charset=utf-8")
 
     return r
+
+
+def _seg_ref(name: str) -> int | str:
+    return int(name) if name.isdigit() else name
+
+
+def _segment(seg: Segment) -> dict[str, Any]:
+    return {
+        "id": seg.id,
+        "name": seg.name,
+        "display_name": seg.display_name,
+        "catalog": seg.catalog,
+        "type": seg.type,
+        "progress": seg.progress,
+        "message": seg.message,
+        "users": seg.users_num,
+        "version": seg.version,
+        "refreshed_at": _iso(seg.refreshed_at) if seg.refreshed_at else None,
+        "definition": seg.definition,
+    }
+
+
+class SegmentPreview(BaseModel):
+    clusterCatalog: str = "catalog_cluster"  # the vendor's names
+    clusterType: str | None = None
+    qp: dict[str, Any] | None = None
+    tagQp: dict[str, Any] | None = None
+    sql: str | None = None
 
 
 def _job(job: Job) -> dict[str, Any]:

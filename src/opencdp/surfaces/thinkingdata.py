@@ -1,0 +1,370 @@
+"""ThinkingData user clusters and tags (seed 003): ``/open/…``.
+
+``token`` (the project's api token) and ``projectId`` travel in the query string (``projectId``
+may also be in the JSON body); bodies are JSON, except the ID uploads, whose body is
+``text/csv``. Every answer has the envelope ``{"data", "return_code", "return_message"}``;
+errors use negative codes (``-1008`` for a missing parameter) with HTTP 200.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from opencdp.catalog.model import Project
+from opencdp.errors import CdpError, Code, invalid, missing
+from opencdp.runtime import Runtime
+from opencdp.segments.service import IMPORT_TYPES, Segment, Spec
+from opencdp.surfaces.uploads import vendor_errors
+
+log = logging.getLogger(__name__)
+SURFACE = "thinkingdata"
+PREFIXES = ("/open/",)
+MAX_JSON = 1 << 20
+MAX_CSV = 32 << 20
+
+# core code -> (return_code, return_message)
+ERRORS: dict[Code, tuple[int, str]] = {
+    Code.MISSING_PARAMETER: (-1008, "参数为空 (missing parameter)"),
+    Code.MISSING_CREDENTIAL: (-1008, "参数(token)为空 (missing token)"),
+    Code.AUTH_FAILED: (-1001, "token 无效 (invalid token)"),
+    Code.TOKEN_EXPIRED: (-1001, "token 无效 (invalid token)"),
+    Code.NOT_FOUND: (-1002, "不存在 (not found)"),
+    Code.VALIDATION_FAILED: (-1003, "参数错误 (invalid parameter)"),
+    Code.INVALID_JSON: (-1003, "参数错误 (invalid parameter)"),
+    Code.INVALID_TYPE: (-1003, "参数错误 (invalid parameter)"),
+    Code.LIMIT_EXCEEDED: (-1003, "参数错误 (invalid parameter)"),
+    Code.CONFLICT: (-1004, "名称已存在 (name already used)"),
+    Code.BUSY: (-1005, "正在计算 (busy)"),
+    Code.UNSUPPORTED: (-1006, "不支持 (unsupported)"),
+    Code.INTERNAL: (-1, "系统错误 (system error)"),
+}
+
+
+def _json(body: dict[str, Any]) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json;charset=utf-8")
+
+
+def _ok(data: Any = None) -> Response:
+    return _json({"data": data, "return_code": 0, "return_message": "success"})
+
+
+def _error(code: int, message: str) -> Response:
+    return _json({"return_code": code, "return_message": message})
+
+
+envelope = vendor_errors(ERRORS, _error, log)
+
+
+class ThinkingData:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    # ---- request plumbing ----------------------------------------------------------------
+    def _project(self, request: Request, body: dict[str, Any] | None = None) -> Project:
+        token = request.query_params.get("token")
+        if not token:
+            raise CdpError(Code.MISSING_CREDENTIAL, "token: is required", "token")
+        project = self.rt.catalog.authenticate_token(token)
+        if project is None:
+            raise CdpError(Code.AUTH_FAILED, "token: not valid", "token")
+        given = request.query_params.get("projectId")
+        if given is None and body is not None and body.get("projectId") is not None:
+            given = str(body["projectId"])
+        # A token reads its own project only; another project's id is simply not found.
+        if given not in (None, "") and given.strip() != str(project.id):
+            raise CdpError(Code.NOT_FOUND, f"projectId: project {given!r} does not exist")
+        return project
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if len(raw) > MAX_JSON:
+            raise CdpError(Code.LIMIT_EXCEEDED, f"body: larger than {MAX_JSON} bytes", "body")
+        if not raw.strip():
+            return {}
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise CdpError(Code.INVALID_JSON, "body: not valid JSON", "body") from None
+        if not isinstance(body, dict):
+            raise CdpError(Code.INVALID_JSON, "body: expected a JSON object", "body")
+        return body
+
+    def _ref(self, request: Request, by_name: bool = False) -> int | str:
+        if by_name:
+            name = request.query_params.get("clusterName", "").strip()
+            if not name:
+                raise missing("clusterName")
+            return name
+        raw = request.query_params.get("clusterId")
+        if raw is None or raw == "":
+            name = request.query_params.get("clusterName", "").strip()
+            if name:
+                return name
+            raise missing("clusterId")
+        if not raw.strip().isdigit():
+            raise invalid("clusterId", f"expected an integer, got {raw[:40]!r}")
+        return int(raw)
+
+    # ---- definitions ---------------------------------------------------------------------
+    async def add(self, request: Request) -> Response:
+        body = await self._body(request)
+        project = self._project(request, body)
+        for name in ("clusterName", "displayName"):
+            if not body.get(name):
+                raise missing(name)
+        spec = _spec(body)
+        seg = await run_in_threadpool(self.rt.segments.create, project.id, spec, SURFACE)
+        return _ok(seg.id)
+
+    async def detail(self, request: Request) -> Response:
+        project = self._project(request)
+        seg = await run_in_threadpool(self.rt.segments.get, project.id, self._ref(request))
+        return _ok(self._detail(seg, project))
+
+    async def update(self, request: Request) -> Response:
+        return await self._update(request, by_name=False)
+
+    async def update_by_name(self, request: Request) -> Response:
+        return await self._update(request, by_name=True)
+
+    async def _update(self, request: Request, by_name: bool) -> Response:
+        body = await self._body(request)
+        project = self._project(request, body)
+        ref = self._ref(request, by_name)
+        spec = _spec(body)
+        spec.name = None  # a segment keeps its name
+        await run_in_threadpool(self.rt.segments.update, project.id, ref, spec, SURFACE)
+        return _ok()
+
+    async def delete(self, request: Request) -> Response:
+        project = self._project(request)
+        await run_in_threadpool(self.rt.segments.delete, project.id, self._ref(request))
+        return _ok()
+
+    async def delete_by_name(self, request: Request) -> Response:
+        project = self._project(request)
+        ref = self._ref(request, by_name=True)
+        await run_in_threadpool(self.rt.segments.delete, project.id, ref)
+        return _ok()
+
+    async def list(self, request: Request) -> Response:
+        body = await self._body(request)
+        project = self._project(request, body)
+        pager = body.get("pagerHeader") or {}
+        page = _positive(pager.get("pageNum", 1), "pagerHeader.pageNum")
+        size = min(_positive(pager.get("pageSize", 10), "pagerHeader.pageSize"), 1000)
+        types = body.get("clusterTypes") or None
+        if types is not None and (
+            not isinstance(types, list) or not all(isinstance(x, str) for x in types)
+        ):
+            raise invalid("clusterTypes", "expected a list of cluster types")
+        catalog = body.get("clusterCatalog") or None
+        if catalog not in (None, "catalog_cluster", "catalog_tag"):
+            raise invalid("clusterCatalog", "expected catalog_cluster or catalog_tag")
+        name = body.get("clusterName") or None
+        if name is not None and not isinstance(name, str):
+            raise invalid("clusterName", "expected text")
+        segs, total = await run_in_threadpool(
+            self.rt.segments.search, project.id, catalog, name, types, page, size
+        )
+        return _ok(
+            {
+                "pagerResult": {"pageNum": page, "pageSize": size, "totalNum": total},
+                "userClusters": [self._summary(s, project) for s in segs],
+            }
+        )
+
+    # ---- refresh -------------------------------------------------------------------------
+    async def refresh(self, request: Request) -> Response:
+        return await self._refresh(request, by_name=False)
+
+    async def refresh_by_name(self, request: Request) -> Response:
+        return await self._refresh(request, by_name=True)
+
+    async def _refresh(self, request: Request, by_name: bool) -> Response:
+        project = self._project(request)
+        ref = self._ref(request, by_name)
+        await run_in_threadpool(self.rt.segments.refresh, project.id, ref, SURFACE)
+        return _ok()
+
+    async def progress(self, request: Request) -> Response:
+        return await self._progress(request, by_name=False)
+
+    async def progress_by_name(self, request: Request) -> Response:
+        return await self._progress(request, by_name=True)
+
+    async def _progress(self, request: Request, by_name: bool) -> Response:
+        project = self._project(request)
+        seg = await run_in_threadpool(self.rt.segments.get, project.id, self._ref(request, by_name))
+        data: dict[str, Any] = {"progress": seg.progress}
+        if seg.progress < 0:
+            data["errorMsg"] = seg.message
+        return _ok(data)
+
+    # ---- ID uploads ----------------------------------------------------------------------
+    async def import_add(self, request: Request) -> Response:
+        return await self._import(request, None)
+
+    async def import_modify(self, request: Request) -> Response:
+        return await self._import(request, "id")
+
+    async def import_modify_by_name(self, request: Request) -> Response:
+        return await self._import(request, "name")
+
+    async def _import(self, request: Request, by: str | None) -> Response:
+        project = self._project(request)
+        q = request.query_params
+        ref = None if by is None else self._ref(request, by_name=by == "name")
+        if by is None:
+            for name in ("displayName", "mainColumnName"):
+                if not q.get(name):
+                    raise missing(name)
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > MAX_CSV:
+            raise CdpError(Code.LIMIT_EXCEEDED, f"body: larger than {MAX_CSV} bytes", "body")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_CSV:
+                raise CdpError(Code.LIMIT_EXCEEDED, f"body: larger than {MAX_CSV} bytes", "body")
+        if not body.strip():
+            raise missing("body")
+        spec = Spec(
+            name=q.get("clusterName") if by is None else None,
+            display_name=q.get("displayName"),
+            catalog=q.get("clusterCatalog"),
+            remarks=q.get("remarks"),
+            main_column=q.get("mainColumnName"),
+        )
+        seg, stats = await run_in_threadpool(
+            self.rt.segments.upload, project.id, ref, spec, bytes(body), q.get("fileName", "")
+        )
+        return _ok({"clusterId": seg.id, **stats.public()})
+
+    # ---- rendering -----------------------------------------------------------------------
+    def _local(self, when: datetime | None, project: Project) -> str:
+        if when is None:
+            return ""
+        return f"{when.replace(tzinfo=UTC).astimezone(project.tz):%Y-%m-%d %H:%M:%S}"
+
+    def _summary(self, seg: Segment, project: Project) -> dict[str, Any]:
+        return {
+            "clusterCatalog": seg.catalog,
+            "clusterName": seg.name,
+            "clusterType": seg.type,
+            "displayName": seg.display_name,
+            "historyDataStatus": 1 if seg.version >= 2 else 0,
+            "id": seg.id,
+            "mainColumnName": seg.main_column,
+            "progress": seg.progress,
+            "projectId": project.id,
+            "refreshDelay": 0,
+            "refreshTime": self._local(seg.refreshed_at, project),
+            "remarks": seg.remarks,
+            "selectType": "string",
+            "status": 1,
+            "uploadFileName": seg.upload_name,
+            "userId": 0,
+            "userName": "api",
+            "usersNum": seg.users_num,
+        }
+
+    def _detail(self, seg: Segment, project: Project) -> dict[str, Any]:
+        out = self._summary(seg, project)
+        if seg.sub_type:
+            out["subConditionTabType"] = seg.sub_type
+        if seg.progress < 0:
+            out["errorMsg"] = seg.message
+        if seg.type in IMPORT_TYPES:
+            out["uploadStats"] = seg.upload_stats
+            return out
+        definition = seg.definition
+        if isinstance(definition, dict) and not seg.is_tag and "events" in definition:
+            # The resolved windows of the last refresh, as the vendor reports them.
+            definition = dict(definition)
+            spans = seg.spans or []
+            events = []
+            for i, e in enumerate(definition.get("events") or []):
+                e = dict(e) if isinstance(e, dict) else e
+                if isinstance(e, dict) and i < len(spans) and spans[i]:
+                    e.update(spans[i])
+                events.append(e)
+            definition["events"] = events
+        out["userTagDef" if seg.is_tag else "userClusterDef"] = definition
+        return out
+
+
+def _spec(body: dict[str, Any]) -> Spec:
+    typ = body.get("clusterType")
+    is_sql = isinstance(typ, str) and typ.endswith("_sql")
+    definition: Any = (
+        body.get("tagQp")
+        if body.get("clusterCatalog") == "catalog_tag"
+        or (isinstance(typ, str) and typ.startswith("tag_"))
+        else body.get("qp")
+    )
+    if is_sql:
+        sql = body.get("sql")
+        if sql is None and isinstance(definition, dict):
+            sql = definition.get("sql")
+        definition = {"sql": sql}
+    for name in ("clusterName", "displayName", "clusterCatalog", "clusterType", "remarks"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, str):
+            raise invalid(name, "expected text")
+    return Spec(
+        name=body.get("clusterName"),
+        display_name=body.get("displayName"),
+        catalog=body.get("clusterCatalog") or None,
+        type=typ or None,
+        sub_type=body.get("subConditionTabType") or None,
+        definition=definition,
+        remarks=body.get("remarks"),
+        refresh_at=body.get("refreshAt"),
+    )
+
+
+def _positive(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise invalid(field, "expected a positive integer")
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise invalid(field, f"expected a positive integer, got {text[:20]!r}")
+    return int(text)
+
+
+def build(rt: Runtime) -> Starlette:
+    td = ThinkingData(rt)
+    routes = [
+        ("/open/user-cluster-add", td.add, ["POST"]),
+        ("/open/user-cluster-detail", td.detail, ["GET"]),
+        ("/open/user-cluster-update", td.update, ["POST"]),
+        ("/open/user-cluster-update-by-name", td.update_by_name, ["POST"]),
+        ("/open/user-cluster-delete", td.delete, ["POST"]),
+        ("/open/delete-user-cluster-by-name", td.delete_by_name, ["POST"]),
+        ("/open/user-cluster-list", td.list, ["POST"]),
+        ("/open/user-cluster-refresh", td.refresh, ["POST"]),
+        ("/open/user-cluster-refresh-by-name", td.refresh_by_name, ["POST"]),
+        ("/open/user-cluster-refresh-progress", td.progress, ["GET"]),
+        ("/open/user-cluster-refresh-progress-by-name", td.progress_by_name, ["GET"]),
+        ("/open/import-id-cluster-add", td.import_add, ["POST"]),
+        ("/open/import-id-cluster-modify", td.import_modify, ["POST"]),
+        ("/open/import-id-cluster-modify-by-name", td.import_modify_by_name, ["POST"]),
+    ]
+    app = Starlette(routes=[Route(p, envelope(h), methods=m) for p, h, m in routes])
+
+    async def unknown(request: Request, exc: Exception) -> Response:
+        return _error(-1002, f"不存在 (not found): {request.url.path}")
+
+    app.add_exception_handler(404, unknown)
+    app.add_exception_handler(405, unknown)
+    return app
