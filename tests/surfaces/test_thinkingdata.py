@@ -100,7 +100,9 @@ def people(ta: TA) -> None:
     none; e: level 3, 5 purchases but 10 days ago."""
     p = ta.p
     for mobile, level in (("a", 3), ("b", 3), ("c", 2), ("d", 3), ("e", 3)):
-        assert p.user(mobile=f"1390000000{mobile}", user_level=level, city="x").json()["errcode"] == 0
+        assert (
+            p.user(mobile=f"1390000000{mobile}", user_level=level, city="x").json()["errcode"] == 0
+        )
     n = itertools.count()
     for mobile, count, ago in (("a", 5, 2), ("b", 2, 2), ("c", 6, 3), ("e", 5, 10)):
         for i in range(count):

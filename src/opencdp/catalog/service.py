@@ -430,6 +430,25 @@ class Catalog:
         user, event = (props, old.event) if table == "user" else (old.user, props)
         self._schemas[project_id] = Schema(project_id, user, event)
 
+    def delete_property(self, project_id: int, table: str, name: str) -> None:
+        """Remove a property from the schema. Its stored values are no longer readable (a
+        property added later under the same name starts empty); segments that use it fail at
+        their next refresh, saying so. Identity keys cannot be deleted."""
+        if table not in TABLES:
+            raise invalid("table", f"must be one of {', '.join(TABLES)}")
+        prop = self.schema(project_id).table(table).get(name)
+        if prop is None:
+            raise not_found(f"{table} property", name)
+        if prop.is_identity:
+            raise CdpError(
+                Code.CONFLICT,
+                f"{name!r} is an identity key; change the identity keys first",
+                "name",
+            )
+        with self._lock, self._engine.begin() as conn:
+            conn.execute(sa.delete(t.properties).where(t.properties.c.id == prop.id))
+        self.reload()
+
     def set_identity_keys(self, project_id: int, keys: Iterable[str]) -> Schema:
         """Make exactly ``keys`` the identity keys; unknown ones become string user properties."""
         names = list(dict.fromkeys(check_name(k, "keys") for k in keys))

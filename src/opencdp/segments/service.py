@@ -35,7 +35,7 @@ from opencdp.meta import tables as t
 from opencdp.segments.compiler import Compiled, Compiler, Span
 from opencdp.segments.model import ClusterDef, TagDef, parse_cluster, parse_tag
 from opencdp.segments.sqlcheck import check_sql
-from opencdp.store.base import Store
+from opencdp.store.base import Store, StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -373,6 +373,8 @@ class Segments:
             d2 = parse_cluster(definition, "qp")
             sql = self._compile(project_id, d2, now).sql(self.store.capabilities.sqlglot_dialect)
         try:
+            with self.store.writer() as w:
+                self._columns(w, project_id)
             return self.store.count_query(project_id, sql)
         except duckdb.Error as exc:
             raise invalid("sql", _db_message(exc)) from None
@@ -418,6 +420,7 @@ class Segments:
         version = seg.version + 1
         try:
             with self.store.writer() as w:
+                self._columns(w, seg.project_id)
                 count = w.write_segment(seg.project_id, seg.id, version, sql)
         except duckdb.Error as exc:
             return self._failed(seg, _db_message(exc))
@@ -435,6 +438,13 @@ class Segments:
                 w.delete_segment(seg.project_id, seg.id)
             return Outcome(False, "the cluster was deleted while refreshing")
         return Outcome(True, f"{count} users", rows_read=count, imported=count)
+
+    def _columns(self, w: StoreWriter, project_id: int) -> None:
+        """Every property of the catalog has its column (one declared but never written to
+        has none yet), so that a definition reading it finds it empty, not missing."""
+        schema = self.catalog.schema(project_id)
+        w.ensure_project(project_id)
+        w.ensure_columns(project_id, [*schema.user.values(), *schema.event.values()])
 
     def _failed(self, seg: Segment, reason: str) -> Outcome:
         self._set(seg.id, progress=-1, message=reason)

@@ -220,6 +220,11 @@ def _router(rt: Runtime) -> APIRouter:
         response.status_code = 201 if new else 200
         return {**prop.public(), "created": new}
 
+    @r.delete("/projects/{ref}/properties/{table}/{name}", status_code=204)
+    async def delete_property(project: P, table: str, name: str) -> Response:
+        rt.catalog.delete_property(project.id, table, name)
+        return Response(status_code=204)
+
     @r.get("/projects/{ref}/identity-keys")
     async def get_keys(project: P) -> dict[str, object]:
         return {"keys": list(rt.catalog.schema(project.id).identity_keys)}
