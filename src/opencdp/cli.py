@@ -294,6 +294,109 @@ def profile_show(
     emit(Client(url, data_dir).call("GET", f"/projects/{_q(ref)}/profiles", params=params), as_json)
 
 
+@main.group()
+def segment() -> None:
+    """Segments (clusters) and tags."""
+
+
+@segment.command("list")
+@click.option("--project", "ref", required=True)
+@client_options
+def segment_list(ref: str, url: str | None, data_dir: Path | None, as_json: bool) -> None:
+    """The project's segments and tags, newest first."""
+    emit(Client(url, data_dir).call("GET", f"/projects/{_q(ref)}/segments"), as_json)
+
+
+@segment.command("show")
+@click.option("--project", "ref", required=True)
+@click.argument("name")
+@client_options
+def segment_show(
+    ref: str, name: str, url: str | None, data_dir: Path | None, as_json: bool
+) -> None:
+    """A segment: its definition and the state of its last refresh."""
+    path = f"/projects/{_q(ref)}/segments/{_q(name)}"
+    emit(Client(url, data_dir).call("GET", path), as_json)
+
+
+@segment.command("refresh")
+@click.option("--project", "ref", required=True)
+@click.argument("name")
+@client_options
+def segment_refresh(
+    ref: str, name: str, url: str | None, data_dir: Path | None, as_json: bool
+) -> None:
+    """Queue a refresh of a segment."""
+    path = f"/projects/{_q(ref)}/segments/{_q(name)}/refresh"
+    emit(Client(url, data_dir).call("POST", path), as_json)
+
+
+@segment.command("members")
+@click.option("--project", "ref", required=True)
+@click.argument("name")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--after", type=int, default=0, help="Page after this user id.")
+@click.option("--csv", "as_csv", is_flag=True, help="Every member, as CSV on stdout.")
+@client_options
+def segment_members(
+    ref: str,
+    name: str,
+    limit: int,
+    after: int,
+    as_csv: bool,
+    url: str | None,
+    data_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """A page of a segment's members (with their tag value), or all of them with --csv."""
+    client = Client(url, data_dir)
+    path = f"/projects/{_q(ref)}/segments/{_q(name)}/members"
+    if as_csv:
+        try:
+            with httpx.stream(
+                "GET", client.url + "/admin/v1" + path + ".csv", headers=client.headers, timeout=600
+            ) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    err = resp.json().get("error", {})
+                    fail(err.get("code", "error"), err.get("message", resp.text))
+                for chunk in resp.iter_bytes():
+                    sys.stdout.buffer.write(chunk)
+        except httpx.HTTPError as exc:
+            fail("unavailable", f"cannot reach the server at {client.url}: {exc}")
+        return
+    emit(client.call("GET", path, params={"limit": limit, "after": after}), as_json)
+
+
+@segment.command("preview")
+@click.option("--project", "ref", required=True)
+@click.argument("definition", type=click.File("r"))
+@client_options
+def segment_preview(
+    ref: str, definition: Any, url: str | None, data_dir: Path | None, as_json: bool
+) -> None:
+    """How many users a definition holds now, without saving it. DEFINITION is a JSON file
+    with ``qp`` (a cluster), ``tagQp`` (a tag) or ``sql``; ``-`` reads stdin."""
+    try:
+        body = orjson.loads(definition.read())
+    except orjson.JSONDecodeError as exc:
+        fail("invalid_json", f"definition: not valid JSON ({exc})", "definition")
+    path = f"/projects/{_q(ref)}/segments/preview"
+    emit(Client(url, data_dir).call("POST", path, json=body), as_json)
+
+
+@segment.command("of-user")
+@click.option("--project", "ref", required=True)
+@click.argument("user_id", type=int)
+@client_options
+def segment_of_user(
+    ref: str, user_id: int, url: str | None, data_dir: Path | None, as_json: bool
+) -> None:
+    """The segments and tags one user is in now."""
+    path = f"/projects/{_q(ref)}/users/{user_id}/segments"
+    emit(Client(url, data_dir).call("GET", path), as_json)
+
+
 def _q(ref: str) -> str:
     from urllib.parse import quote
 

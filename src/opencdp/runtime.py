@@ -62,6 +62,7 @@ class Runtime:
             engine,
             JobLimits(settings.import_concurrency, settings.import_queue, settings.job_workers),
         )
+        segments = Segments(engine, catalog, store, jobs, ingest.barrier, settings.limits)
         jobs.register(
             "import",
             ImportRunner(
@@ -71,9 +72,9 @@ class Runtime:
                 settings.limits,
                 lambda: jobs.stopping,
                 settings.import_batch_rows,
+                on_list=segments.sync_list,
             ),
         )
-        segments = Segments(engine, catalog, store, jobs, ingest.barrier, settings.limits)
         return cls(
             settings,
             catalog,

@@ -80,6 +80,7 @@ class ImportRunner:
         limits: Limits,
         stopping: Callable[[], bool],
         batch_rows: int = 0,
+        on_list: Callable[[int, int], object] | None = None,
     ) -> None:
         self.catalog = catalog
         self.store = store
@@ -87,6 +88,7 @@ class ImportRunner:
         self.limits = limits
         self.stopping = stopping
         self.batch_rows = batch_rows
+        self.on_list = on_list  # (project id, list id): a static list changed
 
     def __call__(self, job: Job, progress: Progress) -> Outcome:
         if job.file_id is None:
@@ -148,6 +150,8 @@ class ImportRunner:
         finally:
             failures.close()
             warnings.close()
+        if params.get("list_id") is not None and self.on_list is not None:
+            self.on_list(job.project_id, int(params["list_id"]))
         return Outcome(
             True,
             _summary(state),

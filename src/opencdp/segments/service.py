@@ -388,7 +388,9 @@ class Segments:
                 raise invalid(
                     "clusterType", "an ID-upload segment is refreshed by uploading its IDs again"
                 )
-            if seg.job_id is not None:
+            if seg.job_id is not None and seg.progress not in (100, -1):
+                # (A job that published its result is done, even if its worker has not yet
+                # recorded so.)
                 job = self.jobs.get(project_id, seg.job_id)
                 if job.state in ACTIVE:
                     raise CdpError(
@@ -659,6 +661,56 @@ class Segments:
                 user_ids.append(u)
                 tags.append(tag)
         return stats, user_ids, tags
+
+    def sync_list(self, project_id: int, list_id: int) -> Segment:
+        """A static list (Marketo ``listId``) as an ID cluster named ``list<id>``: its members
+        are the list's as they are now."""
+        name = f"list{int(list_id)}"
+        try:
+            seg = self.get(project_id, name)
+        except CdpError:
+            now = t.utcnow()
+            values = {
+                "project_id": project_id,
+                "name": name,
+                "display_name": f"Marketo list {int(list_id)}",
+                "catalog": CLUSTER,
+                "type": "cluster_by_import",
+                "sub_type": "",
+                "definition": None,
+                "main_column": "listId",
+                "upload_name": "",
+                "remarks": "",
+                "refresh_at": "",
+                "progress": 0,
+                "message": "",
+                "users_num": 0,
+                "version": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            try:
+                seg = self.get(project_id, self._insert(values))
+            except CdpError:  # created meanwhile by another import of the same list
+                seg = self.get(project_id, name)
+        lists = self.store.segment_tables(project_id).lists
+        query = (
+            "SELECT user_id, CAST(NULL AS VARCHAR) AS tag_value "
+            f"FROM {lists} WHERE list_id = {int(list_id)}"
+        )
+        with self.store.writer() as w:
+            w.ensure_project(project_id)
+            count = w.write_segment(project_id, seg.id, seg.version + 1, query)
+        now = t.utcnow()
+        self._set(
+            seg.id,
+            version=seg.version + 1,
+            users_num=count,
+            refreshed_at=now,
+            updated_at=now,
+            progress=100,
+        )
+        return self.get(project_id, seg.id)
 
     # ---- members -------------------------------------------------------------------------
     def members(

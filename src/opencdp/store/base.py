@@ -183,6 +183,7 @@ class SegmentTables:
 
     profiles: str
     events: str
+    lists: str = ""  # static list memberships (Marketo listId)
 
 
 class Store(ABC):

@@ -283,7 +283,11 @@ class DuckDBStore(Store):
 
     # ---- segments ------------------------------------------------------------------------
     def segment_tables(self, project_id: int) -> SegmentTables:
-        return SegmentTables(table(project_id, "profiles"), table(project_id, "events"))
+        return SegmentTables(
+            table(project_id, "profiles"),
+            table(project_id, "events"),
+            table(project_id, "list_members"),
+        )
 
     def _has_members(self, cur: duckdb.DuckDBPyConnection, project_id: int) -> bool:
         return bool(self.known_columns(cur, table(project_id, "segment_members")))
