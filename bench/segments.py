@@ -5,8 +5,9 @@ over 30 days, skewed activity, events in arrival order) into a project's tables,
 definitions — the seed's example, a two-event-condition OR with two user filters, a first-event
 tag and a metric tag — times the compiled SQL against a hand-written DuckDB query computing the
 same members (alternating rounds, same connection, each run to completion into a temporary
-table; medians compared; the member sets must be equal). Then it starts the server on that data and times a refresh of the two-condition
-definition requested over HTTP, from the request to progress 100.
+table; medians compared; the member sets must be equal). Then it starts the server on that
+data and times a refresh of the two-condition definition requested over HTTP, from the request
+to progress 100.
 
     python -m bench.segments [--users 1000000] [--events 20000000] [--rounds 5]
 """
@@ -105,7 +106,8 @@ def load(rt: Runtime, pid: int, users: int, events: int, now: datetime) -> dict[
             f"TIMESTAMP '{start}' + to_microseconds((i::HUGEINT * {span_us} // {events})::BIGINT), "
             f"TIMESTAMP '{start}' + to_microseconds((i::HUGEINT * {span_us} // {events})::BIGINT), "
             f"1 + floor(pow((hash(i, 4) % 1000000) / 1e6, 3) * {users})::BIGINT, "
-            f"(hash(i, 5) % 20000) / 100.0, ['android', 'ios', 'web'][(1 + hash(i, 6) % 3)::BIGINT] "
+            f"(hash(i, 5) % 20000) / 100.0, "
+            "['android', 'ios', 'web'][(1 + hash(i, 6) % 3)::BIGINT] "
             f"FROM range(0, {events}) t(i)"
         )
     return {"users": users, "events": events}
