@@ -1,6 +1,6 @@
 """``make bench``: every benchmark, each against a baseline measured in the same run.
 
-    python -m bench.run [--only ingest|imports] [-- benchmark options]
+    python -m bench.run [--only ingest|imports|segments] [-- benchmark options]
 
 Figures go to stdout and to ``bench/out/*.json``; BENCHMARKS.md records them with the command.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import imports, ingest
+from bench import imports, ingest, segments
 
-SUITES = {"ingest": ingest.main, "imports": imports.main}
+SUITES = {"ingest": ingest.main, "imports": imports.main, "segments": segments.main}
 
 
 def main() -> None:

@@ -10,7 +10,8 @@ field that is wrong.
 Semantics, which the reference evaluator in the tests restates in plain Python:
 
 - A filter on a null value is false, except ``isNull`` (true) — also for the negated comparators
-  (``notEqual``, ``notInclude``, ``notRegexMatch``): they match users who have a value.
+  (``notEqual``, ``notInclude``, ``notRegexMatch``): they match users who have a value. An empty
+  list is no value, like null.
 - An event condition measures, per user, the events of one name in the window that pass its
   filters: ``TIMES`` counts them, ``SUM``/``AVG``/``MAX``/``MIN`` aggregate the ``quota``
   property, ``DISTINCT`` counts its distinct values. A user without such events has ``TIMES``,
@@ -99,12 +100,14 @@ class Compiler:
 
     # ---- entry points --------------------------------------------------------------------
     def cluster(self, d: ClusterDef, field: str = "qp") -> Compiled:
+        self.spans = []
         where = self._definition(d, field)
         q = exp.select(exp.column(USER_ID), exp.cast(exp.null(), "VARCHAR").as_(TAG_VALUE))
         q = q.from_(exp.to_table(self.tables.profiles)).where(where)
         return Compiled(q, self.spans)
 
     def tag(self, t: TagDef, field: str = "tagQp") -> Compiled:
+        self.spans = []
         if t.values is not None:
             case = exp.Case()
             for i, v in enumerate(t.values):
@@ -120,9 +123,10 @@ class Compiler:
             )
             return Compiled(q, self.spans)
         if t.first_last is not None:
-            return Compiled(self._first_last(t.first_last, f"{field}.userTagConFirstLastEvent"))
+            q = self._first_last(t.first_last, f"{field}.userTagConFirstLastEvent")
+            return Compiled(q, self.spans)
         assert t.quota is not None
-        return Compiled(self._quota_tag(t.quota, f"{field}.userTagConQuotaEvent"))
+        return Compiled(self._quota_tag(t.quota, f"{field}.userTagConQuotaEvent"), self.spans)
 
     # ---- definitions ---------------------------------------------------------------------
     def _definition(self, d: ClusterDef, field: str) -> exp.Expr:
@@ -211,9 +215,10 @@ class Compiler:
         span = self.span(d.window)
         self.spans.append(span)
         prop = self._property(d.property.column, self.schema.event, f"{field}.calcPropVo")
-        pick = exp.ArgMin if d.first else exp.ArgMax
+        # The value on that event, null included (a null is no tag, not an earlier value).
+        pick = "ARG_MIN_NULL" if d.first else "ARG_MAX_NULL"
         order = exp.Tuple(expressions=[exp.column(EVENT_TIME), exp.column(EVENT_ID)])
-        value = pick(this=exp.column(prop.column), expression=order)
+        value = exp.func(pick, exp.column(prop.column), order)
         scope = self._event_scope(d.event, span, d.filters, d.relation, f"{field}.filts")
         return self._per_user(value, prop.type, scope)
 
@@ -226,7 +231,7 @@ class Compiler:
             .group_by(USER_ID)
         )
         return (
-            exp.select(exp.column(USER_ID), _as_text(exp.column("v"), ptype).as_(TAG_VALUE))
+            exp.select(exp.column(USER_ID), self._as_text(exp.column("v"), ptype).as_(TAG_VALUE))
             .from_(inner.subquery("t"))
             .where(exp.column("v").is_(exp.null()).not_())
         )
@@ -310,8 +315,10 @@ class Compiler:
             raise invalid(f"{field}.comparator", f"{c.value} does not apply to a list property")
         items = [exp.Literal.string(_checked_text(v, f"{field}.ftv")) for v in f.values]
         test: exp.Expr = exp.func("LIST_HAS_ANY", col, exp.Array(expressions=items))
-        positive = c in (Comparator.EQUAL, Comparator.INCLUDE)
-        return _false_if_null(test if positive else exp.not_(test))
+        if c in (Comparator.EQUAL, Comparator.INCLUDE):
+            return _false_if_null(test)
+        # An empty list is no value, as for isNull: a negation matches users who have one.
+        return _false_if_null(exp.and_(exp.func("LEN", col) > 0, exp.not_(test)))
 
     def _typed(self, value: str, ptype: PropertyType, field: str) -> Any:
         """An ``ftv`` text as a value of the property's type (datetimes: µs since the epoch,
@@ -331,6 +338,22 @@ class Compiler:
                 return False
             raise invalid(field, f"expected true or false, got {value[:80]!r}")
         return _checked_text(value, field)
+
+    def _as_text(self, value: exp.Expr, ptype: PropertyType) -> exp.Expr:
+        """A tag value as text: whole numbers without ``.0``; datetimes as wall-clock time in
+        the project's timezone (as definitions read them); lists comma-joined."""
+        if ptype is PropertyType.NUMBER:
+            whole = exp.func("ROUND", value).eq(value)
+            big = exp.func("ABS", value) < exp.Literal.number("1e15")
+            as_int = exp.cast(exp.cast(value, "BIGINT"), "VARCHAR")
+            return exp.Case().when(exp.and_(whole, big), as_int).else_(exp.cast(value, "VARCHAR"))
+        if ptype is PropertyType.DATETIME:
+            utc = exp.AtTimeZone(this=value, zone=exp.Literal.string("UTC"))
+            local = exp.func("TIMEZONE", exp.Literal.string(_zone_name(self.tz)), utc)
+            return exp.func("STRFTIME", local, exp.Literal.string("%Y-%m-%d %H:%M:%S"))
+        if ptype is PropertyType.LIST:
+            return exp.func("ARRAY_TO_STRING", value, exp.Literal.string(","))
+        return exp.cast(value, "VARCHAR")
 
     # ---- time ----------------------------------------------------------------------------
     def span(self, window: Window | None) -> Span | None:
@@ -397,19 +420,16 @@ def _join(parts: list[exp.Expr], relation: Relation) -> exp.Expr:
 
 
 def _false_if_null(test: exp.Expr) -> exp.Expr:
-    return exp.func("COALESCE", test, exp.false())
+    """A filter's test, whose null (no value) must read as false. It is left as it is: a
+    filter only ever reaches AND, OR, WHERE and CASE WHEN (never a NOT), where a null input
+    cannot make a result true that a false input would not — so it already acts as false, and
+    a bare comparison lets the engine push the filter down into the scan."""
+    return test
 
 
-def _as_text(value: exp.Expr, ptype: PropertyType) -> exp.Expr:
-    if ptype is PropertyType.NUMBER:
-        # 12.0 → "12": a whole number reads as one.
-        whole = exp.func("ROUND", value).eq(value)
-        big = exp.func("ABS", value) < exp.Literal.number("1e15")
-        as_int = exp.cast(exp.cast(value, "BIGINT"), "VARCHAR")
-        return exp.Case().when(exp.and_(whole, big), as_int).else_(exp.cast(value, "VARCHAR"))
-    if ptype is PropertyType.LIST:
-        return exp.func("ARRAY_TO_STRING", value, exp.Literal.string(","))
-    return exp.cast(value, "VARCHAR")
+def _zone_name(tz: tzinfo) -> str:
+    name = getattr(tz, "key", None)
+    return name if isinstance(name, str) else "UTC"
 
 
 def _timestamp(dt: datetime) -> exp.Expr:
