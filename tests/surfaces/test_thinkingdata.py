@@ -331,3 +331,35 @@ def test_errors(ta: TA, server: Any) -> None:
     )
     r = httpx.get(ta.p.server.url + "/open/nothing-here", params={"token": ta.p.secret})
     assert r.json()["return_code"] == -1002
+
+
+def test_injection_attempts_are_refused_or_plain_values(ta: TA) -> None:
+    evil = "x'; DROP TABLE p1_profiles; --"
+    ta.p.user(mobile="1390000000q", nick=evil)
+    ta.p.event("inj1", evil, mobile="1390000000q", note=evil)
+    # As values they match literally, and nothing else happens.
+    qp = {
+        "filts": [{"columnName": "nick", "comparator": "equal", "ftv": [evil]}],
+        "events": [
+            {"eventName": evil, "comparator": "greaterEqual", "num": "1",
+             "filts": [{"columnName": "note", "comparator": "include", "ftv": ["'; DROP"],
+                        "tableType": "event"}]}
+        ],
+    }  # fmt: skip
+    assert ta.add("inj", qp=qp)["return_code"] == 0
+    assert ta.wait("inj")["usersNum"] == 1
+    assert set(ta.members("inj")) == {ta.uid("1390000000q")}
+    # As names they are unknown properties, or invalid names.
+    for column in (evil, "p_1", "user_id", 'nick" OR 1=1 --'):
+        bad = {"filts": [{"columnName": column, "comparator": "isNull"}]}
+        r = ta.add(f"inj{next(_n)}", qp=bad)
+        assert r["return_code"] == -1003 and "unknown user property" in r["return_message"], r
+    assert ta.add(evil, qp=qp)["return_code"] == -1003  # clusterName
+    r = ta.call("GET", "/open/user-cluster-detail", projectId=ta.pid, clusterName=evil)
+    assert r["return_code"] == -1002
+    r = ta.call(
+        "GET", "/open/user-cluster-detail", projectId=f"{ta.pid} OR 1=1", clusterName="inj"
+    )  # fmt: skip
+    assert r["return_code"] == -1002
+    # Everything is still there.
+    assert ta.p.profile(key="mobile", value="1390000000q").json()["properties"]["nick"] == evil
