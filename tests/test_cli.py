@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -522,3 +523,42 @@ def test_import_bad_option_is_a_json_error(
     )
     assert err["field"] == "lookup_field"
     failed(run(server, "import", str(path), "--project", "no-such-project"), 2, "not_found")
+
+
+def test_segment_commands(server: LiveServer, created: dict[str, Any], tmp_path: Path) -> None:
+    name = created["name"]
+    for i, level in enumerate((1, 3, 5)):
+        send(
+            server, created["api_token"],
+            {"type": "user", "properties": {"mobile": f"1370000000{i}", "level": level}},
+        )  # fmt: skip
+    qp = {"filts": [{"columnName": "level", "comparator": "greaterEqual", "ftv": ["3"]}]}
+    defn = tmp_path / "def.json"
+    defn.write_text(json.dumps({"qp": qp}))
+    assert ok_json(run(server, "segment", "preview", "--project", name, str(defn), "--json")) == {
+        "size": 2
+    }
+    r = httpx.post(
+        server.url + "/open/user-cluster-add",
+        params={"token": created["api_token"]},
+        json={"clusterName": "lvl3", "displayName": "level 3+", "qp": qp},
+    )
+    assert r.json()["return_code"] == 0, r.text
+    for _ in range(600):  # a hang guard, not a performance limit
+        seg = ok_json(run(server, "segment", "show", "--project", name, "lvl3", "--json"))
+        if seg["progress"] == 100:
+            break
+        time.sleep(0.05)
+    assert seg["users"] == 2
+    listed = ok_json(run(server, "segment", "list", "--project", name, "--json"))
+    assert [s["name"] for s in listed] == ["lvl3"]
+    page = ok_json(run(server, "segment", "members", "--project", name, "lvl3", "--json"))
+    ids = [m["user_id"] for m in page["members"]]
+    assert len(ids) == 2
+    csv_out = run(server, "segment", "members", "--project", name, "lvl3", "--csv")
+    assert csv_out.returncode == 0 and csv_out.stdout.split() == ["user_id", *map(str, ids)]
+    mine = ok_json(run(server, "segment", "of-user", "--project", name, str(ids[0]), "--json"))
+    assert [s["segment"] for s in mine] == ["lvl3"]
+    job = ok_json(run(server, "segment", "refresh", "--project", name, "lvl3", "--json"))
+    assert job["job_id"] > 0
+    failed(run(server, "segment", "show", "--project", name, "nope"), 2, "not_found")

@@ -27,11 +27,11 @@ Semantics, which the reference evaluator in the tests restates in plain Python:
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 
+import duckdb
 import sqlglot.expressions as exp
 
 from opencdp.catalog import types as ct
@@ -111,7 +111,9 @@ class Compiler:
         if t.values is not None:
             case = exp.Case()
             for i, v in enumerate(t.values):
-                cond = self._definition(v.definition, f"{field}.userTagValueDefs.{i}")
+                cond = self._definition(
+                    v.definition, f"{field}.userTagValueDefs.{i}.userClusterDef"
+                )
                 case = case.when(cond, exp.Literal.string(v.value))
             inner = exp.select(exp.column(USER_ID), case.as_(TAG_VALUE)).from_(
                 exp.to_table(self.tables.profiles)
@@ -123,10 +125,12 @@ class Compiler:
             )
             return Compiled(q, self.spans)
         if t.first_last is not None:
-            q = self._first_last(t.first_last, f"{field}.userTagConFirstLastEvent")
+            where = f"{field}.userTagConFirstLastEventDef.userTagConFirstLastEvent"
+            q = self._first_last(t.first_last, where)
             return Compiled(q, self.spans)
         assert t.quota is not None
-        return Compiled(self._quota_tag(t.quota, f"{field}.userTagConQuotaEvent"), self.spans)
+        where = f"{field}.userTagConQuotaDef.userTagConQuotaEvent"
+        return Compiled(self._quota_tag(t.quota, where), self.spans)
 
     # ---- definitions ---------------------------------------------------------------------
     def _definition(self, d: ClusterDef, field: str) -> exp.Expr:
@@ -296,11 +300,7 @@ class Compiler:
         if c in (Comparator.INCLUDE, Comparator.NOT_INCLUDE):
             found: exp.Expr = exp.StrPosition(this=col, substr=text) > 0
             return _false_if_null(found if c is Comparator.INCLUDE else exp.not_(found))
-        pattern = f.values[0]
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise invalid(f"{field}.ftv", f"not a valid regular expression ({exc})") from None
+        _check_regex(f.values[0], f"{field}.ftv")
         match: exp.Expr = exp.RegexpLike(this=col, expression=text)
         return _false_if_null(match if c is Comparator.REGEX_MATCH else exp.not_(match))
 
@@ -425,6 +425,17 @@ def _false_if_null(test: exp.Expr) -> exp.Expr:
     cannot make a result true that a false input would not — so it already acts as false, and
     a bare comparison lets the engine push the filter down into the scan."""
     return test
+
+
+def _check_regex(pattern: str, field: str) -> None:
+    """Refuse a pattern the store's regular-expression engine (RE2, in DuckDB and ClickHouse
+    alike) cannot run: no look-around, no back-references, bounded repetition."""
+    with duckdb.connect() as con:  # an empty in-memory database: only the engine's parser
+        try:
+            con.execute("SELECT regexp_matches('', ?)", [pattern])
+        except duckdb.Error as exc:
+            reason = str(exc).splitlines()[0].removeprefix("Invalid Input Error: ")
+            raise invalid(field, f"not a valid regular expression ({reason})") from None
 
 
 def _zone_name(tz: tzinfo) -> str:

@@ -112,7 +112,9 @@ class Window(BaseModel):
 def _window(value: Any) -> Any:
     if value is None or value == "":
         return None
-    return Window.parse(value) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        raise ValueError(f'expected "a-b" (whole days ago, a <= b), got {type(value).__name__}')
+    return Window.parse(value)
 
 
 RecentDays = Annotated[Window | None, BeforeValidator(_window)]
@@ -133,7 +135,12 @@ class Filter(BaseModel):
         if v is None:
             return []
         if isinstance(v, list):  # ftv values are strings; numbers sent bare are read as text
-            return [x if isinstance(x, str) else _text(x) for x in v]
+            out = []
+            for i, x in enumerate(v):
+                if isinstance(x, bool) or not isinstance(x, str | int | float):
+                    raise ValueError(f"ftv.{i}: expected text, got {type(x).__name__}")
+                out.append(x if isinstance(x, str) else _text(x))
+            return out
         return v
 
     @model_validator(mode="after")
@@ -310,30 +317,35 @@ class QuotaEvent(BaseModel):
         return self
 
 
+class FirstLastDef(BaseModel):
+    model_config = _MODEL
+    event: FirstLastEvent = Field(alias="userTagConFirstLastEvent")
+
+
+class QuotaDef(BaseModel):
+    model_config = _MODEL
+    event: QuotaEvent = Field(alias="userTagConQuotaEvent")
+
+
 class TagDef(BaseModel):
     """``tagQp``: exactly one of the three kinds of condition tag."""
 
     model_config = _MODEL
     values: list[TagValueDef] | None = Field(alias="userTagValueDefs", default=None, max_length=100)
-    first_last: FirstLastEvent | None = None
-    quota: QuotaEvent | None = None
+    first_last_def: FirstLastDef | None = Field(alias="userTagConFirstLastEventDef", default=None)
+    quota_def: QuotaDef | None = Field(alias="userTagConQuotaDef", default=None)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _unwrap(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = dict(data)
-            fl = data.pop("userTagConFirstLastEventDef", None)
-            if isinstance(fl, dict):
-                data["first_last"] = fl.get("userTagConFirstLastEvent")
-            q = data.pop("userTagConQuotaDef", None)
-            if isinstance(q, dict):
-                data["quota"] = q.get("userTagConQuotaEvent")
-        return data
+    @property
+    def first_last(self) -> FirstLastEvent | None:
+        return self.first_last_def.event if self.first_last_def else None
+
+    @property
+    def quota(self) -> QuotaEvent | None:
+        return self.quota_def.event if self.quota_def else None
 
     @model_validator(mode="after")
     def _one(self) -> TagDef:
-        kinds = [k for k in (self.values, self.first_last, self.quota) if k]
+        kinds = [k for k in (self.values, self.first_last_def, self.quota_def) if k]
         if len(kinds) != 1:
             raise ValueError(
                 "tagQp: give one of userTagValueDefs, userTagConFirstLastEventDef, "
