@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -54,13 +55,6 @@ SCHEMA = Schema(
     user={n: Property(i, "user", n, t) for n, (t, _, i) in USER_PROPS.items()},
     event={n: Property(i, "event", n, t) for n, (t, _, i) in EVENT_PROPS.items()},
 )
-SQL_TYPES = {
-    T.NUMBER: "DOUBLE",
-    T.STRING: "VARCHAR",
-    T.BOOL: "BOOLEAN",
-    T.DATETIME: "TIMESTAMP",
-    T.LIST: "VARCHAR[]",
-}
 
 # Comparators that apply to each property type (everything else is a validation error).
 APPLICABLE: dict[T, list[str]] = {
@@ -152,7 +146,10 @@ def _typed(text: str, ptype: T, tz: tzinfo) -> Any:
     if ptype is T.NUMBER:
         return float(text)
     if ptype is T.DATETIME:
-        return utc_naive(datetime.fromisoformat(text), tz)
+        if text.strip().isdigit():  # epoch seconds
+            return datetime.fromtimestamp(int(text), UTC).replace(tzinfo=None)
+        dt = datetime.fromisoformat(text)  # local, unless it carries an offset
+        return utc_naive(dt, tz) if dt.tzinfo is None else dt.astimezone(UTC).replace(tzinfo=None)
     if ptype is T.BOOL:
         return text.strip().lower() in ("true", "1", "yes")
     return text
@@ -181,9 +178,9 @@ def filter_holds(value: Any, ptype: T, f: Json, tz: tzinfo) -> bool:
         hit = any(v in value for v in ftv)
         return hit if c in ("equal", "include") else not hit
     if c in ("include", "notInclude"):
-        return (ftv[0] in value) == (c == "include")
+        return bool((ftv[0] in value) == (c == "include"))
     if c in ("regexMatch", "notRegexMatch"):
-        return (re.search(ftv[0], value) is not None) == (c == "regexMatch")
+        return bool((re.search(ftv[0], value) is not None) == (c == "regexMatch"))
     typed = [_typed(v, ptype, tz) for v in ftv]
     return _compare(value, c, typed)
 
@@ -372,30 +369,41 @@ def reference_tag(t: Json, world: World) -> dict[int, Any]:
 
 
 _CON: list[duckdb.DuckDBPyConnection] = []
+_ARROW = {
+    T.NUMBER: pa.float64(),
+    T.STRING: pa.string(),
+    T.BOOL: pa.bool_(),
+    T.DATETIME: pa.timestamp("us"),
+    T.LIST: pa.list_(pa.string()),
+}
+PROFILES = pa.schema(
+    [("user_id", pa.int64()), *((f"p_{i}", _ARROW[t]) for t, _, i in USER_PROPS.values())]
+)
+EVENTS = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("event_name", pa.string()),
+        ("event_time", pa.timestamp("us")),
+        ("user_id", pa.int64()),
+        *((f"p_{i}", _ARROW[t]) for t, _, i in EVENT_PROPS.values()),
+    ]
+)
 
 
 def load(world: World) -> duckdb.DuckDBPyConnection:
-    """The world's tables, replacing the previous world's (one connection serves all tests)."""
+    """The world as the project's two tables (Arrow tables registered with one connection that
+    serves all tests: each world replaces the previous one)."""
     if not _CON:
         _CON.append(duckdb.connect())
     con = _CON[0]
-    ucols = ", ".join(f"p_{i} {SQL_TYPES[t]}" for t, _, i in USER_PROPS.values())
-    ecols = ", ".join(f"p_{i} {SQL_TYPES[t]}" for t, _, i in EVENT_PROPS.values())
-    con.execute(f"CREATE OR REPLACE TABLE p1_profiles (user_id BIGINT NOT NULL, {ucols})")
-    con.execute(
-        "CREATE OR REPLACE TABLE p1_events (event_id VARCHAR NOT NULL, "
-        "event_name VARCHAR NOT NULL, event_time TIMESTAMP NOT NULL, user_id BIGINT NOT NULL, "
-        f"{ecols})"
-    )
     users = [
         [u.id, u.level, u.name, u.vip, u.seen, None if u.tags is None else list(u.tags)]
         for u in world.users
     ]
     events = [[e.id, e.name, e.time, e.user_id, e.amount, e.os] for e in world.events]
-    for name, rows in (("p1_profiles", users), ("p1_events", events)):
-        if rows:
-            marks = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(rows))
-            con.execute(f"INSERT INTO {name} VALUES {marks}", [x for r in rows for x in r])
+    for name, schema, rows in (("p1_profiles", PROFILES, users), ("p1_events", EVENTS, events)):
+        columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in schema]
+        con.register(name, pa.table(columns, schema=schema))
     return con
 
 
@@ -443,8 +451,8 @@ def assert_tags_equal(got: dict[int, str], want: dict[int, Any]) -> None:
 
 # ---- worlds --------------------------------------------------------------------------------
 
-# Local "now"s: ordinary, just after and just before local midnight, and (New York) the day
-# after a DST change, so that some windowed days are 23 or 25 hours long.
+# Local "now"s: ordinary, just after and just before local midnight, and days after DST changes,
+# so that some windowed days are 23 or 25 hours long.
 NOWS: dict[str, list[datetime]] = {
     "Asia/Shanghai": [
         datetime(2020, 1, 10, 10, 51),
@@ -452,6 +460,8 @@ NOWS: dict[str, list[datetime]] = {
         datetime(2020, 1, 9, 23, 59, 59),
     ],
     "UTC": [datetime(2020, 1, 10, 2, 51), datetime(2020, 1, 10, 0, 0, 1)],
+    # DST changes at midnight: 2020-03-08 starts at 01:00, 2020-11-01 has two 00:xx hours.
+    "America/Havana": [datetime(2020, 3, 9, 0, 30), datetime(2020, 11, 1, 23, 59)],
     "America/New_York": [datetime(2020, 3, 9, 0, 30), datetime(2020, 11, 2, 23, 59, 59)],
 }
 # Times of day near local midnight (and near UTC midnight seen from Shanghai, and the reverse).
@@ -555,6 +565,10 @@ def _datetime_texts(world: World) -> list[str]:
             out.append(local.strftime("%Y-%m-%d %H:%M:%S"))
             if tod.microsecond:
                 out.append(local.strftime("%Y-%m-%d %H:%M:%S.%f"))
+            if tod in (time(0), time(16)):  # the same instant in UTC, and in epoch seconds
+                aware = local.replace(tzinfo=world.tz)
+                out.append(aware.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                out.append(str(int(aware.timestamp())))
     return out
 
 
@@ -729,6 +743,9 @@ def test_cluster_matches_reference(case: tuple[World, Json]) -> None:
 def test_value_tag_matches_reference(case: tuple[World, Json]) -> None:
     world, t = case
     assert_tags_equal(run_tag(t, world), reference_tag(t, world))
+    compiled = world.compiler().tag(parse_tag(t))  # the windows of all values, in order
+    events = [e for v in t["userTagValueDefs"] for e in v["userClusterDef"]["events"]]
+    assert compiled.spans == [expected_span(e.get("recentDay"), world) for e in events]
 
 
 @settings(max_examples=120, deadline=None)
@@ -1079,3 +1096,36 @@ def test_event_tags_report_their_window(tag: Json) -> None:
     world = world_of([], [])
     compiled = world.compiler().tag(parse_tag(tag))
     assert compiled.spans == [expected_span("1-7", world)]
+
+
+@pytest.mark.parametrize("session", ["UTC", "America/New_York"])
+@pytest.mark.parametrize(
+    ("zone_name", "paid"),
+    [
+        (SHANGHAI, datetime(2020, 1, 9, 16, 30)),  # 2020-01-10 00:30:00 in Shanghai
+        ("America/Havana", datetime(2020, 3, 8, 5, 0)),  # 01:00 CDT; 00:00 CST did not happen
+        ("America/Havana", datetime(2020, 11, 1, 4, 30)),  # 00:30 CDT, the first 00:30
+        ("America/Havana", datetime(2020, 11, 1, 5, 30)),  # 00:30 CST, the second
+        ("UTC", datetime(2020, 1, 9, 23, 59, 59, 999999)),
+    ],
+)
+def test_first_last_tag_of_a_datetime_reads_in_the_project_timezone(
+    session: str, zone_name: str, paid: datetime
+) -> None:
+    """Datetimes in definitions are read in the project's timezone, and the ThinkingData surface
+    shows stored datetimes in it; a tag value taken from a datetime property reads the same
+    way (not as the stored UTC wall clock), whatever the database session's own timezone."""
+    schema = Schema(1, event={"paid_at": Property(8, "event", "paid_at", T.DATETIME)})
+    con = duckdb.connect()
+    con.execute(f"SET TimeZone = '{session}'")
+    con.execute(
+        "CREATE TABLE p1_events (event_id VARCHAR, event_name VARCHAR, event_time TIMESTAMP, "
+        "user_id BIGINT, p_8 TIMESTAMP)"
+    )
+    con.execute("INSERT INTO p1_events VALUES ('e1', 'pay', ?, 1, ?)", [paid, paid])
+    compiled = Compiler(schema, zone(zone_name), REFRESHED, TABLES).tag(
+        parse_tag(_first_last(True, "paid_at"))
+    )
+    local = paid.replace(tzinfo=UTC).astimezone(zone(zone_name))
+    want = local.strftime("%Y-%m-%d %H:%M:%S")
+    assert con.execute(compiled.sql("duckdb")).fetchall() == [(1, want)]

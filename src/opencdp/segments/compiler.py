@@ -17,6 +17,8 @@ Semantics, which the reference evaluator in the tests restates in plain Python:
   property, ``DISTINCT`` counts its distinct values. A user without such events has ``TIMES``,
   ``SUM`` and ``DISTINCT`` 0 (so "fewer than 3 times" includes them) and no ``AVG``/``MAX``/
   ``MIN`` (which compares true with nothing).
+- Event tags (first/last event, metric) tag the users with at least one matching event: a
+  metric tag gives no ``TIMES`` of 0 to everyone else.
 - ``recentDay: "a-b"`` covers whole days from ``b`` days ago to ``a`` days ago in the project's
   timezone; without it, all time.
 - A condition that holds for a user without events is compiled as ``NOT IN`` the users whose
@@ -448,10 +450,10 @@ def _timestamp(dt: datetime) -> exp.Expr:
 
 
 def _number(text: str, field: str) -> float:
-    try:
-        value = float(text.strip())
-    except ValueError:
-        raise invalid(field, f"expected a number, got {text[:80]!r}") from None
+    """A number as the rest of the platform reads one (no ``1_0``, no non-ASCII digits)."""
+    if not ct._NUMBER.fullmatch(text.strip()):
+        raise invalid(field, f"expected a number, got {text[:80]!r}")
+    value = float(text.strip())
     if not math.isfinite(value):
         raise invalid(field, f"expected a finite number, got {text[:80]!r}")
     return value
