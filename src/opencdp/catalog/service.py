@@ -77,6 +77,7 @@ class Catalog:
             self._projects = projects
             self._by_token = {c.api_token_hash: c.project_id for c in creds}
             self._by_client = {c.client_id: (c.project_id, c.client_secret_hash) for c in creds}
+            self._generation = {c.client_id: int(c.secret_generation) for c in creds}
             self._schemas = {pid: _schema(pid, ps) for pid, ps in props.items()}
 
     # ---- projects ------------------------------------------------------------------------
@@ -231,6 +232,16 @@ class Catalog:
         return self._projects.get(pid) if secrets.matches(client_secret, hashed) else None
 
     # ---- access tokens -------------------------------------------------------------------
+    def client_secret(self, client_id: str) -> tuple[Project, str] | None:
+        """The project of an active client id and its secret, for verifying a request signed
+        with it (GrowingIO's token handshake); None for an unknown or retired client."""
+        entry = self._by_client.get(client_id)
+        project = self._projects.get(entry[0]) if entry else None
+        if project is None:
+            return None
+        generation = self._generation[client_id]
+        return project, secrets.derive_client_secret(self._server_key, client_id, generation)
+
     def issue_access_token(self, client_id: str, audience: str, ttl: int) -> tuple[str, int]:
         """A signed, expiring bearer token for ``client_id`` on one surface; (token, expiry).
 

@@ -33,11 +33,16 @@ def _v4_segments(conn: sa.Connection) -> None:
     tables.segments.create(conn)
 
 
+def _v5_exports(conn: sa.Connection) -> None:
+    tables.exports.create(conn)
+
+
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _v1_initial),
     (2, _v2_files_and_jobs),
     (3, _v3_collection_fields),
     (4, _v4_segments),
+    (5, _v5_exports),
 ]
 
 LATEST = MIGRATIONS[-1][0]

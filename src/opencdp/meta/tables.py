@@ -156,3 +156,27 @@ segments = sa.Table(
     sa.Column("updated_at", sa.DateTime, nullable=False),
     sa.UniqueConstraint("project_id", "name", name="uq_segment_name"),
 )
+
+# Raw-data exports (GrowingIO): one row per (project, period, data type). A published export
+# never changes: its parts and manifest are listed here with their sizes and digests.
+exports = sa.Table(
+    "exports",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("export_type", sa.String(8), nullable=False),  # hour | day
+    sa.Column("data_type", sa.String(32), nullable=False),
+    sa.Column("period_start", sa.DateTime, nullable=False),  # UTC
+    sa.Column("period_end", sa.DateTime, nullable=False),  # UTC, exclusive
+    sa.Column("state", sa.String(16), nullable=False),  # running | finished | error | purged
+    sa.Column("error", sa.Text, nullable=False, default=""),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("rows", sa.BigInteger, nullable=False, default=0),
+    sa.Column("parts", sa.JSON, nullable=True),  # [{name, rows, bytes, sha256}]
+    sa.Column("format", sa.String(16), nullable=False, default="csv"),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime, nullable=True),
+    sa.UniqueConstraint(
+        "project_id", "export_type", "data_type", "period_start", name="uq_export_period"
+    ),
+)

@@ -8,10 +8,13 @@ thread.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+
+import pyarrow as pa
 
 from opencdp.catalog.model import Property
 from opencdp.catalog.types import PropertyType
@@ -228,6 +231,27 @@ class Store(ABC):
 
     @abstractmethod
     def document_count(self, project_id: int, collection_id: int) -> int: ...
+
+    # ---- exports ---------------------------------------------------------------------
+    @abstractmethod
+    def export_events(
+        self,
+        project_id: int,
+        props: Sequence[Property],
+        start: datetime,
+        end: datetime,
+        names: Sequence[str] | None,
+        exclude: Sequence[str] | None,
+    ) -> Iterator[pa.RecordBatch]:
+        """The events received in ``[start, end)`` (UTC), streamed in ``received_at`` order,
+        with ``names`` only or without ``exclude``; columns named by property, times as
+        ISO 8601 UTC text, lists as JSON text."""
+
+    @abstractmethod
+    def export_profiles(
+        self, project_id: int, props: Sequence[Property], start: datetime, end: datetime
+    ) -> Iterator[pa.RecordBatch]:
+        """The profiles changed in ``[start, end)`` (UTC), like :meth:`export_events`."""
 
     # ---- segments --------------------------------------------------------------------
     @abstractmethod

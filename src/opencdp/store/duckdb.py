@@ -13,6 +13,7 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import duckdb
@@ -72,6 +73,20 @@ def collection_table(project_id: int, collection_id: int) -> str:
     if not isinstance(project_id, int) or not isinstance(collection_id, int):
         raise ValueError("bad table reference")
     return ident(f"p{project_id}_c{collection_id}")
+
+
+def _iso(column: str) -> str:
+    """A UTC timestamp column as ISO 8601 text with ``Z``."""
+    return f"strftime({column}, '%Y-%m-%dT%H:%M:%S.%fZ')"
+
+
+def _export_value(p: Property) -> str:
+    col = ident(p.column)
+    if p.type is PropertyType.DATETIME:
+        return _iso(col)
+    if p.type is PropertyType.LIST:
+        return f"CAST(to_json({col}) AS VARCHAR)"
+    return col
 
 
 def table(project_id: int, kind: str) -> str:
@@ -280,6 +295,69 @@ class DuckDBStore(Store):
                 return 0
             row = cur.execute(f"SELECT count(*) FROM {tbl}").fetchone()
         return int(row[0]) if row else 0
+
+    # ---- exports -------------------------------------------------------------------------
+    def export_events(
+        self,
+        project_id: int,
+        props: Sequence[Property],
+        start: datetime,
+        end: datetime,
+        names: Sequence[str] | None,
+        exclude: Sequence[str] | None,
+    ) -> Iterator[pa.RecordBatch]:
+        tbl = table(project_id, "events")
+        base = [
+            ("event_id", "event_id"),
+            ("event_name", "event_name"),
+            ("event_time", _iso("event_time")),
+            ("received_at", _iso("received_at")),
+            ("user_id", "user_id"),
+        ]
+        where = "received_at >= ? AND received_at < ?"
+        params: list[Any] = [start, end]
+        if names is not None:
+            where += f" AND event_name IN ({', '.join('?' * len(names))})"
+            params += list(names)
+        if exclude:
+            where += f" AND event_name NOT IN ({', '.join('?' * len(exclude))})"
+            params += list(exclude)
+        yield from self._export(tbl, base, props, where, params, "received_at, event_id")
+
+    def export_profiles(
+        self, project_id: int, props: Sequence[Property], start: datetime, end: datetime
+    ) -> Iterator[pa.RecordBatch]:
+        tbl = table(project_id, "profiles")
+        base = [
+            ("user_id", "user_id"),
+            ("created_at", _iso("created_at")),
+            ("updated_at", _iso("updated_at")),
+        ]
+        where = "updated_at >= ? AND updated_at < ?"
+        yield from self._export(tbl, base, props, where, [start, end], "user_id")
+
+    def _export(
+        self,
+        tbl: str,
+        base: list[tuple[str, str]],
+        props: Sequence[Property],
+        where: str,
+        params: list[Any],
+        order: str,
+    ) -> Iterator[pa.RecordBatch]:
+        with self._read() as cur:
+            known = self.known_columns(cur, tbl)
+            if not known:
+                return
+            present = [p for p in props if p.column in known]
+            exprs = [sql for _, sql in base] + [_export_value(p) for p in present]
+            names = [n for n, _ in base] + [p.name for p in present]
+            reader = cur.execute(
+                f"SELECT {', '.join(exprs)} FROM {tbl} WHERE {where} ORDER BY {order}", params
+            ).to_arrow_reader(65_536)
+            assert reader is not None
+            for batch in reader:
+                yield pa.RecordBatch.from_arrays(batch.columns, names=names)
 
     # ---- segments ------------------------------------------------------------------------
     def segment_tables(self, project_id: int) -> SegmentTables:

@@ -1,0 +1,373 @@
+"""Raw-data exports: every record the server received in a closed hour or day, as files.
+
+An export covers the records *received* in its period (``received_at``, UTC), so once the
+period is closed and flushed its content can no longer change: a published export never
+changes. Each export is written as gzip CSV parts of at most ``part_bytes`` compressed bytes
+each, with a header row, plus a ``manifest.json`` listing every part's row count, size and
+SHA-256, into a temporary directory that is renamed into place; only then is it published in
+the metadata DB. Periods are read in the project's timezone (``export_date`` is local time);
+file names and every time inside the files are UTC.
+
+Data types: each event goes to the data type named like its event when that is one of the
+vendor's categories (``visit``, ``page``, ``action``, …) and to ``custom_event`` otherwise;
+``user`` holds the profiles changed in the period.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import sqlalchemy as sa
+
+from opencdp.catalog.model import Project
+from opencdp.catalog.service import Catalog
+from opencdp.errors import CdpError, Code, invalid
+from opencdp.meta import tables as t
+from opencdp.store.base import Store
+
+log = logging.getLogger(__name__)
+
+EXPORT_TYPES = ("hour", "day")
+EVENT_TYPES = (
+    "visit",
+    "page",
+    "action",
+    "action_tag",
+    "custom_event",
+    "ads_track_activation",
+    "ads_track_click",
+    "pvar",
+    "evar",
+)
+DATA_TYPES = (*EVENT_TYPES, "user")
+RUNNING, FINISHED, ERROR, PURGED = "running", "finished", "error", "purged"
+SLICE_ROWS = 4096  # rows written between two size checks of a part
+_DATE = re.compile(r"\d{8}(\d{2}(\d{2})?)?")
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    rows: int
+    bytes: int
+    sha256: str
+
+    def public(self) -> dict[str, Any]:
+        return {"name": self.name, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class Export:
+    id: int
+    project_id: int
+    export_type: str
+    data_type: str
+    period_start: datetime
+    period_end: datetime
+    state: str
+    error: str
+    attempts: int
+    rows: int
+    parts: list[dict[str, Any]] | None
+    format: str
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Export:
+        return cls(**{c: getattr(row, c) for c in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Period:
+    export_type: str
+    start: datetime  # UTC, naive
+    end: datetime  # UTC, naive, exclusive
+    label: str  # the export_date as the vendor echoes it, cut to the hour or day (local)
+
+
+class Exports:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        catalog: Catalog,
+        store: Store,
+        barrier: Callable[[], bool],
+        root: Path,
+        part_bytes: int = 64 << 20,
+        delay: timedelta = timedelta(minutes=30),
+        retention: timedelta = timedelta(days=15),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._engine = engine
+        self.catalog = catalog
+        self.store = store
+        self.barrier = barrier
+        self.root = root
+        self.part_bytes = part_bytes
+        self.delay = delay
+        self.retention = retention
+        self.clock = clock
+
+    # ---- periods -------------------------------------------------------------------------
+    def period(self, project: Project, export_type: str, export_date: str) -> Period:
+        """The UTC bounds of ``export_date`` (``yyyyMMdd[HH[mm]]``, project-local), cut to the
+        hour or the day."""
+        if export_type not in EXPORT_TYPES:
+            raise invalid("export_type", f"expected hour or day, got {export_type[:20]!r}")
+        if not _DATE.fullmatch(export_date):
+            raise invalid("export_date", f"expected yyyyMMddHHmm, got {export_date[:20]!r}")
+        try:
+            day = datetime.strptime(export_date[:8], "%Y%m%d")
+        except ValueError:
+            raise invalid("export_date", f"no such date: {export_date[:8]!r}") from None
+        if export_type == "hour":
+            if len(export_date) < 10:
+                raise invalid("export_date", "an hourly export needs yyyyMMddHH")
+            hour = int(export_date[8:10])
+            if hour > 23 or (len(export_date) == 12 and int(export_date[10:12]) > 59):
+                raise invalid("export_date", f"no such time: {export_date!r}")
+            local = day.replace(hour=hour)
+            label, length = local.strftime("%Y%m%d%H"), timedelta(hours=1)
+        else:
+            local, label, length = day, day.strftime("%Y%m%d"), timedelta(days=1)
+        start = local.replace(tzinfo=project.tz).astimezone(UTC)
+        end = (local + length).replace(tzinfo=project.tz).astimezone(UTC)
+        return Period(export_type, _naive(start), _naive(end), label)
+
+    # ---- status --------------------------------------------------------------------------
+    def find(self, project_id: int, period: Period, data_type: str) -> Export | None:
+        c = t.exports.c
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.exports).where(
+                    c.project_id == project_id,
+                    c.export_type == period.export_type,
+                    c.data_type == data_type,
+                    c.period_start == period.start,
+                )
+            ).first()
+        return None if row is None else Export.from_row(row)
+
+    def status(self, project: Project, period: Period, data_type: str) -> tuple[str, Export | None]:
+        """FINISHED, RUNNING, NOT_EXISTS or ERROR, with the export when there is one."""
+        now = _naive(self.clock())
+        if period.end <= _naive_utc(project.created_at) or period.start > now:
+            return "NOT_EXISTS", None  # before the project existed, or in the future
+        if period.end <= now - self.retention:
+            return "NOT_EXISTS", None  # purged (or about to be)
+        export = self.find(project.id, period, data_type)
+        if export is None or export.state == RUNNING:
+            return "RUNNING", export  # still open, waiting for its delay, or being written
+        if export.state == FINISHED:
+            return "FINISHED", export
+        if export.state == ERROR:
+            return "ERROR", export
+        return "NOT_EXISTS", None
+
+    def path(self, export: Export, name: str) -> Path:
+        """A published part or manifest of an export (names are ours, checked)."""
+        names = {p["name"] for p in export.parts or []} | {"manifest.json"}
+        if name not in names or export.state != FINISHED:
+            raise CdpError(Code.NOT_FOUND, f"file {name!r} is not part of this export", "name")
+        return self._dir(export) / name
+
+    def get(self, project_id: int, export_id: int) -> Export:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.exports).where(
+                    t.exports.c.id == export_id, t.exports.c.project_id == project_id
+                )
+            ).first()
+        if row is None:
+            raise CdpError(Code.NOT_FOUND, f"export {export_id} does not exist", "export")
+        return Export.from_row(row)
+
+    def _dir(self, export: Export) -> Path:
+        return self.root / str(int(export.project_id)) / str(int(export.id))
+
+    # ---- running -------------------------------------------------------------------------
+    def run(self, project_id: int, period: Period, data_type: str) -> Export:
+        """Write (or rewrite, if it failed) the export of one closed period and data type."""
+        if data_type not in DATA_TYPES:
+            raise invalid("data_type", f"unknown data type {data_type!r}")
+        if period.end > _naive(self.clock()):
+            raise invalid("export_date", "the period is not over yet")
+        export = self._claim(project_id, period, data_type)
+        if export.state == FINISHED:
+            return export
+        try:
+            if not self.barrier():
+                raise RuntimeError("ingested records could not be flushed in time")
+            parts, rows = self._write(export)
+        except Exception as exc:
+            log.exception("export %d failed", export.id)
+            self._update(export.id, state=ERROR, error=str(exc)[:500])
+            return self.get(project_id, export.id)
+        self._update(
+            export.id,
+            state=FINISHED,
+            error="",
+            rows=rows,
+            parts=[p.public() for p in parts],
+            finished_at=t.utcnow(),
+        )
+        return self.get(project_id, export.id)
+
+    def _claim(self, project_id: int, period: Period, data_type: str) -> Export:
+        now = t.utcnow()
+        existing = self.find(project_id, period, data_type)
+        if existing is None:
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(
+                        sa.insert(t.exports).values(
+                            project_id=project_id,
+                            export_type=period.export_type,
+                            data_type=data_type,
+                            period_start=period.start,
+                            period_end=period.end,
+                            state=RUNNING,
+                            error="",
+                            attempts=1,
+                            rows=0,
+                            parts=None,
+                            format="csv",
+                            created_at=now,
+                        )
+                    )
+            except sa.exc.IntegrityError:
+                pass  # another worker claimed it first
+            found = self.find(project_id, period, data_type)
+            assert found is not None
+            return found
+        if existing.state in (ERROR, RUNNING):
+            self._update(existing.id, state=RUNNING, attempts=existing.attempts + 1)
+            return self.get(project_id, existing.id)
+        return existing
+
+    def _update(self, export_id: int, **values: Any) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(sa.update(t.exports).where(t.exports.c.id == export_id).values(**values))
+
+    def _write(self, export: Export) -> tuple[list[Part], int]:
+        final = self._dir(export)
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        stem = f"{export.data_type}_{export.export_type}_{export.period_start:%Y%m%d%H}_UTC"
+        parts: list[Part] = []
+        writer: _PartWriter | None = None
+        total = 0
+        for batch in self._batches(export):
+            for start in range(0, batch.num_rows, SLICE_ROWS):
+                rows = batch.slice(start, SLICE_ROWS)
+                if writer is not None and writer.rows and writer.would_exceed(self.part_bytes):
+                    parts.append(writer.close())
+                    writer = None
+                if writer is None:
+                    name = f"{stem}_part{len(parts) + 1:04d}.csv.gz"
+                    writer = _PartWriter(tmp / name, name, batch.schema)
+                writer.write(rows)
+                total += rows.num_rows
+        if writer is not None:
+            parts.append(writer.close())
+        manifest = {
+            "exportType": export.export_type,
+            "dataType": export.data_type,
+            "periodStart": f"{export.period_start:%Y-%m-%dT%H:%M:%SZ}",
+            "periodEnd": f"{export.period_end:%Y-%m-%dT%H:%M:%SZ}",
+            "rows": total,
+            "parts": [p.public() for p in parts],
+        }
+        (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        _fsync_dir(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        return parts, total
+
+    def _batches(self, export: Export) -> Iterator[pa.RecordBatch]:
+        schema = self.catalog.schema(export.project_id)
+        if export.data_type == "user":
+            props = list(schema.user.values())
+            yield from self.store.export_profiles(
+                export.project_id, props, export.period_start, export.period_end
+            )
+            return
+        names = None if export.data_type == "custom_event" else [export.data_type]
+        exclude = [d for d in EVENT_TYPES if d != "custom_event"] if names is None else None
+        yield from self.store.export_events(
+            export.project_id,
+            list(schema.event.values()),
+            export.period_start,
+            export.period_end,
+            names,
+            exclude,
+        )
+
+
+class _PartWriter:
+    """One gzip CSV part: a header, then rows, written a slice at a time. After each slice
+    the compressor is flushed, so the size on disk is exact, and the part is closed before a
+    slice that would (at the size of the largest slice so far, with a margin) overflow it."""
+
+    def __init__(self, path: Path, name: str, schema: pa.Schema) -> None:
+        self.path, self.name = path, name
+        self._raw: BinaryIO = path.open("wb")
+        self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6, mtime=0)
+        self._csv = pacsv.CSVWriter(self._gz, schema)
+        self.rows = 0
+        self._largest = 0  # compressed bytes of the largest slice written
+
+    def would_exceed(self, limit: int) -> bool:
+        # + the gzip trailer, and half as much again as the largest slice so far.
+        return self._raw.tell() + self._largest * 3 // 2 + 64 > limit
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        before = self._raw.tell()
+        self._csv.write_batch(batch)
+        self._gz.flush()  # a sync flush: what was written is on disk, sized
+        self._largest = max(self._largest, self._raw.tell() - before)
+        self.rows += batch.num_rows
+
+    def close(self) -> Part:
+        self._csv.close()
+        self._gz.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        digest = hashlib.sha256()
+        with self.path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        return Part(self.name, self.rows, self.path.stat().st_size, digest.hexdigest())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _naive(dt: datetime) -> datetime:
+    return dt.astimezone(UTC).replace(tzinfo=None)
+
+
+def _naive_utc(dt: datetime) -> datetime:
+    return dt if dt.tzinfo is None else _naive(dt)
