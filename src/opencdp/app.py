@@ -7,7 +7,7 @@ from typing import Any
 
 from opencdp.config import Settings
 from opencdp.runtime import Runtime
-from opencdp.surfaces import admin, dmartech, marketo, thinkingdata, wechat
+from opencdp.surfaces import admin, dmartech, growingio, marketo, thinkingdata, wechat
 from opencdp.surfaces.rawasgi import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("opencdp")
@@ -24,7 +24,7 @@ class OpenCDP:
         self.fast: dict[str, ASGIApp] = {path: handler for path in dmartech.PATHS}
         # Vendor surfaces by path prefix; everything else is the admin app.
         self.prefixed: list[tuple[str, ASGIApp]] = []
-        for surface in (marketo, wechat, thinkingdata):
+        for surface in (marketo, wechat, thinkingdata, growingio):
             vendor = surface.build(self.runtime)
             self.prefixed += [(p, vendor) for p in surface.PREFIXES]
 

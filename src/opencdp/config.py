@@ -38,6 +38,9 @@ class Settings:
     access_token_ttl: int = 3600  # seconds an OAuth-style access token is valid
     import_batch_rows: int = 0  # rows per import batch; 0: each target's own default
     scheduler_interval: float = 30.0  # seconds between rounds of the periodic-job scheduler
+    export_part_bytes: int = 64 << 20  # largest compressed part of a raw-data export
+    export_delay: int = 1800  # seconds after a period closes before it is exported
+    export_retention_days: int = 15  # exports older than this are purged
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -96,6 +99,9 @@ _ENV_TYPES: dict[str, type] = {
     "access_token_ttl": int,
     "import_batch_rows": int,
     "scheduler_interval": float,
+    "export_part_bytes": int,
+    "export_delay": int,
+    "export_retention_days": int,
     "max_body_bytes": int,
     "max_properties": int,
     "max_string_bytes": int,

@@ -7,10 +7,12 @@ import secrets as pysecrets
 import sys
 import threading
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from opencdp.catalog.secrets import read_or_create_private
 from opencdp.catalog.service import Catalog
 from opencdp.config import Settings
+from opencdp.exports.service import Exports
 from opencdp.imports.files import Files
 from opencdp.imports.pipeline import ImportRunner
 from opencdp.ingest.apply import Applied
@@ -35,6 +37,7 @@ class Runtime:
     files: Files
     jobs: Jobs
     segments: Segments
+    exports: Exports
     metrics: Metrics = field(default_factory=Metrics)
     started: bool = False
     _ticker: threading.Event = field(default_factory=threading.Event)
@@ -75,6 +78,16 @@ class Runtime:
                 on_list=segments.sync_list,
             ),
         )
+        exports = Exports(
+            engine,
+            catalog,
+            store,
+            ingest.barrier,
+            settings.data_dir / "exports",
+            part_bytes=settings.export_part_bytes,
+            delay=timedelta(seconds=settings.export_delay),
+            retention=timedelta(days=settings.export_retention_days),
+        )
         return cls(
             settings,
             catalog,
@@ -84,6 +97,7 @@ class Runtime:
             files,
             jobs,
             segments,
+            exports,
             metrics=metrics,
         )
 

@@ -62,6 +62,11 @@ def sign(server_key: bytes, purpose: str, *parts: str) -> str:
     return hmac.new(server_key, msg, "sha256").hexdigest()
 
 
+def hmac_hex(key: str, message: str) -> str:
+    """hex(HMAC-SHA256(key, message)): how clients sign requests with their secret."""
+    return hmac.new(key.encode(), message.encode("utf-8", "surrogatepass"), "sha256").hexdigest()
+
+
 def same(a: str, b: str) -> bool:
     """Constant-time equality of two strings."""
     return hmac.compare_digest(

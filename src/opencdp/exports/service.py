@@ -185,6 +185,14 @@ class Exports:
             raise CdpError(Code.NOT_FOUND, f"file {name!r} is not part of this export", "name")
         return self._dir(export) / name
 
+    def by_id(self, export_id: int) -> Export:
+        """An export by id alone: for a signed download link, which names it."""
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(t.exports).where(t.exports.c.id == export_id)).first()
+        if row is None:
+            raise CdpError(Code.NOT_FOUND, f"export {export_id} does not exist", "export")
+        return Export.from_row(row)
+
     def get(self, project_id: int, export_id: int) -> Export:
         with self._engine.connect() as conn:
             row = conn.execute(
@@ -272,9 +280,11 @@ class Exports:
         parts: list[Part] = []
         writer: _PartWriter | None = None
         total = 0
+        # Slices small enough that a part can end close to its limit (64 MB: 4,096 rows).
+        per_slice = max(16, min(SLICE_ROWS, self.part_bytes // 16_384))
         for batch in self._batches(export):
-            for start in range(0, batch.num_rows, SLICE_ROWS):
-                rows = batch.slice(start, SLICE_ROWS)
+            for start in range(0, batch.num_rows, per_slice):
+                rows = batch.slice(start, per_slice)
                 if writer is not None and writer.rows and writer.would_exceed(self.part_bytes):
                     parts.append(writer.close())
                     writer = None

@@ -352,8 +352,9 @@ class DuckDBStore(Store):
             present = [p for p in props if p.column in known]
             exprs = [sql for _, sql in base] + [_export_value(p) for p in present]
             names = [n for n, _ in base] + [p.name for p in present]
-            reader = cur.execute(
-                f"SELECT {', '.join(exprs)} FROM {tbl} WHERE {where} ORDER BY {order}", params
+            reader = cur.sql(
+                f"SELECT {', '.join(exprs)} FROM {tbl} WHERE {where} ORDER BY {order}",
+                params=params,
             ).to_arrow_reader(65_536)
             assert reader is not None
             for batch in reader:

@@ -24,6 +24,7 @@ from opencdp.catalog import secrets
 from opencdp.catalog.model import Project, Property, Schema
 from opencdp.catalog.types import PropertyType
 from opencdp.errors import CdpError, Code, invalid
+from opencdp.exports.service import DATA_TYPES, Export
 from opencdp.identity import normalize
 from opencdp.imports.readers import FORMATS
 from opencdp.imports.targets import MODES, TARGETS, check_lookup_field
@@ -254,6 +255,22 @@ def _router(rt: Runtime) -> APIRouter:
             "next_after": ids[-1] if len(ids) == limit else None,
         }
 
+    # ---- raw-data exports ------------------------------------------------------------
+    @r.post("/projects/{ref}/exports")
+    async def run_export(project: P, body: ExportRequest) -> list[dict[str, Any]]:
+        """Write the exports of one closed period now (all data types, or those given); an
+        export already published is left as it is."""
+        period = rt.exports.period(project, body.export_type, body.export_date)
+        types = body.data_types or list(DATA_TYPES)
+        for dt in types:
+            if dt not in DATA_TYPES:
+                raise invalid("data_types", f"unknown data type {dt!r}")
+        out = []
+        for dt in types:
+            export = await run_in_threadpool(rt.exports.run, project.id, period, dt)
+            out.append(_export(export))
+        return out
+
     # ---- segments and tags -----------------------------------------------------------
     @r.get("/projects/{ref}/segments")
     async def list_segments(project: P) -> list[dict[str, Any]]:
@@ -420,6 +437,26 @@ def _router(rt: Runtime) -> APIRouter:
         return Response(data, media_type="text/csv; charset=utf-8")
 
     return r
+
+
+class ExportRequest(BaseModel):
+    export_type: Literal["hour", "day"]
+    export_date: str
+    data_types: list[str] | None = None
+
+
+def _export(e: Export) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "export_type": e.export_type,
+        "data_type": e.data_type,
+        "period_start": e.period_start.isoformat() + "Z",
+        "period_end": e.period_end.isoformat() + "Z",
+        "state": e.state,
+        "error": e.error,
+        "rows": e.rows,
+        "parts": e.parts or [],
+    }
 
 
 def _seg_ref(name: str) -> int | str:

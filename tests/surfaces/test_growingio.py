@@ -1,0 +1,253 @@
+"""The GrowingIO raw data export 2.0 API (seed 004) over HTTP.
+
+The server runs in this process (uvicorn on loopback, in a thread) so that the export engine's
+clock can be moved past the end of the hour the records were received in: everything else —
+the ingest log, SQLite, DuckDB, the files, the HTTP requests — is the real thing.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import hmac
+import io
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from opencdp.app import OpenCDP
+from opencdp.config import Settings
+from opencdp.runtime import Runtime
+from tests.liveserver import ADMIN_TOKEN, free_port
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+_n = itertools.count(1)
+
+
+class Server:
+    def __init__(self, data_dir: Path, **settings: Any) -> None:
+        self.settings = Settings(
+            data_dir=data_dir, admin_token=ADMIN_TOKEN, flush_interval=0.05, **settings
+        )
+        self.runtime = Runtime.open(self.settings)
+        self.shift = timedelta(0)
+        self.runtime.exports.clock = lambda: datetime.now(UTC) + self.shift
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(
+            OpenCDP(self.settings, self.runtime), host="127.0.0.1", port=port, log_level="warning"
+        )
+        self.uvicorn = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30  # a start-up guard, not a performance limit
+        while not self.uvicorn.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.uvicorn.should_exit = True
+        self.thread.join()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("gio") / "data", export_part_bytes=4_000)
+    yield srv
+    srv.stop()
+
+
+class Client:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        info = httpx.post(
+            server.url + "/admin/v1/projects", json={"name": f"gio{next(_n)}"}, headers=AUTH
+        ).json()
+        self.info = info
+        self.ai = info["key"]
+        self.client_id, self.secret = info["client_id"], info["client_secret"]
+        self.http = httpx.Client(base_url=server.url, timeout=30)
+
+    def sign(self, project: str, ai: str, tm: str) -> str:
+        msg = f"POST\n/auth/token\nproject={project}&ai={ai}&tm={tm}"
+        return hmac.new(self.secret.encode(), msg.encode(), hashlib.sha256).hexdigest()
+
+    def fields(self, tm: int | None = None) -> dict[str, str]:
+        tm_text = str(tm if tm is not None else int(time.time() * 1000))
+        project = str(self.info["project_id"])
+        return {"project": project, "ai": self.ai, "tm": tm_text,
+                "auth": self.sign(project, self.ai, tm_text)}  # fmt: skip
+
+    def token(self) -> str:
+        r = self.http.post(
+            "/auth/token",
+            content="&".join(f"{k}={v}" for k, v in self.fields().items()),
+            headers={"X-Client-Id": self.client_id, "Content-Type": "text/plain,text/plain"},
+        )
+        assert r.status_code == 200 and r.json()["status"] == "success", r.text
+        return str(r.json()["code"])
+
+    def insights(self, path: str, code: str | None = None, **params: Any) -> httpx.Response:
+        headers = {"X-Client-Id": self.client_id, "Authorization": code or self.token()}
+        return self.http.get(f"/v2/insights/{path}", params=params, headers=headers)
+
+    def send(self, body: dict[str, Any]) -> None:
+        r = self.http.post(
+            "/api/v1/api/import", params={"secret": self.info["api_token"]}, json=body
+        )
+        assert r.json()["errcode"] == 0, r.text
+
+
+@pytest.fixture
+def gio(server: Server) -> Client:
+    return Client(server)
+
+
+def local_hour(dt: datetime) -> str:
+    return dt.astimezone(UTC).astimezone(_shanghai()).strftime("%Y%m%d%H")
+
+
+def _shanghai() -> Any:
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo("Asia/Shanghai")
+
+
+def read_parts(links: list[str]) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    for link in links:
+        r = httpx.get(link)
+        assert r.status_code == 200, r.text
+        rows += list(csv.DictReader(io.StringIO(gzip.decompress(r.content).decode())))
+    return rows
+
+
+def test_the_token_handshake_in_every_form(gio: Client) -> None:
+    f = gio.fields()
+    # A form body with the odd Content-Type real scripts send, a normal form, the query string.
+    for kw in (
+        {"content": "&".join(f"{k}={v}" for k, v in f.items()),
+         "headers": {"Content-Type": "text/plain,text/plain"}},
+        {"data": f},
+        {"params": f},
+    ):  # fmt: skip
+        headers = {"X-Client-Id": gio.client_id, **kw.pop("headers", {})}  # type: ignore[arg-type]
+        r = gio.http.post("/auth/token", headers=headers, **kw)  # type: ignore[arg-type]
+        assert r.status_code == 200 and r.json()["status"] == "success", r.text
+    # Both the bare code and "Token <code>" are accepted.
+    code = gio.token()
+    assert gio.insights(f"hour/{gio.ai}/202001010000.json", code=code).status_code == 200
+    assert gio.insights(f"hour/{gio.ai}/202001010000.json", code=f"Token {code}").status_code == 200
+
+
+def test_bad_handshakes_are_refused(gio: Client) -> None:
+    def post(fields: dict[str, str], client_id: str | None = None) -> httpx.Response:
+        headers = {} if client_id == "" else {"X-Client-Id": client_id or gio.client_id}
+        return gio.http.post("/auth/token", data=fields, headers=headers)
+
+    assert post(gio.fields(), client_id="").status_code == 401
+    assert post(gio.fields(), client_id="ci_nobody").status_code == 401
+    forged = {**gio.fields(), "auth": "0" * 64}
+    assert post(forged).status_code == 401
+    old = gio.fields(tm=int((time.time() - 3600) * 1000))  # a replayed request
+    r = post(old)
+    assert r.status_code == 401 and "tm" in r.json()["errorMsg"]
+    other = Client(gio.server)
+    r = post({**gio.fields(), "ai": other.ai})  # signed for another project's ai
+    assert r.status_code == 401
+    missing = {k: v for k, v in gio.fields().items() if k != "tm"}
+    assert post(missing).status_code == 400
+
+
+def test_status_and_bad_requests(gio: Client) -> None:
+    code = gio.token()
+    now = datetime.now(UTC)
+    # The current hour is still open: RUNNING; next year: NOT_EXISTS; before the project: too.
+    r = gio.insights(f"hour/custom_event/{gio.ai}/{local_hour(now)}00.json", code=code).json()
+    assert (r["status"], r["exportVersion"], r["dataType"]) == ("RUNNING", "v2", "custom_event")
+    assert r["exportDate"] == local_hour(now)
+    future = local_hour(now + timedelta(days=400))
+    assert gio.insights(f"hour/{gio.ai}/{future}.json", code=code).json()["status"] == "NOT_EXISTS"
+    assert gio.insights(f"day/{gio.ai}/20200101.json", code=code).json()["status"] == "NOT_EXISTS"
+    day = gio.insights(f"day/{gio.ai}/{local_hour(now)}30.json", code=code).json()
+    assert day["exportDate"] == local_hour(now)[:8]
+    for path, params in (
+        (f"hour/{gio.ai}/2020130100.json", {}),  # no month 13
+        (f"hour/{gio.ai}/20200101.json", {}),  # an hour needs HH
+        (f"week/{gio.ai}/2020010100.json", {}),
+        (f"hour/nothing/{gio.ai}/2020010100.json", {}),
+        (f"hour/{gio.ai}/2020010100.json", {"expire": "0"}),
+        (f"hour/{gio.ai}/2020010100.json", {"expire": "-5"}),
+        (f"hour/{gio.ai}/2020010100.json", {"expire": "99999999"}),
+    ):
+        r = gio.insights(path, code=code, **params)
+        assert r.status_code == 400 and r.json()["errorMsg"], (path, r.text)
+    # A code of one project never reads another's exports; a forged code is refused.
+    other = Client(gio.server)
+    assert gio.insights(f"hour/{other.ai}/2020010100.json", code=code).status_code == 404
+    assert gio.insights(f"hour/{gio.ai}/2020010100.json", code=code + "x").status_code == 401
+    r = gio.http.get(f"/v2/insights/hour/{gio.ai}/2020010100.json", headers={"Authorization": code})
+    assert r.status_code == 401  # no X-Client-Id
+
+
+def test_a_closed_hour_exports_exactly_what_was_received(gio: Client, server: Server) -> None:
+    received = datetime.now(UTC)
+    for i in range(600):
+        gio.send({"type": "event", "event": "pay" if i % 3 else "visit",
+                  "properties": {"event_id": f"g{i}", "mobile": f"1{i % 40:010d}",
+                                 "amount": i, "note": "x" * (i % 50),
+                                 "create_time": "2024-01-02 03:04:05"}})  # fmt: skip
+    hour = local_hour(received)
+    server.shift = timedelta(hours=2)  # the hour is closed (and past its delay)
+    try:
+        r = httpx.post(
+            f"{server.url}/admin/v1/projects/{gio.info['name']}/exports",
+            json={"export_type": "hour", "export_date": hour},
+            headers=AUTH,
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        by_type = {e["data_type"]: e for e in r.json()}
+        assert by_type["custom_event"]["rows"] == 400 and by_type["visit"]["rows"] == 200
+        assert by_type["user"]["rows"] == 40
+        body = gio.insights(f"hour/custom_event/{gio.ai}/{hour}.json", expire=10).json()
+        assert body["status"] == "FINISHED", body
+        links = body["downloadLinks"]
+        assert len(links) > 1  # split under the small part size of this server
+        rows = read_parts(links)
+        assert sorted(int(r["amount"]) for r in rows) == [i for i in range(600) if i % 3]
+        assert {r["event_name"] for r in rows} == {"pay"}
+        assert all(r["event_time"] == "2024-01-01T19:04:05.000000Z" for r in rows)
+        for part, link in zip(by_type["custom_event"]["parts"], links, strict=True):
+            data = httpx.get(link).content
+            assert len(data) == part["bytes"] <= 4_000
+            assert hashlib.sha256(data).hexdigest() == part["sha256"]
+        # Range requests resume a download.
+        first = httpx.get(links[0]).content
+        tail = httpx.get(links[0], headers={"Range": "bytes=100-"})
+        assert tail.status_code == 206 and tail.content == first[100:]
+        # All types at once: a link list per type.
+        every = gio.insights(f"hour/{gio.ai}/{hour}.json").json()
+        assert every["status"] == "FINISHED" and len(every["downloadLinks"]["visit"]) >= 1
+        assert every["downloadLinks"]["page"] == []
+        # A link altered in any part, or expired, serves nothing.
+        assert httpx.get(links[0].replace("part0001", "part0002")).status_code == 401
+        assert httpx.get(links[0].replace("expires=", "expires=1")).status_code == 401
+        # Exporting again leaves the published export as it was.
+        again = httpx.post(
+            f"{server.url}/admin/v1/projects/{gio.info['name']}/exports",
+            json={"export_type": "hour", "export_date": hour, "data_types": ["custom_event"]},
+            headers=AUTH,
+        ).json()
+        assert again[0]["parts"] == by_type["custom_event"]["parts"]
+    finally:
+        server.shift = timedelta(0)
