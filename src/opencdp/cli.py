@@ -98,7 +98,10 @@ class Client:
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             resp = httpx.request(
-                method, self.url + "/admin/v1" + path, headers=self.headers, timeout=60, **kwargs
+                method,
+                self.url + "/admin/v1" + path,
+                headers=self.headers,
+                **{"timeout": 60, **kwargs},
             )
         except httpx.HTTPError as exc:
             fail("unavailable", f"cannot reach the server at {self.url}: {exc}")
@@ -395,6 +398,32 @@ def segment_of_user(
     """The segments and tags one user is in now."""
     path = f"/projects/{_q(ref)}/users/{user_id}/segments"
     emit(Client(url, data_dir).call("GET", path), as_json)
+
+
+@main.group("export")
+def export_group() -> None:
+    """Raw-data exports."""
+
+
+@export_group.command("backfill")
+@click.option("--project", "ref", required=True)
+@click.option("--from", "from_", required=True, help="First day, YYYY-MM-DD (project-local).")
+@click.option("--to", "to", required=True, help="Last day, YYYY-MM-DD (included).")
+@click.option("--type", "export_type", type=click.Choice(["hour", "day"]), default=None)
+@client_options
+def export_backfill(
+    ref: str,
+    from_: str,
+    to: str,
+    export_type: str | None,
+    url: str | None,
+    data_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Re-create the missing (or failed) exports of the closed periods between two days."""
+    body = {"from": from_, "to": to, "export_type": export_type}
+    path = f"/projects/{_q(ref)}/exports/backfill"
+    emit(Client(url, data_dir).call("POST", path, json=body, timeout=3600), as_json)
 
 
 def _q(ref: str) -> str:

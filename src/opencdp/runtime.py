@@ -125,12 +125,15 @@ class Runtime:
         self.started = True
 
     def _schedule(self) -> None:
-        """Periodic jobs: dynamic segment refreshes at their time of day."""
+        """Periodic work: dynamic segment refreshes at their time of day; the exports of closed
+        hours and days (catching up on those missed while the server was down), and the purge
+        of exports past retention."""
         while not self._ticker.wait(self.settings.scheduler_interval):
-            try:
-                self.segments.schedule()
-            except Exception:
-                log.exception("scheduler round failed")
+            for round_ in (self.segments.schedule, self.exports.schedule):
+                try:
+                    round_()
+                except Exception:
+                    log.exception("scheduler round failed")
 
     def stop(self) -> None:
         if self.started:

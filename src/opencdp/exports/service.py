@@ -267,6 +267,100 @@ class Exports:
             return self.get(project_id, existing.id)
         return existing
 
+    # ---- scheduling ----------------------------------------------------------------------
+    def periods(
+        self, project: Project, export_type: str, start: datetime, end: datetime
+    ) -> Iterator[Period]:
+        """The periods of ``export_type`` (project-local hours or days) from the one holding
+        ``start`` to the last that ends by ``end`` (UTC, naive)."""
+        tz = project.tz
+        local = start.replace(tzinfo=UTC).astimezone(tz)
+        if export_type == "hour":
+            first = local.replace(minute=0, second=0, microsecond=0)
+            step = timedelta(hours=1)
+        else:
+            first = local.replace(hour=0, minute=0, second=0, microsecond=0)
+            step = timedelta(days=1)
+        current = first.replace(tzinfo=None)  # the period holding ``start`` is included
+        while True:
+            label = current.strftime("%Y%m%d%H" if export_type == "hour" else "%Y%m%d")
+            period = self.period(project, export_type, label)
+            if period.end > end:
+                return
+            yield period
+            current += step
+
+    def due(self, project: Project, now: datetime) -> list[tuple[Period, str]]:
+        """Every closed period within retention (past the export delay) and data type whose
+        export is missing or failed: after downtime, all the missed ones."""
+        now = _naive(now)
+        start = max(_naive_utc(project.created_at), now - self.retention)
+        c = t.exports.c
+        with self._engine.connect() as conn:
+            done = {
+                (r.export_type, r.data_type, r.period_start)
+                for r in conn.execute(
+                    sa.select(c.export_type, c.data_type, c.period_start).where(
+                        c.project_id == project.id,
+                        c.state.in_([FINISHED, PURGED]),
+                        c.period_start >= start - timedelta(days=1),
+                    )
+                )
+            }
+        out = []
+        for export_type in EXPORT_TYPES:
+            for period in self.periods(project, export_type, start, now - self.delay):
+                for dt in DATA_TYPES:
+                    if (export_type, dt, period.start) not in done:
+                        out.append((period, dt))
+        return out
+
+    def schedule(self, now: datetime | None = None, limit: int = 50) -> int:
+        """One round of the scheduler: purge what is past retention, then write up to
+        ``limit`` due exports, oldest first. Returns how many were written."""
+        now = now or self.clock()
+        self.purge(now)
+        written = 0
+        for project in self.catalog.projects():
+            for period, dt in sorted(self.due(project, now), key=lambda x: x[0].start):
+                if written >= limit:
+                    return written
+                self.run(project.id, period, dt)
+                written += 1
+        return written
+
+    def purge(self, now: datetime | None = None) -> int:
+        """Delete the files of exports older than the retention; they answer NOT_EXISTS."""
+        cutoff = _naive(now or self.clock()) - self.retention
+        c = t.exports.c
+        with self._engine.connect() as conn:
+            old = [
+                Export.from_row(r)
+                for r in conn.execute(
+                    sa.select(t.exports).where(c.period_end <= cutoff, c.state != PURGED)
+                )
+            ]
+        for export in old:
+            shutil.rmtree(self._dir(export), ignore_errors=True)
+            self._update(export.id, state=PURGED, parts=None)
+        return len(old)
+
+    def backfill(
+        self, project: Project, start: datetime, end: datetime, export_type: str | None = None
+    ) -> int:
+        """Write the missing or failed exports of the closed periods in ``[start, end)``."""
+        now = _naive(self.clock())
+        end = min(end, now)
+        written = 0
+        for et in [export_type] if export_type else list(EXPORT_TYPES):
+            for period in self.periods(project, et, start, end):
+                for dt in DATA_TYPES:
+                    existing = self.find(project.id, period, dt)
+                    if existing is None or existing.state in (ERROR, RUNNING):
+                        self.run(project.id, period, dt)
+                        written += 1
+        return written
+
     def _update(self, export_id: int, **values: Any) -> None:
         with self._engine.begin() as conn:
             conn.execute(sa.update(t.exports).where(t.exports.c.id == export_id).values(**values))

@@ -6,7 +6,7 @@ import csv
 import io
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -271,6 +271,25 @@ def _router(rt: Runtime) -> APIRouter:
             out.append(_export(export))
         return out
 
+    @r.post("/projects/{ref}/exports/backfill")
+    async def backfill_exports(project: P, body: BackfillRequest) -> dict[str, Any]:
+        """Write the missing or failed exports of the closed periods from ``from`` to ``to``
+        (project-local dates, ``to`` included)."""
+        tz = project.tz
+        try:
+            first = datetime.strptime(body.from_, "%Y-%m-%d")
+            last = datetime.strptime(body.to, "%Y-%m-%d")
+        except ValueError:
+            raise invalid("from", "dates are YYYY-MM-DD") from None
+        if last < first:
+            raise invalid("to", "comes before from")
+        start = first.replace(tzinfo=tz).astimezone(UTC).replace(tzinfo=None)
+        end = (last + timedelta(days=1)).replace(tzinfo=tz).astimezone(UTC).replace(tzinfo=None)
+        written = await run_in_threadpool(
+            rt.exports.backfill, project, start, end, body.export_type
+        )
+        return {"written": written}
+
     # ---- segments and tags -----------------------------------------------------------
     @r.get("/projects/{ref}/segments")
     async def list_segments(project: P) -> list[dict[str, Any]]:
@@ -437,6 +456,12 @@ def _router(rt: Runtime) -> APIRouter:
         return Response(data, media_type="text/csv; charset=utf-8")
 
     return r
+
+
+class BackfillRequest(BaseModel):
+    from_: str = Field(alias="from")
+    to: str
+    export_type: Literal["hour", "day"] | None = None
 
 
 class ExportRequest(BaseModel):
