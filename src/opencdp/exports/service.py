@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import logging
 import os
 import re
 import shutil
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,7 +57,8 @@ EVENT_TYPES = (
 )
 DATA_TYPES = (*EVENT_TYPES, "user")
 RUNNING, FINISHED, ERROR, PURGED = "running", "finished", "error", "purged"
-SLICE_ROWS = 4096  # rows written between two size checks of a part
+CHUNK_BYTES = 1 << 20  # CSV text compressed as one gzip member
+GZIP_LEVEL = 6
 _DATE = re.compile(r"\d{8}(\d{2}(\d{2})?)?")
 
 
@@ -111,8 +115,10 @@ class Exports:
         delay: timedelta = timedelta(minutes=30),
         retention: timedelta = timedelta(days=15),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        workers: int = 2,
     ) -> None:
         self._engine = engine
+        self.workers = workers  # threads compressing parts
         self.catalog = catalog
         self.store = store
         self.barrier = barrier
@@ -371,24 +377,8 @@ class Exports:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         stem = f"{export.data_type}_{export.export_type}_{export.period_start:%Y%m%d%H}_UTC"
-        parts: list[Part] = []
-        writer: _PartWriter | None = None
-        total = 0
-        # Slices small enough that a part can end close to its limit (64 MB: 4,096 rows).
-        per_slice = max(16, min(SLICE_ROWS, self.part_bytes // 16_384))
-        for batch in self._batches(export):
-            for start in range(0, batch.num_rows, per_slice):
-                rows = batch.slice(start, per_slice)
-                if writer is not None and writer.rows and writer.would_exceed(self.part_bytes):
-                    parts.append(writer.close())
-                    writer = None
-                if writer is None:
-                    name = f"{stem}_part{len(parts) + 1:04d}.csv.gz"
-                    writer = _PartWriter(tmp / name, name, batch.schema)
-                writer.write(rows)
-                total += rows.num_rows
-        if writer is not None:
-            parts.append(writer.close())
+        parts = _GzipCsvParts(tmp, stem, self.part_bytes, self.workers).write(self._batches(export))
+        total = sum(p.rows for p in parts)
         manifest = {
             "exportType": export.export_type,
             "dataType": export.data_type,
@@ -424,41 +414,93 @@ class Exports:
         )
 
 
-class _PartWriter:
-    """One gzip CSV part: a header, then rows, written a slice at a time. After each slice
-    the compressor is flushed, so the size on disk is exact, and the part is closed before a
-    slice that would (at the size of the largest slice so far, with a margin) overflow it."""
+class _GzipCsvParts:
+    """Batches → gzip CSV parts of at most ``limit`` bytes, each with a header row.
 
-    def __init__(self, path: Path, name: str, schema: pa.Schema) -> None:
-        self.path, self.name = path, name
-        self._raw: BinaryIO = path.open("wb")
-        self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6, mtime=0)
-        self._csv = pacsv.CSVWriter(self._gz, schema)
-        self.rows = 0
-        self._largest = 0  # compressed bytes of the largest slice written
+    Rows are rendered to CSV by pyarrow a chunk at a time (about ``CHUNK_BYTES`` of text), and
+    each chunk is compressed as a gzip member of its own by a pool of threads (zlib releases
+    the GIL), a few chunks ahead of the writer, which appends the members in order. A gzip
+    file may hold several members and reads as one stream, so a part's size is known exactly
+    as it is written, and a part ends before a member that would take it over the limit (a
+    single row larger than the limit makes a part of its own). Parts end on row boundaries."""
 
-    def would_exceed(self, limit: int) -> bool:
-        # + the gzip trailer, and half as much again as the largest slice so far.
-        return self._raw.tell() + self._largest * 3 // 2 + 64 > limit
+    def __init__(self, folder: Path, stem: str, limit: int, workers: int) -> None:
+        self.folder, self.stem, self.limit, self.workers = folder, stem, limit, workers
+        # Chunks small enough for small limits, large enough to compress well.
+        self.chunk_bytes = max(256, min(CHUNK_BYTES, limit // 4))
+        self.parts: list[Part] = []
+        self._file: BinaryIO | None = None
+        self._digest = hashlib.sha256()
+        self._size = self._rows = 0
+        self._header = b""
 
-    def write(self, batch: pa.RecordBatch) -> None:
-        before = self._raw.tell()
-        self._csv.write_batch(batch)
-        self._gz.flush()  # a sync flush: what was written is on disk, sized
-        self._largest = max(self._largest, self._raw.tell() - before)
-        self.rows += batch.num_rows
+    def write(self, batches: Iterator[pa.RecordBatch]) -> list[Part]:
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="export-gzip") as pool:
+            pending: deque[tuple[Future[bytes], pa.RecordBatch]] = deque()
+            for rows, text in self._chunks(batches):
+                pending.append((pool.submit(gzip.compress, text, GZIP_LEVEL, mtime=0), rows))
+                while len(pending) > 2 * self.workers:
+                    future, done = pending.popleft()
+                    self._append(future.result(), done)
+            while pending:
+                future, done = pending.popleft()
+                self._append(future.result(), done)
+        self._close()
+        return self.parts
 
-    def close(self) -> Part:
-        self._csv.close()
-        self._gz.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        digest = hashlib.sha256()
-        with self.path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        return Part(self.name, self.rows, self.path.stat().st_size, digest.hexdigest())
+    def _chunks(self, batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBatch, bytes]]:
+        per_chunk = 64
+        for batch in batches:
+            if not self._header:
+                sink = io.BytesIO()
+                pacsv.write_csv(batch.slice(0, 0), sink)
+                self._header = gzip.compress(sink.getvalue(), GZIP_LEVEL, mtime=0)
+            start = 0
+            while start < batch.num_rows:
+                rows = batch.slice(start, per_chunk)
+                text = _csv(rows)
+                yield rows, text
+                start += rows.num_rows
+                # Aim the next chunk at the chunk size from this chunk's bytes per row.
+                per_chunk = max(1, self.chunk_bytes * rows.num_rows // max(1, len(text)))
+
+    def _append(self, member: bytes, rows: pa.RecordBatch) -> None:
+        if self._file is not None and self._size + len(member) > self.limit and self._rows:
+            self._close()
+        if len(self._header) + len(member) > self.limit and rows.num_rows > 1:
+            # Too big even for a part of its own: in two halves (rows stay whole).
+            half = rows.num_rows // 2
+            for piece in (rows.slice(0, half), rows.slice(half)):
+                self._append(gzip.compress(_csv(piece), GZIP_LEVEL, mtime=0), piece)
+            return
+        if self._file is None:
+            name = f"{self.stem}_part{len(self.parts) + 1:04d}.csv.gz"
+            self._name, self._file = name, (self.folder / name).open("wb")
+            self._digest, self._size, self._rows = hashlib.sha256(), 0, 0
+            self._put(self._header)
+        self._put(member)
+        self._rows += rows.num_rows
+
+    def _put(self, data: bytes) -> None:
+        assert self._file is not None
+        self._file.write(data)
+        self._digest.update(data)
+        self._size += len(data)
+
+    def _close(self) -> None:
+        if self._file is None:
+            return
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self.parts.append(Part(self._name, self._rows, self._size, self._digest.hexdigest()))
+        self._file = None
+
+
+def _csv(rows: pa.RecordBatch) -> bytes:
+    sink = io.BytesIO()
+    pacsv.write_csv(rows, sink, pacsv.WriteOptions(include_header=False))
+    return sink.getvalue()
 
 
 def _fsync_dir(path: Path) -> None:
