@@ -562,3 +562,18 @@ def test_segment_commands(server: LiveServer, created: dict[str, Any], tmp_path:
     job = ok_json(run(server, "segment", "refresh", "--project", name, "lvl3", "--json"))
     assert job["job_id"] > 0
     failed(run(server, "segment", "show", "--project", name, "nope"), 2, "not_found")
+
+
+def test_export_backfill(server: LiveServer, created: dict[str, Any]) -> None:
+    name = created["name"]
+    # A new project has no closed period yet: nothing to write, and saying so is a success.
+    out = ok_json(
+        run(server, "export", "backfill", "--project", name, "--from", "2024-01-01",
+            "--to", "2024-01-02", "--json")
+    )  # fmt: skip
+    assert out == {"written": 0}
+    err = failed(
+        run(server, "export", "backfill", "--project", name, "--from", "01/02/2024", "--to", "x"),
+        1, "validation_failed",
+    )  # fmt: skip
+    assert "YYYY-MM-DD" in err["message"]

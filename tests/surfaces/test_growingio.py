@@ -242,6 +242,12 @@ def test_a_closed_hour_exports_exactly_what_was_received(gio: Client, server: Se
         # A link altered in any part, or expired, serves nothing.
         assert httpx.get(links[0].replace("part0001", "part0002")).status_code == 401
         assert httpx.get(links[0].replace("expires=", "expires=1")).status_code == 401
+        export_id = by_type["custom_event"]["id"]
+        name = by_type["custom_event"]["parts"][0]["name"]
+        expires, sign = server.runtime.catalog.sign_link("export", str(export_id), name, ttl=-1)
+        late = f"{server.url}/v2/download/{export_id}/{name}?expires={expires}&sign={sign}"
+        r = httpx.get(late)
+        assert r.status_code == 401 and "expired" in r.json()["errorMsg"]
         # Exporting again leaves the published export as it was.
         again = httpx.post(
             f"{server.url}/admin/v1/projects/{gio.info['name']}/exports",

@@ -356,7 +356,8 @@ class Exports:
     ) -> int:
         """Write the missing or failed exports of the closed periods in ``[start, end)``."""
         now = _naive(self.clock())
-        end = min(end, now)
+        start = max(start, _naive_utc(project.created_at), now - self.retention)
+        end = min(end, now - self.delay)
         written = 0
         for et in [export_type] if export_type else list(EXPORT_TYPES):
             for period in self.periods(project, et, start, end):
