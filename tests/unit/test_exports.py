@@ -99,3 +99,33 @@ def test_backfill_writes_only_what_is_missing(rt: Runtime) -> None:
     day = rt.exports.period(project, "day", now.astimezone(project.tz).strftime("%Y%m%d"))
     export = rt.exports.find(project.id, day, "custom_event")
     assert export is not None and export.rows == 10
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_json_lines_and_parquet_exports(rt: Runtime, fmt: str) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+
+    project, _ = rt.catalog.create_project(f"f{fmt}{time.monotonic_ns()}")
+    project = rt.catalog.set_export_format(project.id, fmt)
+    events(rt, project.id, 30)
+    now = datetime.now(UTC)
+    rt.exports.clock = lambda: now + timedelta(hours=2)
+    hour = rt.exports.period(project, "hour", now.astimezone(project.tz).strftime("%Y%m%d%H"))
+    export = rt.exports.run(project.id, hour, "custom_event")
+    assert export.state == FINISHED and export.format == fmt and export.rows == 30
+    seen: list[int] = []
+    for part in export.parts or []:
+        path = rt.exports.path(export, str(part["name"]))
+        if fmt == "jsonl":
+            assert path.name.endswith(".jsonl.gz")
+            seen += [
+                json.loads(line)["n"] for line in gzip.decompress(path.read_bytes()).splitlines()
+            ]
+        else:
+            assert path.name.endswith(".parquet")
+            table = pq.read_table(path)
+            assert table.schema.field("event_time").type == "string"
+            seen += table.column("n").to_pylist()
+    assert sorted(int(x) for x in seen) == list(range(30))

@@ -16,6 +16,7 @@ class Project:
     timezone: str
     strict_schema: bool
     created_at: datetime
+    export_format: str = "csv"  # raw-data exports: csv | jsonl | parquet
 
     @property
     def tz(self) -> tzinfo:
@@ -28,6 +29,7 @@ class Project:
             "name": self.name,
             "timezone": self.timezone,
             "strict_schema": self.strict_schema,
+            "export_format": self.export_format,
             "created_at": self.created_at.isoformat() + "Z",
         }
 

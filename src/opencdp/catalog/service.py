@@ -21,6 +21,7 @@ from opencdp.errors import CdpError, Code, invalid, not_found
 from opencdp.meta import tables as t
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
+EXPORT_FORMATS = ("csv", "jsonl", "parquet")
 DEFAULT_IDENTITY_KEYS = ("mobile", "email")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -62,7 +63,15 @@ class Catalog:
     def reload(self) -> None:
         with self._engine.connect() as conn:
             projects = {
-                r.id: Project(r.id, r.key, r.name, r.timezone, bool(r.strict_schema), r.created_at)
+                r.id: Project(
+                    r.id,
+                    r.key,
+                    r.name,
+                    r.timezone,
+                    bool(r.strict_schema),
+                    r.created_at,
+                    r.export_format,
+                )
                 for r in conn.execute(sa.select(t.projects))
             }
             creds = conn.execute(
@@ -182,6 +191,18 @@ class Catalog:
                 sa.update(t.projects)
                 .where(t.projects.c.id == self.project(project_id).id)
                 .values(strict_schema=strict)
+            )
+        self.reload()
+        return self.project(project_id)
+
+    def set_export_format(self, project_id: int, fmt: str) -> Project:
+        if fmt not in EXPORT_FORMATS:
+            raise invalid("export_format", f"must be one of {', '.join(EXPORT_FORMATS)}")
+        with self._lock, self._engine.begin() as conn:
+            conn.execute(
+                sa.update(t.projects)
+                .where(t.projects.c.id == self.project(project_id).id)
+                .values(export_format=fmt)
             )
         self.reload()
         return self.project(project_id)

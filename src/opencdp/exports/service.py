@@ -33,6 +33,7 @@ from typing import Any, BinaryIO
 import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from opencdp.catalog.model import Project
@@ -259,7 +260,7 @@ class Exports:
                             attempts=1,
                             rows=0,
                             parts=None,
-                            format="csv",
+                            format=self.catalog.project(project_id).export_format,
                             created_at=now,
                         )
                     )
@@ -378,7 +379,14 @@ class Exports:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         stem = f"{export.data_type}_{export.export_type}_{export.period_start:%Y%m%d%H}_UTC"
-        parts = _GzipCsvParts(tmp, stem, self.part_bytes, self.workers).write(self._batches(export))
+        batches = self._batches(export)
+        if export.format == "parquet":
+            parts = _ParquetParts(tmp, stem, self.part_bytes).write(batches)
+        else:
+            render = _jsonl if export.format == "jsonl" else _csv
+            ext = ".jsonl.gz" if export.format == "jsonl" else ".csv.gz"
+            gz = _GzipParts(tmp, stem, self.part_bytes, self.workers, ext, render)
+            parts = gz.write(batches)
         total = sum(p.rows for p in parts)
         manifest = {
             "exportType": export.export_type,
@@ -415,8 +423,9 @@ class Exports:
         )
 
 
-class _GzipCsvParts:
-    """Batches → gzip CSV parts of at most ``limit`` bytes, each with a header row.
+class _GzipParts:
+    """Batches → gzip text parts (CSV with a header row, or JSON lines) of at most ``limit``
+    bytes.
 
     Rows are rendered to CSV by pyarrow a chunk at a time (about ``CHUNK_BYTES`` of text), and
     each chunk is compressed as a gzip member of its own by a pool of threads (zlib releases
@@ -425,8 +434,17 @@ class _GzipCsvParts:
     as it is written, and a part ends before a member that would take it over the limit (a
     single row larger than the limit makes a part of its own). Parts end on row boundaries."""
 
-    def __init__(self, folder: Path, stem: str, limit: int, workers: int) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        stem: str,
+        limit: int,
+        workers: int,
+        ext: str,
+        render: Callable[[pa.RecordBatch], bytes],
+    ) -> None:
         self.folder, self.stem, self.limit, self.workers = folder, stem, limit, workers
+        self.ext, self.render = ext, render
         # Chunks small enough for small limits, large enough to compress well.
         self.chunk_bytes = max(256, min(CHUNK_BYTES, limit // 4))
         self.parts: list[Part] = []
@@ -452,14 +470,14 @@ class _GzipCsvParts:
     def _chunks(self, batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBatch, bytes]]:
         per_chunk = 64
         for batch in batches:
-            if not self._header:
+            if not self._header and self.render is _csv:
                 sink = io.BytesIO()
                 pacsv.write_csv(batch.slice(0, 0), sink)
                 self._header = gzip.compress(sink.getvalue(), GZIP_LEVEL, mtime=0)
             start = 0
             while start < batch.num_rows:
                 rows = batch.slice(start, per_chunk)
-                text = _csv(rows)
+                text = self.render(rows)
                 yield rows, text
                 start += rows.num_rows
                 # Aim the next chunk at the chunk size from this chunk's bytes per row.
@@ -472,13 +490,14 @@ class _GzipCsvParts:
             # Too big even for a part of its own: in two halves (rows stay whole).
             half = rows.num_rows // 2
             for piece in (rows.slice(0, half), rows.slice(half)):
-                self._append(gzip.compress(_csv(piece), GZIP_LEVEL, mtime=0), piece)
+                self._append(gzip.compress(self.render(piece), GZIP_LEVEL, mtime=0), piece)
             return
         if self._file is None:
-            name = f"{self.stem}_part{len(self.parts) + 1:04d}.csv.gz"
+            name = f"{self.stem}_part{len(self.parts) + 1:04d}{self.ext}"
             self._name, self._file = name, (self.folder / name).open("wb")
             self._digest, self._size, self._rows = hashlib.sha256(), 0, 0
-            self._put(self._header)
+            if self._header:
+                self._put(self._header)
         self._put(member)
         self._rows += rows.num_rows
 
@@ -496,6 +515,62 @@ class _GzipCsvParts:
         self._file.close()
         self.parts.append(Part(self._name, self._rows, self._size, self._digest.hexdigest()))
         self._file = None
+
+
+class _ParquetParts:
+    """Batches → zstd Parquet parts, closed before a row group that would (at the size of the
+    largest so far, with room for the footer) take a part over ``limit``."""
+
+    ROW_GROUP = 65_536
+
+    def __init__(self, folder: Path, stem: str, limit: int) -> None:
+        self.folder, self.stem, self.limit = folder, stem, limit
+        self.parts: list[Part] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._largest = 0
+        self._rows = 0
+        self._name = ""
+        self._path = folder
+
+    def write(self, batches: Iterator[pa.RecordBatch]) -> list[Part]:
+        for batch in batches:
+            for start in range(0, batch.num_rows, self.ROW_GROUP):
+                rows = batch.slice(start, self.ROW_GROUP)
+                if (
+                    self._writer is not None
+                    and self._rows
+                    and (
+                        self._path.stat().st_size + self._largest * 3 // 2 + (64 << 10) > self.limit
+                    )
+                ):
+                    self._close()
+                if self._writer is None:
+                    name = f"{self.stem}_part{len(self.parts) + 1:04d}.parquet"
+                    self._name, self._path, self._rows = name, self.folder / name, 0
+                    self._writer = pq.ParquetWriter(self._path, rows.schema, compression="zstd")
+                before = self._path.stat().st_size
+                self._writer.write_batch(rows)
+                self._largest = max(self._largest, self._path.stat().st_size - before)
+                self._rows += rows.num_rows
+        self._close()
+        return self.parts
+
+    def _close(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._writer = None
+        digest = hashlib.sha256()
+        with self._path.open("r+b") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+            os.fsync(f.fileno())
+        size = self._path.stat().st_size
+        self.parts.append(Part(self._name, self._rows, size, digest.hexdigest()))
+
+
+def _jsonl(rows: pa.RecordBatch) -> bytes:
+    return b"".join(orjson.dumps(r) + b"\n" for r in rows.to_pylist())
 
 
 def _csv(rows: pa.RecordBatch) -> bytes:

@@ -37,12 +37,23 @@ def _v5_exports(conn: sa.Connection) -> None:
     tables.exports.create(conn)
 
 
+def _v6_export_format(conn: sa.Connection) -> None:
+    # (A database created since has it from the table definition already.)
+    if "export_format" not in {c["name"] for c in sa.inspect(conn).get_columns("projects")}:
+        conn.execute(
+            sa.text(
+                "ALTER TABLE projects ADD COLUMN export_format VARCHAR(16) NOT NULL DEFAULT 'csv'"
+            )
+        )
+
+
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _v1_initial),
     (2, _v2_files_and_jobs),
     (3, _v3_collection_fields),
     (4, _v4_segments),
     (5, _v5_exports),
+    (6, _v6_export_format),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -61,6 +61,7 @@ class NewProject(BaseModel):
 
 class ProjectPatch(BaseModel):
     strict_schema: bool | None = None
+    export_format: Literal["csv", "jsonl", "parquet"] | None = None
 
 
 class NewProperty(BaseModel):
@@ -184,6 +185,8 @@ def _router(rt: Runtime) -> APIRouter:
     async def patch_project(project: P, body: ProjectPatch) -> dict[str, object]:
         if body.strict_schema is not None:
             project = rt.catalog.set_strict(project.id, body.strict_schema)
+        if body.export_format is not None:
+            project = rt.catalog.set_export_format(project.id, body.export_format)
         return project.public()
 
     @r.get("/projects/{ref}/credentials")

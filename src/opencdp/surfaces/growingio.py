@@ -191,7 +191,13 @@ class GrowingIO:
             raise CdpError(Code.NOT_FOUND, "no such export", "export")
         export = await run_in_threadpool(self.rt.exports.by_id, int(export_id))
         path = self.rt.exports.path(export, name)
-        media = "application/json" if name.endswith(".json") else "application/gzip"
+        media = (
+            "application/json"
+            if name.endswith(".json")
+            else "application/vnd.apache.parquet"
+            if name.endswith(".parquet")
+            else "application/gzip"
+        )
         return FileResponse(path, media_type=media, filename=name)
 
 
