@@ -129,3 +129,26 @@ def test_json_lines_and_parquet_exports(rt: Runtime, fmt: str) -> None:
             assert table.schema.field("event_time").type == "string"
             seen += table.column("n").to_pylist()
     assert sorted(int(x) for x in seen) == list(range(30))
+
+
+def test_user_cluster_exports_hold_the_memberships_refreshed_in_the_period(rt: Runtime) -> None:
+    from opencdp.segments.service import Spec
+
+    project, _ = rt.catalog.create_project(f"uc{time.monotonic_ns()}")
+    events(rt, project.id, 20)  # 7 users (mobiles), each with a property n on their events
+    qp = {"events": [{"eventName": "buy", "comparator": "greaterEqual", "num": "3"}]}
+    seg = rt.segments.create(project.id, Spec(name="buyers", display_name="b", definition=qp), "t")
+    deadline = time.monotonic() + 60  # a hang guard: the job workers run the refresh
+    while rt.segments.get(project.id, "buyers").progress != 100:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    now = datetime.now(UTC)
+    rt.exports.clock = lambda: now + timedelta(hours=2)
+    hour = rt.exports.period(project, "hour", now.astimezone(project.tz).strftime("%Y%m%d%H"))
+    export = rt.exports.run(project.id, hour, "user_cluster")
+    rows = rows_of(rt, export.parts or [], export.id)
+    members = {u for u, _ in rt.store.segment_members(project.id, seg.id, 1, 100, 0)}
+    assert {int(r["user_id"]) for r in rows} == members and len(members) == 6
+    assert {(r["segment_name"], r["kind"], r["version"]) for r in rows} == {
+        ("buyers", "cluster", "1")
+    }

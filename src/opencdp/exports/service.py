@@ -56,7 +56,7 @@ EVENT_TYPES = (
     "pvar",
     "evar",
 )
-DATA_TYPES = (*EVENT_TYPES, "user")
+DATA_TYPES = (*EVENT_TYPES, "user", "user_cluster")
 RUNNING, FINISHED, ERROR, PURGED = "running", "finished", "error", "purged"
 CHUNK_BYTES = 1 << 20  # CSV text compressed as one gzip member
 GZIP_LEVEL = 6
@@ -403,8 +403,46 @@ class Exports:
         _fsync_dir(final.parent)
         return parts, total
 
+    def _memberships(self, export: Export) -> Iterator[pa.RecordBatch]:
+        """The members of every segment and tag refreshed in the period (the version that
+        refresh wrote), with the segment's name and kind."""
+        segs = _segments_refreshed(
+            self._engine, export.project_id, export.period_start, export.period_end
+        )
+        versions = [(sid, int(r.version)) for sid, r in segs.items()]
+        for batch in self.store.export_members(export.project_id, versions):
+            ids = batch.column(0).to_pylist()
+            yield pa.RecordBatch.from_arrays(
+                [
+                    batch.column(0),
+                    pa.array([segs[i].name for i in ids], pa.string()),
+                    pa.array(
+                        ["tag" if segs[i].catalog == "catalog_tag" else "cluster" for i in ids],
+                        pa.string(),
+                    ),
+                    batch.column(1),
+                    pa.array(
+                        [f"{segs[i].refreshed_at:%Y-%m-%dT%H:%M:%S.%fZ}" for i in ids], pa.string()
+                    ),
+                    batch.column(2),
+                    batch.column(3),
+                ],
+                names=[
+                    "segment_id",
+                    "segment_name",
+                    "kind",
+                    "version",
+                    "refreshed_at",
+                    "user_id",
+                    "tag_value",
+                ],
+            )
+
     def _batches(self, export: Export) -> Iterator[pa.RecordBatch]:
         schema = self.catalog.schema(export.project_id)
+        if export.data_type == "user_cluster":
+            yield from self._memberships(export)
+            return
         if export.data_type == "user":
             props = list(schema.user.values())
             yield from self.store.export_profiles(
@@ -421,6 +459,19 @@ class Exports:
             names,
             exclude,
         )
+
+
+def _segments_refreshed(
+    engine: sa.Engine, project_id: int, start: datetime, end: datetime
+) -> dict[int, Any]:
+    c = t.segments.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(c.id, c.name, c.catalog, c.version, c.refreshed_at).where(
+                c.project_id == project_id, c.refreshed_at >= start, c.refreshed_at < end
+            )
+        ).all()
+    return {int(r.id): r for r in rows}
 
 
 class _GzipParts:

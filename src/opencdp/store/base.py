@@ -253,6 +253,12 @@ class Store(ABC):
     ) -> Iterator[pa.RecordBatch]:
         """The profiles changed in ``[start, end)`` (UTC), like :meth:`export_events`."""
 
+    @abstractmethod
+    def export_members(
+        self, project_id: int, versions: Sequence[tuple[int, int]]
+    ) -> Iterator[pa.RecordBatch]:
+        """``segment_id, version, user_id, tag_value`` of the given (segment, version)s."""
+
     # ---- segments --------------------------------------------------------------------
     @abstractmethod
     def segment_tables(self, project_id: int) -> SegmentTables: ...
