@@ -197,6 +197,14 @@ def test_status_and_bad_requests(gio: Client) -> None:
     assert gio.insights(f"hour/{gio.ai}/2020010100.json", code=code + "x").status_code == 401
     r = gio.http.get(f"/v2/insights/hour/{gio.ai}/2020010100.json", headers={"Authorization": code})
     assert r.status_code == 401  # no X-Client-Id
+    r = gio.http.get(
+        f"/v2/insights/hour/{gio.ai}/2020010100.json",
+        headers={"Authorization": code, "X-Client-Id": other.client_id},
+    )
+    assert r.status_code == 401  # the code of another client
+    expired, _ = gio.server.runtime.catalog.issue_access_token(gio.client_id, "growingio", -1)
+    r = gio.insights(f"hour/{gio.ai}/2020010100.json", code=expired)
+    assert r.status_code == 401 and "expired" in r.json()["errorMsg"]
 
 
 def test_a_closed_hour_exports_exactly_what_was_received(gio: Client, server: Server) -> None:
