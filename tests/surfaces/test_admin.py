@@ -149,6 +149,7 @@ def test_create_get_and_list_project(server: LiveServer) -> None:
         "name",
         "timezone",
         "strict_schema",
+        "export_format",
         "created_at",
         "client_id",
         "client_secret",
@@ -157,6 +158,7 @@ def test_create_get_and_list_project(server: LiveServer) -> None:
     assert info["name"] == name
     assert info["timezone"] == "Europe/Berlin"
     assert info["strict_schema"] is False
+    assert info["export_format"] == "csv"
     assert info["api_token"] and info["client_secret"] and info["client_id"]
 
     public = {k: info[k] for k in ("project_id", "key", "name", "timezone", "strict_schema")}
@@ -319,6 +321,15 @@ def test_rotate_revokes_the_old_secret(project: Project) -> None:
         == 20000
     )
     ok(project.send({"type": "user", "properties": {"mobile": "r-3"}}, secret=again["api_token"]))
+
+
+def test_export_format_patch(project: Project) -> None:
+    path = f"/projects/{project.name}"
+    resp = project.server.admin("PATCH", path, json={"export_format": "parquet"})
+    assert resp.status_code == 200 and resp.json()["export_format"] == "parquet", resp.text
+    assert project.server.admin("GET", path).json()["export_format"] == "parquet"
+    bad = project.server.admin("PATCH", path, json={"export_format": "xlsx"})
+    assert bad.status_code == 400 and "export_format" in bad.text
 
 
 # ---- schema -----------------------------------------------------------------------------------

@@ -526,6 +526,7 @@ class Segments:
             )
         schema = self.catalog.schema(project_id)
         match = self._matcher(project_id, schema, main)
+        self.barrier()  # IDs match every profile acknowledged before the upload
         stats, user_ids, tags = self._read_ids(body, catalog == TAG, main, match)
         now = t.utcnow()
         if seg is None:
