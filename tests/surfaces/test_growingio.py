@@ -263,5 +263,11 @@ def test_a_closed_hour_exports_exactly_what_was_received(gio: Client, server: Se
             headers=AUTH,
         ).json()
         assert again[0]["parts"] == by_type["custom_event"]["parts"]
+        # Past retention the files are gone: NOT_EXISTS, and the links serve nothing.
+        server.shift = timedelta(days=16)
+        server.runtime.exports.purge()
+        body = gio.insights(f"hour/custom_event/{gio.ai}/{hour}.json").json()
+        assert (body["status"], body["downloadLinks"]) == ("NOT_EXISTS", [])
+        assert httpx.get(links[1]).status_code == 404
     finally:
         server.shift = timedelta(0)
