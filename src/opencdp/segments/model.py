@@ -118,6 +118,14 @@ def _window(value: Any) -> Any:
 
 
 RecentDays = Annotated[Window | None, BeforeValidator(_window)]
+Rel = Annotated[Relation, BeforeValidator(_relation)]
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+AnalysisName = Annotated[Analysis, BeforeValidator(_upper)]  # the vendor's clients send any case
 
 
 class Filter(BaseModel):
@@ -164,13 +172,8 @@ class Measure(BaseModel):
     """``taPropQuota``: what is measured per user over the matching events."""
 
     model_config = _MODEL
-    analysis: Analysis = Analysis.TIMES
+    analysis: AnalysisName = Analysis.TIMES
     quota: str | None = Field(default=None, max_length=200)
-
-    @field_validator("analysis", mode="before")
-    @classmethod
-    def _upper(cls, v: Any) -> Any:
-        return v.upper() if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _quota(self) -> Measure:
@@ -187,7 +190,7 @@ class EventCondition(BaseModel):
     model_config = _MODEL
     event: str = Field(alias="eventName", min_length=1, max_length=200)
     filters: list[Filter] = Field(alias="filts", default_factory=list, max_length=100)
-    relation: Relation = Relation.AND
+    relation: Rel = Relation.AND
     measure: Measure = Field(alias="taPropQuota", default_factory=Measure)
     comparator: Comparator
     num: str
@@ -202,7 +205,6 @@ class EventCondition(BaseModel):
                 data["comparator"] = data["uceCalcuSymbol"]
             if data.get("num") is not None and not isinstance(data["num"], str):
                 data["num"] = _text(data["num"])
-            data["relation"] = _relation(data.get("relation"))
         return data
 
     @model_validator(mode="after")
@@ -221,19 +223,10 @@ class ClusterDef(BaseModel):
 
     model_config = _MODEL
     events: list[EventCondition] = Field(default_factory=list, max_length=50)
-    event_relation: Relation = Relation.AND
+    event_relation: Rel = Relation.AND
     filters: list[Filter] = Field(alias="filts", default_factory=list, max_length=100)
-    relation: Relation = Relation.AND
-    event_user_relation: Relation = Relation.AND
-
-    @model_validator(mode="before")
-    @classmethod
-    def _relations(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = dict(data)
-            for k in ("event_relation", "relation", "event_user_relation"):
-                data[k] = _relation(data.get(k))
-        return data
+    relation: Rel = Relation.AND
+    event_user_relation: Rel = Relation.AND
 
     @model_validator(mode="after")
     def _not_empty(self) -> ClusterDef:
@@ -272,7 +265,7 @@ class FirstLastEvent(BaseModel):
     property: PropertyRef
     window: RecentDays = Field(alias="recentDay", default=None)
     filters: list[Filter] = Field(alias="filts", default_factory=list, max_length=100)
-    relation: Relation = Relation.AND
+    relation: Rel = Relation.AND
 
     @model_validator(mode="before")
     @classmethod
@@ -282,7 +275,6 @@ class FirstLastEvent(BaseModel):
             calc = data.get("calcPropVo")
             if isinstance(calc, dict) and "property" not in data:
                 data["property"] = calc.get("property")
-            data["relation"] = _relation(data.get("relation"))
         return data
 
 
@@ -291,21 +283,11 @@ class QuotaEvent(BaseModel):
 
     model_config = _MODEL
     event: str = Field(alias="eventName", min_length=1, max_length=200)
-    analysis: Analysis = Analysis.TIMES
+    analysis: AnalysisName = Analysis.TIMES
     quota: str | None = Field(default=None, max_length=200)
     window: RecentDays = Field(alias="recentDay", default=None)
     filters: list[Filter] = Field(alias="filts", default_factory=list, max_length=100)
-    relation: Relation = Relation.AND
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shape(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = dict(data)
-            if isinstance(data.get("analysis"), str):
-                data["analysis"] = data["analysis"].upper()
-            data["relation"] = _relation(data.get("relation"))
-        return data
+    relation: Rel = Relation.AND
 
     @property
     def measure(self) -> Measure:
