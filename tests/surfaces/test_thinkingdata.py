@@ -331,6 +331,9 @@ def test_errors(ta: TA, server: Any) -> None:
     )
     r = httpx.get(ta.p.server.url + "/open/nothing-here", params={"token": ta.p.secret})
     assert r.json()["return_code"] == -1002
+    huge = '{"clusterName": "big", "pad": "' + "x" * (2 << 20) + '"}'
+    r = ta.http.post("/open/user-cluster-add", params={"token": ta.p.secret}, content=huge)
+    assert r.json()["return_code"] == -1003 and "larger than" in r.json()["return_message"]
 
 
 def test_injection_attempts_are_refused_or_plain_values(ta: TA) -> None:

@@ -146,3 +146,21 @@ def test_dynamic_segments_are_refreshed_daily_at_their_local_time(rt: Runtime) -
     assert segments.get(pid, "daily").id in queued
     assert run(rt, segments, pid, "daily").ok
     assert due(datetime(2024, 3, 2, 8, 0, tzinfo=SHANGHAI)) == []
+
+
+def test_a_cluster_whose_refresh_cannot_be_queued_is_not_created(rt: Runtime) -> None:
+    pid = project(rt)
+    users(rt, pid, [2])
+    for i in range(10):  # the project's job queue holds 10
+        rt.segments.create(pid, Spec(name=f"q{i}", display_name="q", definition=QP), "test")
+    with pytest.raises(CdpError) as exc:
+        rt.segments.create(pid, Spec(name="q10", display_name="q", definition=QP), "test")
+    assert exc.value.code is Code.BUSY
+    with pytest.raises(CdpError):
+        rt.segments.get(pid, "q10")
+    # An update while its refresh waits is saved; the queued refresh reads it when it runs.
+    qp = {"filts": [{"columnName": "level", "comparator": "equal", "ftv": ["2"]}]}
+    rt.segments.update(pid, "q0", Spec(definition=qp), "test")
+    assert rt.segments.get(pid, "q0").definition == qp
+    assert run(rt, rt.segments, pid, "q0").ok
+    assert rt.segments.get(pid, "q0").users_num == 1

@@ -238,7 +238,12 @@ class Segments:
             "updated_at": now,
         }
         seg_id = self._insert(values)
-        self.refresh(project_id, seg_id, surface)
+        try:
+            self.refresh(project_id, seg_id, surface)
+        except CdpError:  # e.g. the job queue is full: not created, so that a retry can be
+            with self._engine.begin() as conn:
+                conn.execute(sa.delete(t.segments).where(t.segments.c.id == seg_id))
+            raise
         return self.get(project_id, seg_id)
 
     def update(self, project_id: int, ref: int | str, spec: Spec, surface: str) -> Segment:
@@ -266,7 +271,13 @@ class Segments:
         if spec.refresh_at is not None:
             values["refresh_at"] = _refresh_at(spec.refresh_at)
         self._set(seg.id, **values)
-        self.refresh(project_id, seg.id, surface)
+        try:
+            self.refresh(project_id, seg.id, surface)
+        except CdpError as exc:
+            # A refresh already queued reads the new definition when it starts; one running
+            # finishes with the old, and the next refresh uses the new.
+            if exc.code is not Code.BUSY:
+                raise
         return self.get(project_id, seg.id)
 
     def delete(self, project_id: int, ref: int | str) -> None:

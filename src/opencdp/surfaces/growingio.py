@@ -28,7 +28,7 @@ from opencdp.catalog.model import Project
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.exports.service import DATA_TYPES, Export
 from opencdp.runtime import Runtime
-from opencdp.surfaces.uploads import vendor_errors
+from opencdp.surfaces.uploads import read_body, vendor_errors
 
 log = logging.getLogger(__name__)
 AUDIENCE = "growingio"
@@ -203,7 +203,7 @@ class GrowingIO:
 
 async def _fields(request: Request) -> dict[str, str]:
     """The handshake's fields: a form body under any Content-Type, or the query string."""
-    body = (await request.body())[:65536]
+    body = await read_body(request, 64 << 10)
     fields: dict[str, str] = {}
     text = body.decode("utf-8", "replace").strip()
     if text:

@@ -23,7 +23,7 @@ from opencdp.catalog.model import Project
 from opencdp.errors import CdpError, Code, invalid, missing
 from opencdp.runtime import Runtime
 from opencdp.segments.service import IMPORT_TYPES, Segment, Spec
-from opencdp.surfaces.uploads import vendor_errors
+from opencdp.surfaces.uploads import read_body, vendor_errors
 
 log = logging.getLogger(__name__)
 SURFACE = "thinkingdata"
@@ -85,9 +85,7 @@ class ThinkingData:
         return project
 
     async def _body(self, request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        if len(raw) > MAX_JSON:
-            raise CdpError(Code.LIMIT_EXCEEDED, f"body: larger than {MAX_JSON} bytes", "body")
+        raw = await read_body(request, MAX_JSON)
         if not raw.strip():
             return {}
         try:
@@ -228,14 +226,7 @@ class ThinkingData:
             for name in ("displayName", "mainColumnName"):
                 if not q.get(name):
                     raise missing(name)
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_CSV:
-            raise CdpError(Code.LIMIT_EXCEEDED, f"body: larger than {MAX_CSV} bytes", "body")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_CSV:
-                raise CdpError(Code.LIMIT_EXCEEDED, f"body: larger than {MAX_CSV} bytes", "body")
+        body = await read_body(request, MAX_CSV)
         if not body.strip():
             raise missing("body")
         spec = Spec(
@@ -246,7 +237,7 @@ class ThinkingData:
             main_column=q.get("mainColumnName"),
         )
         seg, stats = await run_in_threadpool(
-            self.rt.segments.upload, project.id, ref, spec, bytes(body), q.get("fileName", "")
+            self.rt.segments.upload, project.id, ref, spec, body, q.get("fileName", "")
         )
         return _ok({"clusterId": seg.id, **stats.public()})
 

@@ -34,6 +34,20 @@ async def read_form(request: Request, limit: int) -> FormData:
         raise invalid("body", f"not a valid multipart form ({exc})") from None
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (``limit_exceeded``) as soon as it is over ``limit`` bytes:
+    by its declared length unread, or while it streams in."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise CdpError(Code.LIMIT_EXCEEDED, f"body: larger than {limit} bytes", "body")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise CdpError(Code.LIMIT_EXCEEDED, f"body: larger than {limit} bytes", "body")
+    return bytes(body)
+
+
 def file_field(form: FormData, name: str = "file") -> UploadFile:
     value = form.get(name)
     if not isinstance(value, UploadFile):

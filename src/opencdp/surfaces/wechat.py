@@ -31,7 +31,13 @@ from opencdp.imports.targets import IDENTITY
 from opencdp.ingest.records import parse_json
 from opencdp.jobs.service import COMPLETE, FAILED, QUEUED, Job
 from opencdp.runtime import Runtime
-from opencdp.surfaces.uploads import file_field, read_form, store_upload, vendor_errors
+from opencdp.surfaces.uploads import (
+    file_field,
+    read_body,
+    read_form,
+    store_upload,
+    vendor_errors,
+)
 
 log = logging.getLogger(__name__)
 AUDIENCE = "wechat"
@@ -124,7 +130,7 @@ class WeChat:
         return project
 
     async def _body(self, request: Request, project: Project) -> dict[str, Any]:
-        raw = await request.body()
+        raw = await read_body(request, self.rt.settings.limits.max_body_bytes)
         if not raw.strip():
             raise CdpError(Code.EMPTY_PROPERTIES, "the POST body is empty", "body")
         body = parse_json(raw)
