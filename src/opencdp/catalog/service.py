@@ -276,13 +276,18 @@ class Catalog:
         mac = secrets.sign(self._server_key, "access", audience, client_id, str(expires))
         return f"{client_id}.{expires}.{mac}", expires
 
-    def check_access_token(self, token: str, audience: str) -> tuple[Project, int]:
+    def check_access_token(
+        self, token: str, audience: str, client_id: str | None = None
+    ) -> tuple[Project, int]:
         """The project a token from :meth:`issue_access_token` is for, and its expiry.
 
-        Raises auth_failed for a forged, altered or retired token and token_expired for one
-        whose time is up.
+        Raises auth_failed for a forged, altered or retired token (or, with ``client_id``, one
+        issued to another client) and token_expired for one whose time is up.
         """
-        client_id, _, rest = token.partition(".")
+        holder, _, rest = token.partition(".")
+        if client_id is not None and not secrets.same(holder, client_id):
+            raise CdpError(Code.AUTH_FAILED, "access token: not issued to this client", "client_id")
+        client_id = holder
         expires_text, _, mac = rest.partition(".")
         entry = self._by_client.get(client_id)
         good = secrets.sign(self._server_key, "access", audience, client_id, expires_text)

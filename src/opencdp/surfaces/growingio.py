@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from opencdp.catalog import secrets
 from opencdp.catalog.model import Project
-from opencdp.errors import CdpError, Code, invalid
+from opencdp.errors import CdpError, Code, invalid, missing
 from opencdp.exports.service import DATA_TYPES, Export
 from opencdp.runtime import Runtime
 from opencdp.surfaces.uploads import read_body, vendor_errors
@@ -78,7 +78,7 @@ class GrowingIO:
         fields = await _fields(request)
         for name in ("project", "ai", "tm", "auth"):
             if not fields.get(name):
-                raise CdpError(Code.MISSING_PARAMETER, f"{name}: is required", name)
+                raise missing(name)
         found = self.rt.catalog.client_secret(client_id)
         if found is None:
             raise CdpError(Code.AUTH_FAILED, "X-Client-Id: unknown client", "X-Client-Id")
@@ -116,11 +116,7 @@ class GrowingIO:
             )
         scheme, _, rest = given.partition(" ")
         code = rest.strip() if scheme.lower() == "token" and rest else given
-        project, _ = self.rt.catalog.check_access_token(code, AUDIENCE)
-        if not code.startswith(client_id + "."):
-            raise CdpError(
-                Code.AUTH_FAILED, "X-Client-Id: not the client of this token", "X-Client-Id"
-            )
+        project, _ = self.rt.catalog.check_access_token(code, AUDIENCE, client_id)
         return project
 
     # ---- exports -------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from opencdp.catalog.model import Project
-from opencdp.errors import CdpError, Code, invalid
+from opencdp.errors import CdpError, Code, invalid, missing
 from opencdp.imports.targets import IDENTITY
 from opencdp.ingest.records import parse_json
 from opencdp.jobs.service import COMPLETE, FAILED, QUEUED, Job
@@ -50,6 +50,7 @@ ERRORS: dict[Code, tuple[int, str]] = {
     Code.TOKEN_EXPIRED: (42001, "access_token expired"),
     Code.INVALID_JSON: (47001, "data format error"),
     Code.EMPTY_PROPERTIES: (44002, "empty post data"),
+    Code.MISSING_PARAMETER: (40101, "missing parameter"),
     Code.MISSING_IDENTITY: (40101, "missing parameter"),
     Code.VALIDATION_FAILED: (40097, "invalid args"),
     Code.NOT_FOUND: (40097, "invalid args"),
@@ -100,10 +101,6 @@ async def _text(value: object) -> str:
     return ""
 
 
-def _missing(name: str) -> CdpError:
-    return CdpError(Code.MISSING_IDENTITY, f"{name}: missing", name)
-
-
 class WeChat:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -114,9 +111,9 @@ class WeChat:
             raise invalid("grant_type", "must be client_credential")
         appid, secret = q.get("appid", ""), q.get("secret", "")
         if not appid:
-            raise _missing("appid")
+            raise missing("appid")
         if not secret:
-            raise _missing("secret")
+            raise missing("secret")
         if self.rt.catalog.authenticate_client(appid, secret) is None:
             return JSONResponse({"errcode": 40013, "errmsg": "invalid appid or secret"})
         token, expires = self.rt.catalog.issue_access_token(appid, AUDIENCE, TOKEN_TTL)
@@ -136,7 +133,7 @@ class WeChat:
         body = parse_json(raw)
         env = body.get("env")
         if not env:
-            raise _missing("env")
+            raise missing("env")
         if env != project.key:
             raise invalid("env", "not the environment of this access token")
         return body
@@ -146,7 +143,7 @@ class WeChat:
         body = await self._body(request, project)
         path = body.get("path")
         if not isinstance(path, str) or not path:
-            raise _missing("path")
+            raise missing("path")
         reserved, token = self.rt.files.reserve(project.id, path)
         expires, sign = self.rt.catalog.sign_link(
             "upload", str(project.id), str(reserved.id), ttl=LINK_TTL
@@ -194,7 +191,7 @@ class WeChat:
         body = await self._body(request, project)
         for name in ("collection_name", "file_path", "file_type", "conflict_mode"):
             if body.get(name) in (None, ""):
-                raise _missing(name)
+                raise missing(name)
         collection = body["collection_name"]
         file_type, mode = body["file_type"], body["conflict_mode"]
         if not isinstance(collection, str):
@@ -232,7 +229,7 @@ class WeChat:
         body = await self._body(request, project)
         job_id = body.get("job_id")
         if job_id in (None, ""):
-            raise _missing("job_id")
+            raise missing("job_id")
         if not isinstance(job_id, int) or isinstance(job_id, bool):
             raise invalid("job_id", "must be a number")
         job = self.rt.jobs.get(project.id, job_id, surface=AUDIENCE)
