@@ -255,7 +255,7 @@ def test_sql_clusters(ta: TA) -> None:
     for bad, why in (
         ("DELETE FROM users", "only a SELECT"),
         ("SELECT * FROM read_csv('/etc/passwd')", "function or a file"),
-        ("SELECT user_id FROM p1_profiles", "reads only users and events"),
+        ("SELECT user_id FROM p1_profiles", "reads only users, events"),
         ("SELECT user_id FROM users; DROP TABLE users", "exactly one"),
     ):
         r = ta.add(f"bad{next(_n)}", clusterType="cluster_by_static_sql", qp={"sql": bad})

@@ -15,13 +15,15 @@ import csv
 import io
 import logging
 import re
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 
-import duckdb
+import pyarrow as pa
 import sqlalchemy as sa
 
 from opencdp.catalog.model import Schema
@@ -34,8 +36,9 @@ from opencdp.jobs.service import ACTIVE, Job, Jobs, Outcome, Progress
 from opencdp.meta import tables as t
 from opencdp.segments.compiler import Compiled, Compiler, Span
 from opencdp.segments.model import ClusterDef, TagDef, parse_cluster, parse_tag
-from opencdp.segments.sqlcheck import check_sql
-from opencdp.store.base import Store, StoreWriter
+from opencdp.segments.sandbox import Mode, Sandbox
+from opencdp.segments.sqlcheck import SqlSegment, check_sql
+from opencdp.store.base import SEGMENT_ROWS, Budget, OverBudget, QueryError, Store, StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,7 @@ HHMM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 USER_ID_COLUMNS = {"user_id", "#user_id"}
 DEFAULT_REFRESH_AT = "01:00"
 MAX_UPLOAD_ROWS = 1_000_000
+DEFAULT_BUDGET = Budget(seconds=120.0, memory_bytes=1 << 30)
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,8 @@ class Segments:
         barrier: Callable[[], bool],
         limits: Limits,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        budget: Budget = DEFAULT_BUDGET,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self._engine = engine
         self.catalog = catalog
@@ -156,6 +162,8 @@ class Segments:
         self.barrier = barrier
         self.limits = limits
         self.clock = clock
+        self.budget = budget
+        self.sandbox = sandbox or Sandbox(store, Path(tempfile.gettempdir()) / "opencdp-sandbox")
         self._lock = threading.Lock()
         jobs.register(KIND, self.run_refresh)
 
@@ -325,8 +333,8 @@ class Segments:
         """Validate a definition now (so that a bad one is refused, not accepted and failed at
         refresh); returns the tag sub-type."""
         if typ in SQL_TYPES:
-            _sql_text(definition)
-            self._sql(project_id, typ, definition)
+            self._ensure_columns(project_id)
+            self._run_sql(project_id, self._sql(typ, definition), "check")
             return ""
         if typ.startswith("tag_"):
             tag = parse_tag(definition, "tagQp")
@@ -340,7 +348,7 @@ class Segments:
         self._compile(project_id, parse_cluster(definition, "qp"), self.clock())
         return ""
 
-    # ---- compiling -----------------------------------------------------------------------
+    # ---- compiling and running -----------------------------------------------------------
     def _compile(self, project_id: int, d: ClusterDef | TagDef, now: datetime) -> Compiled:
         project = self.catalog.project(project_id)
         tables = self.store.segment_tables(project_id)
@@ -349,24 +357,57 @@ class Segments:
             return compiler.tag(d)
         return compiler.cluster(d)
 
-    def _sql(self, project_id: int, typ: str, definition: Any) -> str:
-        return check_sql(
-            _sql_text(definition),
-            self.catalog.schema(project_id),
-            self.store.segment_tables(project_id),
-            self.store.capabilities.sqlglot_dialect,
-            2 if typ.startswith("tag_") else 1,
-        )
+    def _sql(self, typ: str, definition: Any) -> SqlSegment:
+        return check_sql(_sql_text(definition), 2 if typ.startswith("tag_") else 1)
 
-    def query(self, seg: Segment, now: datetime) -> tuple[str, list[Span | None]]:
-        """The members query of a segment as its definition reads against the catalog now."""
-        if seg.type in SQL_TYPES:
-            return self._sql(seg.project_id, seg.type, seg.definition), []
+    def _definition(
+        self, project_id: int, typ: str, definition: Any, now: datetime
+    ) -> tuple[SqlSegment | str, list[Span | None]]:
+        """A definition as it reads against the catalog now: a checked SQL segment (run in
+        the sandbox), or a compiled query in the store's dialect with its time windows."""
+        if typ in SQL_TYPES:
+            return self._sql(typ, definition), []
         d: ClusterDef | TagDef = (
-            parse_tag(seg.definition) if seg.is_tag else parse_cluster(seg.definition)
+            parse_tag(definition, "tagQp")
+            if typ.startswith("tag_")
+            else parse_cluster(definition, "qp")
         )
-        compiled = self._compile(seg.project_id, d, now)
+        compiled = self._compile(project_id, d, now)
         return compiled.sql(self.store.capabilities.sqlglot_dialect), compiled.spans
+
+    def _run_sql(self, project_id: int, seg: SqlSegment, mode: Mode) -> pa.Table | int:
+        """Run a user's SQL segment in the sandbox, under the segment budget."""
+        schema = self.catalog.schema(project_id)
+        try:
+            return self.sandbox.run(project_id, schema, seg, mode, self.budget)
+        except QueryError as exc:
+            raise invalid("sql", str(exc)) from None
+        except OverBudget as exc:
+            raise self._over(exc) from None
+
+    def _members(self, project_id: int, query: SqlSegment | str) -> pa.Table:
+        if isinstance(query, SqlSegment):
+            rows = self._run_sql(project_id, query, "members")
+            assert isinstance(rows, pa.Table)
+            return rows
+        try:
+            return self.store.segment_rows(project_id, query, self.budget)
+        except QueryError as exc:
+            raise invalid("qp", str(exc)) from None
+        except OverBudget as exc:
+            raise self._over(exc) from None
+
+    def _over(self, exc: OverBudget) -> CdpError:
+        if exc.resource == "time":
+            what = f"time budget of {self.budget.seconds:g} s (OPENCDP_SEGMENT_TIMEOUT)"
+        else:
+            mb = self.budget.memory_bytes / (1 << 20)
+            what = f"memory budget of {mb:g} MiB (OPENCDP_SEGMENT_MEMORY_BYTES)"
+        return CdpError(Code.LIMIT_EXCEEDED, f"the segment query went over its {what}", "budget")
+
+    def query(self, seg: Segment, now: datetime) -> tuple[SqlSegment | str, list[Span | None]]:
+        """The members query of a segment as its definition reads against the catalog now."""
+        return self._definition(seg.project_id, seg.type, seg.definition, now)
 
     def preview(self, project_id: int, catalog: str, typ: str | None, definition: Any) -> int:
         """How many users a definition would hold now, without saving it."""
@@ -374,21 +415,18 @@ class Segments:
         if typ in IMPORT_TYPES:
             raise invalid("clusterType", "an ID-upload segment has no definition to preview")
         self.barrier()
-        now = self.clock()
-        if typ in SQL_TYPES:
-            sql = self._sql(project_id, typ, definition)
-        elif typ.startswith("tag_"):
-            d = parse_tag(definition, "tagQp")
-            sql = self._compile(project_id, d, now).sql(self.store.capabilities.sqlglot_dialect)
-        else:
-            d2 = parse_cluster(definition, "qp")
-            sql = self._compile(project_id, d2, now).sql(self.store.capabilities.sqlglot_dialect)
+        query, _ = self._definition(project_id, typ, definition, self.clock())
+        self._ensure_columns(project_id)
+        if isinstance(query, SqlSegment):
+            count = self._run_sql(project_id, query, "count")
+            assert isinstance(count, int)
+            return count
         try:
-            with self.store.writer() as w:
-                self._columns(w, project_id)
-            return self.store.count_query(project_id, sql)
-        except duckdb.Error as exc:
-            raise invalid("sql", _db_message(exc)) from None
+            return self.store.count_query(project_id, query, self.budget)
+        except QueryError as exc:
+            raise invalid("qp", str(exc)) from None
+        except OverBudget as exc:
+            raise self._over(exc) from None
 
     # ---- refreshing ----------------------------------------------------------------------
     def refresh(self, project_id: int, ref: int | str, surface: str) -> Job:
@@ -415,7 +453,8 @@ class Segments:
             return job
 
     def run_refresh(self, job: Job, progress: Progress) -> Outcome:
-        """The refresh job: flush, compile, write a new version, publish it."""
+        """The refresh job: flush, compile, compute the members (under the segment budget,
+        without holding up writers), write them as a new version, publish it."""
         try:
             seg = self.get(job.project_id, int(job.params["segment_id"]))
         except CdpError:
@@ -426,17 +465,15 @@ class Segments:
             return self._failed(seg, "ingested records could not be flushed in time; retry")
         self._set(seg.id, progress=20)
         try:
-            sql, spans = self.query(seg, now)
+            query, spans = self.query(seg, now)
+            self._ensure_columns(seg.project_id)
+            self._set(seg.id, progress=40)
+            rows = self._members(seg.project_id, query)
         except CdpError as exc:
             return self._failed(seg, exc.message)
-        self._set(seg.id, progress=40)
         version = seg.version + 1
-        try:
-            with self.store.writer() as w:
-                self._columns(w, seg.project_id)
-                count = w.write_segment(seg.project_id, seg.id, version, sql)
-        except duckdb.Error as exc:
-            return self._failed(seg, _db_message(exc))
+        with self.store.writer() as w:
+            count = w.write_segment_rows(seg.project_id, seg.id, version, rows)
         published = self._set(
             seg.id,
             version=version,
@@ -451,6 +488,10 @@ class Segments:
                 w.delete_segment(seg.project_id, seg.id)
             return Outcome(False, "the cluster was deleted while refreshing")
         return Outcome(True, f"{count} users", rows_read=count, imported=count)
+
+    def _ensure_columns(self, project_id: int) -> None:
+        with self.store.writer() as w:
+            self._columns(w, project_id)
 
     def _columns(self, w: StoreWriter, project_id: int) -> None:
         """Every property of the catalog has its column (one declared but never written to
@@ -562,8 +603,12 @@ class Segments:
             }
             seg_id = self._insert(values)
             seg = self.get(project_id, seg_id)
+        rows = pa.table(
+            {"user_id": pa.array(user_ids, pa.int64()), "tag_value": pa.array(tags, pa.string())},
+            schema=SEGMENT_ROWS,
+        )
         with self.store.writer() as w:
-            count = w.write_segment_rows(project_id, seg.id, seg.version + 1, user_ids, tags)
+            count = w.write_segment_rows(project_id, seg.id, seg.version + 1, rows)
         stats.user_num = count
         changes: dict[str, Any] = {
             "version": seg.version + 1,
@@ -811,7 +856,3 @@ def _span_json(span: Span | None) -> dict[str, str] | None:
         "startTime": f"{span.start_local:%Y-%m-%d %H:%M:%S}",
         "endTime": f"{span.end_local:%Y-%m-%d %H:%M:%S}",
     }
-
-
-def _db_message(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:300]

@@ -1,27 +1,47 @@
-"""SQL segments: a read-only SELECT over this project's ``users`` and ``events``.
+"""SQL segments: a read-only query over this project's ``users`` and ``events``.
 
-The text is parsed with sqlglot and accepted only if it is one query that reads the logical
-tables ``users`` and ``events`` (or its own CTEs) and nothing else: no DDL or DML, no table
-functions, no file or network access, no other schema or project. Properties are referred to
-by their catalog names; the checked tree is rewritten so that ``users``/``events`` become this
-project's tables and each property its generated column, then rendered in the store's dialect.
-A rejected query gets an error saying why.
+The text is parsed with sqlglot (DuckDB syntax) and accepted only if it is one query whose
+every table reference, resolved with SQL's own scoping rules (sqlglot's scopes: a CTE is
+visible in its query and in the CTEs after it, nowhere else), names ``users``, ``events`` or a
+CTE visible at that point. No DDL or DML, no table functions or file reads, no other schema,
+no recursion. A rejected query gets an error saying why.
+
+This check is the first of two walls. The checked query then runs in a sandbox process
+(:mod:`opencdp.segments.sandbox`) that holds nothing but this project's ``users`` and
+``events`` columns the query names, with file access disabled and its configuration locked,
+under a time and a memory budget: a bug here cannot reach another project's data.
+
+Property names are the columns' names there, so the query reads them as written
+(``sum(amount)``, ``"#vip_level"``); the check collects the names the query refers to, so
+that only those columns are handed to the sandbox.
+
+>>> q = check_sql("SELECT user_id FROM events WHERE amount > 5", 1)
+>>> sorted(q.reads), sorted(q.names or ())
+(['events'], ['amount', 'user_id'])
+>>> check_sql("SELECT * FROM p2_profiles", 1)
+Traceback (most recent call last):
+...
+opencdp.errors.CdpError: sql: table 'p2_profiles': a segment query reads only users, events ...
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import sqlglot
 import sqlglot.errors
 import sqlglot.expressions as exp
+from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
+from sqlglot.optimizer.scope import traverse_scope
 
-from opencdp.catalog.model import Property, Schema
 from opencdp.errors import invalid
-from opencdp.store.base import SegmentTables
 
 USERS, EVENTS = "users", "events"
-USER_COLUMNS = {"user_id", "created_at", "updated_at"}
-EVENT_COLUMNS = {"event_id", "event_name", "event_time", "received_at", "user_id"}
+TABLES = (USERS, EVENTS)
+USER_COLUMNS = ("user_id", "created_at", "updated_at")
+EVENT_COLUMNS = ("event_id", "event_name", "event_time", "received_at", "user_id")
 MAX_SQL = 64 << 10
+DIALECT = "duckdb"  # SQL segments are written, checked and run in DuckDB's SQL
 
 # Statements and clauses that write, change the session, or reach outside the database.
 _FORBIDDEN = tuple(
@@ -42,17 +62,26 @@ _SAFE_FUNCTIONS = {
 }  # fmt: skip
 
 
-def check_sql(
-    sql: object, schema: Schema, tables: SegmentTables, dialect: str, columns: int
-) -> str:
-    """The query rewritten onto this project's tables, rendered in ``dialect``, selecting
-    ``user_id`` (and, with ``columns`` 2, ``tag_value``): the first columns of the query."""
+@dataclass(frozen=True)
+class SqlSegment:
+    """A checked SQL segment: what to run, and what it needs."""
+
+    sql: str  # the query as checked, rendered in DuckDB's SQL
+    columns: int  # 1: a cluster (user ids); 2: a tag (user ids and values)
+    reads: frozenset[str]  # which of users/events it reads
+    names: frozenset[str] | None  # lower-cased column names it refers to; None: all (a star)
+
+
+def check_sql(sql: object, columns: int) -> SqlSegment:
+    """Check a segment query; ``columns`` is 2 for a tag (``user_id, tag_value``), else 1."""
     if not isinstance(sql, str) or not sql.strip():
         raise invalid("sql", "a SELECT returning user ids is required")
     if len(sql) > MAX_SQL:
         raise invalid("sql", f"longer than {MAX_SQL} characters")
+    if "\x00" in sql:
+        raise invalid("sql", "contains a NUL character")
     try:
-        statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
+        statements = [s for s in sqlglot.parse(sql, read=DIALECT) if s is not None]
     except sqlglot.errors.SqlglotError as exc:
         raise invalid("sql", f"not valid SQL: {str(exc).splitlines()[0][:200]}") from None
     if len(statements) != 1:
@@ -60,86 +89,81 @@ def check_sql(
     query = statements[0]
     if not isinstance(query, exp.Query):
         raise invalid("sql", f"only a SELECT is accepted, not {query.key.upper()}")
-    ctes = {c.alias_or_name.lower() for c in query.find_all(exp.CTE)}
-    if ctes & {USERS, EVENTS}:
-        raise invalid("sql", "a WITH clause cannot redefine users or events")
-    sources: dict[str, str] = {}  # alias -> users | events | cte
+    # DuckDB matches names case-insensitively, quoted or not: so does the check.
+    query = normalize_identifiers(query, dialect=DIALECT)
     for node in query.walk():
-        _refuse(node, ctes)
-        if isinstance(node, exp.Table):
-            name = node.name.lower()
-            kind = name if name in (USERS, EVENTS) else "cte"
-            sources[node.alias_or_name.lower()] = kind
-    used = {k for k in sources.values() if k != "cte"}
-    for col in list(query.find_all(exp.Column)):
-        _resolve(col, sources, used, schema)
-    for tbl in list(query.find_all(exp.Table)):
-        name = tbl.name.lower()
-        if name in (USERS, EVENTS):
-            physical = exp.to_table(tables.profiles if name == USERS else tables.events)
-            physical.set(
-                "alias", tbl.args.get("alias") or exp.TableAlias(this=exp.to_identifier(name))
-            )
-            tbl.replace(physical)
-    inner = query.sql(dialect=dialect)
-    names = ["c0", "c1"][:columns]
-    tag = "CAST(q.c1 AS VARCHAR)" if columns == 2 else "CAST(NULL AS VARCHAR)"
-    return (
-        f"SELECT DISTINCT TRY_CAST(q.c0 AS BIGINT) AS user_id, {tag} AS tag_value "
-        f"FROM ({inner}) AS q({', '.join(names)}) "
-        f"WHERE TRY_CAST(q.c0 AS BIGINT) IN (SELECT user_id FROM {tables.profiles})"
-    )
+        _refuse(node)
+    reads = _resolve_tables(query)
+    return SqlSegment(query.sql(dialect=DIALECT), columns, frozenset(reads), _names(query))
 
 
-def _refuse(node: exp.Expr, ctes: set[str]) -> None:
+def _refuse(node: exp.Expr) -> None:
     if isinstance(node, _FORBIDDEN):
         raise invalid("sql", f"{node.key.upper()} is not allowed: a segment query only reads")
+    if isinstance(node, exp.With) and node.args.get("recursive"):
+        raise invalid("sql", "WITH RECURSIVE is not allowed in a segment query")
+    if isinstance(node, exp.CTE) and node.alias_or_name in TABLES:
+        raise invalid("sql", "a WITH clause cannot redefine users or events")
+    if isinstance(node, exp.UDTF | exp.Lateral) and not isinstance(node, exp.Explode):
+        raise invalid("sql", f"{node.sql(DIALECT)[:80]}: reading from a function is not allowed")
     if isinstance(node, exp.Table):
         if not isinstance(node.this, exp.Identifier):
             raise invalid(
                 "sql", "reading from a function or a file is not allowed; read users and events"
             )
         if node.args.get("db") or node.args.get("catalog"):
-            raise invalid("sql", f"{node.sql()}: a segment query reads only users and events")
-        name = node.name.lower()
-        if name not in (USERS, EVENTS) and name not in ctes:
             raise invalid(
-                "sql", f"table {node.name!r}: a segment query reads only users and events"
+                "sql", f"{node.sql(DIALECT)}: a segment query reads only users and events"
             )
     if isinstance(node, exp.Anonymous) and str(node.name).lower() not in _SAFE_FUNCTIONS:
         raise invalid("sql", f"function {node.name}() is not allowed in a segment query")
     if isinstance(node, exp.Func) and type(node).__name__.startswith("Read"):
-        raise invalid("sql", f"{node.sql()[:80]}: reading files is not allowed")
+        raise invalid("sql", f"{node.sql(DIALECT)[:80]}: reading files is not allowed")
 
 
-def _resolve(col: exp.Column, sources: dict[str, str], used: set[str], schema: Schema) -> None:
-    """Point a column at the generated column of the property it names."""
-    name, qualifier = col.name, col.table.lower()
-    if qualifier:
-        kind = sources.get(qualifier)
-        if kind is None:
-            raise invalid("sql", f"{col.sql()}: unknown table or alias {col.table!r}")
-        if kind == "cte":
-            return
-        prop = _property(name, kind, schema)
-        if prop is None and name.lower() not in _builtins(kind):
-            raise invalid("sql", f"{col.sql()}: {kind} has no column {name!r}")
-    else:
-        found = [(k, p) for k in sorted(used) if (p := _property(name, k, schema)) is not None]
-        if len(found) > 1:
-            raise invalid(
-                "sql", f"column {name!r} is a property of users and of events: qualify it"
-            )
-        prop = found[0][1] if found else None
-    if prop is not None:
-        col.set("this", exp.to_identifier(prop.column))
+def _resolve_tables(query: exp.Query) -> set[str]:
+    """Resolve every table reference in its scope; returns which of users/events are read.
+
+    Every ``Table`` node of the tree must be one that a scope resolved: a reference in a place
+    the scopes do not cover is refused rather than trusted."""
+    reads: set[str] = set()
+    resolved: set[int] = set()
+    try:
+        scopes = list(traverse_scope(query))
+    except sqlglot.errors.SqlglotError as exc:
+        raise invalid("sql", f"cannot resolve the query's tables: {exc}") from None
+    for scope in scopes:
+        for tbl in scope.tables:
+            resolved.add(id(tbl))
+            name = tbl.name
+            if name in scope.cte_sources:
+                continue  # a WITH query visible here
+            if name not in TABLES:
+                raise invalid(
+                    "sql",
+                    f"table {tbl.name!r}: a segment query reads only users, events and its own "
+                    "WITH queries",
+                )
+            reads.add(name)
+    for tbl in query.find_all(exp.Table):
+        if id(tbl) not in resolved:
+            raise invalid("sql", f"{tbl.sql(DIALECT)[:80]}: a table in this place is not allowed")
+    if not reads:
+        raise invalid("sql", "the query reads neither users nor events")
+    return reads
 
 
-def _property(name: str, kind: str, schema: Schema) -> Property | None:
-    if name.lower() in _builtins(kind):
-        return None
-    return schema.table("user" if kind == USERS else "event").get(name)
-
-
-def _builtins(kind: str) -> set[str]:
-    return USER_COLUMNS if kind == USERS else EVENT_COLUMNS
+def _names(query: exp.Query) -> frozenset[str] | None:
+    """Every name the query uses (over-including is harmless: it only hands the sandbox a
+    column more), or None when it takes whole rows: a star, ``COLUMNS(…)``, a positional
+    column, or a table used as a value (DuckDB makes that the whole row)."""
+    tables = {t.alias_or_name for t in query.find_all(exp.Table)}
+    names: set[str] = set()
+    for node in query.walk():
+        if isinstance(node, exp.Star | exp.Columns | exp.PositionalColumn):
+            return None
+        if isinstance(node, exp.Column) and not node.table and node.name in tables:
+            return None
+        if isinstance(node, exp.Identifier):
+            names.add(node.name)
+    return frozenset(names)

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -28,6 +29,31 @@ class Capabilities:
     sqlglot_dialect: str
     column_types: dict[PropertyType, str]
     transactional_ddl: bool = True
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one segment query may spend: seconds of wall time, bytes of working memory."""
+
+    seconds: float
+    memory_bytes: int
+
+
+class QueryError(Exception):
+    """A query the store could not run (the engine's message, first line): a user's query
+    that does not bind, or data it cannot cast."""
+
+
+class OverBudget(Exception):
+    """A query stopped for spending more than its :class:`Budget` allows."""
+
+    def __init__(self, resource: str) -> None:  # "time" | "memory"
+        super().__init__(f"over its {resource} budget")
+        self.resource = resource
+
+
+# Columns of a segment query's result, in this order.
+SEGMENT_ROWS = pa.schema([("user_id", pa.int64()), ("tag_value", pa.string())])
 
 
 @dataclass
@@ -157,15 +183,11 @@ class StoreWriter(ABC):
 
     @abstractmethod
     def write_segment_rows(
-        self,
-        project_id: int,
-        segment_id: int,
-        version: int,
-        user_ids: Sequence[int],
-        tag_values: Sequence[str | None],
+        self, project_id: int, segment_id: int, version: int, rows: pa.Table
     ) -> int:
-        """Like :meth:`write_segment`, from given rows (ID uploads); a user given twice keeps
-        the last row."""
+        """Like :meth:`write_segment`, from rows (:data:`SEGMENT_ROWS`): a user given twice
+        keeps the last row, and users that no longer exist (merged or deleted since the rows
+        were computed) are left out."""
 
     @abstractmethod
     def delete_segment(self, project_id: int, segment_id: int) -> None: ...
@@ -254,6 +276,14 @@ class Store(ABC):
         """The profiles changed in ``[start, end)`` (UTC), like :meth:`export_events`."""
 
     @abstractmethod
+    def received_counts(
+        self, project_id: int, start: datetime, end: datetime
+    ) -> tuple[dict[str | None, int], int]:
+        """How many events were received in ``[start, end)`` (UTC) by event name, and how many
+        profiles changed in it: what :meth:`export_events` and :meth:`export_profiles` would
+        stream, counted without reading the rows."""
+
+    @abstractmethod
     def export_members(
         self, project_id: int, versions: Sequence[tuple[int, int]]
     ) -> Iterator[pa.RecordBatch]:
@@ -264,8 +294,29 @@ class Store(ABC):
     def segment_tables(self, project_id: int) -> SegmentTables: ...
 
     @abstractmethod
-    def count_query(self, project_id: int, query: str) -> int:
-        """How many rows a compiled segment query returns (a size preview; writes nothing)."""
+    def count_query(self, project_id: int, query: str, budget: Budget) -> int:
+        """How many rows a compiled segment query returns (a size preview; writes nothing).
+
+        Raises :class:`OverBudget` or :class:`QueryError`."""
+
+    @abstractmethod
+    def segment_rows(self, project_id: int, query: str, budget: Budget) -> pa.Table:
+        """The rows (:data:`SEGMENT_ROWS`) of a compiled segment query, read from a snapshot
+        without holding up writers. Raises :class:`OverBudget` or :class:`QueryError`."""
+
+    @abstractmethod
+    def dump_table(
+        self,
+        project_id: int,
+        logical: str,
+        columns: Sequence[tuple[str, str]],
+        path: Path,
+        budget: Budget,
+        empty: bool = False,
+    ) -> None:
+        """Write columns of the project's ``users`` or ``events`` (``logical``) to an Arrow
+        IPC file at ``path``, as ``(stored column, name in the file)`` pairs: the one way a
+        SQL segment's sandbox sees data. With ``empty``, the schema only."""
 
     @abstractmethod
     def segment_members(

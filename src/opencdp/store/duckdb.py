@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -22,10 +24,14 @@ import pyarrow as pa
 from opencdp.catalog.model import Property
 from opencdp.catalog.types import PropertyType
 from opencdp.store.base import (
+    SEGMENT_ROWS,
+    Budget,
     Capabilities,
     EventRows,
     ImportOutcome,
+    OverBudget,
     ProfileRows,
+    QueryError,
     SegmentTables,
     Store,
     StoreWriter,
@@ -68,6 +74,12 @@ def ident(name: str) -> str:
 
 KINDS = ("profiles", "identities", "events", "list_members", "segment_members")
 
+# The logical tables a segment query reads, and the stored tables behind them.
+LOGICAL = {"users": "profiles", "events": "events"}
+# How often a segment query's watchdog looks at the clock and the store's working memory.
+WATCH_INTERVAL = 0.02
+# Memory the watchdog does not count: cached table data and catalog, not a query's work.
+_RESIDENT = ("BASE_TABLE", "METADATA", "ART_INDEX")
 
 def collection_table(project_id: int, collection_id: int) -> str:
     if not isinstance(project_id, int) or not isinstance(collection_id, int):
@@ -349,6 +361,28 @@ class DuckDBStore(Store):
             reader = cur.sql(
                 f"SELECT segment_id, version, user_id, tag_value FROM {members} "
                 f"WHERE (segment_id, version) IN ({pairs}) ORDER BY segment_id, user_id"
+    def received_counts(
+        self, project_id: int, start: datetime, end: datetime
+    ) -> tuple[dict[str | None, int], int]:
+        events, profiles = table(project_id, "events"), table(project_id, "profiles")
+        names: dict[str | None, int] = {}
+        changed = 0
+        with self._read() as cur:
+            if self.known_columns(cur, events):
+                rows = cur.execute(
+                    f"SELECT event_name, count(*) FROM {events} "
+                    "WHERE received_at >= ? AND received_at < ? GROUP BY event_name",
+                    [start, end],
+                ).fetchall()
+                names = {r[0]: int(r[1]) for r in rows}
+            if self.known_columns(cur, profiles):
+                row = cur.execute(
+                    f"SELECT count(*) FROM {profiles} WHERE updated_at >= ? AND updated_at < ?",
+                    [start, end],
+                ).fetchone()
+                changed = int(row[0]) if row else 0
+        return names, changed
+
             ).to_arrow_reader(65_536)
             assert reader is not None
             yield from reader
@@ -388,11 +422,61 @@ class DuckDBStore(Store):
     def _has_members(self, cur: duckdb.DuckDBPyConnection, project_id: int) -> bool:
         return bool(self.known_columns(cur, table(project_id, "segment_members")))
 
-    def count_query(self, project_id: int, query: str) -> int:
+    @contextmanager
+    def _guarded(self, cur: duckdb.DuckDBPyConnection, budget: Budget) -> Iterator[None]:
+        """Run a segment query on ``cur`` under ``budget``: a watchdog thread interrupts it
+        once it has run too long or the store's working memory (hash tables, sorts,
+        intermediate results: what ``duckdb_memory()`` counts beyond cached table data) has
+        grown by more than the budget since it started. A result that arrives after the
+        deadline is over budget too."""
+        started = time.monotonic()
+        base = self._working_memory()
+        done = threading.Event()
+        tripped: list[str] = []
+
+        def watch() -> None:
+            while not done.wait(WATCH_INTERVAL):
+                if time.monotonic() - started > budget.seconds:
+                    tripped.append("time")
+                elif self._working_memory() - base > budget.memory_bytes:
+                    tripped.append("memory")
+                else:
+                    continue
+                cur.interrupt()
+                return
+
+        watchdog = threading.Thread(target=watch, name="segment-watchdog", daemon=True)
+        watchdog.start()
+        try:
+            yield
+        except duckdb.InterruptException:
+            raise OverBudget(tripped[0] if tripped else "time") from None
+        except duckdb.OutOfMemoryException:
+            raise OverBudget("memory") from None
+        except duckdb.Error as exc:
+            raise QueryError(str(exc).splitlines()[0][:300]) from None
+        finally:
+            done.set()
+            watchdog.join()
+        if tripped:
+            raise OverBudget(tripped[0])
+        if time.monotonic() - started > budget.seconds:
+            raise OverBudget("time")
+
+    def _working_memory(self) -> int:
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() "
+                f"WHERE tag NOT IN {_RESIDENT}"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def count_query(self, project_id: int, query: str, budget: Budget) -> int:
         with self._read() as cur:
             if not self._has_tables(cur, project_id):
                 return 0
-            row = cur.execute(f"SELECT count(*) FROM ({query})").fetchone()
+            with self._guarded(cur, budget):
+                row = cur.execute(f"SELECT count(*) FROM ({query})").fetchone()
         return int(row[0]) if row else 0
 
     def segment_members(
@@ -407,6 +491,43 @@ class DuckDBStore(Store):
                 [segment_id, version, after, limit],
             ).fetchall()
         return [(int(u), t) for u, t in rows]
+
+    def segment_rows(self, project_id: int, query: str, budget: Budget) -> pa.Table:
+        with self._read() as cur:
+            if not self._has_tables(cur, project_id):
+                return SEGMENT_ROWS.empty_table()
+            with self._guarded(cur, budget):
+                reader = cur.sql(
+                    "SELECT CAST(q.user_id AS BIGINT) AS user_id, "
+                    f"CAST(q.tag_value AS VARCHAR) AS tag_value FROM ({query}) q"
+                ).to_arrow_reader(65_536)
+                assert reader is not None
+                rows = reader.read_all()
+        return rows.cast(SEGMENT_ROWS)
+
+    def dump_table(
+        self,
+        project_id: int,
+        logical: str,
+        columns: Sequence[tuple[str, str]],
+        path: Path,
+        budget: Budget,
+        empty: bool = False,
+    ) -> None:
+        tbl = table(project_id, LOGICAL[logical])
+        exprs = ", ".join(ident(stored) for stored, _ in columns)
+        names = [name for _, name in columns]
+        with self._read() as cur, self._guarded(cur, budget):
+            reader = cur.sql(
+                f"SELECT {exprs} FROM {tbl}" + (" LIMIT 0" if empty else "")
+            ).to_arrow_reader(65_536)
+            assert reader is not None
+            schema = pa.schema(
+                [pa.field(n, f.type) for n, f in zip(names, reader.schema, strict=True)]
+            )
+            with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as out:
+                for batch in reader:
+                    out.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
 
     def segment_changes(
         self, project_id: int, segment_id: int, version: int, limit: int
@@ -1001,29 +1122,20 @@ class _Writer(StoreWriter):
         return self._keep_two(members, segment_id, version)
 
     def write_segment_rows(
-        self,
-        project_id: int,
-        segment_id: int,
-        version: int,
-        user_ids: Sequence[int],
-        tag_values: Sequence[str | None],
+        self, project_id: int, segment_id: int, version: int, rows: pa.Table
     ) -> int:
         members = self._members(project_id)
         self._cur.execute(
             f"DELETE FROM {members} WHERE segment_id = ? AND version >= ?", [segment_id, version]
         )
-        rows = pa.table(
-            {
-                "user_id": pa.array(user_ids, pa.int64()),
-                "tag_value": pa.array(tag_values, pa.string()),
-                "n": pa.array(range(len(user_ids)), pa.int64()),
-            }
-        )
-        staged = self._stage(rows)
+        data = rows.select(["user_id", "tag_value"]).cast(SEGMENT_ROWS)
+        staged = self._stage(data.append_column("n", pa.array(range(len(data)), pa.int64())))
         try:
             self._cur.execute(
-                f"INSERT INTO {members} SELECT {int(segment_id)}, {int(version)}, user_id, "
-                f"arg_max(tag_value, n) FROM {staged} GROUP BY user_id"
+                f"INSERT INTO {members} SELECT {int(segment_id)}, {int(version)}, s.user_id, "
+                f"arg_max(s.tag_value, s.n) FROM {staged} s "
+                f"SEMI JOIN {table(project_id, 'profiles')} p ON p.user_id = s.user_id "
+                "GROUP BY s.user_id"
             )
         finally:
             self._unstage(staged)
