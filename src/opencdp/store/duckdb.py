@@ -348,19 +348,6 @@ class DuckDBStore(Store):
         where = "updated_at >= ? AND updated_at < ?"
         yield from self._export(tbl, base, props, where, [start, end], "user_id")
 
-    def export_members(
-        self, project_id: int, versions: Sequence[tuple[int, int]]
-    ) -> Iterator[pa.RecordBatch]:
-        if not versions:
-            return
-        members = table(project_id, "segment_members")
-        pairs = ", ".join(f"({int(s)}, {int(v)})" for s, v in versions)
-        with self._read() as cur:
-            if not self._has_members(cur, project_id):
-                return
-            reader = cur.sql(
-                f"SELECT segment_id, version, user_id, tag_value FROM {members} "
-                f"WHERE (segment_id, version) IN ({pairs}) ORDER BY segment_id, user_id"
     def received_counts(
         self, project_id: int, start: datetime, end: datetime
     ) -> tuple[dict[str | None, int], int]:
@@ -383,6 +370,19 @@ class DuckDBStore(Store):
                 changed = int(row[0]) if row else 0
         return names, changed
 
+    def export_members(
+        self, project_id: int, versions: Sequence[tuple[int, int]]
+    ) -> Iterator[pa.RecordBatch]:
+        if not versions:
+            return
+        members = table(project_id, "segment_members")
+        pairs = ", ".join(f"({int(s)}, {int(v)})" for s, v in versions)
+        with self._read() as cur:
+            if not self._has_members(cur, project_id):
+                return
+            reader = cur.sql(
+                f"SELECT segment_id, version, user_id, tag_value FROM {members} "
+                f"WHERE (segment_id, version) IN ({pairs}) ORDER BY segment_id, user_id"
             ).to_arrow_reader(65_536)
             assert reader is not None
             yield from reader
