@@ -1,6 +1,6 @@
 """``make bench``: every benchmark, each against a baseline measured in the same run.
 
-    python -m bench.run [--only ingest|imports|segments|exports] [-- benchmark options]
+    python -m bench.run [--only ingest|imports|segments|exports|catchup] [-- benchmark options]
 
 Figures go to stdout and to ``bench/out/*.json``; BENCHMARKS.md records them with the command.
 """
@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import exports, imports, ingest, segments
+from bench import catchup, exports, imports, ingest, segments
 
 SUITES = {
     "ingest": ingest.main,
     "imports": imports.main,
     "segments": segments.main,
     "exports": exports.main,
+    "catchup": catchup.main,
 }
 
 

@@ -41,6 +41,8 @@ class Settings:
     export_part_bytes: int = 64 << 20  # largest compressed part of a raw-data export
     export_delay: int = 1800  # seconds after a period closes before it is exported
     export_retention_days: int = 15  # exports older than this are purged
+    export_concurrency: int = 2  # exports the scheduler writes at once
+    export_round: int = 200  # due exports per scheduler round (rounds follow at once while due)
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -102,6 +104,8 @@ _ENV_TYPES: dict[str, type] = {
     "export_part_bytes": int,
     "export_delay": int,
     "export_retention_days": int,
+    "export_concurrency": int,
+    "export_round": int,
     "max_body_bytes": int,
     "max_properties": int,
     "max_string_bytes": int,

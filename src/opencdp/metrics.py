@@ -37,6 +37,11 @@ class Metrics:
             "Records acknowledged and durable but not yet in the store",
             registry=r,
         )
+        self.export_backlog = Gauge(
+            "opencdp_export_backlog",
+            "Raw-data exports due (closed periods not yet published) after the last round",
+            registry=r,
+        )
         self.dead_letters = Gauge(
             "opencdp_dead_letter_records",
             "Records the store refused (see dead-letter.jsonl)",

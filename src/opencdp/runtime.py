@@ -6,6 +6,7 @@ import logging
 import secrets as pysecrets
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -87,7 +88,11 @@ class Runtime:
             part_bytes=settings.export_part_bytes,
             delay=timedelta(seconds=settings.export_delay),
             retention=timedelta(days=settings.export_retention_days),
+            concurrency=settings.export_concurrency,
+            round_size=settings.export_round,
+            retry_delay=timedelta(seconds=settings.scheduler_interval),
         )
+        metrics.export_backlog.set_function(lambda: exports.backlog)
         return cls(
             settings,
             catalog,
@@ -120,6 +125,7 @@ class Runtime:
         elif announce and not self.settings.admin_token:
             _say(f"Admin token in {self.settings.admin_token_path}")
         self._ticker.clear()
+        self.exports.stopping.clear()
         self._scheduler = threading.Thread(target=self._schedule, name="scheduler", daemon=True)
         self._scheduler.start()
         self.started = True
@@ -127,16 +133,27 @@ class Runtime:
     def _schedule(self) -> None:
         """Periodic work: dynamic segment refreshes at their time of day; the exports of closed
         hours and days (catching up on those missed while the server was down), and the purge
-        of exports past retention."""
-        while not self._ticker.wait(self.settings.scheduler_interval):
-            for round_ in (self.segments.schedule, self.exports.schedule):
+        of exports past retention. An export round runs at start; then rounds of both every
+        ``scheduler_interval``, or one right after another while exports remain due."""
+        rounds: tuple[Callable[[], object], ...] = (self.exports.schedule,)
+        wait = 0.0
+        while not self._ticker.wait(wait):
+            written = 0
+            for round_ in rounds:
                 try:
-                    round_()
+                    result = round_()
                 except Exception:
                     log.exception("scheduler round failed")
+                    continue
+                if round_ == self.exports.schedule and isinstance(result, int):
+                    written = result
+            rounds = (self.segments.schedule, self.exports.schedule)
+            # While exports remain due and the last round got somewhere, the next one follows.
+            wait = 0.0 if written and self.exports.backlog else self.settings.scheduler_interval
 
     def stop(self) -> None:
         if self.started:
+            self.exports.stopping.set()  # a round in progress ends after its current batch
             self._ticker.set()
             if self._scheduler is not None:
                 self._scheduler.join()

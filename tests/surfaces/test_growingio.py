@@ -26,6 +26,7 @@ import uvicorn
 
 from opencdp.app import OpenCDP
 from opencdp.config import Settings
+from opencdp.exports.service import DATA_TYPES
 from opencdp.runtime import Runtime
 from tests.liveserver import ADMIN_TOKEN, free_port
 
@@ -269,5 +270,34 @@ def test_a_closed_hour_exports_exactly_what_was_received(gio: Client, server: Se
         body = gio.insights(f"hour/custom_event/{gio.ai}/{hour}.json").json()
         assert (body["status"], body["downloadLinks"]) == ("NOT_EXISTS", [])
         assert httpx.get(links[1]).status_code == 404
+    finally:
+        server.shift = timedelta(0)
+
+
+def test_hours_with_nothing_received_are_published_empty_by_the_scheduler(
+    gio: Client, server: Server
+) -> None:
+    # Every data type of an hour in which nothing was received: FINISHED with no links, the
+    # same answer as an hour whose exports the admin API wrote.
+    code = gio.token()
+    hour = local_hour(datetime.now(UTC))
+    server.shift = timedelta(hours=2)
+    try:
+        while server.runtime.exports.schedule():  # the scheduler's rounds, until caught up
+            pass
+        every = gio.insights(f"hour/{gio.ai}/{hour}.json", code=code).json()
+        assert every["status"] == "FINISHED", every
+        assert every["downloadLinks"] == {dt: [] for dt in DATA_TYPES}
+        one = gio.insights(f"hour/custom_event/{gio.ai}/{hour}.json", code=code).json()
+        assert (one["status"], one["downloadLinks"], one["errorMsg"]) == ("FINISHED", [], "")
+        r = httpx.post(
+            f"{server.url}/admin/v1/projects/{gio.info['name']}/exports",
+            json={"export_type": "hour", "export_date": hour},
+            headers=AUTH,
+        )
+        assert r.status_code == 200, r.text
+        assert {(e["state"], e["rows"], str(e["parts"])) for e in r.json()} == {
+            ("finished", 0, "[]")
+        }
     finally:
         server.shift = timedelta(0)

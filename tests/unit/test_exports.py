@@ -6,16 +6,20 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from opencdp.config import Settings
-from opencdp.exports.service import DATA_TYPES, FINISHED, PURGED
+from opencdp.exports.service import DATA_TYPES, EXPORT_TYPES, FINISHED, PURGED, Export
 from opencdp.ingest.records import build_record
+from opencdp.meta import tables as t
 from opencdp.runtime import Runtime
 
 
@@ -152,3 +156,211 @@ def test_user_cluster_exports_hold_the_memberships_refreshed_in_the_period(rt: R
     assert {(r["segment_name"], r["kind"], r["version"]) for r in rows} == {
         ("buyers", "cluster", "1")
     }
+
+
+def busy_events(
+    rt: Runtime, pid: int, start: datetime, hours: int, per_hour: int
+) -> dict[str, datetime]:
+    """``per_hour`` events received in each of ``hours`` hours from ``start``: id → when."""
+    project, ids = rt.catalog.project(pid), {}
+    names = ["visit", "buy", "page", "pay"]
+    for h in range(hours):
+        for i in range(per_hour):
+            at = start + timedelta(hours=h, minutes=i * 50 // per_hour)
+            doc = {"type": "event", "event": names[(h + i) % len(names)], "properties": {
+                "event_id": f"h{h}i{i}", "mobile": f"1{i:010d}", "n": h * per_hour + i,
+                "create_time": "2024-05-06 07:08:09"}}  # fmt: skip
+            record = build_record(
+                doc, project, rt.catalog.schema(pid), rt.settings.limits,
+                int(at.timestamp() * 1_000_000),
+                lambda table, wanted: rt.catalog.ensure_properties(pid, table, wanted),
+            )  # fmt: skip
+            rt.ingest.submit_wait(record)
+            ids[f"h{h}i{i}"] = at.astimezone(UTC).replace(tzinfo=None)
+    return ids
+
+
+def export_rows(rt: Runtime) -> list[Export]:
+    with rt.exports._engine.connect() as conn:
+        return [Export.from_row(r) for r in conn.execute(sa.select(t.exports))]
+
+
+@pytest.fixture
+def quiet(tmp_path: Path) -> Iterator[Runtime]:
+    """A runtime whose own scheduler stays out of the way: the test runs the rounds."""
+    settings = Settings(data_dir=tmp_path / "data", export_part_bytes=2_000)
+    runtime = Runtime.open(settings.with_overrides(scheduler_interval=1e6))
+    runtime.start(announce=False)
+    yield runtime
+    runtime.stop()
+
+
+def test_catch_up_after_a_day_of_downtime_is_fair_and_exactly_once(quiet: Runtime) -> None:
+    rt, exports = quiet, quiet.exports
+    # Three projects; the busiest one created last (highest id), with data in 20 hours.
+    quiet_a, _ = rt.catalog.create_project(f"qa{time.monotonic_ns()}")
+    quiet_b, _ = rt.catalog.create_project(f"qb{time.monotonic_ns()}", timezone="Asia/Kolkata")
+    busy, _ = rt.catalog.create_project(f"busy{time.monotonic_ns()}", timezone="Europe/Berlin")
+    projects = [quiet_a, quiet_b, busy]
+    created = datetime.now(UTC)
+    ids = busy_events(rt, busy.id, created, hours=20, per_hour=6)
+    events(rt, quiet_a.id, 3)  # a few records in quiet_a's first hour too
+    later = created + timedelta(days=1, hours=1)  # a day of downtime
+    exports.clock = lambda: later
+    due = {p.id: exports.due(p, later) for p in projects}
+    first = {pid: min(p.start for p, _ in d if p.export_type == "hour") for pid, d in due.items()}
+    assert sum(map(len, due.values())) > 2 * 50  # more than the old two rounds of 50
+
+    # ONE round, at the old round size: every project's oldest missed hour is published, all
+    # of its data types, although the busy project comes last in the catalog.
+    assert exports.schedule(later, limit=50) == 50
+    for project in projects:
+        hour = exports.period(
+            project, "hour", first[project.id].replace(tzinfo=UTC).astimezone(project.tz)
+            .strftime("%Y%m%d%H"),
+        )  # fmt: skip
+        for dt in DATA_TYPES:
+            status, export = exports.status(project, hour, dt)
+            assert status == "FINISHED", (project.name, dt, status)
+    busy_first = exports.period(
+        busy, "hour", created.astimezone(busy.tz).strftime("%Y%m%d%H")
+    )  # fmt: skip
+    visit = exports.find(busy.id, busy_first, "visit")
+    assert visit is not None and visit.rows > 0 and visit.parts
+    assert exports.backlog > 0
+
+    # Then rounds until caught up (a bounded number of them).
+    rounds = 1
+    while exports.schedule(later):
+        rounds += 1
+        assert rounds < 20
+    assert exports.backlog == 0
+    assert all(exports.due(p, later) == [] for p in projects)
+
+    # Every closed period of every project and data type, published exactly once.
+    rows = [e for e in export_rows(rt) if e.project_id in {p.id for p in projects}]
+    keys = Counter((e.project_id, e.export_type, e.data_type, e.period_start) for e in rows)
+    expected = {
+        (pid, period.export_type, dt, period.start) for pid, d in due.items() for period, dt in d
+    }
+    assert set(keys) == expected and set(keys.values()) == {1}
+    assert all(e.state == FINISHED and e.attempts == 1 for e in rows)
+    # Each busy event is in exactly one hourly export, and in one daily export once its day
+    # is closed.
+    for export_type in EXPORT_TYPES:
+        seen: list[str] = []
+        closed = max(e.period_end for e in rows if e.export_type == export_type)
+        for e in rows:
+            if e.project_id == busy.id and e.export_type == export_type and e.data_type != "user":
+                seen += [r["event_id"] for r in rows_of(rt, e.parts or [], e.id)]
+        assert sorted(seen) == sorted(i for i, at in ids.items() if at < closed), export_type
+        assert seen, export_type
+    # Empty exports: no parts, no files, FINISHED as before.
+    empty = [e for e in rows if e.rows == 0]
+    assert len(empty) > len(rows) // 2
+    assert all(e.parts == [] for e in empty)
+    folders = {p.name for d in (rt.settings.data_dir / "exports").iterdir() for p in d.iterdir()}
+    assert folders == {str(e.id) for e in rows if e.parts}  # no leftovers of any attempt
+    quiet_hour = exports.period(
+        quiet_b, "hour", (later - timedelta(hours=3)).astimezone(quiet_b.tz).strftime("%Y%m%d%H")
+    )
+    status, export = exports.status(quiet_b, quiet_hour, "custom_event")
+    assert status == "FINISHED" and export is not None and export.rows == 0
+
+
+def test_an_export_interrupted_by_a_crash_or_a_stop_is_published_once_later(
+    quiet: Runtime,
+) -> None:
+    rt, exports = quiet, quiet.exports
+    project, _ = rt.catalog.create_project(f"c{time.monotonic_ns()}")
+    events(rt, project.id, 40)
+    now = datetime.now(UTC)
+    later = now + timedelta(hours=2)
+    exports.clock = lambda: later
+    hour = exports.period(project, "hour", now.astimezone(project.tz).strftime("%Y%m%d%H"))
+    # A crash mid-export: the claim is RUNNING and half-written parts lie in the temporary
+    # folder.
+    crashed = exports._claim(project.id, hour, "custom_event")
+    tmp = rt.settings.data_dir / "exports" / str(project.id) / f"{crashed.id}.tmp"
+    tmp.mkdir(parents=True)
+    (tmp / "custom_event_part0001.csv.gz").write_bytes(b"half a part")
+    assert exports.status(project, hour, "custom_event")[0] == "RUNNING"
+    # A stop mid-export: the writer gives up between two batches and leaves it RUNNING too.
+    assert rt.ingest.barrier()
+    exports.stopping.set()
+    exports._write_one(project.id, hour, "custom_event", exports.stopping)
+    stopped = exports.find(project.id, hour, "custom_event")
+    assert stopped is not None and stopped.state == "running"
+    assert exports.schedule(later) == 0  # a round started while stopping writes nothing
+    exports.stopping.clear()
+    # The next round (as at the next start) publishes it, once, complete.
+    while exports.schedule(later):
+        pass
+    done = [e for e in export_rows(rt) if e.project_id == project.id]
+    keys = Counter((e.export_type, e.data_type, e.period_start) for e in done)
+    assert set(keys.values()) == {1} and all(e.state == FINISHED for e in done)
+    export = exports.find(project.id, hour, "custom_event")
+    assert export is not None and export.id == crashed.id and export.attempts == 3
+    assert sorted(int(r["n"]) for r in rows_of(rt, export.parts or [], export.id)) == list(
+        range(40)
+    )
+    assert not tmp.exists()
+
+
+def test_a_restart_catches_up_in_rounds_that_follow_each_other(tmp_path: Path) -> None:
+    # The interval is a million seconds: only the round at start, and rounds that follow each
+    # other while exports are due, can catch up.
+    settings = Settings(data_dir=tmp_path / "data", scheduler_interval=1e6, export_round=40)
+    rt = Runtime.open(settings)
+    rt.start(announce=False)
+    projects = [rt.catalog.create_project(f"r{i}{time.monotonic_ns()}")[0] for i in range(3)]
+    created = datetime.now(UTC)
+    busy_events(rt, projects[2].id, created, hours=12, per_hour=3)
+    rt.stop()
+    later = created + timedelta(days=1, hours=1)
+    rt = Runtime.open(settings)  # back after a day of downtime
+    rt.exports.clock = lambda: later
+    expected = {
+        (p.id, period.export_type, dt, period.start)
+        for p in projects
+        for period, dt in rt.exports.due(p, later)
+    }
+    assert len(expected) > 5 * 40  # more than five rounds
+    rt.start(announce=False)
+    try:
+        guard = time.monotonic() + 600  # a hang guard (the interval is 1e6 s), not a limit
+        while any(rt.exports.due(p, later) for p in projects):
+            assert time.monotonic() < guard, "the scheduler stopped before catching up"
+            time.sleep(0.05)
+        rows = [e for e in export_rows(rt) if e.project_id in {p.id for p in projects}]
+    finally:
+        rt.stop()
+    keys = Counter((e.project_id, e.export_type, e.data_type, e.period_start) for e in rows)
+    assert set(keys) == expected and set(keys.values()) == {1}
+    assert all(e.state == FINISHED and e.attempts == 1 for e in rows)
+
+
+def test_the_scheduler_and_a_backfill_at_once_write_each_export_once(quiet: Runtime) -> None:
+    rt, exports = quiet, quiet.exports
+    projects = [rt.catalog.create_project(f"w{i}{time.monotonic_ns()}")[0] for i in range(2)]
+    created = datetime.now(UTC)
+    busy_events(rt, projects[1].id, created, hours=8, per_hour=4)
+    later = created + timedelta(hours=10)
+    exports.clock = lambda: later
+    start, end = _naive(created - timedelta(hours=1)), _naive(later)
+    backfills = [threading.Thread(target=exports.backfill, args=(p, start, end)) for p in projects]
+    for thread in backfills:
+        thread.start()
+    while exports.schedule(later):  # the scheduler's rounds, while the backfills run
+        pass
+    for thread in backfills:
+        thread.join()
+    rows = [e for e in export_rows(rt) if e.project_id in {p.id for p in projects}]
+    keys = Counter((e.project_id, e.export_type, e.data_type, e.period_start) for e in rows)
+    assert len(keys) > 100 and set(keys.values()) == {1}
+    assert all(e.state == FINISHED and e.attempts == 1 for e in rows)
+    assert sum(e.rows for e in rows if e.export_type == "hour" and e.data_type != "user") == 32
+
+
+def _naive(dt: datetime) -> datetime:
+    return dt.astimezone(UTC).replace(tzinfo=None)

@@ -22,9 +22,12 @@ import logging
 import os
 import re
 import shutil
+import threading
+import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -104,6 +107,13 @@ class Period:
     label: str  # the export_date as the vendor echoes it, cut to the hour or day (local)
 
 
+class _Stopped(Exception):
+    """The server is stopping: an export being written is left to the next start."""
+
+
+Key = tuple[int, str, str, datetime]  # project id, export type, data type, period start
+
+
 class Exports:
     def __init__(
         self,
@@ -117,9 +127,15 @@ class Exports:
         retention: timedelta = timedelta(days=15),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         workers: int = 2,
+        concurrency: int = 2,
+        round_size: int = 200,
+        retry_delay: timedelta = timedelta(seconds=30),
     ) -> None:
         self._engine = engine
         self.workers = workers  # threads compressing parts
+        self.concurrency = max(1, concurrency)  # exports the scheduler writes at once
+        self.round_size = max(1, round_size)  # due exports taken per scheduler round
+        self.retry_delay = retry_delay  # before the scheduler retries a failed export
         self.catalog = catalog
         self.store = store
         self.barrier = barrier
@@ -128,6 +144,11 @@ class Exports:
         self.delay = delay
         self.retention = retention
         self.clock = clock
+        self.backlog = 0  # due exports left for the next round after the last one
+        self.stopping = threading.Event()  # set while the server stops: rounds end early
+        self._busy: set[Key] = set()  # exports being written in this process
+        self._busy_cond = threading.Condition()
+        self._failed: dict[Key, float] = {}  # failed exports: when to retry (monotonic)
 
     # ---- periods -------------------------------------------------------------------------
     def period(self, project: Project, export_type: str, export_date: str) -> Period:
@@ -186,8 +207,11 @@ class Exports:
         return "NOT_EXISTS", None
 
     def path(self, export: Export, name: str) -> Path:
-        """A published part or manifest of an export (names are ours, checked)."""
-        names = {p["name"] for p in export.parts or []} | {"manifest.json"}
+        """A published part or manifest of an export (names are ours, checked). An export
+        with no rows has no files."""
+        names = {p["name"] for p in export.parts or []}
+        if names:
+            names.add("manifest.json")
         if name not in names or export.state != FINISHED:
             raise CdpError(Code.NOT_FOUND, f"file {name!r} is not part of this export", "name")
         return self._dir(export) / name
@@ -221,17 +245,154 @@ class Exports:
             raise invalid("data_type", f"unknown data type {data_type!r}")
         if period.end > _naive(self.clock()):
             raise invalid("export_date", "the period is not over yet")
+        project = self.catalog.project(project_id)
+        self._export_period(project, period, [data_type], self.barrier(), stop=None)
+        export = self.find(project_id, period, data_type)
+        assert export is not None
+        return export
+
+    @contextmanager
+    def _holding(self, keys: list[Key]) -> Iterator[None]:
+        """Exclusive use of these exports within the process (the scheduler's threads, the
+        admin API, backfill): taken all at once, so two holders never wait on each other."""
+        with self._busy_cond:
+            while any(k in self._busy for k in keys):
+                self._busy_cond.wait()
+            self._busy.update(keys)
+        try:
+            yield
+        finally:
+            with self._busy_cond:
+                self._busy.difference_update(keys)
+                self._busy_cond.notify_all()
+
+    def _export_period(
+        self,
+        project: Project,
+        period: Period,
+        data_types: list[str],
+        flushed: bool,
+        stop: threading.Event | None,
+    ) -> int:
+        """Write the missing or failed exports of one period among ``data_types``; returns how
+        many were written (published or failed).
+
+        One count over the period's ``received_at`` range tells which data types have no
+        rows: those are published at once, together, as exports with no parts (what the part
+        writer makes of no rows, without running it); the others are written one by one."""
+        keys = [(project.id, period.export_type, dt, period.start) for dt in data_types]
+        with self._holding(keys):
+            current = self._current(project.id, period, data_types)
+            todo = [
+                dt
+                for dt in data_types
+                if dt not in current or current[dt].state in (ERROR, RUNNING)
+            ]
+            if not todo:
+                return 0
+            if not flushed:
+                for dt in todo:
+                    export = self._claim(project.id, period, dt)
+                    self._fail(export, "ingested records could not be flushed in time")
+                return len(todo)
+            try:
+                counts = self._counts(project, period, todo)
+            except Exception:
+                log.exception("counting the rows of %s %s failed", period.export_type, period.label)
+                counts = {}  # unknown: every export is written in full
+            empty = [dt for dt in todo if counts.get(dt) == 0]
+            if empty:
+                self._publish_empty(project, period, empty, current)
+            written = len(empty)
+            for dt in todo:
+                if dt in empty:
+                    continue
+                if stop is not None and stop.is_set():
+                    break
+                self._write_one(project.id, period, dt, stop)
+                written += 1
+            return written
+
+    def _current(self, project_id: int, period: Period, data_types: list[str]) -> dict[str, Export]:
+        c = t.exports.c
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.exports).where(
+                    c.project_id == project_id,
+                    c.export_type == period.export_type,
+                    c.period_start == period.start,
+                    c.data_type.in_(data_types),
+                )
+            ).all()
+        return {r.data_type: Export.from_row(r) for r in rows}
+
+    def _counts(self, project: Project, period: Period, data_types: list[str]) -> dict[str, int]:
+        """How many rows each data type's export of the period would hold (a positive count
+        may be an over-estimate: it only means the export is written in full)."""
+        counts = dict.fromkeys(DATA_TYPES, 0)
+        if any(dt in EVENT_TYPES or dt == "user" for dt in data_types):
+            names, profiles = self.store.received_counts(project.id, period.start, period.end)
+            for name, n in names.items():
+                counts[name if name in EVENT_TYPES else "custom_event"] += n
+            counts["user"] = profiles
+        if "user_cluster" in data_types:
+            counts["user_cluster"] = len(
+                _segments_refreshed(self._engine, project.id, period.start, period.end)
+            )
+        return counts
+
+    def _publish_empty(
+        self, project: Project, period: Period, data_types: list[str], current: dict[str, Export]
+    ) -> None:
+        """Publish exports with no rows and no parts, in one metadata transaction."""
+        now = t.utcnow()
+        c = t.exports.c
+        for dt in data_types:
+            if dt in current:  # an earlier attempt's files, if any
+                final = self._dir(current[dt])
+                shutil.rmtree(final.with_name(final.name + ".tmp"), ignore_errors=True)
+                shutil.rmtree(final, ignore_errors=True)
+        done = {"state": FINISHED, "error": "", "rows": 0, "parts": [], "finished_at": now}
+        with self._engine.begin() as conn:
+            for dt in data_types:
+                if dt in current:
+                    conn.execute(
+                        sa.update(t.exports)
+                        .where(c.id == current[dt].id, c.state.in_([ERROR, RUNNING]))
+                        .values(attempts=current[dt].attempts + 1, **done)
+                    )
+                else:
+                    conn.execute(
+                        sa.insert(t.exports).values(
+                            project_id=project.id,
+                            export_type=period.export_type,
+                            data_type=dt,
+                            period_start=period.start,
+                            period_end=period.end,
+                            attempts=1,
+                            format=project.export_format,
+                            created_at=now,
+                            **done,
+                        )
+                    )
+        for dt in data_types:
+            self._failed.pop((project.id, period.export_type, dt, period.start), None)
+
+    def _write_one(
+        self, project_id: int, period: Period, data_type: str, stop: threading.Event | None
+    ) -> None:
         export = self._claim(project_id, period, data_type)
         if export.state == FINISHED:
-            return export
+            return
         try:
-            if not self.barrier():
-                raise RuntimeError("ingested records could not be flushed in time")
-            parts, rows = self._write(export)
+            parts, rows = self._write(export, stop)
+        except _Stopped:
+            log.info("export %d interrupted by the stop; written at the next start", export.id)
+            return  # left RUNNING, as after a crash: the next round writes it again
         except Exception as exc:
             log.exception("export %d failed", export.id)
-            self._update(export.id, state=ERROR, error=str(exc)[:500])
-            return self.get(project_id, export.id)
+            self._fail(export, str(exc))
+            return
         self._update(
             export.id,
             state=FINISHED,
@@ -240,7 +401,12 @@ class Exports:
             parts=[p.public() for p in parts],
             finished_at=t.utcnow(),
         )
-        return self.get(project_id, export.id)
+        self._failed.pop((project_id, period.export_type, data_type, period.start), None)
+
+    def _fail(self, export: Export, error: str) -> None:
+        self._update(export.id, state=ERROR, error=error[:500])
+        key = (export.project_id, export.export_type, export.data_type, export.period_start)
+        self._failed[key] = time.monotonic() + self.retry_delay.total_seconds()
 
     def _claim(self, project_id: int, period: Period, data_type: str) -> Export:
         now = t.utcnow()
@@ -322,19 +488,66 @@ class Exports:
                         out.append((period, dt))
         return out
 
-    def schedule(self, now: datetime | None = None, limit: int = 50) -> int:
-        """One round of the scheduler: purge what is past retention, then write up to
-        ``limit`` due exports, oldest first. Returns how many were written."""
+    def schedule(self, now: datetime | None = None, limit: int | None = None) -> int:
+        """One round of the scheduler: purge what is past retention, then write the
+        ``limit`` (default ``round_size``) oldest due exports of all projects together, in the
+        order their periods closed, so that no project waits behind another's backlog.
+        Returns how many were written; ``backlog`` is then how many remain due.
+
+        An export that failed waits ``retry_delay`` before the scheduler tries it again."""
         now = now or self.clock()
         self.purge(now)
-        written = 0
+        limit = self.round_size if limit is None else max(1, limit)
+        clock = time.monotonic()
+        self._failed = {k: v for k, v in self._failed.items() if v > clock}
+        due: list[tuple[Project, Period, str]] = []
         for project in self.catalog.projects():
-            for period, dt in sorted(self.due(project, now), key=lambda x: x[0].start):
-                if written >= limit:
-                    return written
-                self.run(project.id, period, dt)
-                written += 1
-        return written
+            for period, dt in self.due(project, now):
+                if (project.id, period.export_type, dt, period.start) not in self._failed:
+                    due.append((project, period, dt))
+        due.sort(key=_closing_order)
+        self.backlog = max(0, len(due) - limit)
+        if not due:
+            return 0
+        if len(due) > limit:
+            log.info("exports: %d due, writing the oldest %d", len(due), limit)
+        if not self.barrier():
+            log.warning("exports: ingested records could not be flushed; next round")
+            self.backlog = 0
+            return 0
+        return self._execute(due[:limit], self.stopping, True)
+
+    def _execute(
+        self,
+        exports: Iterable[tuple[Project, Period, str]],
+        stop: threading.Event | None,
+        flushed: bool,
+    ) -> int:
+        """Write these exports, one task per period in the order given, ``concurrency``
+        tasks at a time (``flushed``: the ingest barrier passed). Returns how many were
+        written."""
+        periods: dict[tuple[int, str, datetime], tuple[Project, Period, list[str]]] = {}
+        for project, period, dt in exports:
+            key = (project.id, period.export_type, period.start)
+            periods.setdefault(key, (project, period, []))[2].append(dt)
+
+        def task(project: Project, period: Period, dts: list[str]) -> int:
+            if stop is not None and stop.is_set():
+                return 0
+            try:
+                return self._export_period(project, period, dts, flushed, stop)
+            except Exception:  # the metadata DB or the store failing: retried later
+                log.exception("exports of %s %s failed", period.export_type, period.label)
+                retry = time.monotonic() + self.retry_delay.total_seconds()
+                for dt in dts:
+                    self._failed[(project.id, period.export_type, dt, period.start)] = retry
+                return 0
+
+        if self.concurrency == 1 or len(periods) == 1:
+            return sum(task(*args) for args in periods.values())
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="export") as pool:
+            futures = [pool.submit(task, *args) for args in periods.values()]
+            return sum(f.result() for f in futures)
 
     def purge(self, now: datetime | None = None) -> int:
         """Delete the files of exports older than the retention; they answer NOT_EXISTS."""
@@ -359,34 +572,39 @@ class Exports:
         now = _naive(self.clock())
         start = max(start, _naive_utc(project.created_at), now - self.retention)
         end = min(end, now - self.delay)
-        written = 0
-        for et in [export_type] if export_type else list(EXPORT_TYPES):
-            for period in self.periods(project, et, start, end):
-                for dt in DATA_TYPES:
-                    existing = self.find(project.id, period, dt)
-                    if existing is None or existing.state in (ERROR, RUNNING):
-                        self.run(project.id, period, dt)
-                        written += 1
-        return written
+        todo = [
+            (project, period, dt)
+            for et in ([export_type] if export_type else list(EXPORT_TYPES))
+            for period in self.periods(project, et, start, end)
+            for dt in DATA_TYPES
+        ]
+        todo.sort(key=_closing_order)
+        if not todo:
+            return 0
+        return self._execute(todo, None, self.barrier())
 
     def _update(self, export_id: int, **values: Any) -> None:
         with self._engine.begin() as conn:
             conn.execute(sa.update(t.exports).where(t.exports.c.id == export_id).values(**values))
 
-    def _write(self, export: Export) -> tuple[list[Part], int]:
+    def _write(self, export: Export, stop: threading.Event | None = None) -> tuple[list[Part], int]:
         final = self._dir(export)
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         stem = f"{export.data_type}_{export.export_type}_{export.period_start:%Y%m%d%H}_UTC"
-        batches = self._batches(export)
-        if export.format == "parquet":
-            parts = _ParquetParts(tmp, stem, self.part_bytes).write(batches)
-        else:
-            render = _jsonl if export.format == "jsonl" else _csv
-            ext = ".jsonl.gz" if export.format == "jsonl" else ".csv.gz"
-            gz = _GzipParts(tmp, stem, self.part_bytes, self.workers, ext, render)
-            parts = gz.write(batches)
+        batches = _until(self._batches(export), stop)
+        try:
+            if export.format == "parquet":
+                parts = _ParquetParts(tmp, stem, self.part_bytes).write(batches)
+            else:
+                render = _jsonl if export.format == "jsonl" else _csv
+                ext = ".jsonl.gz" if export.format == "jsonl" else ".csv.gz"
+                gz = _GzipParts(tmp, stem, self.part_bytes, self.workers, ext, render)
+                parts = gz.write(batches)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         total = sum(p.rows for p in parts)
         manifest = {
             "exportType": export.export_type,
@@ -461,6 +679,28 @@ class Exports:
         )
 
 
+def _closing_order(item: tuple[Project, Period, str]) -> tuple[datetime, datetime, int, int, int]:
+    """Oldest first: by the end of the period, then project, export type and data type."""
+    project, period, dt = item
+    return (
+        period.end,
+        period.start,
+        project.id,
+        EXPORT_TYPES.index(period.export_type),
+        DATA_TYPES.index(dt),
+    )
+
+
+def _until(
+    batches: Iterator[pa.RecordBatch], stop: threading.Event | None
+) -> Iterator[pa.RecordBatch]:
+    """``batches``, raising :class:`_Stopped` between two once ``stop`` is set."""
+    for batch in batches:
+        if stop is not None and stop.is_set():
+            raise _Stopped
+        yield batch
+
+
 def _segments_refreshed(
     engine: sa.Engine, project_id: int, start: datetime, end: datetime
 ) -> dict[int, Any]:
@@ -505,16 +745,21 @@ class _GzipParts:
         self._header = b""
 
     def write(self, batches: Iterator[pa.RecordBatch]) -> list[Part]:
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="export-gzip") as pool:
-            pending: deque[tuple[Future[bytes], pa.RecordBatch]] = deque()
-            for rows, text in self._chunks(batches):
-                pending.append((pool.submit(gzip.compress, text, GZIP_LEVEL, mtime=0), rows))
-                while len(pending) > 2 * self.workers:
+        try:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="export-gzip") as pool:
+                pending: deque[tuple[Future[bytes], pa.RecordBatch]] = deque()
+                for rows, text in self._chunks(batches):
+                    pending.append((pool.submit(gzip.compress, text, GZIP_LEVEL, mtime=0), rows))
+                    while len(pending) > 2 * self.workers:
+                        future, done = pending.popleft()
+                        self._append(future.result(), done)
+                while pending:
                     future, done = pending.popleft()
                     self._append(future.result(), done)
-            while pending:
-                future, done = pending.popleft()
-                self._append(future.result(), done)
+        except BaseException:
+            if self._file is not None:
+                self._file.close()
+            raise
         self._close()
         return self.parts
 
@@ -584,6 +829,16 @@ class _ParquetParts:
         self._path = folder
 
     def write(self, batches: Iterator[pa.RecordBatch]) -> list[Part]:
+        try:
+            self._write(batches)
+        except BaseException:
+            if self._writer is not None:
+                self._writer.close()
+            raise
+        self._close()
+        return self.parts
+
+    def _write(self, batches: Iterator[pa.RecordBatch]) -> None:
         for batch in batches:
             for start in range(0, batch.num_rows, self.ROW_GROUP):
                 rows = batch.slice(start, self.ROW_GROUP)
@@ -603,8 +858,6 @@ class _ParquetParts:
                 self._writer.write_batch(rows)
                 self._largest = max(self._largest, self._path.stat().st_size - before)
                 self._rows += rows.num_rows
-        self._close()
-        return self.parts
 
     def _close(self) -> None:
         if self._writer is None:
