@@ -47,6 +47,8 @@ class Settings:
 
     @property
     def meta_url_resolved(self) -> str:
+    segment_timeout: float = 120.0  # seconds one segment query may run (preview or refresh)
+    segment_memory_bytes: int = 1 << 30  # working memory one segment query may take
         return self.meta_url or f"sqlite:///{(self.data_dir / 'meta.db').resolve()}"
 
     @property
@@ -111,6 +113,8 @@ _ENV_TYPES: dict[str, type] = {
     "max_string_bytes": int,
     "max_list_items": int,
     "max_name_length": int,
+    "segment_timeout": float,
+    "segment_memory_bytes": int,
 }
 
 

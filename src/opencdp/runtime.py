@@ -21,9 +21,10 @@ from opencdp.ingest.service import IngestService
 from opencdp.jobs.service import JobLimits, Jobs
 from opencdp.meta.db import connect
 from opencdp.metrics import Metrics
+from opencdp.segments.sandbox import Sandbox
 from opencdp.segments.service import Segments
 from opencdp.store import open_store
-from opencdp.store.base import Store
+from opencdp.store.base import Budget, Store
 
 log = logging.getLogger("opencdp")
 
@@ -66,7 +67,18 @@ class Runtime:
             engine,
             JobLimits(settings.import_concurrency, settings.import_queue, settings.job_workers),
         )
-        segments = Segments(engine, catalog, store, jobs, ingest.barrier, settings.limits)
+        sandbox = Sandbox(store, settings.data_dir / "tmp" / "sql")
+        sandbox.clean()
+        segments = Segments(
+            engine,
+            catalog,
+            store,
+            jobs,
+            ingest.barrier,
+            settings.limits,
+            budget=Budget(settings.segment_timeout, settings.segment_memory_bytes),
+            sandbox=sandbox,
+        )
         jobs.register(
             "import",
             ImportRunner(
