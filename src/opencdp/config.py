@@ -43,12 +43,12 @@ class Settings:
     export_retention_days: int = 15  # exports older than this are purged
     export_concurrency: int = 2  # exports the scheduler writes at once
     export_round: int = 200  # due exports per scheduler round (rounds follow at once while due)
+    segment_timeout: float = 120.0  # seconds one segment query may run (preview or refresh)
+    segment_memory_bytes: int = 1 << 30  # working memory one segment query may take
     limits: Limits = field(default_factory=Limits)
 
     @property
     def meta_url_resolved(self) -> str:
-    segment_timeout: float = 120.0  # seconds one segment query may run (preview or refresh)
-    segment_memory_bytes: int = 1 << 30  # working memory one segment query may take
         return self.meta_url or f"sqlite:///{(self.data_dir / 'meta.db').resolve()}"
 
     @property
