@@ -105,6 +105,26 @@ def test_backfill_writes_only_what_is_missing(rt: Runtime) -> None:
     assert export is not None and export.rows == 10
 
 
+def test_hours_across_daylight_saving_changes_tile_the_day(rt: Runtime) -> None:
+    from opencdp.errors import CdpError
+
+    project, _ = rt.catalog.create_project(f"dst{time.monotonic_ns()}", timezone="Europe/Berlin")
+    exports = rt.exports
+    # Spring forward (02:00 local is skipped) and fall back (02:00 local comes twice).
+    for day in (datetime(2027, 3, 27, 22), datetime(2026, 10, 24, 22)):
+        hours = list(exports.periods(project, "hour", day, day + timedelta(days=1)))
+        assert [p.start for p in hours[1:]] == [p.end for p in hours[:-1]]  # no gap, no overlap
+        assert all(p.end > p.start for p in hours)
+        assert hours[0].start == day and hours[-1].end == day + timedelta(days=1)
+        assert len({p.start for p in hours}) == len(hours)  # one export key each
+    skipped = exports.period(project, "hour", "2027032802")
+    after = datetime(2027, 3, 29, tzinfo=UTC)
+    exports.clock = lambda: after
+    assert exports.status(project, skipped, "visit") == ("NOT_EXISTS", None)
+    with pytest.raises(CdpError):
+        exports.run(project.id, skipped, "visit")  # it would take 03:00's place
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_json_lines_and_parquet_exports(rt: Runtime, fmt: str) -> None:
     import json
@@ -197,37 +217,50 @@ def quiet(tmp_path: Path) -> Iterator[Runtime]:
 
 def test_catch_up_after_a_day_of_downtime_is_fair_and_exactly_once(quiet: Runtime) -> None:
     rt, exports = quiet, quiet.exports
-    # Three projects; the busiest one created last (highest id), with data in 20 hours.
+    # Three projects; the busiest one created last (highest id), with data in 20 hours. The
+    # runtime's own "default" project, created at start, has a backlog too.
     quiet_a, _ = rt.catalog.create_project(f"qa{time.monotonic_ns()}")
     quiet_b, _ = rt.catalog.create_project(f"qb{time.monotonic_ns()}", timezone="Asia/Kolkata")
     busy, _ = rt.catalog.create_project(f"busy{time.monotonic_ns()}", timezone="Europe/Berlin")
     projects = [quiet_a, quiet_b, busy]
-    created = datetime.now(UTC)
+    created = busy.created_at.replace(tzinfo=UTC)  # within the busy project's first hour
     ids = busy_events(rt, busy.id, created, hours=20, per_hour=6)
     events(rt, quiet_a.id, 3)  # a few records in quiet_a's first hour too
     later = created + timedelta(days=1, hours=1)  # a day of downtime
     exports.clock = lambda: later
-    due = {p.id: exports.due(p, later) for p in projects}
-    first = {pid: min(p.start for p, _ in d if p.export_type == "hour") for pid, d in due.items()}
-    assert sum(map(len, due.values())) > 2 * 50  # more than the old two rounds of 50
+    due = {p.id: exports.due(p, later) for p in rt.catalog.projects()}
+    first = {
+        p.id: min((period for period, _ in due[p.id] if period.export_type == "hour"),
+                  key=lambda period: period.start)
+        for p in projects
+    }  # fmt: skip
+    # What else has closed by the time the last of these first hours did depends on the time
+    # of day (a day closes with its last hour, and sorts before it; another zone's day may
+    # close in between), so the round is sized to hold all of it, of every project: a round
+    # that takes the oldest exports first over all projects needs no more, whatever each
+    # project's backlog.
+    closed = max(period.end for period in first.values())
+    oldest = {
+        (pid, period.export_type, dt, period.start)
+        for pid, d in due.items()
+        for period, dt in d
+        if period.end <= closed
+    }
+    assert len(oldest) < min(map(len, due.values()))  # less than any one project's backlog
 
-    # ONE round, at the old round size: every project's oldest missed hour is published, all
-    # of its data types, although the busy project comes last in the catalog.
-    assert exports.schedule(later, limit=50) == 50
+    # ONE round: exactly the oldest exports are published, and among them every project's
+    # oldest missed hour, all of its data types, although the busy project comes last in
+    # the catalog.
+    assert exports.schedule(later, limit=len(oldest)) == len(oldest)
+    written = {(e.project_id, e.export_type, e.data_type, e.period_start) for e in export_rows(rt)}
+    assert written == oldest
     for project in projects:
-        hour = exports.period(
-            project, "hour", first[project.id].replace(tzinfo=UTC).astimezone(project.tz)
-            .strftime("%Y%m%d%H"),
-        )  # fmt: skip
         for dt in DATA_TYPES:
-            status, export = exports.status(project, hour, dt)
+            status, export = exports.status(project, first[project.id], dt)
             assert status == "FINISHED", (project.name, dt, status)
-    busy_first = exports.period(
-        busy, "hour", created.astimezone(busy.tz).strftime("%Y%m%d%H")
-    )  # fmt: skip
-    visit = exports.find(busy.id, busy_first, "visit")
+    visit = exports.find(busy.id, first[busy.id], "visit")
     assert visit is not None and visit.rows > 0 and visit.parts
-    assert exports.backlog > 0
+    assert exports.backlog == sum(map(len, due.values())) - len(oldest) > 0
 
     # Then rounds until caught up (a bounded number of them).
     rounds = 1
@@ -235,10 +268,10 @@ def test_catch_up_after_a_day_of_downtime_is_fair_and_exactly_once(quiet: Runtim
         rounds += 1
         assert rounds < 20
     assert exports.backlog == 0
-    assert all(exports.due(p, later) == [] for p in projects)
+    assert all(exports.due(p, later) == [] for p in rt.catalog.projects())
 
     # Every closed period of every project and data type, published exactly once.
-    rows = [e for e in export_rows(rt) if e.project_id in {p.id for p in projects}]
+    rows = export_rows(rt)
     keys = Counter((e.project_id, e.export_type, e.data_type, e.period_start) for e in rows)
     expected = {
         (pid, period.export_type, dt, period.start) for pid, d in due.items() for period, dt in d
@@ -248,12 +281,13 @@ def test_catch_up_after_a_day_of_downtime_is_fair_and_exactly_once(quiet: Runtim
     # Each busy event is in exactly one hourly export, and in one daily export once its day
     # is closed.
     for export_type in EXPORT_TYPES:
+        mine = [e for e in rows if e.project_id == busy.id and e.export_type == export_type]
+        until = max(e.period_end for e in mine)  # the busy project's last closed period
         seen: list[str] = []
-        closed = max(e.period_end for e in rows if e.export_type == export_type)
-        for e in rows:
-            if e.project_id == busy.id and e.export_type == export_type and e.data_type != "user":
+        for e in mine:
+            if e.data_type != "user":
                 seen += [r["event_id"] for r in rows_of(rt, e.parts or [], e.id)]
-        assert sorted(seen) == sorted(i for i, at in ids.items() if at < closed), export_type
+        assert sorted(seen) == sorted(i for i, at in ids.items() if at < until), export_type
         assert seen, export_type
     # Empty exports: no parts, no files, FINISHED as before.
     empty = [e for e in rows if e.rows == 0]

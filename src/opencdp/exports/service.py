@@ -195,6 +195,8 @@ class Exports:
         now = _naive(self.clock())
         if period.end <= _naive_utc(project.created_at) or period.start > now:
             return "NOT_EXISTS", None  # before the project existed, or in the future
+        if period.end <= period.start:
+            return "NOT_EXISTS", None  # a local hour skipped by a DST change: none such
         if period.end <= now - self.retention:
             return "NOT_EXISTS", None  # purged (or about to be)
         export = self.find(project.id, period, data_type)
@@ -245,6 +247,8 @@ class Exports:
             raise invalid("data_type", f"unknown data type {data_type!r}")
         if period.end > _naive(self.clock()):
             raise invalid("export_date", "the period is not over yet")
+        if period.end <= period.start:  # its export would take the next hour's place
+            raise invalid("export_date", "no such hour in the project's time zone (DST)")
         project = self.catalog.project(project_id)
         self._export_period(project, period, [data_type], self.barrier(), stop=None)
         export = self.find(project_id, period, data_type)
@@ -445,7 +449,11 @@ class Exports:
         self, project: Project, export_type: str, start: datetime, end: datetime
     ) -> Iterator[Period]:
         """The periods of ``export_type`` (project-local hours or days) from the one holding
-        ``start`` to the last that ends by ``end`` (UTC, naive)."""
+        ``start`` to the last that ends by ``end`` (UTC, naive).
+
+        A local hour that a daylight-saving change skips has no period (it would be empty,
+        and start where the next hour does); one that the change repeats is one period of
+        two hours."""
         tz = project.tz
         local = start.replace(tzinfo=UTC).astimezone(tz)
         if export_type == "hour":
@@ -460,7 +468,8 @@ class Exports:
             period = self.period(project, export_type, label)
             if period.end > end:
                 return
-            yield period
+            if period.end > period.start:  # not a local hour that a DST change skips
+                yield period
             current += step
 
     def due(self, project: Project, now: datetime) -> list[tuple[Period, str]]:
