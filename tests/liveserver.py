@@ -61,7 +61,8 @@ class LiveServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.output.read_text()[-2000:]}")
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                # (503 is a server that is up but degraded, e.g. on a full disk.)
+                if httpx.get(self.url + "/health", timeout=1).status_code in (200, 503):
                     return self
             except httpx.HTTPError:
                 pass

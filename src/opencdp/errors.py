@@ -24,6 +24,9 @@ class Code(StrEnum):
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     BUSY = "busy"  # a limit on concurrent or queued work: retry later
+    # The server cannot keep a promise right now (storage full or failing): nothing was
+    # stored; retry later.
+    UNAVAILABLE = "unavailable"
     UNSUPPORTED = "unsupported"
     INTERNAL = "internal"
 
@@ -57,3 +60,14 @@ def missing(field: str) -> CdpError:
 
 def not_found(what: str, ident: object) -> CdpError:
     return CdpError(Code.NOT_FOUND, f"{what} {ident!r} does not exist")
+
+
+def unavailable(reason: str) -> CdpError:
+    """Storage cannot take the request now; the message says why and that nothing was kept.
+
+    >>> unavailable("No space left on device").message
+    'storage: No space left on device; nothing was stored, retry later'
+    """
+    return CdpError(
+        Code.UNAVAILABLE, f"storage: {reason}; nothing was stored, retry later", "storage"
+    )

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from opencdp.health import Health
+
+# The components whose state ``opencdp_degraded`` always reports (0 or 1).
+COMPONENTS = ("ingest_log", "ingest_log_damage", "flusher", "store")
+
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, health: Health | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.health = health or Health()
+        r.register(self.health.collector(COMPONENTS))
         self.requests = Counter(
             "opencdp_requests_total",
             "Requests answered, by surface and vendor return code",
@@ -45,5 +52,10 @@ class Metrics:
         self.dead_letters = Gauge(
             "opencdp_dead_letter_records",
             "Records the store refused (see dead-letter.jsonl)",
+            registry=r,
+        )
+        self.flush_stalls = Gauge(
+            "opencdp_flush_stalls",
+            "Flushes held back by a passing store fault (full disk, I/O error) since start",
             registry=r,
         )

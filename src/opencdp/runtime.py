@@ -10,10 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from opencdp import datadir
 from opencdp.catalog.secrets import read_or_create_private
 from opencdp.catalog.service import Catalog
 from opencdp.config import Settings
 from opencdp.exports.service import Exports
+from opencdp.faults import is_transient
+from opencdp.health import Health
 from opencdp.imports.files import Files
 from opencdp.imports.pipeline import ImportRunner
 from opencdp.ingest.apply import Applied
@@ -41,31 +44,41 @@ class Runtime:
     segments: Segments
     exports: Exports
     metrics: Metrics = field(default_factory=Metrics)
+    health: Health = field(default_factory=Health)
     started: bool = False
     _ticker: threading.Event = field(default_factory=threading.Event)
     _scheduler: threading.Thread | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> Runtime:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        datadir.prepare(settings)
         engine = connect(settings.meta_url_resolved)
-        server_key = read_or_create_private(settings.secret_key_path, pysecrets.token_bytes(32))
+        server_key = datadir.server_key(settings, engine)
         catalog = Catalog(engine, server_key)
+        datadir.check_store(settings, engine)
         store = open_store(settings.store_url_resolved)
-        metrics = Metrics()
+        try:
+            datadir.check_deployment(engine, store)
+        except Exception:
+            store.close()
+            raise
+        health = Health()
+        metrics = Metrics(health)
 
         def on_batch(stats: Applied, seconds: float) -> None:
             metrics.flushed_records.inc(stats.records)
             metrics.flush_seconds.observe(seconds)
             metrics.merges.inc(stats.merges)
 
-        ingest = IngestService(settings, catalog, store, on_batch)
+        ingest = IngestService(settings, catalog, store, on_batch, health)
         metrics.backlog.set_function(lambda: ingest.pending)
         metrics.dead_letters.set_function(lambda: ingest.flusher.failures)
+        metrics.flush_stalls.set_function(lambda: ingest.flusher.stalls)
         files = Files(engine, settings.files_dir)
         jobs = Jobs(
             engine,
             JobLimits(settings.import_concurrency, settings.import_queue, settings.job_workers),
+            transient=lambda exc: is_transient(exc, store),
         )
         sandbox = Sandbox(store, settings.data_dir / "tmp" / "sql")
         sandbox.clean()
@@ -116,6 +129,7 @@ class Runtime:
             segments,
             exports,
             metrics=metrics,
+            health=health,
         )
 
     def start(self, announce: bool = True) -> None:

@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from opencdp.errors import CdpError
 from opencdp.ingest.log import DurableLog, frame
 
 HEADER = 8
@@ -82,7 +85,7 @@ def test_empty_log(tmp_path: Path, opened: list[Opened]) -> None:
 def test_append_then_replay(tmp_path: Path, opened: list[Opened]) -> None:
     d = tmp_path / "log"
     o = open_log(opened, d)
-    data = [b"a", b"", b"\x00\xff" * 100, "上海".encode()]
+    data = [b"a", b"\x00", b"\x00\xff" * 100, "上海".encode()]
     lsns = [o.append(p) for p in data]
     # LSNs are byte offsets: each frame ends where the next begins.
     expected, end = [], 0
@@ -127,11 +130,18 @@ def test_async_appends_share_a_write(tmp_path: Path, opened: list[Opened]) -> No
     assert [p for _, p in replay(tmp_path / "log")] == payloads(200)
 
 
+def test_an_empty_payload_is_refused(tmp_path: Path, opened: list[Opened]) -> None:
+    # (A zero-filled stretch of a damaged file must never read as valid empty frames.)
+    o = open_log(opened, tmp_path / "log")
+    with pytest.raises(ValueError):
+        o.append(b"")
+
+
 def test_closed_log_refuses_appends(tmp_path: Path, opened: list[Opened]) -> None:
     o = open_log(opened, tmp_path / "log")
     o.append(b"x")
     o.close()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(CdpError, match="stopping"):
         o.append(b"y")
 
 
@@ -275,3 +285,130 @@ def test_release_everything_then_reopen(tmp_path: Path, opened: list[Opened]) ->
     new = o2.append(b"z")
     o2.close()
     assert replay(d, after=lsns[-1]) == [(new, b"z")]
+
+
+# ---- damage in the middle: replayed around, set aside, reported --------------------------------
+def _write_many(d: Path, opened: list[Opened], n: int = 10, **kw: Any) -> list[int]:
+    o = open_log(opened, d, **kw)
+    lsns = [o.append(p) for p in payloads(n)]
+    o.close()
+    return lsns
+
+
+@pytest.mark.parametrize("where", ["payload", "crc", "length", "zeroed"])
+def test_a_damaged_frame_in_the_middle_does_not_cut_off_the_frames_after_it(
+    tmp_path: Path, opened: list[Opened], where: str
+) -> None:
+    d = tmp_path / "log"
+    lsns = _write_many(d, opened)
+    (seg,) = segments(d)
+    size = seg.stat().st_size
+    data = bytearray(seg.read_bytes())
+    start, end = lsns[2], lsns[3]  # the fourth frame
+    if where == "zeroed":
+        data[start:end] = bytes(end - start)
+    else:
+        offset = {"payload": end - 1, "crc": start + 5, "length": start + 1}[where]
+        data[offset] ^= 0x5A
+    seg.write_bytes(bytes(data))
+
+    log = DurableLog(d)
+    got = list(log.replay(0))
+    try:
+        kept = [i for i in range(10) if i != 3]
+        assert got == [(lsns[i], payloads(10)[i]) for i in kept]
+        assert seg.stat().st_size == size  # nothing was cut
+        (damage,) = log.damage
+        assert (damage.lsn, damage.length, damage.torn) == (start, end - start, False)
+        assert damage.copy.read_bytes() == bytes(data[start:end])
+        assert damage.copy.parent == tmp_path / "quarantine"
+        assert damage.copy.stat().st_mode & 0o777 == 0o600
+        reported = log.quarantined()
+        assert reported is not None and "set aside" in reported
+    finally:
+        log.close()
+    # Reported until an operator moves the copy away; opening again changes nothing.
+    log2 = DurableLog(d)
+    assert list(log2.replay(0)) == got
+    log2.close()
+    damage.copy.unlink()
+    assert DurableLog(d).quarantined() is None
+
+
+def test_damage_at_the_end_of_a_middle_segment_keeps_the_later_segments(
+    tmp_path: Path, opened: list[Opened]
+) -> None:
+    d = tmp_path / "log"
+    lsns = _write_many(d, opened, n=20, segment_bytes=50)
+    files = segments(d)
+    victim = files[1]
+    before = victim.read_bytes()
+    victim.write_bytes(before[:-3] + b"\xff\xff\xff")  # its last frame is damaged
+    got = dict(replay(d))
+    lost = [lsn for lsn in lsns if int(victim.stem) < lsn <= int(victim.stem) + len(before)]
+    assert set(got) == set(lsns) - {lost[-1]}  # only the damaged frame is missing
+    assert victim.stat().st_size == len(before)  # a middle segment is never cut
+    assert list((tmp_path / "quarantine").glob("*.bad"))
+
+
+def test_a_torn_tail_is_kept_aside_but_reports_nothing(
+    tmp_path: Path, opened: list[Opened]
+) -> None:
+    d = tmp_path / "log"
+    lsns = _write_many(d, opened, n=5)
+    (seg,) = segments(d)
+    with seg.open("r+b") as f:
+        f.truncate(seg.stat().st_size - 4)
+    log = DurableLog(d)
+    assert [lsn for lsn, _ in log.replay(0)] == lsns[:4]
+    (damage,) = log.damage
+    assert damage.torn and damage.copy.suffix == ".torn"
+    assert log.quarantined() is None  # never acknowledged: nothing to report
+    log.close()
+
+
+def test_damage_that_cannot_be_set_aside_stops_the_opening(
+    tmp_path: Path, opened: list[Opened]
+) -> None:
+    d = tmp_path / "log"
+    lsns = _write_many(d, opened, n=5)
+    (seg,) = segments(d)
+    data = bytearray(seg.read_bytes())
+    data[lsns[1] + 2] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    (tmp_path / "quarantine").write_text("not a directory")
+    log = DurableLog(d)
+    with pytest.raises(RuntimeError, match="cannot be copied"):
+        list(log.replay(0))
+    assert seg.read_bytes() == bytes(data)  # nothing changed
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(3, 30),
+    start=st.integers(0, 10_000),
+    length=st.integers(1, 300),
+    fill=st.sampled_from([b"\x00", b"\xff", b"x", b"\x07\x00\x00\x00"]),
+)
+def test_only_the_frames_damage_touches_are_lost(
+    tmp_path_factory: pytest.TempPathFactory, n: int, start: int, length: int, fill: bytes
+) -> None:
+    d = tmp_path_factory.mktemp("fuzz") / "log"
+    log = DurableLog(d)
+    list(log.replay(0))
+    log.start(lambda entries: None)
+    data = [f"record-{i}-".encode() * (1 + i % 4) for i in range(n)]
+    lsns = [log.append_wait(p, p, timeout=30) for p in data]
+    log.close()
+    (seg,) = segments(d)
+    raw = bytearray(seg.read_bytes())
+    start %= len(raw)
+    end = min(len(raw), start + length)
+    raw[start:end] = (fill * length)[: end - start]
+    seg.write_bytes(bytes(raw))
+    got = dict(replay(d))
+    begins = [0, *lsns[:-1]]
+    for b, e, p in zip(begins, lsns, data, strict=True):
+        if e <= start or b >= end:  # untouched by the damage: replayed
+            assert got.get(e) == p
+    assert all(p in data for p in got.values())  # nothing invented

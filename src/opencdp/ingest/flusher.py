@@ -2,13 +2,24 @@
 
 It wakes every ``interval`` seconds (or as soon as ``max_records`` wait, or a reader asks for a
 barrier), applies what is waiting in one store transaction that also records the applied LSN, and
-lets the log delete what is no longer needed. A batch the store refuses is retried record by
-record; a record that fails on its own is written to the dead-letter file, never silently dropped.
+lets the log delete what is no longer needed.
+
+Failures are of two kinds, and are never confused:
+- a *passing* condition (a full disk, an I/O error, a locked or invalidated database, memory):
+  nothing is skipped and the checkpoint does not move. The batch stays at the head of the
+  queue and is tried again with a growing pause (up to ``MAX_BACKOFF``); health reports the
+  store degraded with the reason until a batch goes through, and then everything
+  acknowledged meanwhile becomes visible, without a restart;
+- a record the store refuses for what it holds: the batch is retried record by record, and a
+  record that fails on its own is written (and synced) to the dead-letter file with the
+  reason before the checkpoint moves past it.
+The thread is supervised: an unexpected error is logged and reported, and the loop goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -17,12 +28,25 @@ from pathlib import Path
 import orjson
 
 from opencdp.catalog.service import Catalog
+from opencdp.faults import is_transient
+from opencdp.health import Health
 from opencdp.ingest.apply import Applied, apply_records
 from opencdp.ingest.records import Record
 from opencdp.store.base import Store
 
 CHECKPOINT = "ingest_lsn"
+COMPONENT = "store"
+MIN_BACKOFF, MAX_BACKOFF = 0.05, 5.0
 log = logging.getLogger(__name__)
+
+
+class Stalled(Exception):
+    """Applying stopped at a passing condition after ``applied`` records of the batch."""
+
+    def __init__(self, applied: int, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {str(cause).splitlines()[0][:300]}")
+        self.applied = applied
+        self.cause = cause
 
 
 class Flusher:
@@ -35,6 +59,7 @@ class Flusher:
         dead_letter: Path,
         on_applied: Callable[[int], None] = lambda lsn: None,
         on_batch: Callable[[Applied, float], None] = lambda stats, seconds: None,
+        health: Health | None = None,
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -43,6 +68,7 @@ class Flusher:
         self.dead_letter = dead_letter
         self.on_applied = on_applied
         self.on_batch = on_batch
+        self.health = health or Health()
         self._cond = threading.Condition()
         self._queue: list[tuple[int, Record]] = []
         self._received_lsn = 0
@@ -50,7 +76,8 @@ class Flusher:
         self._barrier_waiting = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.failures = 0
+        self.failures = 0  # records dead-lettered
+        self.stalls = 0  # batches held back by a passing condition
 
     # ---- called by the log writer --------------------------------------------------------
     def enqueue(self, entries: list[tuple[int, Record]]) -> None:
@@ -64,16 +91,26 @@ class Flusher:
     def backlog(self) -> int:
         return len(self._queue)
 
+    @property
+    def stalled(self) -> str | None:
+        """Why the store is not taking records now, or None."""
+        return self.health.problems().get(COMPONENT)
+
     # ---- replay at start-up --------------------------------------------------------------
     def apply_now(self, entries: list[tuple[int, Record]]) -> None:
-        """Apply entries synchronously (start-up replay, before the thread runs)."""
+        """Apply entries synchronously (start-up replay, before the thread runs). A passing
+        condition here stops the start: the operator sees why at once."""
         if entries:
             self._apply(entries)
 
     # ---- thread --------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="ingest-flusher", daemon=True)
+        self._thread = threading.Thread(target=self._supervise, name="ingest-flusher", daemon=True)
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         with self._cond:
@@ -84,7 +121,10 @@ class Flusher:
         with self._cond:
             rest, self._queue = self._queue, []
         if rest:
-            self._apply(rest)
+            try:
+                self._apply(rest)
+            except Stalled as exc:  # still safe in the log: replayed at the next start
+                log.error("stopping with %d records not yet in the store: %s", len(rest), exc)
 
     def barrier(self, timeout: float = 30.0) -> bool:
         """Wait until every record durable now is in the store; False on timeout."""
@@ -103,35 +143,82 @@ class Flusher:
                 self._barrier_waiting -= 1
         return True
 
+    def _supervise(self) -> None:
+        """Run the loop; whatever escapes it is logged and reported, and the loop resumes."""
+        while True:
+            try:
+                self._run()
+                return
+            except BaseException as exc:  # a bug, not a fault of the store: keep going
+                log.exception("ingest flusher failed; restarting it")
+                self.health.fail(COMPONENT, f"the flusher failed unexpectedly: {exc!r}")
+                with self._cond:
+                    if self._stopping:
+                        return
+                    self._cond.wait(MAX_BACKOFF)
+
     def _run(self) -> None:
+        backoff = 0.0
         while True:
             with self._cond:
-                deadline = time.monotonic() + self.interval
-                while not self._stopping:
-                    if len(self._queue) >= self.max_records or (
-                        self._queue and self._barrier_waiting
-                    ):
-                        break
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        if self._queue:
-                            break
-                        deadline, left = time.monotonic() + self.interval, self.interval
-                    self._cond.wait(left)
+                if backoff:  # a pause after a stall, which only stopping cuts short
+                    until = time.monotonic() + backoff
+                    while not self._stopping and (left := until - time.monotonic()) > 0:
+                        self._cond.wait(left)
+                else:
+                    self._wait_for_work()
                 if self._stopping:
                     return
                 batch = self._queue[: self.max_records]
+            try:
+                self._apply(batch)
+            except Stalled as exc:
+                self.stalls += 1
+                with self._cond:
+                    del self._queue[: exc.applied]
+                backoff = min(max(backoff * 2, MIN_BACKOFF), MAX_BACKOFF)
+                log.warning(
+                    "store refused a batch (%s); %d records wait, retrying in %.2fs",
+                    exc, len(self._queue), backoff,
+                )  # fmt: skip
+                self.health.fail(
+                    COMPONENT,
+                    f"cannot write to the store ({exc}); {len(self._queue)} acknowledged "
+                    "records are safe in the ingest log and wait; retrying",
+                )
+                continue
+            with self._cond:
                 del self._queue[: len(batch)]
-            self._apply(batch)
+            if backoff:
+                log.info("store writes again; the backlog is being applied")
+            backoff = 0.0
+            self.health.ok(COMPONENT)
+
+    def _wait_for_work(self) -> None:
+        """(Holding the condition) until a batch is due: the interval passed with records
+        waiting, ``max_records`` wait, a reader asks for a barrier, or the flusher stops."""
+        deadline = time.monotonic() + self.interval
+        while not self._stopping:
+            if len(self._queue) >= self.max_records or (self._queue and self._barrier_waiting):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if self._queue:
+                    return
+                deadline, left = time.monotonic() + self.interval, self.interval
+            self._cond.wait(left)
 
     def _apply(self, batch: list[tuple[int, Record]]) -> None:
+        """Apply the batch, or raise :class:`Stalled` with how much of it was applied."""
         started = time.perf_counter()
         end = batch[-1][0]
         try:
             with self.store.writer() as w:
                 stats = apply_records(w, self.catalog, [r for _, r in batch])
                 w.set_checkpoint(CHECKPOINT, end)
-        except Exception:
+        except Exception as exc:
+            if is_transient(exc, self.store):
+                raise Stalled(0, exc) from exc
             log.exception("flush of %d records failed; retrying one by one", len(batch))
             stats = self._apply_one_by_one(batch)
         self._done(end)
@@ -139,7 +226,7 @@ class Flusher:
 
     def _apply_one_by_one(self, batch: list[tuple[int, Record]]) -> Applied:
         total = Applied()
-        for lsn, record in batch:
+        for i, (lsn, record) in enumerate(batch):
             try:
                 with self.store.writer() as w:
                     stats = apply_records(w, self.catalog, [record])
@@ -148,18 +235,37 @@ class Flusher:
                 total.events += stats.events
                 total.profiles += stats.profiles
             except Exception as exc:
-                self.failures += 1
-                log.exception("record at LSN %d cannot be applied; dead-lettered", lsn)
-                self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
-                with self.dead_letter.open("ab") as f:
-                    line = {"lsn": lsn, "error": repr(exc), "record": record.encode().decode()}
-                    f.write(orjson.dumps(line) + b"\n")
-                with self.store.writer() as w:
-                    w.set_checkpoint(CHECKPOINT, lsn)
+                if is_transient(exc, self.store):
+                    raise Stalled(i, exc) from exc
+                self._dead_letter(i, lsn, record, exc)
+            self._done(lsn)
         return total
+
+    def _dead_letter(self, i: int, lsn: int, record: Record, exc: Exception) -> None:
+        """Keep a record the store refuses, durably, then move the checkpoint past it."""
+        log.error("record at LSN %d cannot be applied (%r); dead-lettered", lsn, exc)
+        line = {"lsn": lsn, "error": repr(exc), "record": record.encode().decode()}
+        try:
+            self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.dead_letter, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, orjson.dumps(line) + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            with self.store.writer() as w:
+                w.set_checkpoint(CHECKPOINT, lsn)
+        except Exception as fault:  # cannot keep it yet: nothing moves until it can
+            if is_transient(fault, self.store):
+                raise Stalled(i, fault) from fault
+            raise
+        self.failures += 1
 
     def _done(self, end: int) -> None:
         with self._cond:
             self.applied_lsn = end
             self._cond.notify_all()
-        self.on_applied(end)
+        try:
+            self.on_applied(end)
+        except Exception:  # (the log's clean-up; it is tried again at the next batch)
+            log.exception("releasing ingest log segments up to LSN %d failed", end)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from itertools import islice
+from collections.abc import Callable, Iterator
 
 from opencdp.catalog.service import Catalog
 from opencdp.config import Settings
+from opencdp.errors import unavailable
+from opencdp.health import Health
 from opencdp.ingest.apply import Applied
 from opencdp.ingest.flusher import CHECKPOINT, Flusher
 from opencdp.ingest.log import DurableLog
@@ -18,8 +19,12 @@ from opencdp.store.base import Store
 
 log = logging.getLogger(__name__)
 
-# Records acknowledged but not yet in the store; past this, new requests wait for the flusher.
+# Records acknowledged but not yet in the store; past this, new requests wait for the flusher,
+# at most BACKLOG_WAIT seconds (and not at all while the store refuses writes), then are
+# refused: memory stays bounded and no request waits without end.
 MAX_BACKLOG = 200_000
+BACKLOG_WAIT = 10.0
+LOG_COMPONENT, DAMAGE_COMPONENT, FLUSHER_COMPONENT = "ingest_log", "ingest_log_damage", "flusher"
 
 
 class IngestService:
@@ -29,10 +34,17 @@ class IngestService:
         catalog: Catalog,
         store: Store,
         on_batch: Callable[[Applied, float], None] | None = None,
+        health: Health | None = None,
     ) -> None:
         self.catalog = catalog
         self.store = store
-        self.log = DurableLog(settings.log_dir, settings.log_segment_bytes)
+        self.health = health or Health()
+        self.log = DurableLog(
+            settings.log_dir,
+            settings.log_segment_bytes,
+            quarantine=settings.data_dir / "quarantine",
+            on_write=self._log_written,
+        )
         self.flusher = Flusher(
             store,
             catalog,
@@ -41,17 +53,21 @@ class IngestService:
             dead_letter=settings.data_dir / "dead-letter.jsonl",
             on_applied=self.log.release,
             on_batch=on_batch or (lambda stats, seconds: None),
+            health=self.health,
         )
         self.replayed = 0
+        self._started = False
+        self.health.probe(DAMAGE_COMPONENT, self.log.quarantined)
+        self.health.probe(FLUSHER_COMPONENT, self._flusher_stopped)
 
     def start(self) -> None:
         """Replay what the store has not applied yet, then accept new records."""
         started = time.perf_counter()
-        entries = self.log.replay(self.store.checkpoint(CHECKPOINT))
-        while chunk := [
-            (lsn, Record.decode(payload))
-            for lsn, payload in islice(entries, self.flusher.max_records)
-        ]:
+        entries = self._decoded(self.log.replay(self.store.checkpoint(CHECKPOINT)))
+        while True:
+            chunk = [e for _, e in zip(range(self.flusher.max_records), entries, strict=False)]
+            if not chunk:
+                break
             self.flusher.apply_now(chunk)
             self.replayed += len(chunk)
         if self.replayed:
@@ -62,18 +78,54 @@ class IngestService:
             )
         self.log.start(self.flusher.enqueue)
         self.flusher.start()
+        self._started = True
+
+    def _decoded(self, frames: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, Record]]:
+        for lsn, payload in frames:
+            try:
+                yield lsn, Record.decode(payload)
+            except Exception as exc:  # intact but unreadable: kept aside, never dropped
+                self.log.set_aside(lsn, payload, f"not a record: {exc!r}")
+
+    def _log_written(self, problem: str | None) -> None:
+        if problem is None:
+            self.health.ok(LOG_COMPONENT)
+        else:
+            self.health.fail(
+                LOG_COMPONENT, f"cannot write to the ingest log ({problem}); records are refused"
+            )
+
+    def _flusher_stopped(self) -> str | None:
+        if self._started and not self.flusher.alive:
+            return "the ingest flusher is not running"
+        return None
 
     async def submit(self, record: Record) -> int:
         """Make ``record`` durable; returns once it survives a crash."""
+        waited = 0.0
         while self.flusher.backlog > MAX_BACKLOG:
+            self._check_backlog(waited)
             await asyncio.sleep(0.01)
+            waited += 0.01
         return await self.log.append_async(record.encode(), record)
 
     def submit_wait(self, record: Record) -> int:
         """:meth:`submit` for plain threads."""
+        waited = 0.0
         while self.flusher.backlog > MAX_BACKLOG:
+            self._check_backlog(waited)
             time.sleep(0.01)
+            waited += 0.01
         return self.log.append_wait(record.encode(), record)
+
+    def _check_backlog(self, waited: float) -> None:
+        stalled = self.flusher.stalled
+        if stalled is not None:
+            raise unavailable(f"{self.flusher.backlog} records wait for the store: {stalled}")
+        if waited >= BACKLOG_WAIT:
+            raise unavailable(
+                f"{self.flusher.backlog} records wait for the store, which is not keeping up"
+            )
 
     @property
     def pending(self) -> int:

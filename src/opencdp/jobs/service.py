@@ -4,12 +4,17 @@ A job is ``queued`` until a worker takes it (``running``), then ``complete`` or 
 is idempotent by construction (each job records its progress in the store in the same
 transaction as the rows it writes), so a job found ``running`` at start-up, interrupted by a
 crash or a restart, is simply queued again and resumes where its last commit left it.
+
+A job stopped by a passing condition (a full disk, an I/O error, a locked database) is not
+failed: it is queued again with its message saying why, and tried again after a pause that
+grows up to ``MAX_RETRY_DELAY``; it resumes where its last commit left it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,12 +23,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from opencdp.errors import CdpError, Code
+from opencdp.faults import describe, is_transient
 from opencdp.meta import tables as t
 
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, COMPLETE, FAILED = "queued", "running", "complete", "failed"
 ACTIVE = (QUEUED, RUNNING)
+MIN_RETRY_DELAY, MAX_RETRY_DELAY = 1.0, 60.0
 
 
 @dataclass(frozen=True)
@@ -89,9 +96,16 @@ class Progress:
 
 
 class Jobs:
-    def __init__(self, engine: sa.Engine, limits: JobLimits | None = None) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        limits: JobLimits | None = None,
+        transient: Callable[[BaseException], bool] = is_transient,
+    ) -> None:
         self._engine = engine
         self.limits = limits or JobLimits()
+        self._transient = transient
+        self._retry_at: dict[int, tuple[float, float]] = {}  # job id -> (monotonic, delay)
         self._handlers: dict[str, Handler] = {}
         self._cond = threading.Condition()
         self._claim_lock = threading.Lock()
@@ -206,9 +220,12 @@ class Jobs:
             queued = conn.execute(
                 sa.select(t.jobs).where(t.jobs.c.state == QUEUED).order_by(t.jobs.c.id)
             ).all()
+            now = time.monotonic()
             for row in queued:
                 if running.get(row.project_id, 0) >= self.limits.concurrent_per_project:
                     continue
+                if self._retry_at.get(row.id, (0.0, 0.0))[0] > now:
+                    continue  # waiting out a passing condition
                 conn.execute(
                     sa.update(t.jobs)
                     .where(t.jobs.c.id == row.id)
@@ -226,13 +243,18 @@ class Jobs:
             with self._cond:
                 if self._stopping:
                     return
-            job = self._claim()
+            try:
+                job = self._claim()
+                if job is not None:
+                    self._run(job)
+            except Exception:  # the metadata DB failing (full disk, locked): keep the worker
+                log.exception("job worker: the jobs table cannot be read or written; waiting")
+                job = None
             if job is None:
                 with self._cond:
                     if not self._stopping:
                         self._cond.wait(1.0)
                 continue
-            self._run(job)
             with self._cond:
                 self._cond.notify_all()  # a slot is free: another worker may take a job
 
@@ -247,9 +269,13 @@ class Jobs:
             return
         except CdpError as exc:
             outcome = Outcome(False, exc.message)
-        except Exception:
+        except Exception as exc:
+            if self._transient(exc):
+                self._retry_later(job, exc)
+                return
             log.exception("job %d failed", job.id)
             outcome = Outcome(False, "internal error")
+        self._retry_at.pop(job.id, None)
         self._update(
             job.id,
             state=COMPLETE if outcome.ok else FAILED,
@@ -259,6 +285,18 @@ class Jobs:
             failed=outcome.failed,
             warnings=outcome.warnings,
             finished_at=t.utcnow(),
+        )
+
+    def _retry_later(self, job: Job, exc: BaseException) -> None:
+        delay = min(
+            max(self._retry_at.get(job.id, (0.0, 0.0))[1] * 2, MIN_RETRY_DELAY), MAX_RETRY_DELAY
+        )
+        self._retry_at[job.id] = (time.monotonic() + delay, delay)
+        log.warning("job %d waits %.0fs before it is tried again: %s", job.id, delay, exc)
+        self._update(
+            job.id,
+            state=QUEUED,
+            message=f"waiting to resume: {describe(exc)}; tried again in {delay:.0f} s",
         )
 
 

@@ -47,6 +47,10 @@ def _v6_export_format(conn: sa.Connection) -> None:
         )
 
 
+def _v7_deployment(conn: sa.Connection) -> None:
+    tables.deployment.create(conn)
+
+
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _v1_initial),
     (2, _v2_files_and_jobs),
@@ -54,6 +58,7 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (4, _v4_segments),
     (5, _v5_exports),
     (6, _v6_export_format),
+    (7, _v7_deployment),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -20,6 +20,15 @@ schema_version = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
 )
 
+# The deployment's id: also kept in the analytic store, so that a store and a metadata DB that
+# do not belong together are refused at start (see opencdp.datadir). One row.
+deployment = sa.Table(
+    "deployment",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
 projects = sa.Table(
     "projects",
     metadata,

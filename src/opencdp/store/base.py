@@ -221,6 +221,12 @@ class Store(ABC):
     @abstractmethod
     def checkpoint(self, name: str) -> int: ...
 
+    def transient(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised by this store, is a passing condition (I/O, a full disk,
+        a conflict, memory) that a later retry can get past, rather than something wrong
+        with the data written. The store recovers by itself once the condition is gone."""
+        return False
+
     @abstractmethod
     def find_user(self, project_id: int, token: Token) -> int | None: ...
 

@@ -9,6 +9,8 @@ id}``) and checked by :func:`ident`; every value is a bound parameter or an Arro
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import threading
 import time
@@ -58,6 +60,8 @@ ARROW_TYPES: dict[PropertyType, pa.DataType] = {
     PropertyType.LIST: pa.list_(pa.string()),
 }
 
+log = logging.getLogger(__name__)
+
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -73,13 +77,13 @@ def ident(name: str) -> str:
 
 
 KINDS = ("profiles", "identities", "events", "list_members", "segment_members")
-
 # The logical tables a segment query reads, and the stored tables behind them.
 LOGICAL = {"users": "profiles", "events": "events"}
 # How often a segment query's watchdog looks at the clock and the store's working memory.
 WATCH_INTERVAL = 0.02
 # Memory the watchdog does not count: cached table data and catalog, not a query's work.
 _RESIDENT = ("BASE_TABLE", "METADATA", "ART_INDEX")
+
 
 def collection_table(project_id: int, collection_id: int) -> str:
     if not isinstance(project_id, int) or not isinstance(collection_id, int):
@@ -113,7 +117,14 @@ class DuckDBStore(Store):
     def __init__(self, path: str) -> None:
         # Every read that needs an order says ORDER BY; without the insertion-order guarantee
         # bulk INSERT … SELECT writes row groups in parallel.
-        self._conn = duckdb.connect(path, config={"preserve_insertion_order": False})
+        # Nothing this store runs reads or writes files other than its own database, so file
+        # access and extension loading are off for every query that ever runs here.
+        self._path = path
+        self._conn = self._connect()
+        # Why the connection cannot be used, after an error DuckDB calls fatal (e.g. a
+        # checkpoint that found the disk full invalidates the database): the next use opens
+        # it again, which replays its WAL, so a store survives a full disk without a restart.
+        self._broken: str | None = None
         self._write_lock = threading.Lock()
         self._cursor_lock = threading.Lock()
         # Columns of each table as committed (what readers see), and, while a write
@@ -123,26 +134,65 @@ class DuckDBStore(Store):
         self._txn_columns: dict[str, set[str]] | None = None
         self._txn_touched: set[str] = set()
         self._txn_cur: duckdb.DuckDBPyConnection | None = None
-        self._conn.execute(
+
+    # ---- plumbing ------------------------------------------------------------------------
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        conn = duckdb.connect(
+            self._path,
+            config={
+                "preserve_insertion_order": False,
+                "enable_external_access": False,
+                "autoload_known_extensions": False,
+                "autoinstall_known_extensions": False,
+            },
+        )
+        conn.execute(
             "CREATE TABLE IF NOT EXISTS _opencdp_state (name VARCHAR PRIMARY KEY, value BIGINT)"
         )
-        self._conn.execute(
+        conn.execute(
             "CREATE TABLE IF NOT EXISTS _opencdp_user_ids "
             "(project_id BIGINT PRIMARY KEY, next_id BIGINT NOT NULL)"
         )
+        return conn
 
-    # ---- plumbing ------------------------------------------------------------------------
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         with self._cursor_lock:
+            if self._broken is not None:
+                log.warning("store: opening the database again after: %s", self._broken)
+                with contextlib.suppress(duckdb.Error):
+                    self._conn.close()
+                self._conn = self._connect()  # raises while the fault lasts; tried again later
+                self._columns.clear()
+                self._broken = None
             return self._conn.cursor()
+
+    def _failed(self, exc: BaseException) -> None:
+        """Note an error that left the database unusable, so that the next use reopens it."""
+        if isinstance(exc, duckdb.FatalException | duckdb.ConnectionException):
+            self._broken = str(exc).splitlines()[0][:300]
+
+    def transient(self, exc: BaseException) -> bool:
+        return isinstance(
+            exc,
+            duckdb.IOException
+            | duckdb.FatalException
+            | duckdb.TransactionException
+            | duckdb.ConnectionException
+            | duckdb.OutOfMemoryException
+            | duckdb.InterruptException,
+        )
 
     @contextmanager
     def _read(self) -> Iterator[duckdb.DuckDBPyConnection]:
         cur = self._cursor()
         try:
             yield cur
+        except duckdb.Error as exc:
+            self._failed(exc)
+            raise
         finally:
-            cur.close()
+            with contextlib.suppress(duckdb.Error):
+                cur.close()
 
     @contextmanager
     def writer(self) -> Iterator[StoreWriter]:
@@ -150,20 +200,25 @@ class DuckDBStore(Store):
             cur = self._cursor()
             w = _Writer(self, cur)
             self._txn_columns, self._txn_touched, self._txn_cur = {}, set(), cur
-            cur.execute("BEGIN TRANSACTION")
             try:
-                yield w
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            else:
+                cur.execute("BEGIN TRANSACTION")
+                try:
+                    yield w
+                except BaseException:
+                    with contextlib.suppress(duckdb.Error):  # (gone with an invalidated db)
+                        cur.execute("ROLLBACK")
+                    raise
                 cur.execute("COMMIT")
                 for tbl in self._txn_touched:
                     self._columns.pop(tbl, None)
                 self._columns.update(self._txn_columns)
+            except duckdb.Error as exc:
+                self._failed(exc)
+                raise
             finally:
                 self._txn_columns, self._txn_touched, self._txn_cur = None, set(), None
-                cur.close()
+                with contextlib.suppress(duckdb.Error):
+                    cur.close()
 
     def _cache(self, cur: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
         if self._txn_columns is not None and cur is self._txn_cur:
@@ -479,19 +534,6 @@ class DuckDBStore(Store):
                 row = cur.execute(f"SELECT count(*) FROM ({query})").fetchone()
         return int(row[0]) if row else 0
 
-    def segment_members(
-        self, project_id: int, segment_id: int, version: int, limit: int, after: int
-    ) -> list[tuple[int, str | None]]:
-        with self._read() as cur:
-            if not self._has_members(cur, project_id):
-                return []
-            rows = cur.execute(
-                f"SELECT user_id, tag_value FROM {table(project_id, 'segment_members')} "
-                "WHERE segment_id = ? AND version = ? AND user_id > ? ORDER BY user_id LIMIT ?",
-                [segment_id, version, after, limit],
-            ).fetchall()
-        return [(int(u), t) for u, t in rows]
-
     def segment_rows(self, project_id: int, query: str, budget: Budget) -> pa.Table:
         with self._read() as cur:
             if not self._has_tables(cur, project_id):
@@ -528,6 +570,19 @@ class DuckDBStore(Store):
             with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as out:
                 for batch in reader:
                     out.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
+
+    def segment_members(
+        self, project_id: int, segment_id: int, version: int, limit: int, after: int
+    ) -> list[tuple[int, str | None]]:
+        with self._read() as cur:
+            if not self._has_members(cur, project_id):
+                return []
+            rows = cur.execute(
+                f"SELECT user_id, tag_value FROM {table(project_id, 'segment_members')} "
+                "WHERE segment_id = ? AND version = ? AND user_id > ? ORDER BY user_id LIMIT ?",
+                [segment_id, version, after, limit],
+            ).fetchall()
+        return [(int(u), t) for u, t in rows]
 
     def segment_changes(
         self, project_id: int, segment_id: int, version: int, limit: int

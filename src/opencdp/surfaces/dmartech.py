@@ -10,7 +10,8 @@ import logging
 import time
 from urllib.parse import parse_qs
 
-from opencdp.errors import CdpError, Code
+from opencdp.errors import CdpError, Code, unavailable
+from opencdp.faults import describe, is_transient
 from opencdp.ingest.records import build_record, parse_json
 from opencdp.runtime import Runtime
 from opencdp.surfaces.rawasgi import BodyTooLarge, Receive, Scope, Send, read_body, send_json
@@ -29,6 +30,8 @@ ERRORS: dict[Code, tuple[int, str, int]] = {
     Code.EMPTY_IDENTITY: (20002, "至少需要一个主键标识的用户属性存在值", 400),
     Code.VALIDATION_FAILED: (20003, "数据校验失败", 400),
     Code.LIMIT_EXCEEDED: (20003, "数据校验失败", 413),
+    # Storage full or failing: nothing was stored, the client may retry later.
+    Code.UNAVAILABLE: (10000, "系统错误", 503),
 }
 SUCCESS = {"errcode": 0, "errmsg": "success"}
 SURFACE = "dmartech"
@@ -60,10 +63,14 @@ class ImportHandler:
             payload = {"errcode": code, "errmsg": f"{text}: {exc.message}"}
         except ConnectionError:
             return
-        except Exception:
-            log.exception("import request failed")
-            code, text, status = ERRORS[Code.INTERNAL]
-            payload = {"errcode": code, "errmsg": text}
+        except Exception as exc:
+            if is_transient(exc):  # e.g. the metadata DB on a full disk: say so
+                code, text, status = ERRORS[Code.UNAVAILABLE]
+                payload = {"errcode": code, "errmsg": f"{text}: {unavailable(describe(exc))}"}
+            else:
+                log.exception("import request failed")
+                code, text, status = ERRORS[Code.INTERNAL]
+                payload = {"errcode": code, "errmsg": text}
         self._counts[code].inc()
         await send_json(send, status, payload)
         self._latency.observe(time.perf_counter() - started)
