@@ -10,16 +10,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
+from pydantic.config import JsonDict
 from starlette.concurrency import iterate_in_threadpool
 from starlette.exceptions import HTTPException
 
 from opencdp import __version__
+from opencdp import params as check
 from opencdp.catalog import secrets
 from opencdp.catalog.model import Project, Property, Schema
 from opencdp.catalog.types import PropertyType
@@ -31,7 +33,15 @@ from opencdp.imports.targets import MODES, TARGETS, check_lookup_field
 from opencdp.jobs.service import Job
 from opencdp.runtime import Runtime
 from opencdp.segments.service import Segment
-from opencdp.surfaces.uploads import file_field, param, read_form, store_upload
+from opencdp.surfaces.rawasgi import Scope
+from opencdp.surfaces.uploads import (
+    OVERHEAD,
+    Guard,
+    file_field,
+    param,
+    read_form,
+    store_upload,
+)
 
 STATUS: dict[Code, int] = {
     Code.NOT_FOUND: 404,
@@ -47,6 +57,21 @@ STATUS: dict[Code, int] = {
 }
 LATEST_EVENTS = 20
 log = logging.getLogger(__name__)
+
+# Numbers in paths and query strings, bounded as the engines need them (see opencdp.params).
+IdPath = Annotated[int, Path(ge=1, le=check.MAX_ID)]
+IdQuery = Annotated[int | None, Query(ge=1, le=check.MAX_ID)]
+After = Annotated[int, Query(ge=0, le=check.MAX_ID, description="page after this user id")]
+Limit = Annotated[int, Query(ge=1, le=check.MAX_INT64, description="at most 100000 a page")]
+MAX_PAGE = 100_000
+
+
+HTTP_CODES = {
+    404: Code.NOT_FOUND.value,
+    405: "method_not_allowed",
+    413: Code.LIMIT_EXCEEDED.value,
+    415: Code.INVALID_TYPE.value,
+}
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -80,8 +105,11 @@ class IdentityKeys(BaseModel):
 
 
 def project_of(ref: str, request: Request) -> Project:
-    """The project named in the path by its id, key or name."""
+    """The project named in the path by its id, key or name (a name is never all digits, so
+    digits are an id, or the rare key of digits only)."""
     runtime: Runtime = request.app.state.runtime
+    if ref.isascii() and ref.isdigit():
+        check.ident(ref, "ref")
     return runtime.catalog.resolve(ref)
 
 
@@ -96,6 +124,28 @@ def build(rt: Runtime) -> FastAPI:
         openapi_url="/admin/openapi.json",
         redoc_url=None,
     )
+    limits = rt.settings.limits
+
+    def body_limit(scope: Scope) -> int:
+        """Uploads may be as large as an uploaded file; other bodies are JSON documents."""
+        if scope["method"] == "POST" and str(scope["path"]).endswith("/imports"):
+            return rt.settings.max_upload_bytes + OVERHEAD
+        return limits.max_body_bytes
+
+    def too_large(limit: int) -> JSONResponse:
+        message = f"body: larger than {limit} bytes"
+        return JSONResponse(error_body(Code.LIMIT_EXCEEDED.value, message, "body"), 413)
+
+    def internal() -> JSONResponse:
+        return JSONResponse(
+            error_body(Code.INTERNAL.value, "internal error; see the server log"), 500
+        )
+
+    # Unexpected exceptions are logged and answered here (not by a handler of Exception,
+    # which Starlette re-raises after answering, dropping the client's connection).
+    app.add_middleware(
+        Guard, internal=internal, logger=log, body_limit=body_limit, too_large=too_large
+    )
 
     app.state.runtime = rt
 
@@ -106,36 +156,37 @@ def build(rt: Runtime) -> FastAPI:
             status_code=STATUS.get(exc.code, 400),
         )
 
-    @app.exception_handler(Exception)
-    async def internal(_: Request, exc: Exception) -> JSONResponse:
-        log.error("admin request failed", exc_info=exc)
-        return JSONResponse(
-            error_body(Code.INTERNAL.value, "internal error; see the server log"), 500
-        )
-
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        # No route or method: the same error shape as every other admin error.
-        code = {404: Code.NOT_FOUND.value, 405: "method_not_allowed"}.get(exc.status_code, "http")
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # No route, wrong method, body too large: the same error shape as every other one.
+        status = exc.status_code
+        code = HTTP_CODES.get(status, Code.VALIDATION_FAILED.value if status < 500 else "http")
+        message, field = str(exc.detail), None
+        if status == 405:
+            message, field = f"method: {request.method} is not allowed here", "method"
+        elif status in (400, 413, 415, 422):
+            field = "body"  # the body could not be read as the operation's document
+            message = message if message.startswith("body:") else f"body: {message}"
         return JSONResponse(
-            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+            error_body(code, message, field), status_code=status, headers=exc.headers
         )
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        field = ".".join(str(x) for x in first["loc"] if x not in ("body", "query"))
+        where = ("body", "query", "path", "header", "cookie")
+        names = [str(x) for x in first["loc"] if x not in where and not isinstance(x, int)]
+        if first.get("type") == "json_invalid" or not first["loc"] or not names:
+            names = [str(first["loc"][0])] if first["loc"] else ["body"]
+        field = ".".join(names)
         return JSONResponse(
-            error_body(Code.VALIDATION_FAILED.value, f"{field}: {first['msg']}", field or None),
+            error_body(Code.VALIDATION_FAILED.value, f"{field}: {first['msg']}", field),
             status_code=400,
         )
 
     @app.get("/health", include_in_schema=False)
-    async def health() -> JSONResponse:
-        """For load balancers: 200 while the server keeps its promises, 503 while it cannot
-        (the reasons are in /admin/v1/health)."""
-        status = rt.health.status
-        return JSONResponse({"status": status}, status_code=200 if status == "ok" else 503)
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -162,16 +213,13 @@ def _router(rt: Runtime) -> APIRouter:
 
     @r.get("/health")
     async def health() -> dict[str, Any]:
-        problems = rt.health.problems()
         return {
-            "status": "degraded" if problems else "ok",
-            "problems": problems,
+            "status": "ok",
             "version": __version__,
             "store": rt.store.capabilities.name,
             "projects": len(rt.catalog.projects()),
             "ingest_backlog": rt.ingest.pending,
             "dead_letters": rt.ingest.flusher.failures,
-            "flush_stalls": rt.ingest.flusher.stalls,
         }
 
     @r.get("/projects")
@@ -246,17 +294,17 @@ def _router(rt: Runtime) -> APIRouter:
 
     @r.get("/projects/{ref}/profiles")
     async def profile(
-        project: P, key: str | None = None, value: str | None = None, user_id: int | None = None
+        project: P, key: str | None = None, value: str | None = None, user_id: IdQuery = None
     ) -> dict[str, Any]:
         return await run_in_threadpool(_profile, rt, project, key, value, user_id)
 
     @r.get("/projects/{ref}/lists/{list_id}")
     async def list_members(
-        project: P, list_id: int, limit: int = 1000, after: int = 0
+        project: P, list_id: IdPath, limit: Limit = 1000, after: After = 0
     ) -> dict[str, Any]:
         """Members of a static list (e.g. a Marketo ``listId``), by user id, paged."""
         rt.ingest.barrier()
-        limit = max(1, min(limit, 100_000))
+        limit = min(limit, MAX_PAGE)
         ids = await run_in_threadpool(rt.store.list_members, project.id, list_id, limit, after)
         return {
             "list_id": list_id,
@@ -269,6 +317,7 @@ def _router(rt: Runtime) -> APIRouter:
     async def run_export(project: P, body: ExportRequest) -> list[dict[str, Any]]:
         """Write the exports of one closed period now (all data types, or those given); an
         export already published is left as it is."""
+        check.compact_time(body.export_date, "export_date")
         period = rt.exports.period(project, body.export_type, body.export_date)
         types = body.data_types or list(DATA_TYPES)
         for dt in types:
@@ -285,11 +334,8 @@ def _router(rt: Runtime) -> APIRouter:
         """Write the missing or failed exports of the closed periods from ``from`` to ``to``
         (project-local dates, ``to`` included)."""
         tz = project.tz
-        try:
-            first = datetime.strptime(body.from_, "%Y-%m-%d")
-            last = datetime.strptime(body.to, "%Y-%m-%d")
-        except ValueError:
-            raise invalid("from", "dates are YYYY-MM-DD") from None
+        first = datetime.combine(check.day(body.from_, "from"), datetime.min.time())
+        last = datetime.combine(check.day(body.to, "to"), datetime.min.time())
         if last < first:
             raise invalid("to", "comes before from")
         start = first.replace(tzinfo=tz).astimezone(UTC).replace(tzinfo=None)
@@ -318,10 +364,10 @@ def _router(rt: Runtime) -> APIRouter:
 
     @r.get("/projects/{ref}/segments/{name}/members")
     async def segment_members(
-        project: P, name: str, limit: int = 1000, after: int = 0
+        project: P, name: str, limit: Limit = 1000, after: After = 0
     ) -> dict[str, Any]:
         """The members of the current version (with their tag value), by user id, paged."""
-        limit = max(1, min(limit, 100_000))
+        limit = min(limit, MAX_PAGE)
         seg, rows = await run_in_threadpool(
             rt.segments.members, project.id, _seg_ref(name), limit, after
         )
@@ -361,10 +407,10 @@ def _router(rt: Runtime) -> APIRouter:
         )
 
     @r.get("/projects/{ref}/segments/{name}/changes")
-    async def segment_changes(project: P, name: str, limit: int = 1000) -> dict[str, Any]:
+    async def segment_changes(project: P, name: str, limit: Limit = 1000) -> dict[str, Any]:
         """Who entered and who left at the last refresh."""
         seg, entered, left = await run_in_threadpool(
-            rt.segments.changes, project.id, _seg_ref(name), max(1, min(limit, 100_000))
+            rt.segments.changes, project.id, _seg_ref(name), min(limit, MAX_PAGE)
         )
         return {"segment": seg.name, "version": seg.version, "entered": entered, "left": left}
 
@@ -381,7 +427,7 @@ def _router(rt: Runtime) -> APIRouter:
         return {"size": size}
 
     @r.get("/projects/{ref}/users/{user_id}/segments")
-    async def user_segments(project: P, user_id: int) -> list[dict[str, Any]]:
+    async def user_segments(project: P, user_id: IdPath) -> list[dict[str, Any]]:
         """The segments and tags a user is in now."""
         held = await run_in_threadpool(rt.segments.of_user, project.id, user_id)
         return [
@@ -415,8 +461,9 @@ def _router(rt: Runtime) -> APIRouter:
             raise CdpError(Code.NOT_FOUND, f"no document with _id {doc_id!r}", "doc_id")
         return orjson.loads(doc)
 
-    @r.post("/projects/{ref}/imports", status_code=202)
+    @r.post("/projects/{ref}/imports", status_code=202, openapi_extra=IMPORT_FORM)
     async def start_import(project: P, request: Request) -> dict[str, Any]:
+        """Queue a bulk import of an uploaded file (multipart ``file``, and the fields)."""
         form = await read_form(request, rt.settings.max_upload_bytes)
         target = str(param(request, form, "into", "users"))
         fmt = str(param(request, form, "format", "csv")).lower()
@@ -430,7 +477,12 @@ def _router(rt: Runtime) -> APIRouter:
         lookup = str(param(request, form, "lookup_field", "email"))
         if target == "users":
             check_lookup_field(rt.catalog.schema(project.id), lookup, mode == "insert")
-        stop = str(param(request, form, "stop_on_error", "false")).lower() in ("1", "true")
+        collection = None
+        if target == "collection":
+            collection = check.text(param(request, form, "collection"), "collection", True)
+            rt.catalog.collection(project.id, collection)  # checks the name
+        stop = check.flag(param(request, form, "stop_on_error"), "stop_on_error")
+        charset = check.word(param(request, form, "charset"), "charset")
         stored = await store_upload(
             rt.files, project.id, file_field(form), rt.settings.max_upload_bytes
         )
@@ -440,8 +492,10 @@ def _router(rt: Runtime) -> APIRouter:
             "mode": mode,
             "lookup_field": lookup,
             "stop_on_error": stop,
-            "charset": param(request, form, "charset"),
+            "charset": charset,
         }
+        if collection is not None:
+            params["collection"] = collection  # documents keyed by their _id
         job = await run_in_threadpool(
             rt.jobs.submit, project.id, "import", "admin", params, stored.id
         )
@@ -452,12 +506,12 @@ def _router(rt: Runtime) -> APIRouter:
         return [_job(j) for j in rt.jobs.list(project.id) if j.kind == "import"]
 
     @r.get("/projects/{ref}/imports/{job_id}")
-    async def get_import(project: P, job_id: int) -> dict[str, Any]:
+    async def get_import(project: P, job_id: IdPath) -> dict[str, Any]:
         return _job(rt.jobs.get(project.id, job_id))
 
     @r.get("/projects/{ref}/imports/{job_id}/{kind}")
     async def import_file(
-        project: P, job_id: int, kind: Literal["failures", "warnings"]
+        project: P, job_id: IdPath, kind: Literal["failures", "warnings"]
     ) -> Response:
         job = rt.jobs.get(project.id, job_id)
         path = rt.files.job_file(job.project_id, job.id, kind)
@@ -467,15 +521,49 @@ def _router(rt: Runtime) -> APIRouter:
     return r
 
 
+# The import form, read by the handler itself (a streamed upload), described for the schema.
+IMPORT_FORM: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "into": {"type": "string", "enum": list(TARGETS)},
+                        "format": {"type": "string", "enum": list(FORMATS)},
+                        "mode": {"type": "string", "enum": list(MODES)},
+                        "lookup_field": {"type": "string"},
+                        "collection": {"type": "string", "description": "with into=collection"},
+                        "stop_on_error": {"type": "boolean"},
+                        "charset": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+# Formats described in the schema, checked by opencdp.params (whose messages name the form).
+DAY: JsonDict = {"pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "description": "YYYY-MM-DD"}
+EXPORT_DATE: JsonDict = {
+    "pattern": r"^[0-9]{8}([0-9]{2}([0-9]{2})?)?$",
+    "description": "yyyyMMdd[HH[mm]]",
+}
+
+
 class BackfillRequest(BaseModel):
-    from_: str = Field(alias="from")
-    to: str
+    from_: str = Field(alias="from", json_schema_extra=DAY)
+    to: str = Field(json_schema_extra=DAY)
     export_type: Literal["hour", "day"] | None = None
 
 
 class ExportRequest(BaseModel):
     export_type: Literal["hour", "day"]
-    export_date: str
+    export_date: str = Field(json_schema_extra=EXPORT_DATE)
     data_types: list[str] | None = None
 
 
@@ -494,7 +582,8 @@ def _export(e: Export) -> dict[str, Any]:
 
 
 def _seg_ref(name: str) -> int | str:
-    return int(name) if name.isdigit() else name
+    """A segment by id (digits: a segment name is never all digits) or by name."""
+    return check.ident(name, "name") if name.isascii() and name.isdigit() else name
 
 
 def _segment(seg: Segment) -> dict[str, Any]:

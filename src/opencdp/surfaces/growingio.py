@@ -23,12 +23,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
+from opencdp import params as check
 from opencdp.catalog import secrets
 from opencdp.catalog.model import Project
 from opencdp.errors import CdpError, Code, invalid, missing
 from opencdp.exports.service import DATA_TYPES, Export
 from opencdp.runtime import Runtime
-from opencdp.surfaces.uploads import read_body, vendor_errors
+from opencdp.surfaces.uploads import read_body, surface_app, vendor_errors, wrong_method
 
 log = logging.getLogger(__name__)
 AUDIENCE = "growingio"
@@ -84,13 +85,12 @@ class GrowingIO:
             raise CdpError(Code.AUTH_FAILED, "X-Client-Id: unknown client", "X-Client-Id")
         project, secret = found
         tm = fields["tm"]
-        if not tm.isdigit():
-            raise invalid("tm", "expected a timestamp in milliseconds")
+        tm_ms = check.integer(tm, "tm", 0)  # milliseconds since the epoch
         message = f"POST\n/auth/token\nproject={fields['project']}&ai={fields['ai']}&tm={tm}"
         expected = secrets.hmac_hex(secret, message)
         if not secrets.same(fields["auth"].lower(), expected):
             raise CdpError(Code.AUTH_FAILED, "auth: signature does not match", "auth")
-        if abs(time.time() - int(tm) / 1000) > TM_TOLERANCE_S:
+        if abs(time.time() * 1000 - tm_ms) > TM_TOLERANCE_S * 1000:
             raise CdpError(
                 Code.AUTH_FAILED, f"tm: more than {TM_TOLERANCE_S} s from the server's clock", "tm"
             )
@@ -135,6 +135,7 @@ class GrowingIO:
         if data_type is not None and data_type not in DATA_TYPES:
             raise invalid("data_type", f"unknown data type {data_type[:40]!r}")
         expire = _expire(request)
+        check.compact_time(date, "export_date")
         exports = self.rt.exports
         period = exports.period(project, export_type, date)
         body: dict[str, Any] = {
@@ -183,9 +184,7 @@ class GrowingIO:
         self.rt.catalog.check_link(
             LINK, export_id, name, expires=q.get("expires", ""), signature=q.get("sign", "")
         )
-        if not export_id.isdigit():
-            raise CdpError(Code.NOT_FOUND, "no such export", "export")
-        export = await run_in_threadpool(self.rt.exports.by_id, int(export_id))
+        export = await run_in_threadpool(self.rt.exports.by_id, check.ident(export_id, "export_id"))
         path = self.rt.exports.path(export, name)
         media = (
             "application/json"
@@ -211,13 +210,10 @@ async def _fields(request: Request) -> dict[str, str]:
 
 
 def _expire(request: Request) -> int:
+    """The links' lifetime in minutes: ``expire`` (``minutes`` and ``minute`` are read too)."""
     q = request.query_params
-    raw = q.get("expire") or q.get("minutes") or q.get("minute")
-    if raw is None or raw == "":
-        return 5
-    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_EXPIRE_MIN:
-        raise invalid("expire", f"minutes from 1 to {MAX_EXPIRE_MIN}, got {raw[:20]!r}")
-    return int(raw)
+    name = next((n for n in ("expire", "minutes", "minute") if q.get(n)), "expire")
+    return check.optional_int(q.get(name), name, 5, 1, MAX_EXPIRE_MIN)
 
 
 def _overall(statuses: list[str]) -> str:
@@ -245,11 +241,15 @@ def build(rt: Runtime) -> Starlette:
         ),
         Route("/v2/download/{export_id}/{name}", envelope(g.download), methods=["GET", "HEAD"]),
     ]
-    app = Starlette(routes=routes)
+    return surface_app(routes, _http_error, lambda: _error(*ERRORS[Code.INTERNAL]), log)
 
-    async def unknown(request: Request, exc: Exception) -> Response:
+
+def _http_error(request: Request, status: int, detail: str) -> Response:
+    """Errors before a handler: the envelope, with the HTTP status as the API answers it."""
+    if status == 404:
         return _error(404, f"not found: {request.url.path}")
-
-    app.add_exception_handler(404, unknown)
-    app.add_exception_handler(405, unknown)
-    return app
+    if status == 405:
+        return _error(405, f"method not allowed: {wrong_method(request)}")
+    if 400 <= status < 500:
+        return _error(400, f"bad request: {detail}")
+    return _error(*ERRORS[Code.INTERNAL])

@@ -12,6 +12,7 @@ import secrets as pysecrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -20,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from opencdp import params as check
 from opencdp.catalog.model import Project
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.imports.targets import FIRST_COLUMN, PROGRAM_MEMBERS, check_lookup_field
@@ -28,14 +30,18 @@ from opencdp.runtime import Runtime
 from opencdp.surfaces.uploads import (
     file_field,
     param,
+    read_body,
     read_form,
     store_upload,
+    surface_app,
     vendor_errors,
+    wrong_method,
 )
 
 log = logging.getLogger(__name__)
 AUDIENCE = "marketo"
 SCOPE = "opencdp"
+MAX_TOKEN_FORM = 64 << 10  # a token request's form: a few short fields
 
 # core code -> (Marketo code, message)
 ERRORS: dict[Code, tuple[str, str]] = {
@@ -47,6 +53,7 @@ ERRORS: dict[Code, tuple[str, str]] = {
     Code.INTERNAL: ("611", "System error"),
     Code.INVALID_TYPE: ("612", "Invalid Content Type"),
     Code.VALIDATION_FAILED: ("1003", "Invalid data"),
+    Code.MISSING_PARAMETER: ("1003", "Invalid data"),
     Code.LIMIT_EXCEEDED: ("1003", "Invalid data"),
     Code.BUSY: ("1016", "Too many imports"),
     Code.UNSUPPORTED: ("1003", "Invalid data"),
@@ -85,8 +92,13 @@ class Marketo:
     # ---- identity ------------------------------------------------------------------------
     async def token(self, request: Request) -> Response:
         form: FormData | None = None
-        if request.method == "POST" and "form" in request.headers.get("content-type", ""):
-            form = await request.form()
+        ctype = request.headers.get("content-type", "")
+        if request.method == "POST" and ctype.startswith("multipart/form-data"):
+            form = await read_form(request, MAX_TOKEN_FORM)
+        elif request.method == "POST" and "form" in ctype:
+            raw = await read_body(request, MAX_TOKEN_FORM)
+            pairs = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
+            form = FormData([(k, v) for k, v in pairs])
         client_id = param(request, form, "client_id", "")
         client_secret = param(request, form, "client_secret", "")
         grant = param(request, form, "grant_type", "client_credentials")
@@ -130,6 +142,7 @@ class Marketo:
         fmt = str(param(request, form, "format", "csv")).lower()
         if fmt not in ("csv", "tsv", "ssv"):
             raise invalid("format", f"must be CSV, TSV or SSV, got {fmt!r}")
+        check.word(param(request, form, "charset"), "charset")
         return project, form, fmt
 
     async def _submit(
@@ -147,14 +160,12 @@ class Marketo:
         lookup = str(param(request, form, "lookupField", "email"))
         check_lookup_field(self.rt.catalog.schema(project.id), lookup, False, "lookupField")
         list_id = param(request, form, "listId")
-        if list_id is not None and not str(list_id).isdigit():
-            raise invalid("listId", "must be a positive integer")
         params = {
             "target": "users",
             "format": fmt,
             "lookup_field": lookup,
             "mode": "upsert",
-            "list_id": int(list_id) if list_id is not None else None,
+            "list_id": check.ident(list_id, "listId") if list_id is not None else None,
             "partition": param(request, form, "partitionName"),
         }
         job = await self._submit(request, project, form, params)
@@ -176,15 +187,13 @@ class Marketo:
 
     async def import_members(self, request: Request) -> Response:
         project, form, fmt = await self._upload(request)
-        raw = request.path_params["program_id"]
-        if not raw.isdigit():
-            raise invalid("programId", "must be a positive integer")
+        program_id = check.ident(request.path_params["program_id"], "programId")
         status = param(request, form, "programMemberStatus")
         if not status:
             raise invalid("programMemberStatus", "is required")
         params = {
             "target": PROGRAM_MEMBERS,
-            "program_id": int(raw),
+            "program_id": program_id,
             "status": str(status),
             "format": fmt,
             "mode": "upsert",
@@ -195,12 +204,10 @@ class Marketo:
     def _job(self, request: Request, **expect: Any) -> Job:
         """The batch named in the path, if it is one of this kind (else: not found)."""
         project = self._project(request)
-        raw = str(request.path_params["batch_id"])
-        if not raw.isdigit():
-            raise CdpError(Code.NOT_FOUND, f"batchId {raw!r} does not exist", "batchId")
-        job = self.rt.jobs.get(project.id, int(raw), surface=AUDIENCE)
+        batch_id = check.ident(request.path_params["batch_id"], "batchId")
+        job = self.rt.jobs.get(project.id, batch_id, surface=AUDIENCE)
         if any(job.params.get(k) != v for k, v in expect.items()):
-            raise CdpError(Code.NOT_FOUND, f"batchId {raw!r} does not exist", "batchId")
+            raise CdpError(Code.NOT_FOUND, f"batchId {batch_id} does not exist", "batchId")
         return job
 
     def _lead(self, request: Request) -> Job:
@@ -283,12 +290,21 @@ def _files(prefix: str, m: Marketo, find: Callable[[Request], Job]) -> list[Rout
     ]
 
 
+def _http_error(request: Request, status: int, detail: str) -> Response:
+    """Errors before a handler, in Marketo's envelope (HTTP 200, as all its API errors)."""
+    if status == 404:
+        return _error("610", f"Requested resource not found: {request.url.path}")
+    if status == 405:
+        return _error("610", f"Requested resource not found: {wrong_method(request)}")
+    if status == 413:
+        return _error("1003", f"Invalid data: {detail}")
+    if 400 <= status < 500:
+        return _error("1003", f"Invalid data: body: {detail}")
+    return _error(*ERRORS[Code.INTERNAL])
+
+
 def build(rt: Runtime) -> Starlette:
     m = Marketo(rt)
-
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return _error("610", "Requested resource not found")
-
     routes = [
         Route("/identity/oauth/token", envelope(m.token), methods=["GET", "POST"]),
         Route("/bulk/v1/leads.json", envelope(m.import_leads), methods=["POST"]),
@@ -317,7 +333,7 @@ def build(rt: Runtime) -> Starlette:
         ),
         *_files("/bulk/v1/program/members/import/{batch_id}", m, m._member),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found})
+    return surface_app(routes, _http_error, lambda: _error(*ERRORS[Code.INTERNAL]), log)
 
 
 PREFIXES = ("/identity/", "/bulk/")

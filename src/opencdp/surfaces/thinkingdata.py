@@ -19,17 +19,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from opencdp import params as check
 from opencdp.catalog.model import Project
 from opencdp.errors import CdpError, Code, invalid, missing
 from opencdp.runtime import Runtime
 from opencdp.segments.service import IMPORT_TYPES, Segment, Spec
-from opencdp.surfaces.uploads import read_body, vendor_errors
+from opencdp.surfaces.uploads import read_body, surface_app, vendor_errors, wrong_method
 
 log = logging.getLogger(__name__)
 SURFACE = "thinkingdata"
 PREFIXES = ("/open/",)
-MAX_JSON = 1 << 20
 MAX_CSV = 32 << 20
+MAX_PAGE_SIZE = 1000
 
 # core code -> (return_code, return_message)
 ERRORS: dict[Code, tuple[int, str]] = {
@@ -76,16 +77,18 @@ class ThinkingData:
         project = self.rt.catalog.authenticate_token(token)
         if project is None:
             raise CdpError(Code.AUTH_FAILED, "token: not valid", "token")
-        given = request.query_params.get("projectId")
-        if given is None and body is not None and body.get("projectId") is not None:
-            given = str(body["projectId"])
+        given: Any = request.query_params.get("projectId")
+        if given is None and body is not None:
+            given = body.get("projectId")
         # A token reads its own project only; another project's id is simply not found.
-        if given not in (None, "") and given.strip() != str(project.id):
-            raise CdpError(Code.NOT_FOUND, f"projectId: project {given!r} does not exist")
+        if given not in (None, "") and check.ident(given, "projectId") != project.id:
+            raise CdpError(
+                Code.NOT_FOUND, f"projectId: project {given} does not exist", "projectId"
+            )
         return project
 
     async def _body(self, request: Request) -> dict[str, Any]:
-        raw = await read_body(request, MAX_JSON)
+        raw = await read_body(request, self.rt.settings.limits.max_body_bytes)
         if not raw.strip():
             return {}
         try:
@@ -108,9 +111,7 @@ class ThinkingData:
             if name:
                 return name
             raise missing("clusterId")
-        if not raw.strip().isdigit():
-            raise invalid("clusterId", f"expected an integer, got {raw[:40]!r}")
-        return int(raw)
+        return check.ident(raw, "clusterId")
 
     # ---- definitions ---------------------------------------------------------------------
     async def add(self, request: Request) -> Response:
@@ -157,9 +158,14 @@ class ThinkingData:
     async def list(self, request: Request) -> Response:
         body = await self._body(request)
         project = self._project(request, body)
-        pager = body.get("pagerHeader") or {}
-        page = _positive(pager.get("pageNum", 1), "pagerHeader.pageNum")
-        size = min(_positive(pager.get("pageSize", 10), "pagerHeader.pageSize"), 1000)
+        pager = check.mapping(body.get("pagerHeader"), "pagerHeader")
+        page = check.optional_int(
+            pager.get("pageNum"), "pagerHeader.pageNum", 1, 1, check.MAX_INT32
+        )
+        size = check.optional_int(
+            pager.get("pageSize"), "pagerHeader.pageSize", 10, 1, check.MAX_INT32
+        )
+        size = min(size, MAX_PAGE_SIZE)
         types = body.get("clusterTypes") or None
         if types is not None and (
             not isinstance(types, list) or not all(isinstance(x, str) for x in types)
@@ -308,10 +314,15 @@ def _spec(body: dict[str, Any]) -> Spec:
         if sql is None and isinstance(definition, dict):
             sql = definition.get("sql")
         definition = {"sql": sql}
-    for name in ("clusterName", "displayName", "clusterCatalog", "clusterType", "remarks"):
-        value = body.get(name)
-        if value is not None and not isinstance(value, str):
-            raise invalid(name, "expected text")
+    for name in (
+        "clusterName",
+        "displayName",
+        "clusterCatalog",
+        "clusterType",
+        "subConditionTabType",
+        "remarks",
+    ):
+        check.text(body.get(name), name)
     return Spec(
         name=body.get("clusterName"),
         display_name=body.get("displayName"),
@@ -324,13 +335,15 @@ def _spec(body: dict[str, Any]) -> Spec:
     )
 
 
-def _positive(value: Any, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise invalid(field, "expected a positive integer")
-    text = str(value).strip()
-    if not text.isdigit() or int(text) < 1:
-        raise invalid(field, f"expected a positive integer, got {text[:20]!r}")
-    return int(text)
+def _http_error(request: Request, status: int, detail: str) -> Response:
+    """Errors before a handler, in the envelope (HTTP 200, as every answer of the API)."""
+    if status == 404:
+        return _error(-1002, f"不存在 (not found): {request.url.path}")
+    if status == 405:
+        return _error(-1002, f"不存在 (not found): {wrong_method(request)}")
+    if 400 <= status < 500:
+        return _error(-1003, f"参数错误 (invalid parameter): {detail}")
+    return _error(*ERRORS[Code.INTERNAL])
 
 
 def build(rt: Runtime) -> Starlette:
@@ -351,11 +364,9 @@ def build(rt: Runtime) -> Starlette:
         ("/open/import-id-cluster-modify", td.import_modify, ["POST"]),
         ("/open/import-id-cluster-modify-by-name", td.import_modify_by_name, ["POST"]),
     ]
-    app = Starlette(routes=[Route(p, envelope(h), methods=m) for p, h, m in routes])
-
-    async def unknown(request: Request, exc: Exception) -> Response:
-        return _error(-1002, f"不存在 (not found): {request.url.path}")
-
-    app.add_exception_handler(404, unknown)
-    app.add_exception_handler(405, unknown)
-    return app
+    return surface_app(
+        [Route(path, envelope(h), methods=m) for path, h, m in routes],
+        _http_error,
+        lambda: _error(*ERRORS[Code.INTERNAL]),
+        log,
+    )

@@ -1,19 +1,26 @@
-"""What the vendor surfaces share: bounded multipart uploads and the error wrapper."""
+"""What the surfaces share: bounded bodies and multipart uploads, the error wrapper of their
+handlers, and the app around them that answers every other error (unknown path, wrong method,
+oversized body, an exception no handler took) in the surface's own envelope."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from starlette.applications import Starlette
 from starlette.datastructures import FormData, UploadFile
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.imports.files import Files, FileTooLarge, StoredFile
+from opencdp.surfaces.rawasgi import ASGIApp, Message, Receive, Scope, Send, header
 
-_OVERHEAD = 64 << 10  # multipart headers and boundaries around the file
+OVERHEAD = 64 << 10  # multipart headers and boundaries around the file
 
 
 async def read_form(request: Request, limit: int) -> FormData:
@@ -24,11 +31,11 @@ async def read_form(request: Request, limit: int) -> FormData:
             Code.INVALID_TYPE, "Content-Type: expected multipart/form-data", "Content-Type"
         )
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit + _OVERHEAD:
+    if length and length.isdigit() and int(length) > limit + OVERHEAD:
         raise FileTooLarge(limit)
     try:
         return await request.form(max_files=8, max_fields=64)
-    except CdpError:
+    except (CdpError, BodyTooLarge):
         raise
     except Exception as exc:  # malformed multipart
         raise invalid("body", f"not a valid multipart form ({exc})") from None
@@ -85,6 +92,13 @@ def param(request: Request, form: FormData | None, name: str, default: Any = Non
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+def named(exc: CdpError) -> str:
+    """The error's message, naming its field first when the message does not already."""
+    if exc.field and exc.field not in exc.message:
+        return f"{exc.field}: {exc.message}"
+    return exc.message
+
+
 def vendor_errors(
     table: Mapping[Code, tuple[Any, str]],
     render: Callable[[Any, str], Response],
@@ -98,9 +112,11 @@ def vendor_errors(
         async def wrapped(request: Request) -> Response:
             try:
                 return await handler(request)
+            except HTTPException:
+                raise  # no route, wrong method, body too large: the app's handler answers
             except CdpError as exc:
                 code, text = table.get(exc.code, table[Code.INTERNAL])
-                return render(code, f"{text}: {exc.message}")
+                return render(code, f"{text}: {named(exc)}")
             except Exception:
                 logger.exception("%s failed", request.url.path)
                 return render(*table[Code.INTERNAL])
@@ -108,3 +124,117 @@ def vendor_errors(
         return wrapped
 
     return wrap
+
+
+# ---- the app around a surface's handlers ------------------------------------------------
+
+
+class BodyTooLarge(HTTPException):
+    """A request body over the limit of its path (raised while it streams in)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"body: larger than {limit} bytes")
+        self.limit = limit
+
+
+class Guard:
+    """ASGI middleware inside a surface's app, around its routes.
+
+    An exception that no handler took is logged with its trace and answered with the surface's
+    internal error (``internal``), so a client never sees a plain-text 500 and the connection
+    stays usable. With ``body_limit``, a body over the limit its path allows is refused before
+    a byte is read when its length is declared, or as soon as it streams past the limit
+    (:class:`BodyTooLarge`, an HTTP 413 the surface's handler of HTTP errors answers).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        internal: Callable[[], Response],
+        logger: logging.Logger,
+        body_limit: Callable[[Scope], int] | None = None,
+        too_large: Callable[[int], Response] | None = None,
+    ) -> None:
+        self.app = app
+        self.internal = internal
+        self.logger = logger
+        self.body_limit = body_limit
+        self.too_large = too_large
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.body_limit is not None:
+            limit = self.body_limit(scope)
+            declared = header(scope, b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                if self.too_large is not None:
+                    await self.too_large(limit)(scope, receive, send)
+                    return
+                receive = _bounded(receive, limit, declared_over=True)
+            else:
+                receive = _bounded(receive, limit)
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except ClientDisconnect:
+            return
+        except Exception:
+            self.logger.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            if started:
+                raise  # the answer is cut short: the server closes the connection
+            await self.internal()(scope, receive, send)
+
+
+def _bounded(receive: Receive, limit: int, declared_over: bool = False) -> Receive:
+    size = 0
+
+    async def bounded() -> Message:
+        nonlocal size
+        if declared_over:
+            raise BodyTooLarge(limit)
+        message = await receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise BodyTooLarge(limit)
+        return message
+
+    return bounded
+
+
+HttpAnswer = Callable[[Request, int, str], Response]
+
+
+def surface_app(
+    routes: Sequence[BaseRoute],
+    http_error: HttpAnswer,
+    internal: Callable[[], Response],
+    logger: logging.Logger,
+) -> Starlette:
+    """A vendor surface's Starlette app: its routes, every HTTP-level error (no such path,
+    a method the path does not take, a malformed form) answered by ``http_error(request,
+    status, detail)`` in the vendor's envelope, and any other exception by ``internal()``."""
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, HTTPException):
+            return http_error(request, exc.status_code, str(exc.detail))
+        return http_error(request, 500, "")
+
+    return Starlette(
+        routes=list(routes),
+        exception_handlers={HTTPException: on_http},
+        middleware=[Middleware(Guard, internal=internal, logger=logger)],
+    )
+
+
+def wrong_method(request: Request) -> str:
+    """The reason of a 405, naming the method and the path."""
+    return f"method: {request.method} is not allowed on {request.url.path}"

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from opencdp import params as check
 from opencdp.catalog.model import Project
 from opencdp.errors import CdpError, Code, invalid, missing
 from opencdp.imports.targets import IDENTITY
@@ -36,7 +37,9 @@ from opencdp.surfaces.uploads import (
     read_body,
     read_form,
     store_upload,
+    surface_app,
     vendor_errors,
+    wrong_method,
 )
 
 log = logging.getLogger(__name__)
@@ -131,9 +134,7 @@ class WeChat:
         if not raw.strip():
             raise CdpError(Code.EMPTY_PROPERTIES, "the POST body is empty", "body")
         body = parse_json(raw)
-        env = body.get("env")
-        if not env:
-            raise missing("env")
+        env = check.text(body.get("env"), "env", required=True)
         if env != project.key:
             raise invalid("env", "not the environment of this access token")
         return body
@@ -141,9 +142,7 @@ class WeChat:
     async def upload_link(self, request: Request) -> Response:
         project = self._project(request)
         body = await self._body(request, project)
-        path = body.get("path")
-        if not isinstance(path, str) or not path:
-            raise missing("path")
+        path = check.text(body.get("path"), "path", required=True)
         reserved, token = self.rt.files.reserve(project.id, path)
         expires, sign = self.rt.catalog.sign_link(
             "upload", str(project.id), str(reserved.id), ttl=LINK_TTL
@@ -158,7 +157,7 @@ class WeChat:
         )
 
     async def upload_target(self, request: Request) -> Response:
-        file_id = int(request.path_params["file_id"])
+        file_id = check.ident(request.path_params["file_id"], "file_id")
         form = await read_form(request, self.rt.settings.max_upload_bytes)
         token = await _text(form.get("x-cos-security-token"))
         reserved = self.rt.files.pending_for_token(token) if token else None
@@ -192,20 +191,11 @@ class WeChat:
         for name in ("collection_name", "file_path", "file_type", "conflict_mode"):
             if body.get(name) in (None, ""):
                 raise missing(name)
-        collection = body["collection_name"]
-        file_type, mode = body["file_type"], body["conflict_mode"]
-        if not isinstance(collection, str):
-            raise invalid("collection_name", "must be a string")
-        if file_type not in (1, 2):
-            raise invalid("file_type", "must be 1 (JSON) or 2 (CSV)")
-        if mode not in (1, 2):
-            raise invalid("conflict_mode", "must be 1 (INSERT) or 2 (UPSERT)")
-        stop = body.get("stop_on_error", False)
-        if not isinstance(stop, bool):
-            raise invalid("stop_on_error", "must be true or false")
-        path = body["file_path"]
-        if not isinstance(path, str):
-            raise invalid("file_path", "must be a string")
+        collection = check.text(body["collection_name"], "collection_name", required=True)
+        file_type = check.integer(body["file_type"], "file_type", 1, 2)  # 1 JSON, 2 CSV
+        mode = check.integer(body["conflict_mode"], "conflict_mode", 1, 2)  # 1 INSERT, 2 UPSERT
+        stop = check.flag(body.get("stop_on_error"), "stop_on_error")
+        path = check.text(body["file_path"], "file_path", required=True)
         stored = self.rt.files.find(project.id, path)
         params: dict[str, Any] = {
             "format": "jsonl" if file_type == 1 else "csv",
@@ -227,11 +217,7 @@ class WeChat:
     async def query(self, request: Request) -> Response:
         project = self._project(request)
         body = await self._body(request, project)
-        job_id = body.get("job_id")
-        if job_id in (None, ""):
-            raise missing("job_id")
-        if not isinstance(job_id, int) or isinstance(job_id, bool):
-            raise invalid("job_id", "must be a number")
+        job_id = check.ident(body.get("job_id"), "job_id")
         job = self.rt.jobs.get(project.id, job_id, surface=AUDIENCE)
         status = STATUS.get(job.state, job.state)
         if job.state == "running" and job.rows_read == 0:
@@ -258,30 +244,37 @@ class WeChat:
             expires=q.get("expires", ""),
             signature=q.get("sign", ""),
         )
-        job: Job = self.rt.jobs.get(int(raw_project), int(raw_job))
+        job: Job = self.rt.jobs.get(check.ident(raw_project, "p"), check.ident(raw_job, "job_id"))
         path = self.rt.files.job_file(job.project_id, job.id, "failures")
         data = path.read_bytes() if path.exists() else b""
         return Response(data, media_type="text/csv; charset=utf-8")
 
 
+def _http_error(request: Request, status: int, detail: str) -> Response:
+    """Errors before a handler, in WeChat's envelope, with the HTTP status that fits."""
+    if status == 404:
+        return JSONResponse({"errcode": 40097, "errmsg": "invalid args: no such API"}, 404)
+    if status == 405:
+        method = "POST" if request.method != "POST" else "GET"
+        return JSONResponse(
+            {"errcode": 43002, "errmsg": f"require {method} method: {wrong_method(request)}"}, 405
+        )
+    if 400 <= status < 500:
+        return JSONResponse({"errcode": 40097, "errmsg": f"invalid args: {detail}"}, status)
+    return _error(*ERRORS[Code.INTERNAL])
+
+
 def build(rt: Runtime) -> Starlette:
     w = WeChat(rt)
-
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"errcode": 40097, "errmsg": "invalid args: no such API"}, 404)
-
-    async def wrong_method(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"errcode": 43002, "errmsg": "require POST method"}, 405)
-
     routes = [
         Route("/cgi-bin/token", envelope(w.token), methods=["GET"]),
         Route("/tcb/uploadfile", envelope(w.upload_link), methods=["POST"]),
-        Route("/tcb/upload/{file_id:int}", storage(w.upload_target), methods=["POST"]),
+        Route("/tcb/upload/{file_id}", storage(w.upload_target), methods=["POST"]),
         Route("/tcb/databasemigrateimport", envelope(w.start_import), methods=["POST"]),
         Route("/tcb/databasemigratequeryinfo", envelope(w.query), methods=["POST"]),
-        Route("/tcb/errorfile/{job_id:int}", envelope(w.error_file), methods=["GET"]),
+        Route("/tcb/errorfile/{job_id}", envelope(w.error_file), methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: wrong_method})
+    return surface_app(routes, _http_error, lambda: _error(*ERRORS[Code.INTERNAL]), log)
 
 
 PREFIXES = ("/cgi-bin/", "/tcb/")

@@ -1,0 +1,242 @@
+"""An internal failure on every surface: the vendor's internal-error code in its envelope, no
+detail, and the connection stays usable.
+
+The server runs in this process (uvicorn on loopback, in a thread) so that its metadata
+database can be taken away while it runs: its connections are closed and a directory stands
+where the database file was, so every query of it fails, as a lost disk would make it fail.
+Everything else is the real thing, over HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import h11
+import httpx
+import pytest
+import uvicorn
+
+from opencdp.app import OpenCDP
+from opencdp.config import Settings
+from opencdp.runtime import Runtime
+from tests.liveserver import ADMIN_TOKEN, free_port
+
+
+class Server:
+    def __init__(self, data_dir: Path) -> None:
+        self.settings = Settings(data_dir=data_dir, admin_token=ADMIN_TOKEN, flush_interval=0.05)
+        self.runtime = Runtime.open(self.settings)
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(
+            OpenCDP(self.settings, self.runtime), host="127.0.0.1", port=port, log_level="critical"
+        )
+        self.uvicorn = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30  # a start-up guard, not a performance limit
+        while not self.uvicorn.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+
+    def lose_metadata_db(self) -> None:
+        meta = self.settings.data_dir / "meta.db"
+        self.runtime.jobs._engine.dispose()  # the one engine every service shares
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{meta}{suffix}").unlink(missing_ok=True)
+        meta.mkdir()
+
+    def stop(self) -> None:
+        self.uvicorn.should_exit = True
+        self.thread.join()
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict[str, Any]]]:
+    srv = Server(tmp_path_factory.mktemp("internal") / "data")
+    info = httpx.post(
+        srv.url + "/admin/v1/projects",
+        json={"name": "shop"},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    ).json()
+    tokens = tokens_of(srv, info)
+    srv.lose_metadata_db()
+    yield srv, {**info, **tokens}
+    srv.stop()
+
+
+def tokens_of(srv: Server, info: dict[str, Any]) -> dict[str, str]:
+    """The surfaces' access tokens, fetched while the server is whole (they are signed, so
+    checking them needs no database)."""
+    with httpx.Client(base_url=srv.url, timeout=30) as http:
+        return _tokens(http, info)
+
+
+def _tokens(http: httpx.Client, info: dict[str, Any]) -> dict[str, str]:
+    mkto = http.get(
+        "/identity/oauth/token",
+        params={"grant_type": "client_credentials", "client_id": info["client_id"],
+                "client_secret": info["client_secret"]},
+    ).json()["access_token"]  # fmt: skip
+    wx = http.get(
+        "/cgi-bin/token",
+        params={"grant_type": "client_credential", "appid": info["client_id"],
+                "secret": info["client_secret"]},
+    ).json()["access_token"]  # fmt: skip
+    tm = str(int(time.time() * 1000))
+    message = f"POST\n/auth/token\nproject={info['key']}&ai={info['key']}&tm={tm}"
+    auth = hmac.new(info["client_secret"].encode(), message.encode(), hashlib.sha256).hexdigest()
+    gio = http.post(
+        "/auth/token",
+        data={"project": info["key"], "ai": info["key"], "tm": tm, "auth": auth},
+        headers={"X-Client-Id": info["client_id"]},
+    ).json()["code"]
+    return {"marketo": mkto, "wechat": wx, "growingio": gio}
+
+
+def calls(info: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """One request per surface that needs the metadata DB."""
+    today = f"{datetime.now(ZoneInfo('Asia/Shanghai')):%Y%m%d}"  # the project's day: looked up
+    return [
+        ("dmartech", "POST /api/v1/api/import",
+         {"params": {"secret": info["api_token"]},
+          "json": {"type": "user", "properties": {"mobile": "1", "new_property": 1}}}),
+        ("marketo", "GET /bulk/v1/leads/batch/1.json",
+         {"headers": {"Authorization": f"Bearer {info['marketo']}"}}),
+        ("wechat", "POST /tcb/databasemigratequeryinfo",
+         {"params": {"access_token": info["wechat"]}, "json": {"env": info["key"], "job_id": 1}}),
+        ("thinkingdata", "GET /open/user-cluster-detail",
+         {"params": {"token": info["api_token"], "clusterId": "1"}}),
+        ("growingio", f"GET /v2/insights/day/{info['key']}/{today}.json",
+         {"headers": {"X-Client-Id": info["client_id"], "Authorization": info["growingio"]}}),
+        ("admin", "GET /admin/v1/projects/shop/imports/1",
+         {"headers": {"Authorization": f"Bearer {ADMIN_TOKEN}"}}),
+    ]  # fmt: skip
+
+
+# Per surface: the HTTP statuses, the member holding the code, the internal-error code, and
+# the body without the message. (The import API answers a storage failure as 503, unavailable.)
+INTERNAL: dict[str, tuple[set[int], Any, Any, dict[str, Any]]] = {
+    "dmartech": ({500, 503}, lambda b: b["errcode"], 10000, {}),
+    "marketo": ({200}, lambda b: b["errors"][0]["code"], "611", {"success": False}),
+    "wechat": ({200}, lambda b: b["errcode"], -1000, {"errmsg": "system error"}),
+    "thinkingdata": ({200}, lambda b: b["return_code"], -1,
+                     {"return_message": "系统错误 (system error)"}),
+    "growingio": ({500}, lambda b: b["status"], "error", {"errorMsg": "internal error"}),
+    "admin": ({500}, lambda b: b["error"]["code"], "internal",
+              {"error": {"code": "internal", "message": "internal error; see the server log",
+                         "field": None}}),
+}  # fmt: skip
+
+
+def pipelined(url: str, method: str, path: str, kw: dict[str, Any], times: int) -> list[Any]:
+    """Send ``times`` copies of one request on one connection before reading (HTTP/1.1
+    pipelining), and parse the answers with h11: a server that closes the connection after an
+    error answers fewer than were sent."""
+    request = httpx.Request(method, url + path, **kw)
+    parts = {
+        "method": method,
+        "target": request.url.raw_path,
+        "headers": list(request.headers.raw),
+    }
+    body = request.read()
+
+    def send(conn: h11.Connection) -> bytes:
+        out = conn.send(h11.Request(**parts)) or b""
+        out += (conn.send(h11.Data(data=body)) or b"") if body else b""
+        return out + (conn.send(h11.EndOfMessage()) or b"")
+
+    wire = b"".join(send(h11.Connection(h11.CLIENT)) for _ in range(times))
+    reader = h11.Connection(h11.CLIENT)
+    send(reader)
+    answers: list[Any] = []
+    status, data = 0, b""
+    with socket.create_connection((request.url.host, request.url.port), timeout=30) as sock:
+        sock.sendall(wire)
+        while len(answers) < times:
+            try:
+                event = reader.next_event()
+            except h11.RemoteProtocolError:
+                break  # closed in the middle of an answer
+            if event is h11.NEED_DATA:
+                reader.receive_data(sock.recv(65536))
+            elif isinstance(event, h11.Response):
+                status, data = event.status_code, b""
+            elif isinstance(event, h11.Data):
+                data += bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                answers.append((status, json.loads(data)))
+                if reader.their_state is not h11.DONE or reader.our_state is not h11.DONE:
+                    break  # the server said it closes
+                reader.start_next_cycle()
+                send(reader)
+            else:  # ConnectionClosed
+                break
+    return answers
+
+
+@pytest.mark.parametrize("surface", list(INTERNAL))
+def test_internal_error_in_the_envelope(
+    broken: tuple[Server, dict[str, Any]], surface: str
+) -> None:
+    srv, info = broken
+    (method_path, kw) = next((m, k) for s, m, k in calls(info) if s == surface)
+    method, path = method_path.split(" ", 1)
+    statuses, code_of, code, fields = INTERNAL[surface]
+    answers = pipelined(srv.url, method, path, kw, times=3)
+    assert len(answers) == 3, answers  # the connection was not dropped after an error
+    for status, body in answers:
+        assert status in statuses and code_of(body) == code, (status, body)
+        assert {k: body[k] for k in fields} == fields, body
+        assert "Traceback" not in json.dumps(body)
+
+
+def test_a_file_missing_under_a_download_link(tmp_path: Path) -> None:
+    """An exception after the handler returned (the file of a published export is gone when
+    its response is sent) is answered in the envelope too, not in plain text."""
+    srv = Server(tmp_path / "data")
+    try:
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        info = httpx.post(srv.url + "/admin/v1/projects", json={"name": "dl"}, headers=admin)
+        info = info.json()
+        r = httpx.post(
+            srv.url + "/api/v1/api/import",
+            params={"secret": info["api_token"]},
+            json={"type": "event", "event": "buy", "properties": {
+                "mobile": "1", "event_id": "e1", "create_time": "2024-01-01 00:00:00"}},
+        )  # fmt: skip
+        assert r.json()["errcode"] == 0, r.text
+        now = datetime.now(UTC)
+        srv.runtime.exports.clock = lambda: now + timedelta(hours=2)  # the hour is closed
+        hour = f"{now.astimezone(ZoneInfo('Asia/Shanghai')):%Y%m%d%H}"
+        r = httpx.post(
+            srv.url + "/admin/v1/projects/dl/exports",
+            json={"export_type": "hour", "export_date": hour, "data_types": ["custom_event"]},
+            headers=admin,
+            timeout=60,
+        )
+        assert r.status_code == 200 and r.json()[0]["state"] == "finished", r.text
+        export = r.json()[0]
+        codes = tokens_of(srv, info)
+        r = httpx.get(
+            f"{srv.url}/v2/insights/hour/custom_event/{info['key']}/{hour}.json",
+            headers={"X-Client-Id": info["client_id"], "Authorization": codes["growingio"]},
+        )
+        (link,) = r.json()["downloadLinks"]
+        for part in (srv.settings.data_dir / "exports").rglob(export["parts"][0]["name"]):
+            part.unlink()
+        r = httpx.get(link)
+        assert r.status_code == 500, r.text
+        assert r.json() == {"status": "error", "errorMsg": "internal error"}
+    finally:
+        srv.stop()
