@@ -185,8 +185,11 @@ def build(rt: Runtime) -> FastAPI:
         )
 
     @app.get("/health", include_in_schema=False)
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        """For load balancers: 200 while the server keeps its promises, 503 while it cannot
+        (the reasons are in /admin/v1/health)."""
+        status = rt.health.status
+        return JSONResponse({"status": status}, status_code=200 if status == "ok" else 503)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -213,13 +216,16 @@ def _router(rt: Runtime) -> APIRouter:
 
     @r.get("/health")
     async def health() -> dict[str, Any]:
+        problems = rt.health.problems()
         return {
-            "status": "ok",
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
             "version": __version__,
             "store": rt.store.capabilities.name,
             "projects": len(rt.catalog.projects()),
             "ingest_backlog": rt.ingest.pending,
             "dead_letters": rt.ingest.flusher.failures,
+            "flush_stalls": rt.ingest.flusher.stalls,
         }
 
     @r.get("/projects")
