@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.liveserver import LiveServer
+from tests.surfaces.test_marketo import Mkto
 
 
 @pytest.fixture
@@ -104,6 +105,7 @@ def test_a_full_disk_refuses_records_and_recovers_without_a_restart(small_disk: 
         secret = info["api_token"]
         ok = [i for i in range(20) if acked(send(srv, secret, i))]
         assert len(ok) == 20
+        marketo = Mkto(srv, info)
         filler = fill(small_disk)
 
         # Full: once the log's last page is used up, records are refused, saying why.
@@ -124,6 +126,17 @@ def test_a_full_disk_refuses_records_and_recovers_without_a_restart(small_disk: 
         # A record naming a new property (a metadata DB write) is refused the same way.
         resp = send(srv, secret, 30, brand_new_property="x")
         assert resp.status_code == 503 and "nothing was stored" in resp.json()["errmsg"]
+
+        # Uploads are refused as well, each in its surface's own envelope.
+        body = marketo.upload("email,firstName\na@example.com,A\n")
+        assert body["success"] is False and body["errors"][0]["code"] == "611", body
+        assert "nothing was stored" in body["errors"][0]["message"], body
+        resp = srv.admin(
+            "POST", "/projects/full/imports", data={"into": "users"},
+            files={"file": ("users.csv", b"mobile,city\n1,Paris\n", "text/csv")},
+        )  # fmt: skip
+        assert resp.status_code == 503, resp.text
+        assert "nothing was stored" in resp.json()["error"]["message"]
 
         assert httpx.get(srv.url + "/health", timeout=10).status_code == 503
         h = health(srv)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
+import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -25,8 +26,9 @@ from opencdp import params as check
 from opencdp.catalog import secrets
 from opencdp.catalog.model import Project, Property, Schema
 from opencdp.catalog.types import PropertyType
-from opencdp.errors import CdpError, Code, invalid
+from opencdp.errors import CdpError, Code, invalid, unavailable
 from opencdp.exports.service import DATA_TYPES, Export
+from opencdp.faults import describe
 from opencdp.identity import normalize
 from opencdp.imports.readers import FORMATS
 from opencdp.imports.targets import MODES, TARGETS, check_lookup_field
@@ -54,6 +56,7 @@ STATUS: dict[Code, int] = {
     Code.INVALID_TYPE: 415,
     Code.MISSING_PARAMETER: 400,
     Code.UNSUPPORTED: 400,
+    Code.UNAVAILABLE: 503,
 }
 LATEST_EVENTS = 20
 log = logging.getLogger(__name__)
@@ -155,6 +158,14 @@ def build(rt: Runtime) -> FastAPI:
             error_body(exc.code.value, exc.message, exc.field),
             status_code=STATUS.get(exc.code, 400),
         )
+
+    @app.exception_handler(OSError)
+    @app.exception_handler(sa.exc.OperationalError)
+    async def storage_fault(request: Request, exc: Exception) -> JSONResponse:
+        """A full disk or a locked metadata DB: the client is told, and retries later."""
+        log.warning("%s: %s", request.url.path, describe(exc))
+        err = unavailable(describe(exc))
+        return JSONResponse(error_body(err.code.value, err.message, err.field), 503)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

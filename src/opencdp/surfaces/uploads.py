@@ -16,7 +16,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from opencdp.errors import CdpError, Code, invalid
+from opencdp.errors import CdpError, Code, invalid, unavailable
+from opencdp.faults import describe, is_transient
 from opencdp.imports.files import Files, FileTooLarge, StoredFile
 from opencdp.surfaces.rawasgi import ASGIApp, Message, Receive, Scope, Send, header
 
@@ -105,8 +106,9 @@ def vendor_errors(
     logger: logging.Logger,
 ) -> Callable[[Handler], Handler]:
     """Wrap a vendor surface's handlers: a :class:`CdpError` becomes the vendor's code from
-    ``table`` with its text and the reason; anything else is logged and answered as the
-    vendor's internal error, with no detail."""
+    ``table`` with its text and the reason; a passing fault of storage (a full disk, a locked
+    database) the vendor's code for ``unavailable`` with the reason; anything else is logged
+    and answered as the vendor's internal error, with no detail."""
 
     def wrap(handler: Handler) -> Handler:
         async def wrapped(request: Request) -> Response:
@@ -117,7 +119,11 @@ def vendor_errors(
             except CdpError as exc:
                 code, text = table.get(exc.code, table[Code.INTERNAL])
                 return render(code, f"{text}: {named(exc)}")
-            except Exception:
+            except Exception as exc:
+                if is_transient(exc):  # e.g. a full disk: say so, and that nothing was kept
+                    logger.warning("%s: %s", request.url.path, describe(exc))
+                    code, text = table.get(Code.UNAVAILABLE, table[Code.INTERNAL])
+                    return render(code, f"{text}: {unavailable(describe(exc)).message}")
                 logger.exception("%s failed", request.url.path)
                 return render(*table[Code.INTERNAL])
 
