@@ -35,7 +35,14 @@ def is_transient(exc: BaseException, store: Store | None = None) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """One line naming the condition, for health and the client's message."""
+    """One line naming the condition, for health and the client's message: the driver's own
+    words, never a statement or a trace.
+
+    >>> describe(OSError(28, "No space left on device"))
+    'No space left on device'
+    """
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
+        exc = exc.orig
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, OSError) and exc.strerror:
         text = exc.strerror

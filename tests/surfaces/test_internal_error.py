@@ -1,4 +1,5 @@
-"""10000: an internal failure answers the vendor's code with no detail, and nothing is half-done."""
+"""10000: a record the server cannot keep gets the vendor's code with the reason and no trace, and
+nothing is half-done."""
 
 from __future__ import annotations
 
@@ -43,8 +44,12 @@ def test_a_record_arriving_after_the_log_closed_gets_10000_without_a_trace(
     finally:
         runtime.stop()
 
-    assert resp.status_code == 500
-    assert resp.json() == {"errcode": 10000, "errmsg": "系统错误"}
+    # The server cannot keep the record: it says so (503: retry later), with no internals.
+    assert resp.status_code == 503
+    assert resp.json() == {
+        "errcode": 10000,
+        "errmsg": "系统错误: storage: the server is stopping; nothing was stored, retry later",
+    }
     assert "Traceback" not in resp.text and "Error" not in resp.text
 
     # The acknowledged record is stored; the refused one is not.
