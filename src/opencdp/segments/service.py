@@ -17,7 +17,8 @@ import logging
 import re
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -378,32 +379,34 @@ class Segments:
     def _run_sql(self, project_id: int, seg: SqlSegment, mode: Mode) -> pa.Table | int:
         """Run a user's SQL segment in the sandbox, under the segment budget."""
         schema = self.catalog.schema(project_id)
-        try:
+        with self._budgeted("sql"):
             return self.sandbox.run(project_id, schema, seg, mode, self.budget)
-        except QueryError as exc:
-            raise invalid("sql", str(exc)) from None
-        except OverBudget as exc:
-            raise self._over(exc) from None
 
     def _members(self, project_id: int, query: SqlSegment | str) -> pa.Table:
         if isinstance(query, SqlSegment):
             rows = self._run_sql(project_id, query, "members")
             assert isinstance(rows, pa.Table)
             return rows
-        try:
+        with self._budgeted("qp"):
             return self.store.segment_rows(project_id, query, self.budget)
-        except QueryError as exc:
-            raise invalid("qp", str(exc)) from None
-        except OverBudget as exc:
-            raise self._over(exc) from None
 
-    def _over(self, exc: OverBudget) -> CdpError:
-        if exc.resource == "time":
-            what = f"time budget of {self.budget.seconds:g} s (OPENCDP_SEGMENT_TIMEOUT)"
-        else:
-            mb = self.budget.memory_bytes / (1 << 20)
-            what = f"memory budget of {mb:g} MiB (OPENCDP_SEGMENT_MEMORY_BYTES)"
-        return CdpError(Code.LIMIT_EXCEEDED, f"the segment query went over its {what}", "budget")
+    @contextmanager
+    def _budgeted(self, field: str) -> Iterator[None]:
+        """A segment query's failures in the core's words: the query's own fault names
+        ``field``; going over the budget names the budget and its setting."""
+        try:
+            yield
+        except QueryError as exc:
+            raise invalid(field, str(exc)) from None
+        except OverBudget as exc:
+            if exc.resource == "time":
+                what = f"time budget of {self.budget.seconds:g} s (OPENCDP_SEGMENT_TIMEOUT)"
+            else:
+                mb = self.budget.memory_bytes / (1 << 20)
+                what = f"memory budget of {mb:g} MiB (OPENCDP_SEGMENT_MEMORY_BYTES)"
+            raise CdpError(
+                Code.LIMIT_EXCEEDED, f"the segment query went over its {what}", "budget"
+            ) from None
 
     def query(self, seg: Segment, now: datetime) -> tuple[SqlSegment | str, list[Span | None]]:
         """The members query of a segment as its definition reads against the catalog now."""
@@ -421,12 +424,8 @@ class Segments:
             count = self._run_sql(project_id, query, "count")
             assert isinstance(count, int)
             return count
-        try:
+        with self._budgeted("qp"):
             return self.store.count_query(project_id, query, self.budget)
-        except QueryError as exc:
-            raise invalid("qp", str(exc)) from None
-        except OverBudget as exc:
-            raise self._over(exc) from None
 
     # ---- refreshing ----------------------------------------------------------------------
     def refresh(self, project_id: int, ref: int | str, surface: str) -> Job:
