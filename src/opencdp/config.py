@@ -17,6 +17,9 @@ class Limits:
     max_string_bytes: int = 64 * 1024
     max_list_items: int = 1000
     max_name_length: int = 128
+    # Most properties (user and event together) in one project's catalog; most fields in one
+    # collection. Every path that adds properties (records, imports, the admin API) is bound by it.
+    max_project_properties: int = 2000
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class Settings:
     marketo_max_file_bytes: int = 10 << 20  # the Marketo bulk API's documented limit
     access_token_ttl: int = 3600  # seconds an OAuth-style access token is valid
     import_batch_rows: int = 0  # rows per import batch; 0: each target's own default
+    import_batch_bytes: int = 0  # input text per import batch; 0: each target's own default
     scheduler_interval: float = 30.0  # seconds between rounds of the periodic-job scheduler
     export_part_bytes: int = 64 << 20  # largest compressed part of a raw-data export
     export_delay: int = 1800  # seconds after a period closes before it is exported
@@ -102,6 +106,7 @@ _ENV_TYPES: dict[str, type] = {
     "marketo_max_file_bytes": int,
     "access_token_ttl": int,
     "import_batch_rows": int,
+    "import_batch_bytes": int,
     "scheduler_interval": float,
     "export_part_bytes": int,
     "export_delay": int,
@@ -113,6 +118,7 @@ _ENV_TYPES: dict[str, type] = {
     "max_string_bytes": int,
     "max_list_items": int,
     "max_name_length": int,
+    "max_project_properties": int,
     "segment_timeout": float,
     "segment_memory_bytes": int,
 }

@@ -54,7 +54,7 @@ class Runtime:
         datadir.prepare(settings)
         engine = connect(settings.meta_url_resolved)
         server_key = datadir.server_key(settings, engine)
-        catalog = Catalog(engine, server_key)
+        catalog = Catalog(engine, server_key, settings.limits.max_project_properties)
         datadir.check_store(settings, engine)
         store = open_store(settings.store_url_resolved)
         try:
@@ -102,6 +102,7 @@ class Runtime:
                 lambda: jobs.stopping,
                 settings.import_batch_rows,
                 on_list=segments.sync_list,
+                batch_bytes=settings.import_batch_bytes,
             ),
         )
         exports = Exports(

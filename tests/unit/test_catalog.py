@@ -327,3 +327,47 @@ def test_sqlite_pragmas(engine: sa.Engine) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+# ---- the property cap -------------------------------------------------------------------------
+def test_property_cap_on_every_way_of_adding_one(engine: sa.Engine) -> None:
+    cat = Catalog(engine, SERVER_KEY, max_properties=5)
+    project, _ = cat.create_project("capped")  # mobile, email
+    pid = project.id
+    cat.ensure_properties(pid, "user", {"a": PropertyType.STRING, "b": PropertyType.NUMBER})
+    # Two more would make 6: refused whole, naming the limit; nothing half added.
+    with pytest.raises(CdpError) as err:
+        cat.ensure_properties(pid, "event", {"c": PropertyType.STRING, "d": PropertyType.BOOL})
+    assert err.value.code is Code.LIMIT_EXCEEDED
+    assert err.value.field == "properties"
+    assert err.value.message == (
+        "properties: 2 new properties would pass the limit of 5 properties per project "
+        "(the project has 4)"
+    )
+    assert cat.property_count(pid) == 4 and cat.property_room(pid) == 1
+    cat.ensure_properties(pid, "event", {"c": PropertyType.STRING})
+    assert cat.property_room(pid) == 0
+    for add in (
+        lambda: cat.add_property(pid, "user", "z", "string"),
+        lambda: cat.set_identity_keys(pid, ["mobile", "wechat_id"]),
+        lambda: cat.ensure_properties(pid, "event", {"e": PropertyType.NUMBER}),
+    ):
+        with pytest.raises(CdpError, match="limit of 5 properties per project"):
+            add()
+    # What exists still resolves, and a property the project has can become a key.
+    assert cat.ensure_properties(pid, "user", {"a": PropertyType.STRING})["a"].name == "a"
+    assert list(cat.set_identity_keys(pid, ["mobile", "a"]).identity_keys) == ["mobile", "a"]
+    # The cap holds across a restart (it is counted from the DB), and per project.
+    again = Catalog(engine, SERVER_KEY, max_properties=5)
+    assert again.property_count(pid) == 5
+    other, _ = again.create_project("other")
+    again.ensure_properties(other.id, "user", {"x": PropertyType.STRING})
+    # Collections: at most as many fields each.
+    cid = again.collection(pid, "docs")
+    wanted = {f"f{i}": PropertyType.STRING for i in range(6)}
+    with pytest.raises(CdpError, match="6 new fields would pass the limit of 5 fields per"):
+        again.ensure_collection_fields(cid, wanted)
+    assert again.collection_fields(cid) == {}
+    del wanted["f5"]
+    assert len(again.ensure_collection_fields(cid, wanted)) == 5
+    assert again.collection_room(cid) == 0

@@ -782,3 +782,141 @@ def test_any_bytes_read_the_same_by_both_paths(
         assert_same(read_fast(path, fmt, batch_rows, block, **kw), slow)
         assert_same(list(read_file(path, fmt, batch_rows=batch_rows, **kw)), slow)
         Read(slow)
+
+
+# ---- bounds: a batch's text, a file's columns ----------------------------------------------
+
+
+def long_rows(path: Path, rows: int, size: int, fmt: str = "csv") -> Path:
+    value = "y" * size
+    with path.open("w") as f:
+        if fmt == "csv":
+            f.write("email,bio\n")
+            f.writelines(f"u{i}@x.com,{value}\n" for i in range(rows))
+        else:
+            f.writelines(
+                json.dumps({"email": f"u{i}@x.com", "bio": value}) + "\n" for i in range(rows)
+            )
+    return path
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_delimited_batches_are_bounded_by_their_text(tmp_path: Path, fast: bool) -> None:
+    path = long_rows(tmp_path / "f.csv", 400, 50_000)  # 20 MB in rows of 50 KB
+    budget = 1 << 20
+    batches = list(
+        readers._read(path, "csv", None, 10_000, 0, 64 << 20, fast, readers._BLOCK, budget)
+    )
+    got = Read(batches)
+    assert sorted(got.rows) == list(range(1, 401))
+    # A batch ends after the piece that passes the budget: a piece is an Arrow block (2 MiB)
+    # or, read slowly, about 1 MiB of records.
+    assert all(b.rows.nbytes <= budget + readers._BLOCK for b in batches)
+    assert len(batches) >= 20_000_000 // (budget + readers._BLOCK)
+    # Resuming after a batch gives exactly the rest, batched the same way.
+    first = batches[0].row_numbers.to_pylist()[-1]
+    rest = list(readers._read(path, "csv", None, 10_000, first, 64 << 20, fast, 2 << 20, budget))
+    assert Read(rest).rows == {n: r for n, r in got.rows.items() if n > first}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_json_batches_are_bounded_by_their_text(tmp_path: Path, fmt: str) -> None:
+    path = long_rows(tmp_path / "f.json", 400, 50_000, "jsonl")
+    if fmt == "json":
+        lines = path.read_text().splitlines()
+        path.write_text("[" + ",\n".join(lines) + "]")
+    budget = 1 << 20
+    batches = list(read_file(path, fmt, batch_rows=10_000, batch_bytes=budget))
+    assert sorted(Read(batches).rows) == list(range(1, 401))
+    # A batch ends after the read (1 MiB) that passes the budget.
+    assert all(b.rows.nbytes <= budget + 2 * readers._CHUNK for b in batches)
+    assert len(batches) >= 20_000_000 // (budget + 2 * readers._CHUNK)
+
+
+def test_a_header_with_too_many_columns_is_refused_before_any_record(tmp_path: Path) -> None:
+    header = ",".join(f"c{i}" for i in range(5001))
+    # The records after it would be bad ones: none is read.
+    path = write(tmp_path / "f.csv", header + "\n" + '"never closed\n' * 1000)
+    with pytest.raises(CdpError) as err:
+        read_file(path, "csv", max_columns=1000)
+    assert err.value.code is Code.LIMIT_EXCEEDED
+    assert err.value.message == (
+        "file: 5001 columns, at most 1000 are allowed (the limit on properties per record)"
+    )
+    assert readers.read_header(path, "csv", max_columns=5001) == header.split(",")
+    with pytest.raises(CdpError, match="5001 columns"):
+        readers.read_header(path, "csv", max_columns=5000)
+    assert readers.read_header(path, "jsonl") is None
+
+
+def test_a_header_that_never_ends_is_not_read_whole(tmp_path: Path) -> None:
+    # No line end: only the first MiB is looked at.
+    path = write(tmp_path / "f.csv", "a," * (3 << 20))
+    with pytest.raises(CdpError, match="more than 1000 columns"):
+        read_file(path, "csv", max_columns=1000)
+    # Quoted, so that its delimiters cannot be counted: it must end within the first MiB.
+    path = write(tmp_path / "g.csv", '"' + "x" * (3 << 20) + '"\n1\n')
+    with pytest.raises(CdpError, match="header is larger than 1048576 bytes"):
+        read_file(path, "csv", max_columns=1000)
+    # A line end in a quoted name, and bare CR line ends, are read as without the bound.
+    path = write(tmp_path / "h.csv", '"a\nb",c\r1,2\r' + "3,4\r" * 2000)
+    assert Read(list(read_file(path, "csv", max_columns=2))).columns == ["a\nb", "c"]
+
+
+def test_json_keys_past_the_column_limit(tmp_path: Path) -> None:
+    lines = [{f"k{i}_{j}": j for j in range(4)} for i in range(3)]
+    path = write(tmp_path / "f.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
+    batches = read_file(path, "jsonl", batch_rows=1, max_columns=10)
+    assert len(next(batches).columns) == 4
+    assert len(next(batches).columns) == 8
+    with pytest.raises(CdpError) as err:
+        next(batches)
+    assert err.value.code is Code.LIMIT_EXCEEDED
+    assert "more than 10 distinct keys" in err.value.message
+
+
+@settings(max_examples=500)
+@given(
+    body=DIRTY,
+    delimiter=st.sampled_from([",", "\t", ";"]),
+    cap=st.integers(1, 40),
+    max_delimiters=st.integers(0, 4),
+)
+def test_records_past_a_bound_end_where_they_would_have(
+    body: bytes, delimiter: str, cap: int, max_delimiters: int
+) -> None:
+    """A record past the byte cap or the delimiter bound is not fed to csv but followed to its
+    end: the records are the same ones, ending at the same offsets, and those within the
+    bounds are read as without them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write(Path(tmp) / "f", body)
+        whole = list(readers._records(path, 0, delimiter, 1 << 30))
+        bounded = list(readers._records(path, 0, delimiter, cap, max_delimiters))
+        by_delimiters = list(readers._records(path, 0, delimiter, 1 << 30, max_delimiters))
+    assert [r[1] for r in bounded] == [r[1] for r in whole]
+    assert [r[1] for r in by_delimiters] == [r[1] for r in whole]
+    for (fields, _, _, problem), (b_fields, _, _, b_problem) in zip(whole, bounded, strict=True):
+        if b_problem is None:
+            assert (b_fields, problem) == (fields, None)
+        elif problem is None:
+            assert b_problem.startswith(("record larger than", "record with more than"))
+    for (fields, _, raw, problem), (d_fields, _, _, d_problem) in zip(
+        whole, by_delimiters, strict=True
+    ):
+        if problem is None and (
+            max_delimiters == 0 or "".join(raw).count(delimiter) <= max_delimiters
+        ):
+            assert (d_fields, d_problem) == (fields, None)
+        elif problem is None:
+            assert d_problem == f"record with more than {max_delimiters} delimiters"
+
+
+def test_a_record_of_millions_of_fields_is_not_held(tmp_path: Path) -> None:
+    """csv keeps each field of a record: one of 30 million fields is followed, not read."""
+    for unit in (",", "a,", '"a",'):
+        path = write(
+            tmp_path / "f.csv", "email,bio\n" + unit * ((30 << 20) // len(unit)) + "\nb,c\n"
+        )
+        got = Read(list(read_file(path, "csv")))
+        assert got.reasons() == {1: "record with more than 1048578 delimiters"}
+        assert got.rows == {2: {"email": "b", "bio": "c"}}

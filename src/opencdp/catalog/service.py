@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from opencdp.catalog import secrets
 from opencdp.catalog.model import Project, Property, Schema
 from opencdp.catalog.types import COLUMN_TYPES, TABLES, PropertyType, zone
+from opencdp.config import Limits
 from opencdp.errors import CdpError, Code, invalid, not_found
 from opencdp.meta import tables as t
 
@@ -49,9 +50,18 @@ def check_name(name: object, field: str, max_length: int = 128) -> str:
 
 
 class Catalog:
-    def __init__(self, engine: sa.Engine, server_key: bytes) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        server_key: bytes,
+        max_properties: int = Limits.max_project_properties,
+    ) -> None:
         self._engine = engine
         self._server_key = server_key
+        # Most properties of a project (user and event together), and most fields of a
+        # collection: every way of adding one goes through ensure_properties or
+        # ensure_collection_fields, which refuse to pass it.
+        self.max_properties = max_properties
         self._lock = threading.RLock()
         self._projects: dict[int, Project] = {}
         self._by_token: dict[str, int] = {}
@@ -349,6 +359,9 @@ class Catalog:
                     sa.select(f.name).where(f.collection_id == collection_id)
                 ).all()
             }
+            adding = len(wanted.keys() - have)
+            if adding and len(have) + adding > self.max_properties:
+                raise self._over(len(have), adding, "fields", "collection")
             for name, ptype in wanted.items():
                 if name not in have:
                     conn.execute(
@@ -432,9 +445,34 @@ class Catalog:
                 current = self.schema(project_id).table(table)
                 missing = {n: ty for n, ty in missing.items() if n not in current}
                 if missing:
+                    have = self.property_count(project_id)
+                    if have + len(missing) > self.max_properties:
+                        raise self._over(have, len(missing), "properties", "project")
                     self._insert_properties(project_id, table, missing)
             current = self.schema(project_id).table(table)
         return {n: current[n] for n in wanted}
+
+    def property_count(self, project_id: int) -> int:
+        """How many properties (user and event) the project has."""
+        schema = self.schema(project_id)
+        return len(schema.user) + len(schema.event)
+
+    def property_room(self, project_id: int) -> int:
+        """How many more properties the project may take."""
+        return max(0, self.max_properties - self.property_count(project_id))
+
+    def collection_room(self, collection_id: int) -> int:
+        """How many more fields the collection may take."""
+        return max(0, self.max_properties - len(self.collection_fields(collection_id)))
+
+    def _over(self, have: int, adding: int, what: str, per: str) -> CdpError:
+        one = {"properties": "property", "fields": "field"}[what]
+        return CdpError(
+            Code.LIMIT_EXCEEDED,
+            f"{what}: {adding} new {one if adding == 1 else what} would pass the limit of "
+            f"{self.max_properties} {what} per {per} (the {per} has {have})",
+            what,
+        )
 
     def _insert_properties(
         self, project_id: int, table: str, missing: dict[str, PropertyType]

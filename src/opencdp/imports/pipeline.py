@@ -7,6 +7,12 @@ whatever the mode, and the files are cut back to what the commit recorded.
 
 ``stop_on_error`` jobs first validate the whole file without writing anything; only a clean
 file is written.
+
+Nothing about a file's shape can make a job take the server's memory: a delimited file's
+header is checked against the limits before any row is read (and at submission, so that the
+surface can refuse it at once), batches are bounded by their text as well as by their rows,
+and the store columns of new properties are added a few per transaction before the batch that
+needs them (a store transaction adding thousands of columns takes gigabytes).
 """
 
 from __future__ import annotations
@@ -21,19 +27,50 @@ from typing import Any, BinaryIO
 
 import pyarrow as pa
 
+from opencdp.catalog.model import Property
 from opencdp.catalog.service import Catalog
 from opencdp.config import Limits
 from opencdp.errors import CdpError, Code
-from opencdp.imports.files import Files
-from opencdp.imports.readers import RowBatch, detect_charset, read_file
-from opencdp.imports.targets import Prepared, Target, make_target
-from opencdp.jobs.service import Interrupted, Job, Outcome, Progress
+from opencdp.imports.files import Files, StoredFile
+from opencdp.imports.readers import FileError, RowBatch, detect_charset, read_file, read_header
+from opencdp.imports.targets import IDENTITY_KEYS, Prepared, Target, identity_keys, make_target
+from opencdp.jobs.service import Interrupted, Job, Jobs, Outcome, Progress
 from opencdp.store.base import Store
 
 FAILURE_COLUMN = "Import Failure Reason"
 WARNING_COLUMN = "Import Warning Reason"
 _COUNTERS = ("rows", "imported", "failed", "warnings", "failures_bytes", "warnings_bytes")
 DELIMITERS = {"csv": ",", "tsv": "\t", "ssv": ";"}
+COLUMNS_PER_TRANSACTION = 64  # store columns added at once for new properties
+
+
+def submit_import(
+    jobs: Jobs,
+    catalog: Catalog,
+    limits: Limits,
+    project_id: int,
+    surface: str,
+    params: dict[str, Any],
+    stored: StoredFile,
+) -> Job:
+    """Queue the import of a stored file, keeping the project's identity keys as they are now.
+
+    A delimited file whose header passes the limits (see :meth:`Target.check_columns`) is
+    refused here, with ``limit_exceeded`` and nothing queued. Other problems of the file
+    (empty, an unknown charset) are the job's to report, as when it runs.
+    """
+    params = {**params, IDENTITY_KEYS: identity_keys(catalog, project_id)}
+    try:
+        header = read_header(
+            stored.path, str(params.get("format", "csv")), params.get("charset"),
+            limits.max_properties,
+        )  # fmt: skip
+    except FileError:
+        header = None
+    if header is not None:
+        target = make_target(catalog, limits, project_id, {**params, "file_sha256": stored.sha256})
+        target.check_columns(header)
+    return jobs.submit(project_id, "import", surface, params, stored.id)
 
 
 class RowFile:
@@ -81,6 +118,7 @@ class ImportRunner:
         stopping: Callable[[], bool],
         batch_rows: int = 0,
         on_list: Callable[[int, int], object] | None = None,
+        batch_bytes: int = 0,
     ) -> None:
         self.catalog = catalog
         self.store = store
@@ -88,6 +126,7 @@ class ImportRunner:
         self.limits = limits
         self.stopping = stopping
         self.batch_rows = batch_rows
+        self.batch_bytes = batch_bytes
         self.on_list = on_list  # (project id, list id): a static list changed
 
     def __call__(self, job: Job, progress: Progress) -> Outcome:
@@ -100,6 +139,10 @@ class ImportRunner:
         target = make_target(
             self.catalog, self.limits, job.project_id, {**params, "file_sha256": stored.sha256}
         )
+        # A header that passes the limits fails the job before any row is read.
+        header = read_header(stored.path, fmt, charset, self.limits.max_properties)
+        if header is not None:
+            target.check_columns(header)
         names = {k: f"job:{job.id}:{k}" for k in _COUNTERS}
         state = {k: self.store.checkpoint(n) for k, n in names.items()}
         delimiter = DELIMITERS.get(fmt, ",")
@@ -127,25 +170,40 @@ class ImportRunner:
                         rows_read=row,
                         failed=1,
                     )
-            rows = self.batch_rows or target.batch_rows
-            for prepared in self._prepared(target, stored.path, fmt, charset, state["rows"], rows):
-                if self.stopping():
-                    raise Interrupted
-                batch = prepared.batch
-                with self.store.writer() as w:
-                    result = target.apply(w, prepared)
-                    failures.append(batch.columns, _rows(batch, result.failures))
-                    warnings.append(batch.columns, _rows(batch, result.warnings, False))
-                    state["rows"] = _last_row(batch, state["rows"])
-                    state["imported"] += result.imported
-                    state["failed"] += len(result.failures) + len(batch.bad)
-                    state["warnings"] += len(result.warnings)
-                    state["failures_bytes"] = failures.length
-                    state["warnings_bytes"] = warnings.length
-                    for k, n in names.items():
-                        w.set_checkpoint(n, state[k])
-                progress.report(
-                    state["rows"], state["imported"], state["failed"], state["warnings"]
+            made: set[int] = set()  # properties whose store columns exist
+            try:
+                for prepared in self._prepared(target, stored.path, fmt, charset, state["rows"]):
+                    if self.stopping():
+                        raise Interrupted
+                    self._add_columns(job.project_id, prepared.columns, made)
+                    batch = prepared.batch
+                    with self.store.writer() as w:
+                        result = target.apply(w, prepared)
+                        failures.append(batch.columns, _rows(batch, result.failures))
+                        warnings.append(batch.columns, _rows(batch, result.warnings, False))
+                        state["rows"] = _last_row(batch, state["rows"])
+                        state["imported"] += result.imported
+                        state["failed"] += len(result.failures) + len(batch.bad)
+                        state["warnings"] += len(result.warnings)
+                        state["failures_bytes"] = failures.length
+                        state["warnings_bytes"] = warnings.length
+                        for k, n in names.items():
+                            w.set_checkpoint(n, state[k])
+                    progress.report(
+                        state["rows"], state["imported"], state["failed"], state["warnings"]
+                    )
+            except CdpError as exc:
+                if state["rows"] == 0:
+                    raise
+                # Part of the file is imported: say so, and keep the counters.
+                return Outcome(
+                    False,
+                    f"{exc.message} (stopped after row {state['rows']}: {state['imported']} "
+                    f"records imported, {state['failed']} failed)",
+                    rows_read=state["rows"],
+                    imported=state["imported"],
+                    failed=state["failed"],
+                    warnings=state["warnings"],
                 )
         finally:
             failures.close()
@@ -161,19 +219,48 @@ class ImportRunner:
             warnings=state["warnings"],
         )
 
+    def _add_columns(self, project_id: int, columns: list[Property], made: set[int]) -> None:
+        """Add the store columns of a batch's properties that may not exist yet, a few per
+        transaction: DuckDB's memory for a transaction that adds columns grows with the square
+        of their number (1,000 columns: 350 MB; 5,000: 7 GB)."""
+        todo = [p for p in columns if p.id not in made]
+        for i in range(0, len(todo), COLUMNS_PER_TRANSACTION):
+            with self.store.writer() as w:
+                w.ensure_project(project_id)
+                w.ensure_columns(project_id, todo[i : i + COLUMNS_PER_TRANSACTION])
+        made.update(p.id for p in todo)
+
     def _prepared(
-        self, target: Target, path: Path, fmt: str, charset: str, skip: int, rows: int
+        self, target: Target, path: Path, fmt: str, charset: str, skip: int
     ) -> Iterator[Prepared]:
         """The file's batches, prepared by ``target``. A target whose preparation is Arrow
         compute (which releases the GIL) prepares one batch ahead of the caller, in a thread of
         its own, so that typing the next batch overlaps with writing this one; at most two
         batches are in memory. Preparation that is Python code would only contend for the GIL
-        with the writes, so it runs in line."""
-        batches = read_file(path, fmt, charset, batch_rows=rows, skip_rows=skip)
+        with the writes, so it runs in line.
+
+        Batches are bounded by rows and by text (``batch_rows``/``batch_bytes``, or the
+        target's own). The columns of a JSON file grow as keys appear: each time they do, they
+        are checked against the limits as a delimited file's header is."""
+        batches = read_file(
+            path,
+            fmt,
+            charset,
+            batch_rows=self.batch_rows or target.batch_rows,
+            skip_rows=skip,
+            batch_bytes=self.batch_bytes or target.batch_bytes,
+            max_columns=self.limits.max_properties,
+        )
+        checked = [0]  # how many columns were checked
 
         def step() -> Prepared | None:
             batch = next(batches, None)
-            return None if batch is None else target.prepare(batch)
+            if batch is None:
+                return None
+            if len(batch.columns) != checked[0]:
+                target.check_columns(batch.columns)
+                checked[0] = len(batch.columns)
+            return target.prepare(batch)
 
         if not target.read_ahead:
             while (prepared := step()) is not None:
@@ -190,8 +277,7 @@ class ImportRunner:
         self, target: Target, path: Path, fmt: str, charset: str
     ) -> tuple[list[str], list[Any], str, int] | None:
         """The first bad row of the file, validated without writing anything."""
-        size = self.batch_rows or target.batch_rows
-        for prepared in self._prepared(target, path, fmt, charset, 0, size):
+        for prepared in self._prepared(target, path, fmt, charset, 0):
             if self.stopping():
                 raise Interrupted
             batch = prepared.batch

@@ -2,7 +2,13 @@
 
 Files are streamed, so memory is bounded by the batch size and the largest record, never by
 the file: a record past twice ``max_field_bytes`` (at least 1 MiB) is not held but reported,
-and a field past ``max_field_bytes`` (in UTF-8) makes its record bad. Every record is accounted
+and a field past ``max_field_bytes`` (in UTF-8) makes its record bad. A batch ends at
+``batch_rows`` records, or, with ``batch_bytes``, once it holds that much text (a batch of the
+delimited reader ends at the end of the piece that passes it, a piece being at most an Arrow
+block or 1 MiB of records read slowly; one of the JSON reader at the end of the 1 MiB chunk
+that passes it). With ``max_columns``, a file with more columns is refused: a delimited file
+by its header, before any record is read (and a header larger than ``max_columns`` KiB is not
+read at all); a JSON file when its records' keys pass that many. Every record is accounted
 for: it is either a row of a batch or a :class:`BadRow` of that batch, numbered from 1 (the
 header of a delimited file is not counted, nor blank lines), and a batch holds consecutive
 records, so a job can resume after the last record of a batch with ``skip_rows``.
@@ -49,9 +55,15 @@ FORMATS = ("csv", "tsv", "ssv", "jsonl", "json")
 DELIMITERS = {"csv": ",", "tsv": "\t", "ssv": ";"}
 
 _SNIFF = 4 << 20  # bytes looked at to guess a charset
+_HEADER_PER_COLUMN = 1 << 10  # with max_columns: header bytes allowed per column (at least 1 MiB)
 _BLOCK = 2 << 20  # Arrow's block size: a problem costs about a block read slowly
 _CHUNK = 1 << 20  # bytes (or characters) read at a time by the slow paths
 _TEXT_MAX = 64 << 10  # raw bytes kept as the text of a bad row
+# Delimiters a record may have past the header's columns (quoted ones count too) before it is
+# not read but reported: csv holds each field as a string, so a record of millions of fields
+# would take gigabytes. A good record past it would need a million delimiters in its quotes.
+_EXTRA_DELIMITERS = 1 << 20
+_HEADER_DELIMITERS = 256  # per column allowed (quoted names may hold delimiters)
 _BOMS = {"utf-8": b"\xef\xbb\xbf", "gb18030": b"\x84\x31\x95\x33"}
 _WHITESPACE = b" \t\r\n\x0b\x0c"
 # Latin-1 text never holds a character above U+00FF: this line marks the end of the file for
@@ -59,6 +71,7 @@ _WHITESPACE = b" \t\r\n\x0b\x0c"
 _END = "\uffff"
 _PROBE = '\t\n\r "#,;:[]{}\\/0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'
 _STRUCT = re.compile(rb'["\[\]{},]')
+_LINE_END = re.compile(rb"[\r\n]")
 _STRING_REST = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
 # A whole object with no nested object or array: most elements of an array, in one match.
 _FLAT_OBJECT = re.compile(rb'\{[^"\[\]{}]*(?:"[^"\\]*(?:\\.[^"\\]*)*"[^"\[\]{}]*)*\}', re.DOTALL)
@@ -185,14 +198,49 @@ def read_file(
     batch_rows: int = 50_000,
     skip_rows: int = 0,
     max_field_bytes: int = 64 << 20,
+    batch_bytes: int = 0,
+    max_columns: int = 0,
 ) -> Iterator[RowBatch]:
-    """Read ``path`` as ``fmt`` in batches of ``batch_rows`` records (good or bad).
+    """Read ``path`` as ``fmt`` in batches of ``batch_rows`` records (good or bad), each
+    ending early once it holds about ``batch_bytes`` of text (0: no such bound).
 
     Records ``1..skip_rows`` are read but not yielded; numbering is that of a full read. The
-    file's own problems (empty, no header, an unusable charset) raise :class:`FileError` here;
-    a bad record is reported in its batch and reading goes on.
+    file's own problems (empty, no header, an unusable charset, more than ``max_columns``
+    columns in a header) raise :class:`FileError` here; a bad record is reported in its batch
+    and reading goes on.
     """
-    return _read(path, fmt, charset, batch_rows, skip_rows, max_field_bytes, True, _BLOCK)
+    return _read(
+        path, fmt, charset, batch_rows, skip_rows, max_field_bytes, True, _BLOCK,
+        batch_bytes, max_columns,
+    )  # fmt: skip
+
+
+def read_header(
+    path: Path, fmt: str, charset: str | None = None, max_columns: int = 0
+) -> list[str] | None:
+    """The column names of a delimited file's header, read and checked as :func:`read_file`
+    does (no record is read); None for JSON, whose columns are known only by reading it."""
+    if fmt not in DELIMITERS:
+        if fmt not in FORMATS:
+            raise FileError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        return None
+    charset = detect_charset(path, charset)
+    start = _bom_length(path, charset)
+    if _first_content(path, start) is None:
+        raise FileError("file is empty")
+    cap = 2 << 20
+    spec = _delimited_spec(path, DELIMITERS[fmt], charset, start, 1, 0, cap, cap, 0, max_columns)
+    return spec.columns
+
+
+def too_many_columns(count: int, limit: int, more: bool = False, what: str = "columns") -> CdpError:
+    """The error of a file with more columns than a record may have properties."""
+    found = f"more than {limit}" if more else str(count)
+    return CdpError(
+        Code.LIMIT_EXCEEDED,
+        f"file: {found} {what}, at most {limit} are allowed (the limit on properties per record)",
+        "file",
+    )
 
 
 def _read(
@@ -204,11 +252,13 @@ def _read(
     max_field_bytes: int,
     fast: bool,
     block_size: int,
+    batch_bytes: int = 0,
+    max_columns: int = 0,
 ) -> Iterator[RowBatch]:
     """:func:`read_file`, with the fast path optional and its block size chosen (for tests)."""
     if fmt not in FORMATS:
         raise FileError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}", "format")
-    if batch_rows < 1 or skip_rows < 0 or max_field_bytes < 1:
+    if batch_rows < 1 or skip_rows < 0 or max_field_bytes < 1 or batch_bytes < 0:
         raise ValueError("batch_rows and max_field_bytes must be positive, skip_rows >= 0")
     charset = detect_charset(path, charset)
     start = _bom_length(path, charset)
@@ -218,18 +268,23 @@ def _read(
     cap = max(2 * max_field_bytes, 1 << 20)  # the largest record held in memory
     if fmt in DELIMITERS:
         spec = _delimited_spec(
-            path, DELIMITERS[fmt], charset, start, batch_rows, skip_rows, max_field_bytes, cap
-        )
+            path, DELIMITERS[fmt], charset, start, batch_rows, skip_rows, max_field_bytes, cap,
+            batch_bytes, max_columns,
+        )  # fmt: skip
         return _batches(_delimited_pieces(path, spec, fast, block_size), spec)
+    chunks = _Counted(_utf8_chunks(path, start, charset))
     if fmt == "jsonl":
-        records = _json_lines(_utf8_chunks(path, start, charset), cap, _label(charset))
+        records = _json_lines(chunks, cap, _label(charset))
     else:
         with open(path, "rb") as f:
             f.seek(content)
             if f.read(1) != b"[":
                 raise FileError("a JSON array file must start with '['")
-        records = _array_elements(_utf8_chunks(path, content + 1, charset), cap, _label(charset))
-    return _json_batches(records, batch_rows, skip_rows, max_field_bytes)
+        chunks = _Counted(_utf8_chunks(path, content + 1, charset))
+        records = _array_elements(chunks, cap, _label(charset))
+    return _json_batches(
+        records, batch_rows, skip_rows, max_field_bytes, batch_bytes, chunks, max_columns
+    )
 
 
 # ---- delimited: records --------------------------------------------------------------------
@@ -245,6 +300,8 @@ class _Delimited:
     skip_rows: int
     max_field_bytes: int
     cap: int
+    batch_bytes: int = 0  # a batch ends after the piece that brings it to this much text
+    max_delimiters: int = 0  # a record with more is bad (csv would hold each field)
 
 
 @dataclass
@@ -257,20 +314,35 @@ class _Cursor:
 class _Lines:
     """What the line feeder knows about the record ``csv`` is reading."""
 
-    __slots__ = ("eof", "over", "pos", "raw", "raw_len", "size")
+    __slots__ = (
+        "delimiters",
+        "eof",
+        "fed_quoted",
+        "over",
+        "pos",
+        "quotes",
+        "raw",
+        "raw_len",
+        "size",
+    )
 
-    def __init__(self, pos: int) -> None:
+    def __init__(self, pos: int, quotes: _Quotes) -> None:
         self.pos = pos  # byte offset after the last line fed
         self.raw: list[str] = []  # the record's lines, up to _TEXT_MAX
         self.raw_len = 0
         self.size = 0  # the record's bytes so far
+        self.delimiters = 0  # the delimiters in them, quoted ones too
         self.eof = False
-        self.over = False  # the record grew past the cap: only its outline is fed
+        # Why the record is too large, once it is: the rest of it is not fed to csv.
+        self.over: str | None = None
+        self.fed_quoted = False  # whether csv was inside a quoted field when it stopped
+        self.quotes = quotes
 
-    def take(self) -> tuple[list[str], bool]:
-        """The raw lines of the record just read, and whether it was too large; then reset."""
+    def take(self) -> tuple[list[str], str | None]:
+        """The raw lines of the record just read, and why it was too large (if it was); then
+        reset for the next."""
         raw, over = self.raw, self.over
-        self.raw, self.raw_len, self.size, self.over = [], 0, 0, False
+        self.raw, self.raw_len, self.size, self.delimiters, self.over = [], 0, 0, 0, None
         return raw, over
 
     def keep(self, text: str) -> None:
@@ -280,76 +352,151 @@ class _Lines:
             self.raw_len += len(text)
 
 
-class _Outline:
-    """A line with each run of ordinary characters cut to one: ``csv`` splits it into records
-    and fields exactly as the line itself, without holding its text."""
+# Where a CSV record is, as csv reads it: at the start of a field, inside an unquoted one,
+# inside a quoted one, or just after a quote inside a quoted one (closing it, or doubling the
+# next).
+_START, _FIELD, _QUOTED, _QUOTE = range(4)
+
+
+class _Quotes:
+    """Follows a record's text as ``csv`` reads it (``strict=False``, quotes escaped by
+    doubling) to where it ends, without ``csv``, which keeps every field of a record as a
+    string. Runs of whole fields are matched by one regular expression, so a line costs a few
+    matches, whatever its fields."""
+
+    __slots__ = ("_body", "_field_rest", "_fields", "delimiter", "state")
 
     def __init__(self, delimiter: str) -> None:
-        self._runs = re.compile(f'[^"{re.escape(delimiter)}\r\n]+')
+        d = re.escape(delimiter)
+        closed = f'"(?:[^"]++|"")*+"(?=[^"])[^{d}\\r\\n]*+'  # a quoted field, and what follows
+        field = f'(?:{closed}|[^"{d}\\r\\n][^{d}\\r\\n]*+)?'
+        self._fields = re.compile(f"{field}(?:{d}{field})*+")  # from the start of a field
+        self._field_rest = re.compile(f"[^{d}\\r\\n]*+(?:{d}{field})*+")  # from inside one
+        self._body = re.compile('(?:[^"]++|"")*+')  # the text of a quoted field
+        self.delimiter = delimiter
+        self.state = _START
 
-    def __call__(self, line: str) -> str:
-        return self._runs.sub("x", line)
+    def follow(self, text: str, eol: bool) -> bool:
+        """Read ``text``, which ends a line if ``eol``; whether the record ended with it."""
+        state, pos, n = self.state, 0, len(text)
+        if state < _QUOTED and '"' not in text:  # no quoted field: it ends with the line
+            if eol:
+                self.state = _START
+            elif n:
+                self.state = _START if text[-1] == self.delimiter else _FIELD
+            return eol  # (a line end is only ever at the end of the text)
+        while pos < n:
+            if state == _QUOTED:
+                pos = self._body.match(text, pos).end()  # type: ignore[union-attr]
+                if pos < n:
+                    state, pos = _QUOTE, pos + 1  # a quote, not followed by another one
+                continue
+            if state == _QUOTE:
+                if text[pos] == '"':
+                    state, pos = _QUOTED, pos + 1  # a doubled quote
+                    continue
+                state = _FIELD  # the field was closed: anything else goes on unquoted
+            pattern = self._fields if state == _START else self._field_rest
+            end = pattern.match(text, pos).end()  # type: ignore[union-attr]
+            if end == n:
+                if end > pos:
+                    state = _START if text[-1] == self.delimiter else _FIELD
+                break
+            if text[end] == '"':  # a quoted field that goes on past this text
+                state, pos = _QUOTED, end + 1
+                continue
+            self.state = _START  # a line end outside quotes
+            return True
+        if eol and state != _QUOTED:
+            self.state = _START
+            return True
+        self.state = state
+        return False
 
 
-def _lines(text: io.TextIOWrapper, st: _Lines, cap: int, outline: _Outline) -> Iterator[str]:
+def _lines(text: io.TextIOWrapper, st: _Lines, cap: int, max_delimiters: int) -> Iterator[str]:
     """Feed ``csv`` the lines of ``text``, then the end marker.
 
-    Once a record passes ``cap`` bytes, the rest of it is fed in outline: memory stays bounded,
-    and the record still ends where it would have.
+    Once a record passes ``cap`` bytes or ``max_delimiters`` delimiters (0: any number), the
+    rest of it is not fed to ``csv`` but followed by :class:`_Quotes` to its end, where ``csv``
+    is given what ends the record from where it stopped. Memory stays bounded (``csv`` keeps
+    each field of a record: a record of millions of delimiters would be millions of strings),
+    and the record ends where it would have.
     """
     readline = text.readline
+    quotes = st.quotes
+    delimiter = quotes.delimiter
     while True:
-        line = readline(_CHUNK)
-        if len(line) == _CHUNK and line[-1] not in "\r\n":
-            yield _long_line(readline, line, st, cap, outline)
-            continue
-        if not line:
+        piece = readline(_CHUNK)
+        if not piece:
+            if st.over is not None and not st.fed_quoted:
+                yield "x"  # a record csv has not seen any of: so that it is counted
             st.eof = True
             yield _END + "\n"
             return
-        n = len(line)
-        st.pos += n
-        st.size += n
-        if st.raw_len < _TEXT_MAX:
-            st.keep(line)
-        if st.size > cap:
-            st.over = True
-        yield outline(line) if st.over else line
-
-
-def _long_line(readline: Any, piece: str, st: _Lines, cap: int, outline: _Outline) -> str:
-    """A line longer than a read, gathered piece by piece (in outline past the cap)."""
-    parts: list[str] = []
-    while True:
-        st.pos += len(piece)
-        st.size += len(piece)
-        st.keep(piece)
-        if st.size > cap and not st.over:
-            st.over = True
-            parts = [outline(x) for x in parts]
-        parts.append(outline(piece) if st.over else piece)
-        if len(piece) < _CHUNK or piece[-1] in "\r\n":
-            return "".join(parts)
-        piece = readline(_CHUNK)
+        # csv asks for a line within a record only when a quoted field goes on past the last.
+        before = st.size > 0
+        parts: list[str] = []
+        ended = False
+        while True:  # the pieces of a line longer than a read
+            n = len(piece)
+            st.pos += n
+            st.size += n
+            if st.raw_len < _TEXT_MAX:
+                st.keep(piece)
+            last = n < _CHUNK or piece[-1] in "\r\n"
+            if st.over is not None:
+                ended = quotes.follow(piece, last)
+            else:
+                parts.append(piece)
+                if max_delimiters:
+                    st.delimiters += piece.count(delimiter)
+                over = st.size > cap or (max_delimiters and st.delimiters > max_delimiters)
+                if over and (before or piece.strip("\r\n")):  # (a blank line is no record)
+                    st.over = (
+                        f"record larger than {cap} bytes"
+                        if st.size > cap
+                        else f"record with more than {max_delimiters} delimiters"
+                    )
+                    st.fed_quoted = before
+                    quotes.state = _QUOTED if before else _START
+                    for held in parts[:-1]:
+                        quotes.follow(held, False)
+                    ended = quotes.follow(piece, last)
+                    parts = []
+            if last:
+                break
+            piece = readline(_CHUNK)
+            if not piece:  # the file ends in this line
+                if st.over is not None:
+                    ended = quotes.follow("", True)
+                break
+        if st.over is None:
+            yield parts[0] if len(parts) == 1 else "".join(parts)
+        elif ended:  # the record ends here: end it for csv too
+            yield '"' if st.fed_quoted else "x"
 
 
 _Record = tuple[list[str], int, list[str], str | None]
 
 
-def _records(path: Path, offset: int, delimiter: str, cap: int) -> Iterator[_Record]:
+def _records(
+    path: Path, offset: int, delimiter: str, cap: int, max_delimiters: int = 0
+) -> Iterator[_Record]:
     """Each non-blank record from ``offset``: (fields, end offset, raw lines, problem).
 
     Fields and lines are Latin-1 text, a character per byte. The problem, if any, is why the
-    record could not be read (its fields are then meaningless).
+    record could not be read (its fields are then meaningless): among them, that it has more
+    than ``cap`` bytes or ``max_delimiters`` delimiters (0: any number).
     """
     if csv.field_size_limit() < sys.maxsize >> 1:
         csv.field_size_limit(sys.maxsize >> 1)  # records are bounded by the feeder instead
     with open(path, "rb") as f:
         f.seek(offset)
         text = io.TextIOWrapper(f, encoding="latin-1", newline="")
-        st = _Lines(offset)
+        st = _Lines(offset, _Quotes(delimiter))
         reader = csv.reader(
-            _lines(text, st, cap, _Outline(delimiter)), delimiter=delimiter, strict=False
+            _lines(text, st, cap, max_delimiters), delimiter=delimiter, strict=False
         )
         while True:
             try:
@@ -360,7 +507,7 @@ def _records(path: Path, offset: int, delimiter: str, cap: int) -> Iterator[_Rec
                             yield fields, st.pos, raw, "unclosed quote at end of file"
                         return
                     if over:
-                        yield fields, st.pos, raw, f"record larger than {cap} bytes"
+                        yield fields, st.pos, raw, over
                     elif fields:
                         yield fields, st.pos, raw, None
                 return
@@ -377,11 +524,21 @@ def _delimited_spec(
     skip_rows: int,
     max_field_bytes: int,
     cap: int,
+    batch_bytes: int = 0,
+    max_columns: int = 0,
 ) -> _Delimited:
-    """Read and check the header."""
-    for fields, end, _, problem in _records(path, start, delimiter, cap):
+    """Read and check the header (with ``max_columns``: refuse one with more columns, and one
+    larger than ``max_columns`` KiB, at least 1 MiB, without reading it whole)."""
+    header_cap = cap
+    if max_columns:
+        header_cap = max(1 << 20, max_columns * _HEADER_PER_COLUMN)
+        _check_header_size(path, start, delimiter, header_cap, max_columns)
+    most = _HEADER_DELIMITERS * max_columns
+    for fields, end, _, problem in _records(path, start, delimiter, header_cap, most):
         if problem is not None:
             raise FileError(f"the header cannot be read: {problem}")
+        if max_columns and len(fields) > max_columns:
+            raise too_many_columns(len(fields), max_columns)
         try:
             names = [x.encode("latin-1").decode(charset).strip() for x in fields]
         except UnicodeDecodeError:
@@ -394,9 +551,51 @@ def _delimited_spec(
                 raise FileError(f"duplicate column name {name!r}")
             seen.add(name.casefold())
         return _Delimited(
-            names, delimiter, charset, end, batch_rows, skip_rows, max_field_bytes, cap
-        )
+            names, delimiter, charset, end, batch_rows, skip_rows, max_field_bytes, cap,
+            batch_bytes, len(names) + _EXTRA_DELIMITERS,
+        )  # fmt: skip
     raise FileError("file is empty")
+
+
+def _check_header_size(path: Path, start: int, delimiter: str, cap: int, columns: int) -> None:
+    """Refuse a header that does not end within ``cap`` bytes, or (when it has no quote, so
+    that its delimiters can be counted) has more than ``columns`` columns, reading no more
+    than ``cap`` bytes."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        head = f.read(cap + 1)
+    end = _LINE_END.search(head)
+    line = head if end is None else head[: end.start()]
+    if b'"' not in line:
+        delimiters = line.count(delimiter.encode())
+        if delimiters >= columns:
+            more = end is None and len(head) > cap  # the line goes on past what was read
+            raise too_many_columns(delimiters + 1, columns, more)
+        if len(line) <= cap:
+            return
+    elif len(head) <= cap:
+        return  # the whole file is smaller than the cap
+    # Quoted names may hold line ends: does the header record end within the cap?
+    lines = io.StringIO(head[:cap].decode("latin-1"), newline="").readlines()
+    fed = 0
+
+    def feed() -> Iterator[str]:
+        nonlocal fed
+        for text in lines:
+            fed += 1
+            yield text
+
+    try:
+        next(csv.reader(feed(), delimiter=delimiter, strict=False), None)
+        ended = fed < len(lines) or lines[-1].endswith(("\n", "\r"))
+    except csv.Error:
+        ended = False
+    if not ended:
+        raise CdpError(
+            Code.LIMIT_EXCEEDED,
+            f"file: the header is larger than {cap} bytes (at most {columns} columns are allowed)",
+            "file",
+        )
 
 
 # ---- delimited: pieces ---------------------------------------------------------------------
@@ -450,7 +649,9 @@ def _skip_records(path: Path, offset: int, count: int, sp: _Delimited) -> tuple[
                 or (len(lines) == 1 and not at_end)
             ):
                 end = offset + len(chunk)
-                for _, record_end, _, _ in _records(path, offset, sp.delimiter, sp.cap):
+                for _, record_end, _, _ in _records(
+                    path, offset, sp.delimiter, sp.cap, sp.max_delimiters
+                ):
                     done, offset = done + 1, record_end
                     if done == count or offset >= end:
                         break
@@ -591,7 +792,10 @@ def _slow(path: Path, sp: _Delimited, cur: _Cursor, stop: int | None = None) -> 
     numbers: list[int] = []
     bad: list[BadRow] = []
     n = cur.number
-    for fields, end, raw, problem in _records(path, cur.offset, sp.delimiter, sp.cap):
+    begin = cur.offset  # where the records held in rows and bad begin
+    for fields, end, raw, problem in _records(
+        path, cur.offset, sp.delimiter, sp.cap, sp.max_delimiters
+    ):
         n += 1
         values, reason = _checked(fields, sp) if problem is None else (fields, problem)
         if reason is None:
@@ -600,9 +804,12 @@ def _slow(path: Path, sp: _Delimited, cur: _Cursor, stop: int | None = None) -> 
         else:
             text = _bad_text("".join(raw).encode("latin-1"), sp.charset)
             bad.append(BadRow(n, text, reason))
-        if len(rows) + len(bad) >= sp.batch_rows:
+        # A piece is at most a batch of records, and about _CHUNK bytes of them: Python holds
+        # each field as an object of its own, many times the size of its text.
+        if len(rows) + len(bad) >= sp.batch_rows or end - begin >= _CHUNK:
             yield _slow_piece(sp.columns, rows, numbers, bad, n)
             rows, numbers, bad = [], [], []
+            begin = end
         if stop is not None and end >= stop:
             cur.offset, cur.number = end, n
             if rows or bad:
@@ -657,9 +864,11 @@ def _schema(columns: list[str]) -> pa.Schema:
 
 
 def _batches(pieces: Iterator[_Piece], sp: _Delimited) -> Iterator[RowBatch]:
-    """Group pieces into batches of ``batch_rows`` records, split by record number."""
+    """Group pieces into batches of ``batch_rows`` records, split by record number; with
+    ``batch_bytes``, a batch also ends after the piece that brings its text to that size."""
     size = sp.batch_rows
     hi = sp.skip_rows + size  # the last record of the current batch
+    held = 0  # bytes of text in the current batch
     tables: list[pa.Table] = []
     numbers: list[pa.Array] = []
     bad: list[BadRow] = []
@@ -670,7 +879,7 @@ def _batches(pieces: Iterator[_Piece], sp: _Delimited) -> Iterator[RowBatch]:
             numbers.append(piece.numbers.slice(0, k))
             bad.extend(b for b in piece.bad if b.row <= hi)
             yield _row_batch(sp.columns, tables, numbers, bad)
-            tables, numbers, bad = [], [], []
+            tables, numbers, bad, held = [], [], [], 0
             rest = [b for b in piece.bad if b.row > hi]
             piece = _Piece(piece.table.slice(k), piece.numbers.slice(k), rest, piece.last)
             hi += size
@@ -678,6 +887,12 @@ def _batches(pieces: Iterator[_Piece], sp: _Delimited) -> Iterator[RowBatch]:
             tables.append(piece.table)
             numbers.append(piece.numbers)
             bad.extend(piece.bad)
+            if sp.batch_bytes:
+                held += piece.table.nbytes + sum(len(b.text) for b in piece.bad)
+                if held >= sp.batch_bytes:
+                    yield _row_batch(sp.columns, tables, numbers, bad)
+                    tables, numbers, bad, held = [], [], [], 0
+                    hi = piece.last + size
     if numbers or bad:
         yield _row_batch(sp.columns, tables, numbers, bad)
 
@@ -704,6 +919,22 @@ def _row_batch(
 
 
 # ---- JSON ----------------------------------------------------------------------------------
+
+
+class _Counted:
+    """An iterator of chunks that counts the bytes it has handed out."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self.bytes = 0
+
+    def __iter__(self) -> _Counted:
+        return self
+
+    def __next__(self) -> bytes:
+        chunk = next(self._chunks)
+        self.bytes += len(chunk)
+        return chunk
 
 
 def _utf8_chunks(path: Path, offset: int, charset: str) -> Iterator[bytes]:
@@ -925,28 +1156,46 @@ def _json_text(value: Any) -> str | None:
 
 
 def _json_batches(
-    records: Iterator[_Element], batch_rows: int, skip_rows: int, max_field_bytes: int
+    records: Iterator[_Element],
+    batch_rows: int,
+    skip_rows: int,
+    max_field_bytes: int,
+    batch_bytes: int = 0,
+    source: _Counted | None = None,
+    max_columns: int = 0,
 ) -> Iterator[RowBatch]:
+    """Batches of ``batch_rows`` records; with ``batch_bytes``, a batch also ends once that
+    many bytes of ``source`` were read since it began."""
     columns: list[str] = []  # every key seen, skipped records' too, so resuming keeps the order
     known: set[str] = set()
     objects: list[dict[str, Any]] = []
     numbers: list[int] = []
     bad: list[BadRow] = []
     hi = skip_rows + batch_rows
+    begin = 0  # bytes of the source read when the current batch began
     for n, (value, problem) in enumerate(records, 1):
         if problem is None:
             if not known.issuperset(value):
                 columns.extend(k for k in value if k not in known)
                 known.update(value)
+                if max_columns and len(columns) > max_columns:
+                    raise too_many_columns(
+                        len(columns), max_columns, True, "distinct keys in its records"
+                    )
             if n > skip_rows:
                 objects.append(value)
                 numbers.append(n)
         elif n > skip_rows:
             bad.append(BadRow(n, _bad_text(value.strip()), problem))
-        if n >= hi:
+        if n <= skip_rows and source is not None:
+            begin = source.bytes
+        elif n >= hi or (
+            batch_bytes and source is not None and source.bytes - begin >= batch_bytes
+        ):
             yield _json_batch(columns, objects, numbers, bad, max_field_bytes)
             objects, numbers, bad = [], [], []
-            hi += batch_rows
+            hi = n + batch_rows
+            begin = source.bytes if source is not None else 0
     if objects or bad:
         yield _json_batch(columns, objects, numbers, bad, max_field_bytes)
 

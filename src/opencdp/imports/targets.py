@@ -3,11 +3,16 @@
 A target turns a batch of text rows into typed columns checked against the catalog, and hands
 them to the store as a whole: profile imports are one set-based match-and-upsert per batch;
 events go through the same identity resolution and event upsert as the single-record API.
+
+An import keeps the identity keys the project had when it was submitted (``identity_keys`` in
+its parameters), as a record keeps those it was received with: changing the keys applies to
+imports submitted afterwards. An import whose key was deleted since fails, naming it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -23,7 +28,7 @@ from opencdp.catalog.types import PropertyType, coerce
 from opencdp.config import Limits
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.imports.columns import coerce_column, infer
-from opencdp.imports.readers import RowBatch
+from opencdp.imports.readers import RowBatch, too_many_columns
 from opencdp.ingest.apply import apply_records
 from opencdp.ingest.records import Record, build_record
 from opencdp.store.base import StoreWriter
@@ -32,6 +37,7 @@ USER_ID = "id"  # the lookup field naming our own user id
 IDENTITY = "*"  # look profiles up by every identity key, merging as the single-record API does
 TARGETS = ("users", "events", "collection")
 FIRST_COLUMN = "*first"  # a collection keyed by the file's first column (Marketo custom objects)
+IDENTITY_KEYS = "identity_keys"  # the job parameter holding the keys it was submitted with
 PROGRAM_MEMBERS = "program_members"
 MODES = ("upsert", "insert")
 
@@ -53,22 +59,108 @@ class Prepared:
     batch: RowBatch
     res: BatchResult = field(default_factory=BatchResult)
     data: Any = None  # the target's own form of the batch
+    # The properties whose store columns the batch writes (the import adds the missing ones
+    # before the batch's transaction, a few at a time).
+    columns: list[Property] = field(default_factory=list)
 
 
 class Target(ABC):
     # Rows per batch: set-based targets gain from large batches (each batch is a few scans of
     # the stored table); record-based ones hold a Python object per row.
     batch_rows = 50_000
+    # Text per batch (the batch's Arrow columns): whatever the shape of the rows, a batch and
+    # what a target makes of it stay within a few times this.
+    batch_bytes = 16 << 20
     # Whether prepare() is vectorized (Arrow compute, GIL released) and so gains from running
     # in a thread of its own, one batch ahead of the writes.
     read_ahead = False
+    # The catalog table the file's columns are properties of, and the columns that are not.
+    table = "user"
+    reserved: frozenset[str] = frozenset()
 
-    def __init__(self, catalog: Catalog, limits: Limits, project_id: int, insert_only: bool):
+    def __init__(
+        self,
+        catalog: Catalog,
+        limits: Limits,
+        project_id: int,
+        insert_only: bool,
+        keys: dict[str, int] | None = None,
+    ):
         self.catalog = catalog
         self.limits = limits
         self.project_id = project_id
         self.insert_only = insert_only
         self.tz = catalog.project(project_id).tz
+        schema = catalog.schema(project_id)
+        # The identity keys (name -> property id) this import keeps from start to end.
+        self.keys = (
+            {n: p.id for n, p in schema.identity_keys.items()} if keys is None else dict(keys)
+        )
+        self._pinned: tuple[Schema, Schema] | None = None
+
+    def _schema(self) -> Schema:
+        """The project's schema as this import sees it: as it is now, but with the identity
+        keys the import was submitted with."""
+        schema = self.catalog.schema(self.project_id)
+        cached = self._pinned
+        if cached is not None and cached[0] is schema:
+            return cached[1]
+        for name, pid in self.keys.items():
+            prop = schema.user.get(name)
+            if prop is None or prop.id != pid:
+                raise CdpError(
+                    Code.CONFLICT,
+                    f"{name}: this identity key was deleted after the import was submitted",
+                    name,
+                )
+        user = {
+            n: p
+            if p.is_identity == (n in self.keys)
+            else dataclasses.replace(p, is_identity=n in self.keys)
+            for n, p in schema.user.items()
+        }
+        pinned = Schema(self.project_id, user, schema.event)
+        self._pinned = (schema, pinned)
+        return pinned
+
+    def check_columns(self, columns: list[str]) -> None:
+        """Refuse a file whose columns pass the limits: more columns than a record may have
+        properties, a name longer than a property's, or more new properties than the project
+        (or collection) may still take. Called with a delimited file's header before any row
+        is read, and at submission."""
+        limits = self.limits
+        if len(columns) > limits.max_properties:
+            raise too_many_columns(len(columns), limits.max_properties)
+        for i, name in enumerate(columns, 1):
+            if len(name) > limits.max_name_length:
+                raise CdpError(
+                    Code.LIMIT_EXCEEDED,
+                    f"file: the name of column {i} ({name[:40]!r}…) has {len(name)} "
+                    f"characters, at most {limits.max_name_length} are allowed",
+                    "file",
+                )
+        new, room, what, per = self._new_columns(columns)
+        if len(new) > room:
+            raise CdpError(
+                Code.LIMIT_EXCEEDED,
+                f"file: {len(new)} columns would be new {what}, but the {per} may take only "
+                f"{room} more (at most {self.catalog.max_properties} {what} per {per})",
+                "file",
+            )
+
+    def _new_columns(self, columns: list[str]) -> tuple[list[str], int, str, str]:
+        """The columns that would become new properties, how many more the project may take,
+        and what they are and whose (for the message)."""
+        if self.catalog.project(self.project_id).strict_schema:
+            return [], 0, "", ""
+        schema = self._schema()
+        known = schema.table(self.table)
+        new = [
+            n
+            for n in columns
+            if n not in self.reserved and n not in known and n not in schema.identity_keys
+        ]
+        return new, self.catalog.property_room(self.project_id), "properties", "project"
 
     @abstractmethod
     def prepare(self, batch: RowBatch) -> Prepared:
@@ -104,7 +196,7 @@ class Target(ABC):
             wanted[name] = infer(batch.rows.column(name))
         if wanted:
             self.catalog.ensure_properties(self.project_id, table, wanted)
-            known = self.catalog.schema(self.project_id).table(table)
+            known = self._schema().table(table)
         return {n: known[n] for n in batch.columns if n in known and n not in reserved}
 
 
@@ -113,15 +205,17 @@ def make_target(
 ) -> Target:
     target = params.get("target", "users")
     insert_only = params.get("mode", "upsert") == "insert"
+    pinned = params.get(IDENTITY_KEYS)  # absent from jobs queued by an older version
+    keys = {str(n): int(i) for n, i in pinned.items()} if isinstance(pinned, dict) else None
     if target == "users" and params.get("lookup_field") == IDENTITY:
-        return UsersByIdentityTarget(catalog, limits, project_id, insert_only)
+        return UsersByIdentityTarget(catalog, limits, project_id, insert_only, keys)
     if target == "collection":
         return CollectionTarget(
-            catalog, limits, project_id, insert_only, str(params["collection"]), params
+            catalog, limits, project_id, insert_only, str(params["collection"]), params, keys
         )
     if target == PROGRAM_MEMBERS:
         return ProgramMembersTarget(
-            catalog, limits, project_id, int(params["program_id"]), str(params["status"])
+            catalog, limits, project_id, int(params["program_id"]), str(params["status"]), keys
         )
     if target == "users":
         return ProfilesTarget(
@@ -131,10 +225,16 @@ def make_target(
             insert_only,
             str(params.get("lookup_field") or "email"),
             params.get("list_id"),
+            keys,
         )
     if target == "events":
-        return EventsTarget(catalog, limits, project_id, insert_only)
+        return EventsTarget(catalog, limits, project_id, insert_only, keys)
     raise CdpError(Code.UNSUPPORTED, f"target: cannot import into {target!r}", "target")
+
+
+def identity_keys(catalog: Catalog, project_id: int) -> dict[str, int]:
+    """The project's identity keys (name -> property id), as an import keeps them."""
+    return {n: p.id for n, p in catalog.schema(project_id).identity_keys.items()}
 
 
 def _all_objects(values: pa.Array) -> bool:
@@ -180,7 +280,9 @@ def _normalize(trimmed: pa.Array, key: str) -> pa.Array:
 
 class ProfilesTarget(Target):
     batch_rows = 250_000
+    batch_bytes = 32 << 20
     read_ahead = True
+    reserved = frozenset({USER_ID})
 
     def __init__(
         self,
@@ -190,23 +292,29 @@ class ProfilesTarget(Target):
         insert_only: bool,
         lookup: str,
         list_id: int | None = None,
+        keys: dict[str, int] | None = None,
     ) -> None:
-        super().__init__(catalog, limits, project_id, insert_only)
-        check_lookup_field(catalog.schema(project_id), lookup, insert_only)
+        super().__init__(catalog, limits, project_id, insert_only, keys)
+        check_lookup_field(self._schema(), lookup, insert_only)
         self.lookup = lookup
         self.list_id = list_id
 
     def prepare(self, batch: RowBatch) -> Prepared:
         p = Prepared(batch)
         p.data = self._typed(batch, p.res)
+        p.columns = p.data[1]
         return p
 
-    def _typed(self, batch: RowBatch, res: BatchResult) -> tuple[pa.Table, list[Property]]:
+    def _typed(
+        self, batch: RowBatch, res: BatchResult
+    ) -> tuple[pa.Table, list[Property], int | None, list[int]]:
+        """The batch as typed columns, its properties, and the ids of its lookup key and of
+        the other identity keys among its columns (as the import keeps them)."""
         if self.lookup not in batch.columns:
             raise invalid("file", f"the lookup field {self.lookup!r} is not a column of the file")
-        schema = self.catalog.schema(self.project_id)
+        schema = self._schema()
         props = self._columns(schema, "user", batch, {USER_ID}, res)
-        schema = self.catalog.schema(self.project_id)
+        schema = self._schema()
         n = batch.rows.num_rows
         data: dict[str, pa.Array] = {"_row": batch.row_numbers}
         trimmed: dict[str, pa.Array] = {}
@@ -248,16 +356,15 @@ class ProfilesTarget(Target):
         if res.failures:
             keep = pa.array([i not in res.failures for i in range(n)])
             table = table.filter(keep)
-        return table, list(props.values())
-
-    def _run(self, w: StoreWriter, p: Prepared, write: bool) -> BatchResult:
-        batch, res = p.batch, p.res
-        table, props = p.data
-        schema = self.catalog.schema(self.project_id)
         key = None if self.lookup == USER_ID else schema.identity_keys[self.lookup].id
         others = [
             p.id for n, p in schema.identity_keys.items() if n in batch.columns and n != self.lookup
         ]
+        return table, list(props.values()), key, others
+
+    def _run(self, w: StoreWriter, p: Prepared, write: bool) -> BatchResult:
+        batch, res = p.batch, p.res
+        table, props, key, others = p.data
         outcome = w.import_profiles(
             self.project_id, table, key, others, props, self.insert_only, write, self.list_id
         )
@@ -284,17 +391,21 @@ class _RecordTarget(Target):
     """Rows validated as single records and applied like ingested ones."""
 
     batch_rows = 20_000
+    batch_bytes = 8 << 20  # a row becomes a dict, a record and its values: Python objects
 
     @abstractmethod
-    def _records(self, batch: RowBatch, res: BatchResult) -> list[tuple[int, Record]]:
-        """The batch's valid rows as records, with their index (failures go to ``res``)."""
+    def _records(
+        self, batch: RowBatch, res: BatchResult, columns: list[Property]
+    ) -> list[tuple[int, Record]]:
+        """The batch's valid rows as records, with their index (failures go to ``res``, the
+        properties of the file's columns to ``columns``)."""
 
     def _screen(self, w: StoreWriter, records: list[tuple[int, Record]], res: BatchResult) -> None:
         """Insert-only: fail the rows whose key the store holds already."""
 
     def prepare(self, batch: RowBatch) -> Prepared:
         p = Prepared(batch)
-        p.data = self._records(batch, p.res)
+        p.data = self._records(batch, p.res, p.columns)
         return p
 
     def _valid(self, w: StoreWriter, p: Prepared) -> list[Record]:
@@ -349,12 +460,18 @@ EVENT_RESERVED = {"event", "event_name", "event_id", "create_time", "event_time"
 
 
 class EventsTarget(_RecordTarget):
-    def _records(self, batch: RowBatch, res: BatchResult) -> list[tuple[int, Record]]:
+    table = "event"
+    reserved = frozenset(EVENT_RESERVED)
+
+    def _records(
+        self, batch: RowBatch, res: BatchResult, columns: list[Property]
+    ) -> list[tuple[int, Record]]:
         project = self.catalog.project(self.project_id)
-        schema = self.catalog.schema(self.project_id)
+        schema = self._schema()
         props = self._columns(schema, "event", batch, EVENT_RESERVED, res)
+        columns.extend(props.values())
         lists = {n for n, p in props.items() if p.type is PropertyType.LIST}
-        schema = self.catalog.schema(self.project_id)
+        schema = self._schema()
         received = time.time_ns() // 1000
         records: list[tuple[int, Record]] = []
         ignored = set(batch.columns) - set(props) - set(schema.identity_keys) - EVENT_RESERVED
@@ -390,11 +507,16 @@ class UsersByIdentityTarget(_RecordTarget):
     """Profiles matched by every identity key they carry (users that turn out to be one are
     merged), as the single-record API does with ``type: user``."""
 
-    def _records(self, batch: RowBatch, res: BatchResult) -> list[tuple[int, Record]]:
+    reserved = frozenset({"_id"})
+
+    def _records(
+        self, batch: RowBatch, res: BatchResult, columns: list[Property]
+    ) -> list[tuple[int, Record]]:
         project = self.catalog.project(self.project_id)
-        schema = self.catalog.schema(self.project_id)
+        schema = self._schema()
         props = self._columns(schema, "user", batch, {"_id"}, res)
-        schema = self.catalog.schema(self.project_id)
+        columns.extend(props.values())
+        schema = self._schema()
         lists = {n for n, p in props.items() if p.type is PropertyType.LIST}
         keep = set(props) | set(schema.identity_keys)
         received = time.time_ns() // 1000
@@ -437,11 +559,20 @@ class CollectionTarget(Target):
         insert_only: bool,
         name: str,
         params: dict[str, Any],
+        keys: dict[str, int] | None = None,
     ) -> None:
-        super().__init__(catalog, limits, project_id, insert_only)
+        super().__init__(catalog, limits, project_id, insert_only, keys)
         self.collection_id = catalog.collection(project_id, name)
         self.file_tag = str(params.get("file_sha256") or "")[:16] or "row"
         self.key = params.get("key")
+
+    def _new_columns(self, columns: list[str]) -> tuple[list[str], int, str, str]:
+        if self.catalog.project(self.project_id).strict_schema:
+            return [], 0, "", ""
+        fields = self.catalog.collection_fields(self.collection_id)
+        key = columns[0] if self.key == FIRST_COLUMN and columns else "_id"
+        new = [n for n in columns if n not in fields and n not in (key, "_id")]
+        return new, self.catalog.collection_room(self.collection_id), "fields", "collection"
 
     def _fields(self, batch: RowBatch, key: str, res: BatchResult) -> dict[str, PropertyType]:
         """The collection's fields for this batch's columns; new ones are inferred (in a strict
@@ -547,9 +678,15 @@ class ProgramMembersTarget(ProfilesTarget):
     """Leads (by e-mail, created when new) made members of a program with a status."""
 
     def __init__(
-        self, catalog: Catalog, limits: Limits, project_id: int, program_id: int, status: str
+        self,
+        catalog: Catalog,
+        limits: Limits,
+        project_id: int,
+        program_id: int,
+        status: str,
+        keys: dict[str, int] | None = None,
     ) -> None:
-        super().__init__(catalog, limits, project_id, False, "email")
+        super().__init__(catalog, limits, project_id, False, "email", keys=keys)
         self.program_id = program_id
         self.status = status
         self.collection_id = catalog.collection(project_id, PROGRAM_MEMBERS)

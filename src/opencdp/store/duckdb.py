@@ -39,6 +39,7 @@ from opencdp.store.base import (
     StoreWriter,
     Token,
 )
+from opencdp.store.fairlock import FairLock
 
 CAPABILITIES = Capabilities(
     name="duckdb",
@@ -125,7 +126,9 @@ class DuckDBStore(Store):
         # checkpoint that found the disk full invalidates the database): the next use opens
         # it again, which replays its WAL, so a store survives a full disk without a restart.
         self._broken: str | None = None
-        self._write_lock = threading.Lock()
+        # One writer at a time, served in arrival order: a long import's batches take turns
+        # with the ingest flusher and segment refreshes instead of starving them.
+        self._write_lock = FairLock()
         self._cursor_lock = threading.Lock()
         # Columns of each table as committed (what readers see), and, while a write
         # transaction is open, as that transaction sees them: a table or column it adds must

@@ -30,6 +30,7 @@ from opencdp.errors import CdpError, Code, invalid, unavailable
 from opencdp.exports.service import DATA_TYPES, Export
 from opencdp.faults import describe
 from opencdp.identity import normalize
+from opencdp.imports.pipeline import submit_import
 from opencdp.imports.readers import FORMATS
 from opencdp.imports.targets import MODES, TARGETS, check_lookup_field
 from opencdp.jobs.service import Job
@@ -514,8 +515,9 @@ def _router(rt: Runtime) -> APIRouter:
         if collection is not None:
             params["collection"] = collection  # documents keyed by their _id
         job = await run_in_threadpool(
-            rt.jobs.submit, project.id, "import", "admin", params, stored.id
-        )
+            submit_import, rt.jobs, rt.catalog, rt.settings.limits, project.id, "admin", params,
+            stored,
+        )  # fmt: skip
         return _job(job)
 
     @r.get("/projects/{ref}/imports")

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from opencdp import params as check
 from opencdp.catalog.model import Project
 from opencdp.errors import CdpError, Code, invalid
+from opencdp.imports.pipeline import submit_import
 from opencdp.imports.targets import FIRST_COLUMN, PROGRAM_MEMBERS, check_lookup_field
 from opencdp.jobs.service import COMPLETE, FAILED, QUEUED, Job
 from opencdp.runtime import Runtime
@@ -151,9 +152,11 @@ class Marketo:
         limit = self.rt.settings.marketo_max_file_bytes
         stored = await store_upload(self.rt.files, project.id, file_field(form), limit)
         params["charset"] = param(request, form, "charset")
+        rt = self.rt
         return await run_in_threadpool(
-            self.rt.jobs.submit, project.id, "import", AUDIENCE, params, stored.id
-        )
+            submit_import, rt.jobs, rt.catalog, rt.settings.limits, project.id, AUDIENCE, params,
+            stored,
+        )  # fmt: skip
 
     async def import_leads(self, request: Request) -> Response:
         project, form, fmt = await self._upload(request)

@@ -28,6 +28,7 @@ from starlette.routing import Route
 from opencdp import params as check
 from opencdp.catalog.model import Project
 from opencdp.errors import CdpError, Code, invalid, missing
+from opencdp.imports.pipeline import submit_import
 from opencdp.imports.targets import IDENTITY
 from opencdp.ingest.records import parse_json
 from opencdp.jobs.service import COMPLETE, FAILED, QUEUED, Job
@@ -209,9 +210,11 @@ class WeChat:
         else:
             self.rt.catalog.collection(project.id, collection)  # checks the name
             params.update(target="collection", collection=collection)
+        rt = self.rt
         job = await run_in_threadpool(
-            self.rt.jobs.submit, project.id, "import", AUDIENCE, params, stored.id
-        )
+            submit_import, rt.jobs, rt.catalog, rt.settings.limits, project.id, AUDIENCE, params,
+            stored,
+        )  # fmt: skip
         return _reply(job_id=job.id)
 
     async def query(self, request: Request) -> Response:
