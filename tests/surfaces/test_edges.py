@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.clients import marketo_token, wechat_token
 from tests.conftest import Project
 from tests.liveserver import ADMIN_TOKEN, LiveServer
 from tests.test_cli import failed, run
@@ -37,20 +38,10 @@ class Vendors:
         self.server = project.server
 
     def marketo(self) -> dict[str, str]:
-        r = self.http.get(
-            "/identity/oauth/token",
-            params={"grant_type": "client_credentials", "client_id": self.info["client_id"],
-                    "client_secret": self.info["client_secret"]},
-        )  # fmt: skip
-        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+        return {"Authorization": f"Bearer {marketo_token(self.http, self.info)}"}
 
     def wechat(self) -> str:
-        r = self.http.get(
-            "/cgi-bin/token",
-            params={"grant_type": "client_credential", "appid": self.info["client_id"],
-                    "secret": self.info["client_secret"]},
-        )  # fmt: skip
-        return str(r.json()["access_token"])
+        return wechat_token(self.http, self.info)
 
     def td(self, method: str, path: str, body: Any = None, **query: Any) -> dict[str, Any]:
         r = self.http.request(

@@ -29,6 +29,7 @@ import uvicorn
 from opencdp.app import OpenCDP
 from opencdp.config import Settings
 from opencdp.runtime import Runtime
+from tests.clients import marketo_token, wechat_token
 from tests.liveserver import ADMIN_TOKEN, free_port
 
 
@@ -83,16 +84,7 @@ def tokens_of(srv: Server, info: dict[str, Any]) -> dict[str, str]:
 
 
 def _tokens(http: httpx.Client, info: dict[str, Any]) -> dict[str, str]:
-    mkto = http.get(
-        "/identity/oauth/token",
-        params={"grant_type": "client_credentials", "client_id": info["client_id"],
-                "client_secret": info["client_secret"]},
-    ).json()["access_token"]  # fmt: skip
-    wx = http.get(
-        "/cgi-bin/token",
-        params={"grant_type": "client_credential", "appid": info["client_id"],
-                "secret": info["client_secret"]},
-    ).json()["access_token"]  # fmt: skip
+    mkto, wx = marketo_token(http, info), wechat_token(http, info)
     tm = str(int(time.time() * 1000))
     message = f"POST\n/auth/token\nproject={info['key']}&ai={info['key']}&tm={tm}"
     auth = hmac.new(info["client_secret"].encode(), message.encode(), hashlib.sha256).hexdigest()

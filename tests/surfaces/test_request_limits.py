@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.clients import marketo_token, wechat_token
 from tests.liveserver import LiveServer
 
 BODY = 4096
@@ -60,20 +61,10 @@ class Clients:
         return self.dmartech({"type": "user", "properties": {"mobile": "13800000000", **props}})
 
     def marketo(self) -> dict[str, str]:
-        r = self.http.get(
-            "/identity/oauth/token",
-            params={"grant_type": "client_credentials", "client_id": self.info["client_id"],
-                    "client_secret": self.info["client_secret"]},
-        )  # fmt: skip
-        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+        return {"Authorization": f"Bearer {marketo_token(self.http, self.info)}"}
 
     def wechat(self) -> str:
-        r = self.http.get(
-            "/cgi-bin/token",
-            params={"grant_type": "client_credential", "appid": self.info["client_id"],
-                    "secret": self.info["client_secret"]},
-        )  # fmt: skip
-        return str(r.json()["access_token"])
+        return wechat_token(self.http, self.info)
 
     def wechat_link(self, token: str, path: str) -> dict[str, Any]:
         r = self.http.post(
