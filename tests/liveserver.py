@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,36 @@ class LiveServer:
 
     def profile(self, project: str, **params: Any) -> httpx.Response:
         return self.admin("GET", f"/projects/{project}/profiles", params=params)
+
+
+class InProcessServer:
+    """A real OpenCDP server in this process (uvicorn on loopback, in a thread): for tests that
+    reach into its runtime while it serves (move its clock, take its storage away)."""
+
+    def __init__(self, data_dir: Path, log_level: str = "warning", **settings: Any) -> None:
+        import uvicorn
+
+        from opencdp.app import OpenCDP
+        from opencdp.config import Settings
+        from opencdp.runtime import Runtime
+
+        self.settings = Settings(
+            data_dir=data_dir, admin_token=ADMIN_TOKEN, flush_interval=0.05, **settings
+        )
+        self.runtime = Runtime.open(self.settings)
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(
+            OpenCDP(self.settings, self.runtime), host="127.0.0.1", port=port, log_level=log_level
+        )
+        self.uvicorn = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30  # a start-up guard, not a performance limit
+        while not self.uvicorn.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.uvicorn.should_exit = True
+        self.thread.join()

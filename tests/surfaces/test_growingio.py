@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import io
 import itertools
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,42 +21,21 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from opencdp.app import OpenCDP
-from opencdp.config import Settings
 from opencdp.exports.service import DATA_TYPES
-from opencdp.runtime import Runtime
-from tests.liveserver import ADMIN_TOKEN, free_port
+from tests.liveserver import ADMIN_TOKEN, InProcessServer
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 _n = itertools.count(1)
 
 
-class Server:
+class Server(InProcessServer):
+    """The exports clock can be moved (``shift``) to close an hour at once."""
+
     def __init__(self, data_dir: Path, **settings: Any) -> None:
-        self.settings = Settings(
-            data_dir=data_dir, admin_token=ADMIN_TOKEN, flush_interval=0.05, **settings
-        )
-        self.runtime = Runtime.open(self.settings)
+        super().__init__(data_dir, **settings)
         self.shift = timedelta(0)
         self.runtime.exports.clock = lambda: datetime.now(UTC) + self.shift
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(
-            OpenCDP(self.settings, self.runtime), host="127.0.0.1", port=port, log_level="warning"
-        )
-        self.uvicorn = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30  # a start-up guard, not a performance limit
-        while not self.uvicorn.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.uvicorn.should_exit = True
-        self.thread.join()
 
 
 @pytest.fixture(scope="module")

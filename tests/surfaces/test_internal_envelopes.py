@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,31 +23,14 @@ from zoneinfo import ZoneInfo
 import h11
 import httpx
 import pytest
-import uvicorn
 
-from opencdp.app import OpenCDP
-from opencdp.config import Settings
-from opencdp.runtime import Runtime
 from tests.clients import marketo_token, wechat_token
-from tests.liveserver import ADMIN_TOKEN, free_port
+from tests.liveserver import ADMIN_TOKEN, InProcessServer
 
 
-class Server:
+class Server(InProcessServer):
     def __init__(self, data_dir: Path) -> None:
-        self.settings = Settings(data_dir=data_dir, admin_token=ADMIN_TOKEN, flush_interval=0.05)
-        self.runtime = Runtime.open(self.settings)
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(
-            OpenCDP(self.settings, self.runtime), host="127.0.0.1", port=port, log_level="critical"
-        )
-        self.uvicorn = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30  # a start-up guard, not a performance limit
-        while not self.uvicorn.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
+        super().__init__(data_dir, log_level="critical")
 
     def lose_metadata_db(self) -> None:
         meta = self.settings.data_dir / "meta.db"
@@ -56,10 +38,6 @@ class Server:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{meta}{suffix}").unlink(missing_ok=True)
         meta.mkdir()
-
-    def stop(self) -> None:
-        self.uvicorn.should_exit = True
-        self.thread.join()
 
 
 @pytest.fixture(scope="module")
