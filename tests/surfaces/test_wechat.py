@@ -236,8 +236,12 @@ def test_nested_objects_stay_documents(wx: Wx) -> None:
         "city": "Shenzhen",
         "geo": [22.5, 114.1],
     }
-    # A field declared (or inferred) as an object refuses anything else, row by row.
+    # JSON documents keep each value's own type, as in the vendor's document database.
     st = wx.run("addresses", "b.json", '{"_id": "a3", "address": "Nanjing"}\n', file_type=1)
+    assert (st["record_success"], st["record_fail"]) == (1, 0)
+    assert wx.server.admin("GET", f"{base}/a3").json()["address"] == "Nanjing"
+    # A CSV file has no types: its values take the field's type, and a row that cannot fails.
+    st = wx.run("addresses", "c.csv", "_id,address\na4,Nanjing\n", file_type=2)
     assert (st["record_success"], st["record_fail"]) == (0, 1)
     assert "address: expected an object" in httpx.get(st["file_url"]).text
     # Objects are for collection fields only: a profile property cannot be one.

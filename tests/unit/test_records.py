@@ -342,10 +342,10 @@ def test_user_delete_keeps_only_the_identities() -> None:
 def test_custom_identity_keys() -> None:
     env = Env(keys=("wechat_id",))
     env.fails({"type": "user", "properties": {"mobile": "1"}}, Code.MISSING_IDENTITY)
-    rec = env.build({"type": "user", "properties": {"wechat_id": "W", "mobile": "1"}})
+    rec = env.build({"type": "user", "properties": {"wechat_id": "W", "mobile": "13800138000"}})
     assert rec.kind == USER
     assert rec.tokens == [(env.user["wechat_id"].id, "W")]
-    assert env.user["mobile"].type is T.STRING
+    assert env.user["mobile"].type is T.STRING  # a phone number is not a number
 
 
 # ---- encode / decode --------------------------------------------------------------------------

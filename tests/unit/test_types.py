@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -15,7 +16,9 @@ from opencdp.catalog.types import (
     coerce,
     epoch_to_us,
     infer_type,
+    loads_exact,
     parse_datetime,
+    public,
     zone,
 )
 from opencdp.config import Limits
@@ -69,7 +72,19 @@ def test_zone() -> None:
         (["a", 1], T.LIST),
         ("", T.STRING),
         ("abc", T.STRING),
-        ("42", T.STRING),  # numbers in strings stay strings: the sender chose a string
+        # Plain decimals in text are numbers (senders such as the Dmartech example send every
+        # value as text); codes stay text.
+        ("42", T.NUMBER),
+        ("12.5", T.NUMBER),
+        ("-0.25", T.NUMBER),
+        ("9999999999", T.NUMBER),
+        ("007", T.STRING),  # leading zeros
+        ("13800138000", T.STRING),  # a phone number: more than 10 digits before the point
+        ("+86", T.STRING),
+        ("1e3", T.STRING),
+        (" 12", T.STRING),
+        ("1.2345678901234567", T.STRING),  # more digits than a double holds
+        ("1,5", T.STRING),
         ("true", T.STRING),
         ("2024-01-02 03:04:05", T.DATETIME),
         ("2024-1-2 3:4:5", T.DATETIME),
@@ -94,6 +109,9 @@ def test_inferred_type_accepts_the_value(value: Any) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         rejected(ptype, value)
         return
+    if isinstance(value, int) and abs(value) > 2**53:
+        assert "stored exactly" in rejected(ptype, value).message  # refused, never rounded
+        return
     if ptype is T.DATETIME:
         try:
             c(ptype, value)
@@ -105,6 +123,46 @@ def test_inferred_type_accepts_the_value(value: Any) -> None:
         return
     else:
         c(ptype, value)
+
+
+@given(st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False)))
+def test_numbers_are_kept_exactly_or_refused(x: int | float) -> None:
+    """A number, as JSON or as text, is stored as exactly that number, or refused."""
+    for sent in (x, str(x), repr(x)):
+        try:
+            got = c(T.NUMBER, sent)
+        except CdpError as exc:
+            assert "exactly" in exc.message
+            assert isinstance(x, int) and abs(x) > 2**53
+            continue
+        assert got == x
+        assert Decimal(repr(got)) == Decimal(str(x))
+
+
+@given(st.integers(min_value=-(2**53), max_value=2**53))
+def test_whole_numbers_come_back_as_integers(n: int) -> None:
+    stored = float(c(T.NUMBER, n))  # the store keeps a double
+    out = public(T.NUMBER, stored)
+    assert out == n
+    assert type(out) is int
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False, places=None))
+def test_exact_json_reading(d: Decimal) -> None:
+    """A JSON number is read exactly: into a string property as its own text; into a number
+    property as exactly that number, or refused."""
+    text = str(d)
+    if "E" in text or (text.startswith("-0") and d == 0):
+        return  # (JSON spells exponents and zero its own way; covered by the float tests)
+    body = ('{"x": ' + text + "}").encode()
+    value = loads_exact(body)["x"]
+    assert c(T.STRING, value) == text or Decimal(c(T.STRING, value)) == d
+    try:
+        got = c(T.NUMBER, value)
+    except CdpError as exc:
+        assert "exactly" in exc.message or "more digits" in exc.message
+        return
+    assert Decimal(repr(got)) == d
 
 
 # ---- parse_datetime ---------------------------------------------------------------------------
@@ -255,12 +313,21 @@ def test_epoch_out_of_range(value: float) -> None:
         (T.STRING, 1e20, "1e+20"),
         (T.STRING, True, "true"),
         (T.STRING, False, "false"),
-        (T.NUMBER, 3, 3.0),
+        (T.NUMBER, 3, 3),  # whole numbers stay ints
+        (T.NUMBER, 3.0, 3.0),
         (T.NUMBER, -2.5, -2.5),
-        (T.NUMBER, "42", 42.0),
+        (T.NUMBER, "42", 42),
+        (T.NUMBER, "4.0", 4.0),
+        (T.NUMBER, "12.50", 12.5),
         (T.NUMBER, " -1.5e3 ", -1500.0),
         (T.NUMBER, ".5", 0.5),
-        (T.NUMBER, "+7", 7.0),
+        (T.NUMBER, "+7", 7),
+        (T.NUMBER, 2**53, 2**53),
+        (T.NUMBER, -(2**53), -(2**53)),
+        (T.NUMBER, 1e300, 1e300),  # a float is a double already
+        (T.NUMBER, Decimal("0.1"), 0.1),
+        (T.STRING, 12345678901234567890123456789, "12345678901234567890123456789"),
+        (T.STRING, Decimal("1.2345678901234567890123"), "1.2345678901234567890123"),
         (T.BOOL, True, True),
         (T.BOOL, 0, False),
         (T.BOOL, 1, True),
@@ -291,6 +358,11 @@ def test_coerce(ptype: PropertyType, value: Any, expected: Any) -> None:
         (T.NUMBER, "nan", "expected a number"),
         (T.NUMBER, "inf", "expected a number"),
         (T.NUMBER, "1e999", "finite"),
+        (T.NUMBER, 2**53 + 1, "at most 9007199254740992"),
+        (T.NUMBER, 12345678901234567890123456789, "too large to be stored exactly"),
+        (T.NUMBER, "12345678901234567890123456789", "too large to be stored exactly"),
+        (T.NUMBER, "1.2345678901234567890123", "more digits than a number property holds"),
+        (T.NUMBER, Decimal("1.2345678901234567890123"), "more digits"),
         (T.NUMBER, math.nan, "finite"),
         (T.NUMBER, True, "boolean"),
         (T.NUMBER, [1], "expected a number"),

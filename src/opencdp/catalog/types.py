@@ -1,14 +1,21 @@
 """Property types: inference from JSON values and coercion of incoming values (pure functions).
 
-Values are coerced to the form the log and the store keep: strings, floats, bools, lists of
-strings, and datetimes as integer microseconds since the epoch (UTC).
+Values are coerced to the form the log and the store keep: strings, numbers (ints and floats),
+bools, lists of strings, and datetimes as integer microseconds since the epoch (UTC).
+
+Numbers are IEEE doubles in the store. Every number we accept is one a double holds exactly:
+whole numbers up to 2**53, and decimals whose digits survive the round trip. Anything else is
+refused with a message instead of being rounded, and whole numbers come back out as integers
+(:func:`public`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
@@ -43,6 +50,13 @@ _DATETIME = re.compile(
 # Strings of this exact shape are inferred as datetimes for properties seen for the first time.
 _INFER_DATETIME = re.compile(r"\d{4}-\d{1,2}-\d{1,2}[ T]\d{1,2}:\d{1,2}:\d{1,2}(\.\d{1,9})?")
 _NUMBER = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
+# Text read as a number when a property is first seen: a plain decimal with no leading zeros,
+# at most 10 digits before the point and 15 in all. Codes stay text: leading zeros, a plus
+# sign, phone numbers and longer IDs, exponents, spaces.
+INFER_NUMBER = re.compile(r"-?(0|[1-9]\d{0,9})(\.\d+)?")
+INFER_NUMBER_DIGITS = 15
+# Whole numbers a double holds exactly (as JavaScript's Number.MAX_SAFE_INTEGER + 1).
+MAX_EXACT_INT = 2**53
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
@@ -76,11 +90,124 @@ def infer_type(value: Any) -> PropertyType | None:
         return PropertyType.NUMBER
     if isinstance(value, list):
         return PropertyType.LIST
+    if isinstance(value, Decimal):
+        return PropertyType.NUMBER  # a JSON number with more digits than a double: refused
     if isinstance(value, str):
         if _INFER_DATETIME.fullmatch(value):
             return PropertyType.DATETIME
+        if numeric_text(value):
+            return PropertyType.NUMBER
         return PropertyType.STRING
     return None  # objects: coerce() rejects them with a message naming the property
+
+
+def numeric_text(text: str) -> bool:
+    """Whether a new property first seen with ``text`` is a number (see INFER_NUMBER).
+
+    >>> [numeric_text(t) for t in ("12.5", "-3", "007", "13800138000", "+1", "1e3")]
+    [True, True, False, False, False, False]
+    """
+    return (
+        INFER_NUMBER.fullmatch(text) is not None
+        and sum(c.isdigit() for c in text) <= INFER_NUMBER_DIGITS
+    )
+
+
+def exact_number(value: int | float | Decimal | str, name: str) -> int | float:
+    """``value`` as the int or float the store keeps exactly, or a validation error.
+
+    >>> exact_number("12.50", "x"), exact_number(3, "x"), exact_number("4", "x")
+    (12.5, 3, 4)
+    """
+    if isinstance(value, int):
+        number: int | float = value
+    elif isinstance(value, float):
+        number = value
+    else:
+        text = str(value).strip()
+        try:
+            exact = Decimal(text)
+        except InvalidOperation:
+            raise invalid(name, f"expected a number, got {_show(value)}") from None
+        if not exact.is_finite():
+            raise invalid(name, "expected a finite number")
+        if exact == exact.to_integral_value() and "e" not in text.lower() and "." not in text:
+            number = int(exact)
+        else:
+            number = float(exact)
+            if math.isfinite(number) and Decimal(repr(number)) != exact:
+                raise invalid(
+                    name,
+                    f"{_show_number(text)} has more digits than a number property holds exactly "
+                    "(about 15 significant digits); send it as text to a string property",
+                )
+    if isinstance(number, int):
+        if abs(number) > MAX_EXACT_INT:
+            raise invalid(
+                name,
+                f"{_show_number(str(number))} is too large to be stored exactly: whole numbers "
+                f"may be at most {MAX_EXACT_INT} in magnitude; send it as text to a string "
+                "property",
+            )
+        return number
+    if not math.isfinite(number):
+        raise invalid(name, "expected a finite number")
+    return number
+
+
+def public(ptype: PropertyType, value: Any) -> Any:
+    """A stored value as clients see it: whole numbers as integers (``3``, not ``3.0``).
+
+    >>> public(PropertyType.NUMBER, 3.0), public(PropertyType.NUMBER, 2.5)
+    (3, 2.5)
+    """
+    if ptype is PropertyType.NUMBER and isinstance(value, float):
+        return public_number(value)
+    return value
+
+
+def public_number(value: float) -> int | float:
+    if value.is_integer() and abs(value) <= MAX_EXACT_INT:
+        return int(value)
+    return value
+
+
+# A run of this many digits (and points) in a JSON text may be a number that orjson would
+# round: such texts are parsed again exactly.
+_LONG_NUMBER = b"0" * 16
+_DIGITS_AND_POINTS = bytes.maketrans(b"123456789.", b"0000000000")
+
+
+def long_numbers(raw: bytes | bytearray) -> bool:
+    """Whether a JSON text may hold a number that orjson would round (a cheap, byte-level
+    test; a long run of digits inside a string only costs an exact parse)."""
+    return raw.translate(_DIGITS_AND_POINTS).find(_LONG_NUMBER) >= 0
+
+
+def loads_exact(data: bytes | bytearray | str) -> Any:
+    """``orjson.loads(data)``, except that numbers a double cannot hold exactly are read as they
+    are written: integers as ints, decimals as :class:`~decimal.Decimal`. The coercions then
+    store them as text or refuse them, never round them."""
+    value = orjson.loads(data)
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if not long_numbers(raw):
+        return value
+    try:
+        return json.loads(raw, parse_float=exact_float)
+    except RecursionError:  # deeper than json's recursion allows: nesting is refused later
+        return value
+
+
+def exact_float(text: str) -> float | Decimal:
+    """A JSON decimal as a float when the float holds it exactly, else as a Decimal."""
+    number = float(text)
+    if math.isfinite(number) and Decimal(repr(number)) == Decimal(text):
+        return number
+    return Decimal(text)
+
+
+def _show_number(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_datetime(text: str, tz: tzinfo) -> int:
@@ -148,17 +275,17 @@ def coerce(ptype: PropertyType, value: Any, name: str, limits: Limits, tz: tzinf
             return "true" if value else "false"
         if isinstance(value, int | float):
             return _number_text(value)
+        if isinstance(value, Decimal):
+            return str(value)
         raise invalid(name, "expected a string, got a list")
     if ptype is PropertyType.NUMBER:
         if isinstance(value, bool):
             raise invalid(name, "expected a number, got a boolean")
-        if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
-            number = float(value)
-        else:
-            raise invalid(name, f"expected a number, got {_show(value)}")
-        if not math.isfinite(number):
-            raise invalid(name, "expected a finite number")
-        return number
+        if isinstance(value, int | float | Decimal) or (
+            isinstance(value, str) and _NUMBER.fullmatch(value)
+        ):
+            return exact_number(value, name)
+        raise invalid(name, f"expected a number, got {_show(value)}")
     if ptype is PropertyType.BOOL:
         if isinstance(value, bool):
             return value
@@ -221,9 +348,7 @@ def _check_string(value: str, name: str, limits: Limits) -> str:
 
 
 def _number_text(value: float) -> str:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
-        return str(int(value))
-    return str(value)
+    return str(public_number(value)) if isinstance(value, float) else str(value)
 
 
 def _show(value: Any) -> str:

@@ -20,6 +20,7 @@ from opencdp.config import Limits
 from opencdp.errors import CdpError
 
 _NUMBER_RE = "^" + ct._NUMBER.pattern + "$"
+_INFER_NUMBER_RE = "^" + ct.INFER_NUMBER.pattern + "$"
 _DATETIME_RE = "^" + ct._INFER_DATETIME.pattern + "$"
 ARROW: dict[PropertyType, pa.DataType] = {
     PropertyType.STRING: pa.string(),
@@ -54,10 +55,20 @@ def _all(values: pa.Array) -> bool:
     return bool(pc.all(values).as_py())
 
 
+def _digits(values: pa.Array) -> pa.Array:
+    return pc.count_substring_regex(values, r"\d")
+
+
 _SAMPLE = 2048
 _BOOLS = pa.array(sorted(ct._TRUE | ct._FALSE))
 _CANDIDATES: list[tuple[PropertyType, Callable[[pa.Array], bool]]] = [
-    (PropertyType.NUMBER, lambda v: _all(pc.match_substring_regex(v, _NUMBER_RE))),
+    (
+        PropertyType.NUMBER,
+        lambda v: (
+            _all(pc.match_substring_regex(v, _INFER_NUMBER_RE))
+            and _all(pc.less_equal(_digits(v), ct.INFER_NUMBER_DIGITS))
+        ),
+    ),
     (
         PropertyType.BOOL,
         lambda v: _all(pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(v)), _BOOLS)),
@@ -97,12 +108,17 @@ def coerce_column(
     if ptype is PropertyType.NUMBER:
         ok = pc.match_substring_regex(values, _NUMBER_RE)
         clean = pc.if_else(ok, values, pa.scalar(None, pa.string()))
-        try:
-            numbers = pc.cast(pc.utf8_trim_whitespace(clean), pa.float64())
-        except pa.ArrowInvalid:
-            numbers = pa.array([None if v is None else float(v) for v in clean.to_pylist()])
+        # More than 15 digits may not fit a double exactly: such values are checked one by one
+        # and refused rather than rounded.
+        if pc.any(pc.greater(_digits(clean), 15)).as_py():
+            numbers = _exact_numbers(clean, name, problems)
+        else:
+            try:
+                numbers = pc.cast(pc.utf8_trim_whitespace(clean), pa.float64())
+            except pa.ArrowInvalid:
+                numbers = pa.array([None if v is None else float(v) for v in clean.to_pylist()])
         finite = pc.is_finite(numbers)
-        _flag(values, pc.and_(ok, finite), problems, name, "expected a number")
+        _flag(values, pc.and_(ok, pc.fill_null(finite, True)), problems, name, "expected a number")
         return pc.if_else(finite, numbers, pa.scalar(None, pa.float64()))
     if ptype is PropertyType.BOOL:
         lowered = pc.utf8_lower(pc.utf8_trim_whitespace(values))
@@ -128,6 +144,17 @@ def coerce_column(
             problems.setdefault(i, exc.message)
             out.append(None)
     return pa.array(out, ARROW[ptype])
+
+
+def _exact_numbers(values: pa.Array, name: str, problems: Problems) -> pa.Array:
+    out: list[float | None] = []
+    for i, v in enumerate(values.to_pylist()):
+        try:
+            out.append(None if v is None else float(ct.exact_number(v, name)))
+        except CdpError as exc:
+            problems.setdefault(i, exc.message)
+            out.append(None)
+    return pa.array(out, pa.float64())
 
 
 def _flag(values: pa.Array, ok: pa.Array, problems: Problems, name: str, what: str) -> None:

@@ -41,6 +41,7 @@ import secrets
 import sys
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -49,6 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from opencdp.catalog import types as ct
 from opencdp.errors import CdpError, Code
 
 FORMATS = ("csv", "tsv", "ssv", "jsonl", "json")
@@ -75,8 +77,6 @@ _LINE_END = re.compile(rb"[\r\n]")
 _STRING_REST = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
 # A whole object with no nested object or array: most elements of an array, in one match.
 _FLAT_OBJECT = re.compile(rb'\{[^"\[\]{}]*(?:"[^"\\]*(?:\\.[^"\\]*)*"[^"\[\]{}]*)*\}', re.DOTALL)
-_DIGITS = bytes.maketrans(b"123456789", b"000000000")
-_DIGIT_RUN = b"0" * 20  # after _DIGITS: an integer orjson would read as a float
 _OPENERS = {0x5B: 0x5D, 0x7B: 0x7D}  # [ -> ], { -> }
 _BULK = 64 << 10  # bytes of a JSON array worth parsing at once
 _BULK_MIN = 8 << 10
@@ -112,6 +112,8 @@ class RowBatch:
     rows: pa.Table
     row_numbers: pa.Array
     bad: list[BadRow]
+    # JSON files: the records themselves (those of ``rows``), whose values keep their JSON types
+    objects: list[dict[str, Any]] | None = None
 
 
 # ---- charsets ------------------------------------------------------------------------------
@@ -960,8 +962,8 @@ _Element = tuple[Any, str | None]
 
 
 def _long_digits(data: bytes | bytearray) -> bool:
-    """Whether ``data`` holds a run of 20 digits, maybe an integer orjson would make a float."""
-    return data.translate(_DIGITS).find(_DIGIT_RUN) >= 0
+    """Whether ``data`` may hold a number orjson would round (see ``long_numbers``)."""
+    return ct.long_numbers(data)
 
 
 def _record(data: bytes | bytearray, label: str, exact: bool = True) -> _Element:
@@ -977,8 +979,9 @@ def _record(data: bytes | bytearray, label: str, exact: bool = True) -> _Element
     if type(value) is not dict:
         return data, "not a JSON object"
     if exact and _long_digits(data):
-        with contextlib.suppress(ValueError):  # (what orjson reads, json reads too)
-            value = json.loads(data)
+        # (what orjson reads, json reads too; nesting json cannot follow keeps orjson's values)
+        with contextlib.suppress(ValueError, RecursionError):
+            value = json.loads(data, parse_float=ct.exact_float)
     return value, None
 
 
@@ -1123,7 +1126,7 @@ def _bulk(buf: bytearray, start: int) -> tuple[list[Any] | None, int]:
             end = start + (cut - start) // 2
             continue
         if not isinstance(values, list) or _long_digits(run):
-            break  # (orjson reads integers past 64 bits as floats)
+            break  # (orjson rounds long numbers: such elements are read one by one, exactly)
         return values, cut + 2
     return None, failed
 
@@ -1149,10 +1152,12 @@ def _json_text(value: Any) -> str | None:
         return "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, Decimal):
+        return str(value)
     try:
         return orjson.dumps(value).decode()
-    except TypeError:  # an integer past 64 bits, nested
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    except TypeError:  # an integer past 64 bits or a long decimal, nested
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 def _json_batches(
@@ -1225,8 +1230,9 @@ def _json_batch(
             bad.append(BadRow(numbers[i], text, reason))
         keep = pa.array([i not in too_large for i in range(len(numbers))])
         table, row_numbers = table.filter(keep), row_numbers.filter(keep)
+        objects = [o for i, o in enumerate(objects) if i not in too_large]
         bad.sort(key=lambda b: b.row)
-    return RowBatch(list(columns), table, row_numbers, bad)
+    return RowBatch(list(columns), table, row_numbers, bad, objects)
 
 
 def _json_column(values: list[Any]) -> pa.Array:

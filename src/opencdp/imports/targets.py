@@ -15,7 +15,9 @@ import contextlib
 import dataclasses
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -24,7 +26,7 @@ import pyarrow.compute as pc
 
 from opencdp.catalog.model import Project, Property, Schema
 from opencdp.catalog.service import Catalog
-from opencdp.catalog.types import PropertyType, coerce
+from opencdp.catalog.types import PropertyType, coerce, exact_number, public_number
 from opencdp.config import Limits
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.imports.columns import coerce_column, infer
@@ -544,6 +546,62 @@ class UsersByIdentityTarget(_RecordTarget):
             seen.update(r.tokens)
 
 
+_MISSING: Any = object()  # a field a JSON document does not have (null is a value)
+
+
+def _json_type(values: Iterable[Any]) -> PropertyType:
+    """The catalog type of a new field of JSON documents: its first value's JSON type."""
+    for v in values:
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            return PropertyType.BOOL
+        if isinstance(v, int | float | Decimal):
+            return PropertyType.NUMBER
+        if isinstance(v, list):
+            return PropertyType.LIST
+        if isinstance(v, dict):
+            return PropertyType.OBJECT
+        return PropertyType.STRING
+    return PropertyType.STRING
+
+
+def json_value(value: Any, name: str, limits: Limits) -> Any:
+    """A JSON value of a document as stored: the same value and JSON type, checked against the
+    limits; numbers a double cannot hold exactly are refused, never rounded."""
+    if isinstance(value, str):
+        if len(value) * 4 > limits.max_string_bytes and (
+            len(value.encode("utf-8", "surrogatepass")) > limits.max_string_bytes
+        ):
+            raise invalid(name, f"string longer than {limits.max_string_bytes} bytes")
+        return value
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int | float | Decimal):
+        return exact_number(value, name)
+    if isinstance(value, list | dict):
+        _exact_nested(value, name)
+        try:
+            size = len(orjson.dumps(value))
+        except orjson.JSONEncodeError:
+            raise invalid(name, "nested too deeply") from None
+        if size > limits.max_string_bytes:
+            raise invalid(name, f"value larger than {limits.max_string_bytes} bytes")
+        return value
+    raise invalid(name, f"unsupported value {value!r:.40}")
+
+
+def _exact_nested(value: list[Any] | dict[str, Any], name: str) -> None:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        for v in node.values() if isinstance(node, dict) else node:
+            if isinstance(v, int | float | Decimal) and not isinstance(v, bool):
+                exact_number(v, name)
+            elif isinstance(v, list | dict):
+                stack.append(v)
+
+
 class CollectionTarget(Target):
     """Documents of a custom collection, keyed by their ``_id``.
 
@@ -588,6 +646,9 @@ class CollectionTarget(Target):
                 for i in pc.indices_nonzero(present).to_pylist():
                     res.warnings.setdefault(i, f"{name}: unknown field ignored")
                 continue
+            if batch.objects is not None:
+                wanted[name] = _json_type(o.get(name) for o in batch.objects)
+                continue
             column = batch.rows.column(name).combine_chunks()
             ptype = infer(column)
             if ptype is PropertyType.STRING and _all_objects(column):
@@ -602,10 +663,15 @@ class CollectionTarget(Target):
         numbers = batch.row_numbers.to_pylist()
         key = batch.columns[0] if self.key == FIRST_COLUMN and batch.columns else "_id"
         fields = self._fields(batch, key, res)
-        typed = {
-            name: self._typed(name, ptype, batch.rows.column(name).combine_chunks(), res)
-            for name, ptype in fields.items()
-        }
+        if batch.objects is not None:
+            # JSON documents keep their own JSON types, value by value, as in the vendor's
+            # document database: the field's catalog type only describes it.
+            typed = {name: self._json_values(name, batch.objects, res) for name in fields}
+        else:
+            typed = {
+                name: self._typed(name, ptype, batch.rows.column(name).combine_chunks(), res)
+                for name, ptype in fields.items()
+            }
         keys = batch.rows.column(key).to_pylist() if key in batch.columns else [None] * len(numbers)
         for i, key_value in enumerate(keys):
             if i in res.failures:
@@ -624,10 +690,23 @@ class CollectionTarget(Target):
             if key != "_id":
                 doc[key] = doc_id
             for name, values in typed.items():
-                if values[i] is not None:
+                if values[i] is not _MISSING and (values[i] is not None or batch.objects):
                     doc[name] = values[i]
             docs[doc_id] = (i, orjson.dumps(doc, option=orjson.OPT_NAIVE_UTC).decode())
         return key, docs
+
+    def _json_values(self, name: str, objects: list[dict[str, Any]], res: BatchResult) -> list[Any]:
+        out: list[Any] = []
+        for i, o in enumerate(objects):
+            if name not in o:
+                out.append(_MISSING)
+                continue
+            try:
+                out.append(json_value(o[name], name, self.limits))
+            except CdpError as exc:
+                res.failures.setdefault(i, exc.message)
+                out.append(_MISSING)
+        return out
 
     def _typed(
         self, name: str, ptype: PropertyType, values: pa.Array, res: BatchResult
@@ -636,6 +715,8 @@ class CollectionTarget(Target):
             typed = coerce_column(
                 ptype, values, name, self.limits, self.tz, res.failures, res.warnings
             )
+            if ptype is PropertyType.NUMBER:  # whole numbers stay integers in the document
+                return [None if v is None else public_number(v) for v in typed.to_pylist()]
             return list(typed.to_pylist())
         out: list[Any] = []
         for i, v in enumerate(values.to_pylist()):

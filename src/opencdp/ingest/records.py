@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from opencdp.catalog.model import Project, Property, Schema
-from opencdp.catalog.types import PropertyType, coerce, infer_type
+from opencdp.catalog.types import PropertyType, coerce, infer_type, loads_exact
 from opencdp.config import Limits
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.identity import normalize
@@ -77,8 +77,8 @@ class Record:
 def parse_json(body: bytes) -> dict[str, Any]:
     """The JSON object in ``body``; malformed JSON or UTF-8, or a non-object, is invalid_json."""
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        doc = loads_exact(body)
+    except (orjson.JSONDecodeError, ValueError) as exc:
         raise CdpError(Code.INVALID_JSON, f"body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise CdpError(Code.INVALID_JSON, "body must be a JSON object")
@@ -155,8 +155,8 @@ def _properties(value: Any) -> dict[str, Any]:
     if isinstance(value, str) and value.strip().startswith("{"):
         # The vendor documents `properties` as a string: accept a JSON object encoded in one.
         try:
-            value = orjson.loads(value)
-        except orjson.JSONDecodeError:
+            value = loads_exact(value)
+        except (orjson.JSONDecodeError, ValueError):
             raise invalid("properties", "is a string that does not hold a JSON object") from None
     if value is None or value == {} or value == "" or value == []:
         raise CdpError(Code.EMPTY_PROPERTIES, "properties: is missing or empty", "properties")

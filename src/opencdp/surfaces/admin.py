@@ -25,7 +25,7 @@ from opencdp import __version__
 from opencdp import params as check
 from opencdp.catalog import secrets
 from opencdp.catalog.model import Project, Property, Schema
-from opencdp.catalog.types import PropertyType
+from opencdp.catalog.types import PropertyType, public
 from opencdp.errors import CdpError, Code, invalid, unavailable
 from opencdp.exports.service import DATA_TYPES, Export
 from opencdp.faults import describe
@@ -713,7 +713,7 @@ def _named(schema: Schema, values: dict[int, Any]) -> dict[str, Any]:
     for pid, v in values.items():
         prop: Property | None = schema.by_id.get(pid)
         if prop is not None:
-            out[prop.name] = _iso(v) if isinstance(v, datetime) else v
+            out[prop.name] = _iso(v) if isinstance(v, datetime) else public(prop.type, v)
     return out
 
 
