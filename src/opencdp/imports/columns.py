@@ -35,7 +35,8 @@ Problems = dict[int, str]  # index in the column -> reason
 
 def infer(values: pa.Array) -> PropertyType:
     """The type of a new property from the text values of its column: the first of number,
-    boolean, datetime and list that every value reads as, else string.
+    boolean, datetime and list that every one of the first values reads as, and all but at
+    most 1% of the others (rows that do not then fail, naming the column); else string.
 
     >>> infer(pa.array(["1", "2.5", None])), infer(pa.array(["yes", "no"]))
     (<PropertyType.NUMBER: 'number'>, <PropertyType.BOOL: 'bool'>)
@@ -46,7 +47,9 @@ def infer(values: pa.Array) -> PropertyType:
     # A type the first values already refute is not checked against the whole column.
     sample = present.slice(0, _SAMPLE)
     for ptype, fits in _CANDIDATES:
-        if fits(sample) and (len(sample) == len(present) or fits(present)):
+        if _all(fits(sample)) and (
+            len(sample) == len(present) or _share(fits(present)) >= _INFER_SHARE
+        ):
             return ptype
     return PropertyType.STRING
 
@@ -55,26 +58,29 @@ def _all(values: pa.Array) -> bool:
     return bool(pc.all(values).as_py())
 
 
+def _share(values: pa.Array) -> float:
+    return float(pc.sum(values).as_py() or 0) / max(len(values), 1)
+
+
 def _digits(values: pa.Array) -> pa.Array:
     return pc.count_substring_regex(values, r"\d")
 
 
 _SAMPLE = 2048
+_INFER_SHARE = 0.99
 _BOOLS = pa.array(sorted(ct._TRUE | ct._FALSE))
-_CANDIDATES: list[tuple[PropertyType, Callable[[pa.Array], bool]]] = [
+# Each candidate type, and which of a column's values read as it.
+_CANDIDATES: list[tuple[PropertyType, Callable[[pa.Array], pa.Array]]] = [
     (
         PropertyType.NUMBER,
-        lambda v: (
-            _all(pc.match_substring_regex(v, _INFER_NUMBER_RE))
-            and _all(pc.less_equal(_digits(v), ct.INFER_NUMBER_DIGITS))
+        lambda v: pc.and_(
+            pc.match_substring_regex(v, _INFER_NUMBER_RE),
+            pc.less_equal(_digits(v), ct.INFER_NUMBER_DIGITS),
         ),
     ),
-    (
-        PropertyType.BOOL,
-        lambda v: _all(pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(v)), _BOOLS)),
-    ),
-    (PropertyType.DATETIME, lambda v: _all(pc.match_substring_regex(v, _DATETIME_RE))),
-    (PropertyType.LIST, lambda v: _all(pc.starts_with(pc.utf8_trim_whitespace(v), "["))),
+    (PropertyType.BOOL, lambda v: pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(v)), _BOOLS)),
+    (PropertyType.DATETIME, lambda v: pc.match_substring_regex(v, _DATETIME_RE)),
+    (PropertyType.LIST, lambda v: pc.starts_with(pc.utf8_trim_whitespace(v), "[")),
 ]
 
 
