@@ -577,3 +577,28 @@ def test_export_backfill(server: LiveServer, created: dict[str, Any]) -> None:
         1, "validation_failed",
     )  # fmt: skip
     assert "YYYY-MM-DD" in err["message"]
+
+
+def test_project_settings_and_collection_declarations(
+    server: LiveServer, created: dict[str, Any]
+) -> None:
+    name = created["name"]
+    data = ok_json(
+        run(server, "project", "set", "--project", name, "--wechat-env", "prod-7g2x9",
+            "--wechat-env", "test-1a2b", "--export-format", "jsonl", "--json")
+    )  # fmt: skip
+    assert data["wechat_envs"] == ["prod-7g2x9", "test-1a2b"]
+    assert data["export_format"] == "jsonl"
+    other = ok_json(run(server, "project", "create", unique(), "--json"))
+    failed(
+        run(server, "project", "set", "--project", other["name"], "--wechat-env", "prod-7g2x9",
+            "--json"),
+        1, "conflict",
+    )  # fmt: skip
+    data = ok_json(run(server, "project", "set", "--project", name, "--no-wechat-envs", "--json"))
+    assert data["wechat_envs"] == []
+    data = ok_json(
+        run(server, "collection", "declare", "--project", name, "car_c", "--field", "year:number",
+            "--dedupe", "vin", "--json")
+    )  # fmt: skip
+    assert data["fields"] == {"year": "number"} and data["dedupe_fields"] == ["vin"]

@@ -183,6 +183,78 @@ def project_create(
     emit({k: data[k] for k in keys}, as_json)
 
 
+@project.command("set")
+@click.option("--project", "ref", required=True, help="Project name, key or id.")
+@click.option("--strict/--no-strict", default=None, help="Reject properties not in the schema.")
+@click.option("--export-format", type=click.Choice(["csv", "jsonl", "parquet"]), default=None)
+@click.option(
+    "--wechat-env",
+    "wechat_envs",
+    multiple=True,
+    help="A WeChat cloud environment id of the project (repeat for several; replaces them).",
+)
+@click.option("--no-wechat-envs", is_flag=True, help="Remove the project's WeChat env ids.")
+@client_options
+def project_set(
+    ref: str,
+    strict: bool | None,
+    export_format: str | None,
+    wechat_envs: tuple[str, ...],
+    no_wechat_envs: bool,
+    url: str | None,
+    data_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Change a project's settings."""
+    body: dict[str, Any] = {}
+    if strict is not None:
+        body["strict_schema"] = strict
+    if export_format is not None:
+        body["export_format"] = export_format
+    if wechat_envs or no_wechat_envs:
+        body["wechat_envs"] = list(wechat_envs)
+    emit(Client(url, data_dir).call("PATCH", f"/projects/{_q(ref)}", json=body), as_json)
+
+
+@main.group()
+def collection() -> None:
+    """Collections: WeChat cloud database collections and Marketo custom objects."""
+
+
+@collection.command("declare")
+@click.option("--project", "ref", required=True, help="Project name, key or id.")
+@click.option("--field", "fields", multiple=True, help="NAME:TYPE of a field (repeatable).")
+@click.option(
+    "--dedupe",
+    "dedupe",
+    multiple=True,
+    help="A field whose values identify a record (Marketo custom objects; repeatable).",
+)
+@click.argument("name")
+@client_options
+def collection_declare(
+    ref: str,
+    fields: tuple[str, ...],
+    dedupe: tuple[str, ...],
+    name: str,
+    url: str | None,
+    data_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Declare collection NAME: its fields' types and its dedupe fields."""
+    types: dict[str, str] = {}
+    for spec in fields:
+        field, sep, ftype = spec.rpartition(":")
+        if not sep or not field:
+            raise click.BadParameter(f"{spec!r}: expected NAME:TYPE", param_hint="--field")
+        types[field] = ftype
+    body: dict[str, Any] = {"fields": types}
+    if dedupe:
+        body["dedupe_fields"] = list(dedupe)
+    path = f"/projects/{_q(ref)}/collections/{_q(name)}"
+    emit(Client(url, data_dir).call("PUT", path, json=body), as_json)
+
+
 @project.command("list")
 @client_options
 def project_list(url: str | None, data_dir: Path | None, as_json: bool) -> None:

@@ -150,6 +150,7 @@ def test_create_get_and_list_project(server: LiveServer) -> None:
         "timezone",
         "strict_schema",
         "export_format",
+        "wechat_envs",
         "created_at",
         "client_id",
         "client_secret",

@@ -408,6 +408,56 @@ def test_custom_objects(mk: Mkto) -> None:
     assert errors_of(body) == "610"
 
 
+def test_custom_objects_match_on_their_declared_dedupe_fields(mk: Mkto) -> None:
+    """An object declared with dedupe fields is matched on them, wherever they are in the file,
+    not on its first column."""
+    name = mk.info["name"]
+    r = mk.server.admin(
+        "PUT", f"/projects/{name}/collections/car_c",
+        json={"fields": {"year": "number"}, "dedupe_fields": ["vin"]},
+    )  # fmt: skip
+    assert r.status_code == 200 and r.json()["dedupe_fields"] == ["vin"], r.text
+
+    def run(content: bytes, obj: str = "car_c") -> tuple[dict[str, Any], str]:
+        body = mk.http.post(
+            f"/bulk/v1/customobjects/{obj}/import.json",
+            files={"file": ("o.csv", content)},
+            headers=mk.auth(),
+        ).json()
+        assert body["success"], body
+        batch = body["result"][0]["batchId"]
+        st = _poll(mk, f"/bulk/v1/customobjects/{obj}/import/{batch}/status.json")
+        failed = mk.http.get(
+            f"/bulk/v1/customobjects/{obj}/import/{batch}/failures.json", headers=mk.auth()
+        ).text
+        return st, failed
+
+    st, failed = run(b"owner,vin,year\na@x.com,V1,2019\nb@x.com,V1,2020\nc@x.com,,2021\n")
+    assert (st["numOfObjectsProcessed"], st["numOfRowsFailed"]) == (2, 1), st
+    assert "vin: a dedupe field of this object is empty" in failed
+    doc = mk.server.admin("GET", f"/projects/{name}/collections/car_c/V1").json()
+    assert doc == {"_id": "V1", "owner": "b@x.com", "vin": "V1", "year": 2020}  # the later row
+    info = mk.server.admin("GET", f"/projects/{name}/collections/car_c").json()
+    assert info["count"] == 1
+    # A file without a dedupe field's column is refused at once, naming the field.
+    body = mk.http.post(
+        "/bulk/v1/customobjects/car_c/import.json",
+        files={"file": ("o.csv", b"owner,year\na@x.com,2019\n")},
+        headers=mk.auth(),
+    ).json()
+    assert errors_of(body) == "1003" and "vin" in body["errors"][0]["message"], body
+
+    # Several dedupe fields: a record is the combination of their values.
+    r = mk.server.admin(
+        "PUT", f"/projects/{name}/collections/visit_c", json={"dedupe_fields": ["email", "day"]}
+    )
+    assert r.status_code == 200, r.text
+    st, _ = run(b"note,email,day\nx,a@x.com,mon\ny,a@x.com,tue\nz,a@x.com,mon\n", "visit_c")
+    assert st["numOfRowsFailed"] == 0, st
+    info = mk.server.admin("GET", f"/projects/{name}/collections/visit_c").json()
+    assert info["count"] == 2 and info["dedupe_fields"] == ["email", "day"]
+
+
 def test_program_members(mk: Mkto) -> None:
     up = {"file": ("m.csv", b"email,firstName\npm1@x.com,Ann\npm2@x.com,Bo\n,Nobody\n")}
     body = mk.http.post(

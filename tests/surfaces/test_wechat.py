@@ -190,14 +190,18 @@ def test_wechatpy_cloud_module_works_unchanged(wx: Wx, tmp_path: Path) -> None:
             request.url = request.url.replace("https://api.weixin.qq.com", wx.server.url)
             return super().send(request, **kw)
 
+    # The client names the project's real cloud environment id.
+    env = f"prod-{wx.info['project_id']}x9"
+    r = wx.server.admin("PATCH", f"/projects/{wx.info['name']}", json={"wechat_envs": [env]})
+    assert r.status_code == 200 and r.json()["wechat_envs"] == [env], r.text
     client = WeChatClient(wx.info["client_id"], wx.info["client_secret"])
     client._http.mount("https://api.weixin.qq.com", ToServer())
     path = tmp_path / "users.csv"
     path.write_text("email,city\nlib@x.com,Paris\n")
-    client.cloud.upload_file(wx.env, str(path))
-    job_id = client.cloud.db_import(wx.env, "users", str(path), 2, 2, stop_on_error=False)
+    client.cloud.upload_file(env, str(path))
+    job_id = client.cloud.db_import(env, "users", str(path), 2, 2, stop_on_error=False)
     deadline = time.monotonic() + 300
-    while (info := client.cloud.db_query_migrate_info(wx.env, job_id))["status"] not in (
+    while (info := client.cloud.db_query_migrate_info(env, job_id))["status"] not in (
         "success",
         "fail",
     ) and time.monotonic() < deadline:
@@ -205,6 +209,24 @@ def test_wechatpy_cloud_module_works_unchanged(wx: Wx, tmp_path: Path) -> None:
     assert info["status"] == "success" and info["record_success"] == 1
     prof = wx.server.profile(wx.info["name"], key="email", value="lib@x.com").json()
     assert prof["properties"]["city"] == "Paris"
+
+
+def test_an_env_id_of_another_project_is_refused(wx: Wx, server: LiveServer) -> None:
+    other = server.new_project(f"wxenv{next(_n)}")
+    env = f"prod-{other['project_id']}z"
+    assert (
+        server.admin("PATCH", f"/projects/{other['name']}", json={"wechat_envs": [env]}).status_code
+        == 200
+    )
+    # An environment belongs to one project: this token's project cannot name it.
+    r = wx.post("/tcb/uploadfile", {"env": env, "path": "p.csv"})
+    assert r["errcode"] == 40097 and "env" in r["errmsg"], r
+    r = server.admin("PATCH", f"/projects/{wx.info['name']}", json={"wechat_envs": [env]})
+    assert r.status_code == 409 and "wechat_envs" in r.text
+    r = server.admin("PATCH", f"/projects/{wx.info['name']}", json={"wechat_envs": ["a b"]})
+    assert r.status_code == 400 and "wechat_envs" in r.text
+    # The project key still works as the env.
+    assert wx.post("/tcb/uploadfile", {"env": wx.env, "path": "p.csv"})["errcode"] == 0
 
 
 def test_declared_collection_fields_are_enforced(wx: Wx) -> None:

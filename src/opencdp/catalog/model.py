@@ -17,6 +17,7 @@ class Project:
     strict_schema: bool
     created_at: datetime
     export_format: str = "csv"  # raw-data exports: csv | jsonl | parquet
+    wechat_envs: tuple[str, ...] = ()  # the project's WeChat cloud environment ids
 
     @property
     def tz(self) -> tzinfo:
@@ -30,6 +31,7 @@ class Project:
             "timezone": self.timezone,
             "strict_schema": self.strict_schema,
             "export_format": self.export_format,
+            "wechat_envs": list(self.wechat_envs),
             "created_at": self.created_at.isoformat() + "Z",
         }
 

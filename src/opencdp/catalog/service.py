@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import orjson
 import sqlalchemy as sa
 
 from opencdp.catalog import secrets
@@ -24,6 +25,8 @@ from opencdp.meta import tables as t
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 EXPORT_FORMATS = ("csv", "jsonl", "parquet")
 DEFAULT_IDENTITY_KEYS = ("mobile", "email")
+WECHAT_ENV = "wechat_env"
+_ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -72,6 +75,12 @@ class Catalog:
     # ---- loading -------------------------------------------------------------------------
     def reload(self) -> None:
         with self._engine.connect() as conn:
+            envs: dict[int, list[str]] = {}
+            a = t.project_aliases.c
+            for r in conn.execute(
+                sa.select(a.project_id, a.alias).where(a.kind == WECHAT_ENV).order_by(a.alias)
+            ):
+                envs.setdefault(r.project_id, []).append(r.alias)
             projects = {
                 r.id: Project(
                     r.id,
@@ -81,6 +90,7 @@ class Catalog:
                     bool(r.strict_schema),
                     r.created_at,
                     r.export_format,
+                    tuple(envs.get(r.id, ())),
                 )
                 for r in conn.execute(sa.select(t.projects))
             }
@@ -217,6 +227,46 @@ class Catalog:
         self.reload()
         return self.project(project_id)
 
+    def set_wechat_envs(self, project_id: int, envs: Iterable[str]) -> Project:
+        """Give a project its WeChat cloud environment ids (replacing those it had): clients
+        may name any of them, or the project's key, as ``env``."""
+        wanted = sorted({check_name(e, "wechat_envs").strip() for e in envs})
+        for env in wanted:
+            if not _ALIAS.fullmatch(env):
+                raise invalid("wechat_envs", f"{env[:40]!r}: use letters, digits, '_', '-' and '.'")
+        a = t.project_aliases.c
+        with self._lock, self._engine.begin() as conn:
+            pid = self.project(project_id).id
+            taken = conn.execute(
+                sa.select(a.alias, a.project_id).where(
+                    a.kind == WECHAT_ENV, a.alias.in_(wanted), a.project_id != pid
+                )
+            ).all()
+            if taken:
+                raise CdpError(
+                    Code.CONFLICT,
+                    f"wechat_envs: {taken[0].alias!r} is the environment of another project",
+                    "wechat_envs",
+                )
+            conn.execute(
+                sa.delete(t.project_aliases).where(a.kind == WECHAT_ENV, a.project_id == pid)
+            )
+            if wanted:
+                conn.execute(
+                    sa.insert(t.project_aliases),
+                    [
+                        {
+                            "kind": WECHAT_ENV,
+                            "alias": e,
+                            "project_id": pid,
+                            "created_at": t.utcnow(),
+                        }
+                        for e in wanted
+                    ],
+                )
+        self.reload()
+        return self.project(project_id)
+
     def projects(self) -> list[Project]:
         return sorted(self._projects.values(), key=lambda p: p.id)
 
@@ -335,6 +385,28 @@ class Catalog:
             ).inserted_primary_key
             assert new is not None
             return int(new[0])
+
+    def collection_dedupe(self, collection_id: int) -> list[str]:
+        """The fields whose values identify a collection's documents (empty: its ``_id``)."""
+        c = t.collections.c
+        with self._engine.connect() as conn:
+            raw = conn.execute(sa.select(c.dedupe_fields).where(c.id == collection_id)).scalar()
+        return [str(f) for f in orjson.loads(raw)] if raw else []
+
+    def set_collection_dedupe(self, collection_id: int, fields: list[str]) -> list[str]:
+        names = [check_name(f, "dedupe_fields").strip() for f in fields]
+        if len(set(names)) != len(names):
+            raise invalid("dedupe_fields", "names a field twice")
+        if len(names) > 3:
+            raise invalid("dedupe_fields", "at most 3 fields identify a document")
+        c = t.collections.c
+        with self._lock, self._engine.begin() as conn:
+            conn.execute(
+                sa.update(t.collections)
+                .where(c.id == collection_id)
+                .values(dedupe_fields=orjson.dumps(names).decode() if names else None)
+            )
+        return names
 
     def collection_fields(self, collection_id: int) -> dict[str, PropertyType]:
         f = t.collection_fields.c

@@ -622,7 +622,20 @@ class CollectionTarget(Target):
         super().__init__(catalog, limits, project_id, insert_only, keys)
         self.collection_id = catalog.collection(project_id, name)
         self.file_tag = str(params.get("file_sha256") or "")[:16] or "row"
-        self.key = params.get("key")
+        # The fields whose values identify a document (Marketo custom objects' dedupe fields);
+        # without them, the key is the file's first column (FIRST_COLUMN) or ``_id``.
+        self.dedupe = [str(f) for f in params.get("dedupe_fields") or ()]
+        self.key = None if self.dedupe else params.get("key")
+
+    def check_columns(self, columns: list[str]) -> None:
+        super().check_columns(columns)
+        missing = [f for f in self.dedupe if f not in columns]
+        if missing:
+            raise invalid(
+                "file",
+                f"no column for the dedupe field(s) {', '.join(missing)} of this object: every "
+                "record must name them",
+            )
 
     def _new_columns(self, columns: list[str]) -> tuple[list[str], int, str, str]:
         if self.catalog.project(self.project_id).strict_schema:
@@ -672,7 +685,12 @@ class CollectionTarget(Target):
                 name: self._typed(name, ptype, batch.rows.column(name).combine_chunks(), res)
                 for name, ptype in fields.items()
             }
-        keys = batch.rows.column(key).to_pylist() if key in batch.columns else [None] * len(numbers)
+        if self.dedupe:
+            keys = self._dedupe_keys(batch, res)
+        elif key in batch.columns:
+            keys = batch.rows.column(key).to_pylist()
+        else:
+            keys = [None] * len(numbers)
         for i, key_value in enumerate(keys):
             if i in res.failures:
                 continue
@@ -694,6 +712,24 @@ class CollectionTarget(Target):
                     doc[name] = values[i]
             docs[doc_id] = (i, orjson.dumps(doc, option=orjson.OPT_NAIVE_UTC).decode())
         return key, docs
+
+    def _dedupe_keys(self, batch: RowBatch, res: BatchResult) -> list[str | None]:
+        """Each row's document id: its dedupe field's value, or the JSON list of its values."""
+        columns = [
+            batch.rows.column(f).to_pylist() if f in batch.columns else [None] * batch.rows.num_rows
+            for f in self.dedupe
+        ]
+        out: list[str | None] = []
+        for i, values in enumerate(zip(*columns, strict=True)):
+            empty = [f for f, v in zip(self.dedupe, values, strict=True) if not (v or "").strip()]
+            if empty:
+                res.failures.setdefault(i, f"{empty[0]}: a dedupe field of this object is empty")
+                out.append(None)
+            elif len(values) == 1:
+                out.append(values[0].strip())
+            else:
+                out.append(orjson.dumps([v.strip() for v in values]).decode())
+        return out
 
     def _json_values(self, name: str, objects: list[dict[str, Any]], res: BatchResult) -> list[Any]:
         out: list[Any] = []

@@ -51,6 +51,12 @@ def _v7_deployment(conn: sa.Connection) -> None:
     tables.deployment.create(conn)
 
 
+def _v8_aliases_and_dedupe_fields(conn: sa.Connection) -> None:
+    tables.project_aliases.create(conn)
+    if "dedupe_fields" not in {c["name"] for c in sa.inspect(conn).get_columns("collections")}:
+        conn.execute(sa.text("ALTER TABLE collections ADD COLUMN dedupe_fields TEXT"))
+
+
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _v1_initial),
     (2, _v2_files_and_jobs),
@@ -59,6 +65,7 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (5, _v5_exports),
     (6, _v6_export_format),
     (7, _v7_deployment),
+    (8, _v8_aliases_and_dedupe_fields),
 ]
 
 LATEST = MIGRATIONS[-1][0]

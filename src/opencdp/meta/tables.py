@@ -122,7 +122,22 @@ collections = sa.Table(
     sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
     sa.Column("name", sa.String(128), nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
+    # Added by migration 8: the fields whose values identify a document (Marketo custom
+    # objects' dedupe fields), a JSON list; null for a collection keyed by ``_id``.
+    sa.Column("dedupe_fields", sa.Text, nullable=True),
     sa.UniqueConstraint("project_id", "name", name="uq_collection_name"),
+)
+
+# Other names a vendor's clients use for a project: WeChat cloud environment ids (kind
+# ``wechat_env``). An alias of a kind belongs to one project.
+project_aliases = sa.Table(
+    "project_aliases",
+    metadata,
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("alias", sa.String(128), nullable=False),
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.PrimaryKeyConstraint("kind", "alias", name="pk_project_alias"),
 )
 
 # The fields of a collection: declared through the admin API, or inferred from the first values

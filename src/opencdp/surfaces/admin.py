@@ -91,6 +91,8 @@ class NewProject(BaseModel):
 class ProjectPatch(BaseModel):
     strict_schema: bool | None = None
     export_format: Literal["csv", "jsonl", "parquet"] | None = None
+    # The project's WeChat cloud environment ids (replacing those it had).
+    wechat_envs: list[str] | None = Field(default=None, max_length=16)
 
 
 class NewProperty(BaseModel):
@@ -101,7 +103,9 @@ class NewProperty(BaseModel):
 
 
 class Fields(BaseModel):
-    fields: dict[str, PropertyType]
+    fields: dict[str, PropertyType] = Field(default_factory=dict)
+    # Marketo custom objects: the fields whose values identify a record (in file order).
+    dedupe_fields: list[str] | None = Field(default=None, max_length=3)
 
 
 class IdentityKeys(BaseModel):
@@ -259,6 +263,8 @@ def _router(rt: Runtime) -> APIRouter:
             project = rt.catalog.set_strict(project.id, body.strict_schema)
         if body.export_format is not None:
             project = rt.catalog.set_export_format(project.id, body.export_format)
+        if body.wechat_envs is not None:
+            project = rt.catalog.set_wechat_envs(project.id, body.wechat_envs)
         return project.public()
 
     @r.get("/projects/{ref}/credentials")
@@ -457,11 +463,17 @@ def _router(rt: Runtime) -> APIRouter:
         cid = rt.catalog.collection(project.id, name, create=False)
         count = await run_in_threadpool(rt.store.document_count, project.id, cid)
         fields = rt.catalog.collection_fields(cid)
-        return {"name": name, "count": count, "fields": {k: v.value for k, v in fields.items()}}
+        return {
+            "name": name,
+            "count": count,
+            "fields": {k: v.value for k, v in fields.items()},
+            "dedupe_fields": rt.catalog.collection_dedupe(cid),
+        }
 
     @r.put("/projects/{ref}/collections/{name}")
     async def declare_collection(project: P, name: str, body: Fields) -> dict[str, Any]:
-        """Declare a collection and the types of its fields (before importing into it)."""
+        """Declare a collection, the types of its fields, and (Marketo custom objects) the
+        fields that identify a record, before importing into it."""
         cid = rt.catalog.collection(project.id, name)
         fields = rt.catalog.ensure_collection_fields(cid, body.fields)
         clash = {k: v.value for k, v in body.fields.items() if fields[k] is not v}
@@ -469,6 +481,8 @@ def _router(rt: Runtime) -> APIRouter:
             raise CdpError(
                 Code.CONFLICT, f"fields already exist with other types: {sorted(clash)}", "fields"
             )
+        if body.dedupe_fields is not None:
+            rt.catalog.set_collection_dedupe(cid, body.dedupe_fields)
         return await collection_info(project, name)
 
     @r.get("/projects/{ref}/collections/{name}/{doc_id}")

@@ -177,11 +177,15 @@ class Marketo:
     async def import_objects(self, request: Request) -> Response:
         project, form, fmt = await self._upload(request)
         api_name = request.path_params["api_name"]
-        self.rt.catalog.collection(project.id, api_name)  # checks the name
+        cid = self.rt.catalog.collection(project.id, api_name)  # (checks the name)
+        # Records are matched on the object's declared dedupe fields (kept with the job as they
+        # are now); an object declared without any is keyed by the file's first column.
+        dedupe = self.rt.catalog.collection_dedupe(cid)
         params = {
             "target": "collection",
             "collection": api_name,
             "key": FIRST_COLUMN,
+            "dedupe_fields": dedupe,
             "format": fmt,
             "mode": "upsert",
         }

@@ -5,8 +5,9 @@ to (``POST /tcb/upload/{file id}``, the part of cloud storage this API needs);
 ``POST /tcb/databasemigrateimport``; ``POST /tcb/databasemigratequeryinfo``; and the signed
 link to a job's failed records (``GET /tcb/errorfile/{job id}``).
 
-Bodies are JSON whatever the ``Content-Type`` (clients send none). ``env`` is the project's
-key. ``collection_name``: ``users`` -> profiles (matched by every identity key), ``events`` ->
+Bodies are JSON whatever the ``Content-Type`` (clients send none). ``env`` is one of the
+project's WeChat cloud environment ids (given through the admin API or CLI), or its key.
+``collection_name``: ``users`` -> profiles (matched by every identity key), ``events`` ->
 events, anything else -> a collection of documents keyed by ``_id``.
 """
 
@@ -136,8 +137,10 @@ class WeChat:
             raise CdpError(Code.EMPTY_PROPERTIES, "the POST body is empty", "body")
         body = parse_json(raw)
         env = check.text(body.get("env"), "env", required=True)
-        if env != project.key:
-            raise invalid("env", "not the environment of this access token")
+        if env != project.key and env not in project.wechat_envs:
+            raise invalid(
+                "env", f"{env[:64]!r} is not a cloud environment of this access token's project"
+            )
         return body
 
     async def upload_link(self, request: Request) -> Response:
