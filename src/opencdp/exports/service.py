@@ -3,14 +3,17 @@
 An export covers the records *received* in its period (``received_at``, UTC), so once the
 period is closed and flushed its content can no longer change: a published export never
 changes. Each export is written as gzip CSV parts of at most ``part_bytes`` compressed bytes
-each, with a header row, plus a ``manifest.json`` listing every part's row count, size and
-SHA-256, into a temporary directory that is renamed into place; only then is it published in
-the metadata DB. Periods are read in the project's timezone (``export_date`` is local time);
-file names and every time inside the files are UTC.
+each, with a header row (or gzip JSON lines, or Parquet, per project), plus a
+``manifest.json`` listing every part's row count, size and SHA-256, into a temporary directory
+that is renamed into place; only then is it published in the metadata DB. Periods are read in
+the project's timezone (``export_date`` is local time); file names and every time inside the
+files are UTC.
 
 Data types: each event goes to the data type named like its event when that is one of the
 vendor's categories (``visit``, ``page``, ``action``, …) and to ``custom_event`` otherwise;
-``user`` holds the profiles changed in the period.
+``user`` holds the profiles changed in the period, ``user_cluster`` the members of the segments
+refreshed in it. Each data type is written in GrowingIO's columns for it
+(:mod:`opencdp.exports.columns`), whatever the format.
 """
 
 from __future__ import annotations
