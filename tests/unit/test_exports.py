@@ -409,3 +409,46 @@ def test_the_scheduler_and_a_backfill_at_once_write_each_export_once(quiet: Runt
 
 def _naive(dt: datetime) -> datetime:
     return dt.astimezone(UTC).replace(tzinfo=None)
+
+
+def test_property_values_as_json_text() -> None:
+    """The store's export expression for each property type, on a real DuckDB: whole numbers
+    up to 2^53 as integers, others as the double they are, no NaN or infinity (not JSON)."""
+    import duckdb
+
+    from opencdp.catalog.model import Property
+    from opencdp.catalog.types import PropertyType
+    from opencdp.store.duckdb import _json_value, ident
+
+    numbers = [3.0, -0.0, 2.0**53, -(2.0**53), 2.0**53 + 2, 1.5, 0.1, 1e300, -1e-7]
+    specials = ["nan", "inf", "-inf"]
+    conn = duckdb.connect()
+    conn.execute(
+        "CREATE TABLE t (p_1 DOUBLE, p_2 VARCHAR, p_3 TIMESTAMP, p_4 VARCHAR[], p_5 BOOLEAN)"
+    )
+    for x in numbers:
+        conn.execute("INSERT INTO t (p_1) VALUES (?)", [x])
+    for x in specials:
+        conn.execute("INSERT INTO t (p_1) VALUES (CAST(? AS DOUBLE))", [x])
+    conn.execute(
+        "INSERT INTO t VALUES (NULL, ?, TIMESTAMP '2024-01-01 19:04:05.123456', ['a', NULL], true)",
+        ['quote " back \\ nl \n € 😀 \t'],
+    )
+    props = [
+        Property(i, "event", f"x{i}", typ)
+        for i, typ in enumerate(
+            [PropertyType.NUMBER, PropertyType.STRING, PropertyType.DATETIME, PropertyType.LIST,
+             PropertyType.BOOL], start=1)
+    ]  # fmt: skip
+    sql = ", ".join(_json_value(p, ident(p.column)) for p in props)
+    rows = conn.execute(f"SELECT {sql} FROM t").fetchall()
+    texts = [r[0] for r in rows]
+    assert texts[: len(numbers)] == [
+        "3", "0", "9007199254740992", "-9007199254740992", "9007199254740994.0", "1.5", "0.1",
+        "1e300", "-1e-7",
+    ]  # fmt: skip
+    assert [json.loads(t) for t in texts[: len(numbers)]] == numbers  # the same doubles
+    assert texts[len(numbers) : len(numbers) + len(specials)] == [None, None, None]
+    last = rows[-1]
+    assert json.loads(last[1]) == 'quote " back \\ nl \n € 😀 \t'  # text exactly as stored
+    assert last[2:] == ("1704135845123", '["a",null]', "true")
