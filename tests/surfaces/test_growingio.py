@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import io
 import itertools
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ import httpx
 import pytest
 
 from opencdp.exports.service import DATA_TYPES
+from opencdp.segments.service import Spec
 from tests.liveserver import ADMIN_TOKEN, InProcessServer
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -211,9 +213,11 @@ def test_a_closed_hour_exports_exactly_what_was_received(gio: Client, server: Se
         links = body["downloadLinks"]
         assert len(links) > 1  # split under the small part size of this server
         rows = read_parts(links)
-        assert sorted(int(r["amount"]) for r in rows) == [i for i in range(600) if i % 3]
-        assert {r["event_name"] for r in rows} == {"pay"}
-        assert all(r["event_time"] == "2024-01-01T19:04:05.000000Z" for r in rows)
+        assert sorted(json.loads(r["eventVariable"])["amount"] for r in rows) == [
+            i for i in range(600) if i % 3
+        ]
+        assert {r["eventName"] for r in rows} == {"pay"}
+        assert all(r["time"] == "1704135845000" for r in rows)  # 2024-01-01T19:04:05Z, in ms
         for part, link in zip(by_type["custom_event"]["parts"], links, strict=True):
             data = httpx.get(link).content
             assert len(data) == part["bytes"] <= 4_000
@@ -277,5 +281,230 @@ def test_hours_with_nothing_received_are_published_empty_by_the_scheduler(
         assert {(e["state"], e["rows"], str(e["parts"])) for e in r.json()} == {
             ("finished", 0, "[]")
         }
+    finally:
+        server.shift = timedelta(0)
+
+
+# ---- the columns of each data type --------------------------------------------------------
+# GrowingIO raw data export 2.0's field reference (names and order), per data type.
+PAGE_ATTRIBUTES = [f"customerAttributes{i}" for i in range(2, 11)] + [
+    f"pageAttributes{i}" for i in range(1, 11)
+]
+VENDOR = {
+    "visit": ["visitUserId", "sessionId", "accountVersion", "platform", "domain", "page",
+              "queryParameters", "referrer", "language", "screenHeight", "screenWidth", "time",
+              "sendTime", "ip", "userAgent", "operatingSystem", "operatingSystemVersion",
+              "clientVersion", "channel", "deviceBrand", "deviceModel", "deviceType",
+              "deviceOrientation", "latitude", "longitude", "vstRequestId", "idfa", "androidId",
+              "IMEI"],
+    "page": ["visitUserId", "sessionId", "platform", "domain", "page", "queryParameters",
+             "referrer", "referrerPage", "title", "time", "sendTime", "deviceOrientation",
+             "loginUserId", "pageGroup", "appVariable", *PAGE_ATTRIBUTES, "pageRequestId",
+             "vstRequestId"],
+    "action": ["visitUserId", "sessionId", "requestType", "domain", "page", "sendTime", "time",
+               "href", "requestValue", "index", "info", "pageRequestId", "actionRequestId"],
+    "action_tag": ["sendTime", "actionRequestId", "ruleId"],
+    "custom_event": ["visitUserId", "sessionId", "time", "sendTime", "pageTime", "domain", "page",
+                     "queryParameters", "eventName", "eventNumber", "eventVariable",
+                     "loginUserId", "pageRequestId"],
+    "ads_track_activation": ["visitUserId", "idfa", "imei", "uuid", "androidId", "ip",
+                             "userAgent", "platform", "operatingSystemVersion", "sendTime",
+                             "linkId", "campaignId", "channelId", "linkName", "campaignName",
+                             "channelName"],
+    "ads_track_click": ["idfa", "imei", "uuid", "androidId", "ip", "userAgent", "platform",
+                        "operatingSystemVersion", "eventTime", "linkId", "campaignId",
+                        "channelId", "linkName", "campaignName", "channelName"],
+    "pvar": ["visitUserId", "sessionId", "time", "sendTime", "pageTime", "domain", "page",
+             "pageVariable", "pageRequestId"],
+    "evar": ["visitUserId", "sessionId", "time", "sendTime", "domain", "conversionVariable"],
+}  # fmt: skip
+# Ours, after the vendor's: the event id, and what the vendor's type has no column for.
+EXTRA = {
+    "visit": ["eventId", "eventVariable"],
+    "page": ["eventId", "eventVariable"],
+    "action": ["eventId", "eventVariable"],
+    "action_tag": ["eventId", "loginUserId", "time", "eventVariable"],
+    "custom_event": ["eventId"],
+    "ads_track_activation": ["eventId", "time", "eventVariable"],
+    "ads_track_click": ["eventId", "loginUserId", "sendTime", "eventVariable"],
+    "pvar": ["eventId"],
+    "evar": ["eventId"],
+}
+OURS = {
+    "user": ["loginUserId", "createTime", "updateTime", "identities", "userVariable"],
+    "user_cluster": ["clusterId", "clusterName", "clusterType", "clusterVersion", "refreshTime",
+                     "loginUserId", "tagValue", "identities"],
+}  # fmt: skip
+# Where our event fields go in each event type.
+USER_COLUMNS = ("visitUserId", "loginUserId")
+TIME_COLUMNS = ("time", "eventTime")
+VARIABLES = {"pvar": "pageVariable", "evar": "conversionVariable"}
+# Property names that are also column names, ours or the vendor's.
+CLASHING = {"user_id": "u", "event_key": "k", "eventName": "n", "loginUserId": "l",
+            "time": "t", "eventVariable": "v", "identities": "i", "userVariable": "w"}  # fmt: skip
+EVENT_TIME_MS = 1704135845000  # create_time 2024-01-02 03:04:05, Beijing time
+
+
+def ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+def export_files(
+    gio: Client, server: Server, hours: set[str], data_type: str
+) -> tuple[list[str], list[dict[str, str]], bytes]:
+    """The header, rows and raw text of a data type's exports of ``hours``, written through
+    the admin API and downloaded through the vendor's links."""
+    header: list[str] = []
+    rows: list[dict[str, str]] = []
+    text = b""
+    for hour in sorted(hours):
+        r = httpx.post(
+            f"{server.url}/admin/v1/projects/{gio.info['name']}/exports",
+            json={"export_type": "hour", "export_date": hour, "data_types": [data_type]},
+            headers=AUTH,
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        body = gio.insights(f"hour/{data_type}/{gio.ai}/{hour}.json").json()
+        assert body["status"] == "FINISHED", body
+        for link in body["downloadLinks"]:
+            data = gzip.decompress(httpx.get(link).content)
+            text += data
+            reader = csv.reader(io.StringIO(data.decode()))
+            header = next(reader)
+            rows += [dict(zip(header, row, strict=True)) for row in reader]
+    return header, rows, text
+
+
+def test_each_data_type_has_the_vendors_columns_filled_from_what_was_ingested(
+    gio: Client, server: Server
+) -> None:
+    mobile, email = "13912345678", "Ada@Example.com"
+    before = datetime.now(UTC)
+    gio.send({"type": "user", "properties": {
+        "mobile": mobile, "email": email, "level": 3, "vip": True, **CLASHING}})  # fmt: skip
+    note = 'say "hi", ok\\ \n€ 😀'
+    custom = {"event_id": "c1", "mobile": mobile, "create_time": "2024-01-02 03:04:05",
+              "level": 3, "price": 1.5, "big": 2**53 + 2, "note": note, "tags": ["a", "b"],
+              "at": "2024-03-04 05:06:07", "ok": False, **CLASHING}  # fmt: skip
+    gio.send({"type": "event", "event": "buy", "properties": custom})
+    for i, name in enumerate(VENDOR):
+        if name != "custom_event":
+            gio.send({"type": "event", "event": name, "properties": {
+                "event_id": f"e{i}", "mobile": mobile, "create_time": "2024-01-02 03:04:05",
+                "k": i}})  # fmt: skip
+    rt = server.runtime
+    project = rt.catalog.project(gio.info["project_id"])
+    assert rt.ingest.barrier()
+    spec = Spec(
+        name="buyers",
+        display_name="b",
+        definition={"events": [{"eventName": "buy", "comparator": "greaterEqual", "num": "1"}]},
+    )
+    seg = rt.segments.create(project.id, spec, "test")
+    deadline = time.monotonic() + 60  # a hang guard: the job workers run the refresh
+    while rt.segments.get(project.id, "buyers").progress != 100:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    after = datetime.now(UTC)
+    hours = {local_hour(before), local_hour(after)}
+    r = gio.http.get(
+        f"/admin/v1/projects/{gio.info['name']}/profiles",
+        params={"key": "mobile", "value": mobile},
+        headers=AUTH,
+    )
+    uid = str(r.json()["user_id"])
+    server.shift = timedelta(hours=2)
+    try:
+        for data_type in DATA_TYPES:
+            header, rows, text = export_files(gio, server, hours, data_type)
+            expected = OURS.get(data_type) or VENDOR[data_type] + EXTRA[data_type]
+            assert header == expected, data_type
+            assert len(rows) == 1, (data_type, rows)
+            row = rows[0]
+            if data_type == "user":
+                assert row["loginUserId"] == uid
+                assert ms(before) - 1 <= int(row["createTime"]) <= int(row["updateTime"])
+                assert int(row["updateTime"]) <= ms(after) + 1
+                assert json.loads(row["identities"]) == {"mobile": mobile, "email": email}
+                variables = json.loads(row["userVariable"])
+                assert variables == {"level": 3, "vip": True, **CLASHING}
+                assert b'""level"":3' in text and b"3.0" not in text
+                continue
+            if data_type == "user_cluster":
+                assert json.loads(row.pop("identities")) == {"mobile": mobile, "email": email}
+                assert row == {
+                    "clusterId": str(seg.id),
+                    "clusterName": "buyers",
+                    "clusterType": "cluster",
+                    "clusterVersion": "1",
+                    "refreshTime": row["refreshTime"],
+                    "loginUserId": uid,
+                    "tagValue": "",
+                }
+                assert ms(before) - 1 <= int(row["refreshTime"]) <= ms(after) + 1
+                continue
+            # An event type: the user id, both times (ms), the event id and the properties.
+            filled = {c: row[c] for c in header if row[c] != ""}
+            variables = json.loads(filled.pop(VARIABLES.get(data_type, "eventVariable")))
+            send = int(filled.pop("sendTime"))
+            assert ms(before) - 1 <= send <= ms(after) + 1
+            event_time = next(c for c in TIME_COLUMNS if c in filled)
+            assert filled.pop(event_time) == str(EVENT_TIME_MS)
+            users = {c for c in USER_COLUMNS if c in filled}
+            assert users and {filled.pop(c) for c in users} == {uid}
+            if data_type == "custom_event":
+                assert filled == {"eventId": "c1", "eventName": "buy"}
+                assert variables == {
+                    "level": 3, "price": 1.5, "big": 2**53 + 2, "note": note, "tags": ["a", "b"],
+                    "at": 1709499967000, "ok": False, **CLASHING}  # fmt: skip
+                # Whole numbers as integers, in the text itself.
+                assert b'""level"":3,' in text and b"3.0" not in text
+                assert type(variables["level"]) is int
+                assert type(variables["big"]) is float  # past 2^53 a double is not exact
+            else:
+                # Every other column, the vendor's included, is present and empty.
+                assert filled == {"eventId": f"e{list(VENDOR).index(data_type)}"}
+                assert variables == {"k": list(VENDOR).index(data_type)}
+    finally:
+        server.shift = timedelta(0)
+
+
+def test_json_lines_carry_the_variables_as_objects_with_whole_numbers_as_integers(
+    gio: Client, server: Server
+) -> None:
+    r = httpx.patch(
+        f"{server.url}/admin/v1/projects/{gio.info['name']}",
+        json={"export_format": "jsonl"},
+        headers=AUTH,
+    )
+    assert r.status_code == 200, r.text
+    before = datetime.now(UTC)
+    gio.send({"type": "event", "event": "buy", "properties": {
+        "event_id": "j1", "mobile": "13900000000", "create_time": "2024-01-02 03:04:05",
+        "level": 3, "ratio": 0.25, "count": -7.0, "eventVariable": "x"}})  # fmt: skip
+    assert server.runtime.ingest.barrier()
+    hours = {local_hour(before), local_hour(datetime.now(UTC))}
+    server.shift = timedelta(hours=2)
+    try:
+        lines: list[bytes] = []
+        for hour in sorted(hours):
+            r = httpx.post(
+                f"{server.url}/admin/v1/projects/{gio.info['name']}/exports",
+                json={"export_type": "hour", "export_date": hour, "data_types": ["custom_event"]},
+                headers=AUTH,
+            )
+            assert r.status_code == 200, r.text
+            body = gio.insights(f"hour/custom_event/{gio.ai}/{hour}.json").json()
+            for link in body["downloadLinks"]:
+                assert ".jsonl.gz" in link
+                lines += gzip.decompress(httpx.get(link).content).splitlines()
+        (line,) = lines
+        row = json.loads(line)
+        assert list(row) == VENDOR["custom_event"] + EXTRA["custom_event"]
+        assert row["eventVariable"] == {"level": 3, "ratio": 0.25, "count": -7,
+                                        "eventVariable": "x"}  # fmt: skip
+        assert row["time"] == EVENT_TIME_MS and row["sessionId"] is None
+        assert b'"level":3,' in line and b'"count":-7,' in line and b".0" not in line
     finally:
         server.shift = timedelta(0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import threading
 import time
 from collections import Counter
@@ -17,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from opencdp.config import Settings
+from opencdp.exports.columns import COLUMNS
 from opencdp.exports.service import DATA_TYPES, EXPORT_TYPES, FINISHED, PURGED, Export
 from opencdp.ingest.records import build_record
 from opencdp.meta import tables as t
@@ -42,6 +44,11 @@ def events(rt: Runtime, pid: int, count: int) -> None:
             lambda table, wanted: rt.catalog.ensure_properties(pid, table, wanted),
         )  # fmt: skip
         rt.ingest.submit_wait(record)
+
+
+def variables(row: dict[str, str]) -> dict[str, object]:
+    """An exported event's properties (the vendor's ``eventVariable``, a JSON object)."""
+    return dict(json.loads(row["eventVariable"]))
 
 
 def rows_of(rt: Runtime, export_parts: list[dict[str, object]], export_id: int) -> list[dict]:
@@ -76,7 +83,7 @@ def test_scheduled_exports_catch_up_and_expire(rt: Runtime) -> None:
     assert export is not None and export.state == FINISHED and export.rows == 120
     assert len(export.parts or []) > 1  # split under 800 bytes
     rows = rows_of(rt, export.parts or [], export.id)
-    assert sorted(int(r["n"]) for r in rows) == list(range(120))
+    assert sorted(variables(r)["n"] for r in rows) == list(range(120))  # type: ignore[type-var]
     assert all(int(p["bytes"]) <= 800 for p in export.parts or [])
     status, _ = exports.status(project, first, "custom_event")
     assert status == "FINISHED"
@@ -127,8 +134,6 @@ def test_hours_across_daylight_saving_changes_tile_the_day(rt: Runtime) -> None:
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_json_lines_and_parquet_exports(rt: Runtime, fmt: str) -> None:
-    import json
-
     import pyarrow.parquet as pq
 
     project, _ = rt.catalog.create_project(f"f{fmt}{time.monotonic_ns()}")
@@ -139,20 +144,25 @@ def test_json_lines_and_parquet_exports(rt: Runtime, fmt: str) -> None:
     hour = rt.exports.period(project, "hour", now.astimezone(project.tz).strftime("%Y%m%d%H"))
     export = rt.exports.run(project.id, hour, "custom_event")
     assert export.state == FINISHED and export.format == fmt and export.rows == 30
-    seen: list[int] = []
+    seen: list[object] = []
     for part in export.parts or []:
         path = rt.exports.path(export, str(part["name"]))
         if fmt == "jsonl":
+            # The variables are a JSON object in each line, their whole numbers integers.
             assert path.name.endswith(".jsonl.gz")
-            seen += [
-                json.loads(line)["n"] for line in gzip.decompress(path.read_bytes()).splitlines()
-            ]
+            lines = [json.loads(x) for x in gzip.decompress(path.read_bytes()).splitlines()]
+            assert list(lines[0]) == list(COLUMNS["custom_event"])
+            seen += [line["eventVariable"]["n"] for line in lines]
+            assert all(isinstance(line["time"], int) for line in lines)
         else:
+            # The vendor's bigint times are int64; the variables JSON text.
             assert path.name.endswith(".parquet")
             table = pq.read_table(path)
-            assert table.schema.field("event_time").type == "string"
-            seen += table.column("n").to_pylist()
-    assert sorted(int(x) for x in seen) == list(range(30))
+            assert table.schema.names == list(COLUMNS["custom_event"])
+            assert table.schema.field("time").type == "int64"
+            seen += [json.loads(v)["n"] for v in table.column("eventVariable").to_pylist()]
+    assert sorted(seen) == list(range(30))  # type: ignore[type-var]
+    assert all(type(n) is int for n in seen)
 
 
 def test_user_cluster_exports_hold_the_memberships_refreshed_in_the_period(rt: Runtime) -> None:
@@ -172,10 +182,12 @@ def test_user_cluster_exports_hold_the_memberships_refreshed_in_the_period(rt: R
     export = rt.exports.run(project.id, hour, "user_cluster")
     rows = rows_of(rt, export.parts or [], export.id)
     members = {u for u, _ in rt.store.segment_members(project.id, seg.id, 1, 100, 0)}
-    assert {int(r["user_id"]) for r in rows} == members and len(members) == 6
-    assert {(r["segment_name"], r["kind"], r["version"]) for r in rows} == {
-        ("buyers", "cluster", "1")
-    }
+    assert {int(r["loginUserId"]) for r in rows} == members and len(members) == 6
+    assert {
+        (r["clusterId"], r["clusterName"], r["clusterType"], r["clusterVersion"]) for r in rows
+    } == {(str(seg.id), "buyers", "cluster", "1")}
+    # Each member with its identity keys (mobile: the only one these events carried).
+    assert all(set(json.loads(r["identities"])) == {"mobile"} for r in rows)
 
 
 def busy_events(
@@ -285,8 +297,8 @@ def test_catch_up_after_a_day_of_downtime_is_fair_and_exactly_once(quiet: Runtim
         until = max(e.period_end for e in mine)  # the busy project's last closed period
         seen: list[str] = []
         for e in mine:
-            if e.data_type != "user":
-                seen += [r["event_id"] for r in rows_of(rt, e.parts or [], e.id)]
+            if e.data_type not in ("user", "user_cluster"):
+                seen += [r["eventId"] for r in rows_of(rt, e.parts or [], e.id)]
         assert sorted(seen) == sorted(i for i, at in ids.items() if at < until), export_type
         assert seen, export_type
     # Empty exports: no parts, no files, FINISHED as before.
@@ -335,9 +347,8 @@ def test_an_export_interrupted_by_a_crash_or_a_stop_is_published_once_later(
     assert set(keys.values()) == {1} and all(e.state == FINISHED for e in done)
     export = exports.find(project.id, hour, "custom_event")
     assert export is not None and export.id == crashed.id and export.attempts == 3
-    assert sorted(int(r["n"]) for r in rows_of(rt, export.parts or [], export.id)) == list(
-        range(40)
-    )
+    rows = rows_of(rt, export.parts or [], export.id)
+    assert sorted(variables(r)["n"] for r in rows) == list(range(40))  # type: ignore[type-var]
     assert not tmp.exists()
 
 
@@ -398,3 +409,46 @@ def test_the_scheduler_and_a_backfill_at_once_write_each_export_once(quiet: Runt
 
 def _naive(dt: datetime) -> datetime:
     return dt.astimezone(UTC).replace(tzinfo=None)
+
+
+def test_property_values_as_json_text() -> None:
+    """The store's export expression for each property type, on a real DuckDB: whole numbers
+    up to 2^53 as integers, others as the double they are, no NaN or infinity (not JSON)."""
+    import duckdb
+
+    from opencdp.catalog.model import Property
+    from opencdp.catalog.types import PropertyType
+    from opencdp.store.duckdb import _json_value, ident
+
+    numbers = [3.0, -0.0, 2.0**53, -(2.0**53), 2.0**53 + 2, 1.5, 0.1, 1e300, -1e-7]
+    specials = ["nan", "inf", "-inf"]
+    conn = duckdb.connect()
+    conn.execute(
+        "CREATE TABLE t (p_1 DOUBLE, p_2 VARCHAR, p_3 TIMESTAMP, p_4 VARCHAR[], p_5 BOOLEAN)"
+    )
+    for x in numbers:
+        conn.execute("INSERT INTO t (p_1) VALUES (?)", [x])
+    for x in specials:
+        conn.execute("INSERT INTO t (p_1) VALUES (CAST(? AS DOUBLE))", [x])
+    conn.execute(
+        "INSERT INTO t VALUES (NULL, ?, TIMESTAMP '2024-01-01 19:04:05.123456', ['a', NULL], true)",
+        ['quote " back \\ nl \n € 😀 \t'],
+    )
+    props = [
+        Property(i, "event", f"x{i}", typ)
+        for i, typ in enumerate(
+            [PropertyType.NUMBER, PropertyType.STRING, PropertyType.DATETIME, PropertyType.LIST,
+             PropertyType.BOOL], start=1)
+    ]  # fmt: skip
+    sql = ", ".join(_json_value(p, ident(p.column)) for p in props)
+    rows = conn.execute(f"SELECT {sql} FROM t").fetchall()
+    texts = [r[0] for r in rows]
+    assert texts[: len(numbers)] == [
+        "3", "0", "9007199254740992", "-9007199254740992", "9007199254740994.0", "1.5", "0.1",
+        "1e300", "-1e-7",
+    ]  # fmt: skip
+    assert [json.loads(t) for t in texts[: len(numbers)]] == numbers  # the same doubles
+    assert texts[len(numbers) : len(numbers) + len(specials)] == [None, None, None]
+    last = rows[-1]
+    assert json.loads(last[1]) == 'quote " back \\ nl \n € 😀 \t'  # text exactly as stored
+    assert last[2:] == ("1704135845123", '["a",null]', "true")

@@ -3,14 +3,17 @@
 An export covers the records *received* in its period (``received_at``, UTC), so once the
 period is closed and flushed its content can no longer change: a published export never
 changes. Each export is written as gzip CSV parts of at most ``part_bytes`` compressed bytes
-each, with a header row, plus a ``manifest.json`` listing every part's row count, size and
-SHA-256, into a temporary directory that is renamed into place; only then is it published in
-the metadata DB. Periods are read in the project's timezone (``export_date`` is local time);
-file names and every time inside the files are UTC.
+each, with a header row (or gzip JSON lines, or Parquet, per project), plus a
+``manifest.json`` listing every part's row count, size and SHA-256, into a temporary directory
+that is renamed into place; only then is it published in the metadata DB. Periods are read in
+the project's timezone (``export_date`` is local time); file names and every time inside the
+files are UTC.
 
 Data types: each event goes to the data type named like its event when that is one of the
 vendor's categories (``visit``, ``page``, ``action``, …) and to ``custom_event`` otherwise;
-``user`` holds the profiles changed in the period.
+``user`` holds the profiles changed in the period, ``user_cluster`` the members of the segments
+refreshed in it. Each data type is written in GrowingIO's columns for it
+(:mod:`opencdp.exports.columns`), whatever the format.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import sqlalchemy as sa
 from opencdp.catalog.model import Project
 from opencdp.catalog.service import Catalog
 from opencdp.errors import CdpError, Code, invalid
+from opencdp.exports import columns
 from opencdp.meta import tables as t
 from opencdp.store.base import Store
 
@@ -632,60 +636,35 @@ class Exports:
 
     def _memberships(self, export: Export) -> Iterator[pa.RecordBatch]:
         """The members of every segment and tag refreshed in the period (the version that
-        refresh wrote), with the segment's name and kind."""
+        refresh wrote), with the segment's name and kind and the member's identity keys."""
         segs = _segments_refreshed(
             self._engine, export.project_id, export.period_start, export.period_end
         )
         versions = [(sid, int(r.version)) for sid, r in segs.items()]
-        for batch in self.store.export_members(export.project_id, versions):
-            ids = batch.column(0).to_pylist()
-            yield pa.RecordBatch.from_arrays(
-                [
-                    batch.column(0),
-                    pa.array([segs[i].name for i in ids], pa.string()),
-                    pa.array(
-                        ["tag" if segs[i].catalog == "catalog_tag" else "cluster" for i in ids],
-                        pa.string(),
-                    ),
-                    batch.column(1),
-                    pa.array(
-                        [f"{segs[i].refreshed_at:%Y-%m-%dT%H:%M:%S.%fZ}" for i in ids], pa.string()
-                    ),
-                    batch.column(2),
-                    batch.column(3),
-                ],
-                names=[
-                    "segment_id",
-                    "segment_name",
-                    "kind",
-                    "version",
-                    "refreshed_at",
-                    "user_id",
-                    "tag_value",
-                ],
-            )
+        keys = list(self.catalog.schema(export.project_id).identity_keys.values())
+        for batch in self.store.export_members(export.project_id, versions, keys):
+            yield columns.members(batch, segs, keys)
 
     def _batches(self, export: Export) -> Iterator[pa.RecordBatch]:
+        """The export's rows in its data type's columns (:mod:`opencdp.exports.columns`)."""
         schema = self.catalog.schema(export.project_id)
         if export.data_type == "user_cluster":
             yield from self._memberships(export)
             return
         if export.data_type == "user":
             props = list(schema.user.values())
-            yield from self.store.export_profiles(
+            for batch in self.store.export_profiles(
                 export.project_id, props, export.period_start, export.period_end
-            )
+            ):
+                yield columns.profiles(batch, props)
             return
         names = None if export.data_type == "custom_event" else [export.data_type]
         exclude = [d for d in EVENT_TYPES if d != "custom_event"] if names is None else None
-        yield from self.store.export_events(
-            export.project_id,
-            list(schema.event.values()),
-            export.period_start,
-            export.period_end,
-            names,
-            exclude,
-        )
+        props = list(schema.event.values())
+        for batch in self.store.export_events(
+            export.project_id, props, export.period_start, export.period_end, names, exclude
+        ):
+            yield columns.events(export.data_type, batch, props)
 
 
 def _closing_order(item: tuple[Project, Period, str]) -> tuple[datetime, datetime, int, int, int]:
@@ -883,7 +862,16 @@ class _ParquetParts:
 
 
 def _jsonl(rows: pa.RecordBatch) -> bytes:
-    return b"".join(orjson.dumps(r) + b"\n" for r in rows.to_pylist())
+    """JSON lines; a column of JSON text (the variables, identities) as the object itself."""
+    names = rows.schema.names
+    values: list[list[Any]] = []
+    for field, column in zip(rows.schema, rows.columns, strict=True):
+        vals = column.to_pylist()
+        if columns.is_json(field):
+            vals = [None if v is None else orjson.Fragment(v) for v in vals]
+        values.append(vals)
+    rows_out = (dict(zip(names, r, strict=True)) for r in zip(*values, strict=True))
+    return b"".join(orjson.dumps(r) + b"\n" for r in rows_out)
 
 
 def _csv(rows: pa.RecordBatch) -> bytes:

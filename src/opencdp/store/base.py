@@ -261,6 +261,10 @@ class Store(ABC):
     def document_count(self, project_id: int, collection_id: int) -> int: ...
 
     # ---- exports ---------------------------------------------------------------------
+    # The export queries name every column themselves: fixed names for the record's own
+    # fields, and a property's physical column (``p_<id>``) for its value as JSON text
+    # (null where there is none; whole numbers within ±2^53 as integers, datetimes as epoch
+    # milliseconds, lists as arrays). Times are epoch milliseconds (BIGINT), UTC.
     @abstractmethod
     def export_events(
         self,
@@ -272,14 +276,15 @@ class Store(ABC):
         exclude: Sequence[str] | None,
     ) -> Iterator[pa.RecordBatch]:
         """The events received in ``[start, end)`` (UTC), streamed in ``received_at`` order,
-        with ``names`` only or without ``exclude``; columns named by property, times as
-        ISO 8601 UTC text, lists as JSON text."""
+        with ``names`` only or without ``exclude``: ``event_id, event_name, time, send_time,
+        user_id``, then the properties of ``props`` the store has a column for."""
 
     @abstractmethod
     def export_profiles(
         self, project_id: int, props: Sequence[Property], start: datetime, end: datetime
     ) -> Iterator[pa.RecordBatch]:
-        """The profiles changed in ``[start, end)`` (UTC), like :meth:`export_events`."""
+        """The profiles changed in ``[start, end)`` (UTC) by user id: ``user_id, created,
+        updated``, then the properties of ``props``, like :meth:`export_events`."""
 
     @abstractmethod
     def received_counts(
@@ -291,9 +296,11 @@ class Store(ABC):
 
     @abstractmethod
     def export_members(
-        self, project_id: int, versions: Sequence[tuple[int, int]]
+        self, project_id: int, versions: Sequence[tuple[int, int]], props: Sequence[Property]
     ) -> Iterator[pa.RecordBatch]:
-        """``segment_id, version, user_id, tag_value`` of the given (segment, version)s."""
+        """``segment_id, version, user_id, tag_value`` of the given (segment, version)s, then
+        the member's current values of the user properties ``props`` (identity keys), like
+        :meth:`export_events`."""
 
     # ---- segments --------------------------------------------------------------------
     @abstractmethod

@@ -92,18 +92,25 @@ def collection_table(project_id: int, collection_id: int) -> str:
     return ident(f"p{project_id}_c{collection_id}")
 
 
-def _iso(column: str) -> str:
-    """A UTC timestamp column as ISO 8601 text with ``Z``."""
-    return f"strftime({column}, '%Y-%m-%dT%H:%M:%S.%fZ')"
+# The largest magnitude below which every integer is a DOUBLE: a whole number up to it is
+# exported as an integer (``3``, not ``3.0``).
+_EXACT_INT = 2**53
 
 
-def _export_value(p: Property) -> str:
-    col = ident(p.column)
+def _json_value(p: Property, col: str) -> str:
+    """SQL for a property's value as JSON text, null where there is none: whole numbers
+    (within ±2^53) as integers, datetimes as epoch milliseconds, lists as arrays; NaN and
+    infinities as null. ``col`` is a generated column reference."""
+    if p.type is PropertyType.NUMBER:
+        return (
+            f"CASE WHEN NOT isfinite({col}) THEN NULL "
+            f"WHEN {col} = trunc({col}) AND abs({col}) <= {_EXACT_INT} "
+            f"THEN CAST(CAST({col} AS BIGINT) AS VARCHAR) "
+            f"ELSE CAST(to_json({col}) AS VARCHAR) END"
+        )
     if p.type is PropertyType.DATETIME:
-        return _iso(col)
-    if p.type is PropertyType.LIST:
-        return f"CAST(to_json({col}) AS VARCHAR)"
-    return col
+        return f"CAST(epoch_ms({col}) AS VARCHAR)"
+    return f"CAST(to_json({col}) AS VARCHAR)"
 
 
 def table(project_id: int, kind: str) -> str:
@@ -380,8 +387,8 @@ class DuckDBStore(Store):
         base = [
             ("event_id", "event_id"),
             ("event_name", "event_name"),
-            ("event_time", _iso("event_time")),
-            ("received_at", _iso("received_at")),
+            ("time", "epoch_ms(event_time)"),
+            ("send_time", "epoch_ms(received_at)"),
             ("user_id", "user_id"),
         ]
         where = "received_at >= ? AND received_at < ?"
@@ -392,7 +399,15 @@ class DuckDBStore(Store):
         if exclude:
             where += f" AND event_name NOT IN ({', '.join('?' * len(exclude))})"
             params += list(exclude)
-        yield from self._export(tbl, base, props, where, params, "received_at, event_id")
+        with self._read() as cur:
+            known = self.known_columns(cur, tbl)
+            if not known:
+                return
+            present = [p for p in props if p.column in known]
+            cols = base + [(p.column, _json_value(p, ident(p.column))) for p in present]
+            yield from self._stream(
+                cur, cols, f"{tbl} WHERE {where} ORDER BY received_at, event_id", params
+            )
 
     def export_profiles(
         self, project_id: int, props: Sequence[Property], start: datetime, end: datetime
@@ -400,11 +415,17 @@ class DuckDBStore(Store):
         tbl = table(project_id, "profiles")
         base = [
             ("user_id", "user_id"),
-            ("created_at", _iso("created_at")),
-            ("updated_at", _iso("updated_at")),
+            ("created", "epoch_ms(created_at)"),
+            ("updated", "epoch_ms(updated_at)"),
         ]
-        where = "updated_at >= ? AND updated_at < ?"
-        yield from self._export(tbl, base, props, where, [start, end], "user_id")
+        with self._read() as cur:
+            known = self.known_columns(cur, tbl)
+            if not known:
+                return
+            present = [p for p in props if p.column in known]
+            cols = base + [(p.column, _json_value(p, ident(p.column))) for p in present]
+            where = "updated_at >= ? AND updated_at < ? ORDER BY user_id"
+            yield from self._stream(cur, cols, f"{tbl} WHERE {where}", [start, end])
 
     def received_counts(
         self, project_id: int, start: datetime, end: datetime
@@ -429,45 +450,51 @@ class DuckDBStore(Store):
         return names, changed
 
     def export_members(
-        self, project_id: int, versions: Sequence[tuple[int, int]]
+        self, project_id: int, versions: Sequence[tuple[int, int]], props: Sequence[Property]
     ) -> Iterator[pa.RecordBatch]:
         if not versions:
             return
         members = table(project_id, "segment_members")
+        profiles = table(project_id, "profiles")
         pairs = ", ".join(f"({int(s)}, {int(v)})" for s, v in versions)
         with self._read() as cur:
             if not self._has_members(cur, project_id):
                 return
-            reader = cur.sql(
-                f"SELECT segment_id, version, user_id, tag_value FROM {members} "
-                f"WHERE (segment_id, version) IN ({pairs}) ORDER BY segment_id, user_id"
-            ).to_arrow_reader(65_536)
-            assert reader is not None
-            yield from reader
-
-    def _export(
-        self,
-        tbl: str,
-        base: list[tuple[str, str]],
-        props: Sequence[Property],
-        where: str,
-        params: list[Any],
-        order: str,
-    ) -> Iterator[pa.RecordBatch]:
-        with self._read() as cur:
-            known = self.known_columns(cur, tbl)
-            if not known:
-                return
+            known = self.known_columns(cur, profiles)
             present = [p for p in props if p.column in known]
-            exprs = [sql for _, sql in base] + [_export_value(p) for p in present]
-            names = [n for n, _ in base] + [p.name for p in present]
-            reader = cur.sql(
-                f"SELECT {', '.join(exprs)} FROM {tbl} WHERE {where} ORDER BY {order}",
-                params=params,
-            ).to_arrow_reader(65_536)
-            assert reader is not None
-            for batch in reader:
-                yield pa.RecordBatch.from_arrays(batch.columns, names=names)
+            cols = [
+                ("segment_id", "m.segment_id"),
+                ("version", "m.version"),
+                ("user_id", "m.user_id"),
+                ("tag_value", "m.tag_value"),
+            ] + [(p.column, _json_value(p, f"u.{ident(p.column)}")) for p in present]
+            source = f"{members} m"
+            if known:  # the members' current identity values
+                source += f" LEFT JOIN {profiles} u ON u.user_id = m.user_id"
+            yield from self._stream(
+                cur,
+                cols,
+                f"{source} WHERE (m.segment_id, m.version) IN ({pairs}) "
+                "ORDER BY m.segment_id, m.user_id",
+                [],
+            )
+
+    def _stream(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        cols: list[tuple[str, str]],
+        rest: str,
+        params: list[Any],
+    ) -> Iterator[pa.RecordBatch]:
+        """``SELECT <cols> FROM <rest>`` as Arrow batches with the columns' names (every name
+        and expression generated here, never a user's)."""
+        names = [n for n, _ in cols]
+        reader = cur.sql(
+            f"SELECT {', '.join(sql for _, sql in cols)} FROM {rest}", params=params
+        ).to_arrow_reader(65_536)
+        assert reader is not None
+        for batch in reader:
+            yield pa.RecordBatch.from_arrays(batch.columns, names=names)
 
     # ---- segments ------------------------------------------------------------------------
     def segment_tables(self, project_id: int) -> SegmentTables:

@@ -5,7 +5,8 @@ secret, "POST\\n/auth/token\\nproject=…&ai=…&tm=…")) with the ``X-Client-I
 fields come as a form body (whatever its Content-Type says), or in the query string. The code
 it returns is then sent as ``Authorization`` (bare, or ``Token <code>``) with ``X-Client-Id``.
 ``downloadLinks`` are signed links to this server, valid for ``expire`` minutes, that serve
-HTTP Range requests.
+HTTP Range requests. The files hold GrowingIO's columns for each data type
+(:mod:`opencdp.exports.columns`).
 """
 
 from __future__ import annotations
