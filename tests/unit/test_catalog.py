@@ -371,3 +371,13 @@ def test_property_cap_on_every_way_of_adding_one(engine: sa.Engine) -> None:
     del wanted["f5"]
     assert len(again.ensure_collection_fields(cid, wanted)) == 5
     assert again.collection_room(cid) == 0
+
+
+def test_messages_name_properties_not_store_columns() -> None:
+    from opencdp.catalog.model import Property, Schema
+
+    user = {"age": Property(12, "user", "age", PropertyType.NUMBER)}
+    event = {"金额": Property(7, "event", "金额", PropertyType.NUMBER)}
+    schema = Schema(1, user, event)
+    text = 'Binder Error: column "p_12" vs t.p_7, p_123, p_99 and xp_12'
+    assert schema.named(text) == 'Binder Error: column "age" vs t.金额, p_123, p_99 and xp_12'

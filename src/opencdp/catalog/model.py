@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 
 from opencdp.catalog.types import PropertyType, zone
+
+
+_COLUMN = re.compile(r"\bp_(\d+)\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +82,14 @@ class Schema:
 
     def table(self, name: str) -> dict[str, Property]:
         return self.user if name == "user" else self.event
+
+    def named(self, text: str) -> str:
+        """``text`` (an engine's message) with the store's property columns (``p_12``) replaced
+        by the properties' names: messages to users never show internal names.
+
+        >>> s = Schema(1, {"age": Property(12, "user", "age", PropertyType.NUMBER)})
+        >>> s.named('column "p_12" and t.p_12 but not p_123 or p_99')
+        'column "age" and t.age but not p_123 or p_99'
+        """
+        by_id = self.by_id
+        return _COLUMN.sub(lambda m: by_id[int(m[1])].name if int(m[1]) in by_id else m[0], text)

@@ -46,6 +46,7 @@ from opencdp.catalog.model import Project
 from opencdp.catalog.service import Catalog
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.exports import columns
+from opencdp.faults import describe
 from opencdp.meta import tables as t
 from opencdp.store.base import Store
 
@@ -399,7 +400,8 @@ class Exports:
             return  # left RUNNING, as after a crash: the next round writes it again
         except Exception as exc:
             log.exception("export %d failed", export.id)
-            self._fail(export, str(exc))
+            # (the engine's words, with properties named as their users know them)
+            self._fail(export, self.catalog.schema(export.project_id).named(describe(exc)))
             return
         self._update(
             export.id,

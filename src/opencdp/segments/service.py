@@ -379,7 +379,7 @@ class Segments:
     def _run_sql(self, project_id: int, seg: SqlSegment, mode: Mode) -> pa.Table | int:
         """Run a user's SQL segment in the sandbox, under the segment budget."""
         schema = self.catalog.schema(project_id)
-        with self._budgeted("sql"):
+        with self._budgeted("sql", schema):
             return self.sandbox.run(project_id, schema, seg, mode, self.budget)
 
     def _members(self, project_id: int, query: SqlSegment | str) -> pa.Table:
@@ -387,17 +387,18 @@ class Segments:
             rows = self._run_sql(project_id, query, "members")
             assert isinstance(rows, pa.Table)
             return rows
-        with self._budgeted("qp"):
+        with self._budgeted("qp", self.catalog.schema(project_id)):
             return self.store.segment_rows(project_id, query, self.budget)
 
     @contextmanager
-    def _budgeted(self, field: str) -> Iterator[None]:
+    def _budgeted(self, field: str, schema: Schema) -> Iterator[None]:
         """A segment query's failures in the core's words: the query's own fault names
-        ``field``; going over the budget names the budget and its setting."""
+        ``field`` (and properties by their names, not their store columns); going over the
+        budget names the budget and its setting."""
         try:
             yield
         except QueryError as exc:
-            raise invalid(field, str(exc)) from None
+            raise invalid(field, schema.named(str(exc))) from None
         except OverBudget as exc:
             if exc.resource == "time":
                 what = f"time budget of {self.budget.seconds:g} s (OPENCDP_SEGMENT_TIMEOUT)"
@@ -424,7 +425,7 @@ class Segments:
             count = self._run_sql(project_id, query, "count")
             assert isinstance(count, int)
             return count
-        with self._budgeted("qp"):
+        with self._budgeted("qp", self.catalog.schema(project_id)):
             return self.store.count_query(project_id, query, self.budget)
 
     # ---- refreshing ----------------------------------------------------------------------
