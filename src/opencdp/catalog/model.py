@@ -8,7 +8,6 @@ from datetime import datetime, tzinfo
 
 from opencdp.catalog.types import PropertyType, zone
 
-
 _COLUMN = re.compile(r"\bp_(\d+)\b")
 
 
