@@ -22,10 +22,13 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from opencdp.exports.service import DATA_TYPES
 from opencdp.segments.service import Spec
 from tests.liveserver import ADMIN_TOKEN, InProcessServer
+from tests.surfaces import test_fidelity as fidelity
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 _n = itertools.count(1)
@@ -508,3 +511,71 @@ def test_json_lines_carry_the_variables_as_objects_with_whole_numbers_as_integer
         assert b'"level":3,' in line and b'"count":-7,' in line and b".0" not in line
     finally:
         server.shift = timedelta(0)
+
+
+# ---- round trips through the export -----------------------------------------------------------
+def _jsonl_rows(gio: Client, server: Server, hours: set[str], data_type: str) -> list[Any]:
+    rows: list[Any] = []
+    for hour in sorted(hours):
+        r = httpx.post(
+            f"{server.url}/admin/v1/projects/{gio.info['name']}/exports",
+            json={"export_type": "hour", "export_date": hour, "data_types": [data_type]},
+            headers=AUTH,
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        body = gio.insights(f"hour/{data_type}/{gio.ai}/{hour}.json").json()
+        assert body["status"] == "FINISHED", body
+        for link in body["downloadLinks"]:
+            rows += [json.loads(x) for x in gzip.decompress(httpx.get(link).content).splitlines()]
+    return rows
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(batch=st.lists(fidelity.record_values, min_size=1, max_size=6))
+def test_values_come_out_of_the_export_as_they_went_in(
+    server: Server, batch: list[dict[str, Any]]
+) -> None:
+    """Record API in, GrowingIO export out (events and profiles): the same values, of the same
+    JSON types, whole numbers as integers."""
+    gio = Client(server)
+    name = gio.info["name"]
+    for table in ("user", "event"):
+        for prop, ptype in (("n", "number"), ("t", "string"), ("b", "bool"), ("l", "list")):
+            r = httpx.post(
+                f"{server.url}/admin/v1/projects/{name}/properties",
+                json={"table": table, "name": prop, "type": ptype}, headers=AUTH,
+            )  # fmt: skip
+            assert r.status_code in (200, 201), r.text
+    assert (
+        httpx.patch(
+            f"{server.url}/admin/v1/projects/{name}", json={"export_format": "jsonl"}, headers=AUTH
+        ).status_code
+        == 200
+    )
+    before = datetime.now(UTC)
+    for i, values in enumerate(batch):
+        mobile = f"1380000{i:04d}"
+        gio.send({"type": "user", "properties": {"mobile": mobile, **values}})
+        gio.send({"type": "event", "event": "fid", "properties": {
+            "event_id": f"f{i}", "mobile": mobile, "create_time": "2024-01-02 03:04:05",
+            **values}})  # fmt: skip
+    assert server.runtime.ingest.barrier()
+    hours = {local_hour(before), local_hour(datetime.now(UTC))}
+    server.shift = timedelta(hours=2)
+    try:
+        events = {r["eventId"]: r for r in _jsonl_rows(gio, server, hours, "custom_event")}
+        users = _jsonl_rows(gio, server, hours, "user")
+    finally:
+        server.shift = timedelta(0)
+    by_mobile = {u["identities"]["mobile"]: u for u in users}
+    for i, values in enumerate(batch):
+        got_event = events[f"f{i}"]["eventVariable"] or {}
+        got_user = by_mobile[f"1380000{i:04d}"]["userVariable"] or {}
+        for key, sent in values.items():
+            assert fidelity.same(sent, got_event.get(key)), (key, sent, got_event)
+            assert fidelity.same(sent, got_user.get(key)), (key, sent, got_user)
