@@ -541,7 +541,12 @@ def test_segment_commands(server: LiveServer, created: dict[str, Any], tmp_path:
     r = httpx.post(
         server.url + "/open/user-cluster-add",
         params={"token": created["api_token"]},
-        json={"clusterName": "lvl3", "displayName": "level 3+", "qp": qp},
+        json={
+            "projectId": created["project_id"],
+            "clusterName": "lvl3",
+            "displayName": "level 3+",
+            "qp": qp,
+        },
     )
     assert r.json()["return_code"] == 0, r.text
     for _ in range(600):  # a hang guard, not a performance limit

@@ -44,6 +44,8 @@ class Vendors:
         return wechat_token(self.http, self.info)
 
     def td(self, method: str, path: str, body: Any = None, **query: Any) -> dict[str, Any]:
+        if not (isinstance(body, dict) and "projectId" in body):
+            query.setdefault("projectId", self.info["project_id"])  # required on every call
         r = self.http.request(
             method, path, params={"token": self.info["api_token"], **query}, json=body
         )

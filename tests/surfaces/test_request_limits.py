@@ -244,7 +244,7 @@ def test_token_request_bodies(c: Clients) -> None:
 def test_thinkingdata_page_size_is_capped(c: Clients) -> None:
     r = c.http.post(
         "/open/user-cluster-list",
-        params={"token": c.info["api_token"]},
+        params={"token": c.info["api_token"], "projectId": c.info["project_id"]},
         json={"pagerHeader": {"pageNum": 1, "pageSize": 5000}},
     )
     assert r.json()["data"]["pagerResult"]["pageSize"] == 1000, r.text

@@ -366,3 +366,18 @@ def test_injection_attempts_are_refused_or_plain_values(ta: TA) -> None:
     assert r["return_code"] == -1003 and "projectId" in r["return_message"]  # not an id
     # Everything is still there.
     assert ta.p.profile(key="mobile", value="1390000000q").json()["properties"]["nick"] == evil
+
+
+def test_project_id_is_required_and_must_be_the_tokens(ta: TA) -> None:
+    """The seed marks projectId required on every endpoint: without it -1008 names it; another
+    project's id is refused."""
+    r = ta.call("GET", "/open/user-cluster-detail", clusterName="x")
+    assert r["return_code"] == -1008 and "projectId" in r["return_message"], r
+    r = ta.call("POST", "/open/user-cluster-list", {"pagerHeader": {"pageNum": 1, "pageSize": 5}})
+    assert r["return_code"] == -1008 and "projectId" in r["return_message"], r
+    other = ta.p.server.new_project(f"tdother{next(_n)}")["project_id"]
+    r = ta.call("GET", "/open/user-cluster-detail", clusterName="x", projectId=other)
+    assert r["return_code"] == -1002 and "projectId" in r["return_message"], r
+    # In the body, as the seed's add/update examples send it, it counts too.
+    r = ta.call("POST", "/open/user-cluster-list", {"projectId": ta.pid})
+    assert r["return_code"] == 0, r

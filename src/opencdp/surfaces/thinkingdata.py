@@ -80,8 +80,11 @@ class ThinkingData:
         given: Any = request.query_params.get("projectId")
         if given is None and body is not None:
             given = body.get("projectId")
-        # A token reads its own project only; another project's id is simply not found.
-        if given not in (None, "") and check.ident(given, "projectId") != project.id:
+        # Required, as the seed says of every endpoint. A token reads its own project only;
+        # another project's id is simply not found.
+        if given is None or given == "":
+            raise missing("projectId")
+        if check.ident(given, "projectId") != project.id:
             raise CdpError(
                 Code.NOT_FOUND, f"projectId: project {given} does not exist", "projectId"
             )
