@@ -361,3 +361,23 @@ def test_wechat_csv_numbers_are_numbers(server: LiveServer) -> None:
     assert doc == {"_id": "x", "qty": 3, "price": 2.5, "zip": "0755"}
     assert type(doc["qty"]) is int
     assert math.isclose(doc["price"], 2.5)
+
+
+def test_wechat_json_profiles_type_properties_by_their_json_values(server: LiveServer) -> None:
+    """Into profiles, a JSON file's numbers make a number property even when text comes first
+    in the same batch: later numbers are numbers, and the text that cannot be one fails its
+    row, naming the field."""
+    wx = Wx(server, server.new_project(f"wxusers{next(_n)}"))
+    first = [
+        {"email": "j1@x.com", "v": "one", "code": "0755", "n": "12.5"},
+        {"email": "j2@x.com", "v": 2, "code": "0010", "n": "3"},
+    ]
+    st_ = wx.run("users", "u1.json", "\n".join(json.dumps(d) for d in first), file_type=1)
+    assert (st_["record_success"], st_["record_fail"]) == (1, 1), st_
+    assert "v: expected a number" in httpx.get(st_["file_url"]).text
+    st_ = wx.run("users", "u2.json", json.dumps({"email": "j3@x.com", "v": 3, "n": 4}), file_type=1)
+    assert st_["record_success"] == 1, st_
+    for email, v, n in (("j2@x.com", 2, 3), ("j3@x.com", 3, 4)):
+        got = props_of(server, wx.info["name"], key="email", value=email)
+        assert same(v, got["v"]) and same(n, got["n"]), got
+    assert props_of(server, wx.info["name"], key="email", value="j2@x.com")["code"] == "0010"

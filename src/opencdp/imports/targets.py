@@ -26,7 +26,13 @@ import pyarrow.compute as pc
 
 from opencdp.catalog.model import Project, Property, Schema
 from opencdp.catalog.service import Catalog
-from opencdp.catalog.types import PropertyType, coerce, exact_number, public_number
+from opencdp.catalog.types import (
+    PropertyType,
+    coerce,
+    exact_number,
+    infer_type,
+    public_number,
+)
 from opencdp.config import Limits
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.imports.columns import coerce_column, infer
@@ -195,7 +201,12 @@ class Target(ABC):
                 continue
             if len(name) > self.limits.max_name_length or not name.strip():
                 raise invalid("file", f"column name {name[:80]!r} is not a valid property name")
-            wanted[name] = infer(batch.rows.column(name))
+            if batch.objects is not None:
+                # JSON records: typed by their JSON values (see _first_type); a value that
+                # cannot take the type fails its row, naming the column.
+                wanted[name] = _first_type([o.get(name) for o in batch.objects])
+            else:
+                wanted[name] = infer(batch.rows.column(name))
         if wanted:
             self.catalog.ensure_properties(self.project_id, table, wanted)
             known = self._schema().table(table)
@@ -563,6 +574,22 @@ def _json_type(values: Iterable[Any]) -> PropertyType:
         if isinstance(v, dict):
             return PropertyType.OBJECT
         return PropertyType.STRING
+    return PropertyType.STRING
+
+
+def _first_type(values: list[Any]) -> PropertyType:
+    """The type of a new property of JSON records: the JSON type of its first number, boolean
+    or list, which says more than text does (a batch that mixes numbers and text makes a number
+    property, so later numbers are never stored as text); else what its first text infers, as
+    in the single-record API."""
+    for v in values:
+        if v is not None and not isinstance(v, str | dict):
+            inferred = infer_type(v)
+            if inferred is not None:
+                return inferred
+    for v in values:
+        if isinstance(v, str):
+            return infer_type(v) or PropertyType.STRING
     return PropertyType.STRING
 
 
