@@ -51,6 +51,10 @@ def _v7_deployment(conn: sa.Connection) -> None:
     tables.deployment.create(conn)
 
 
+def _v8_thinkingdata_apps(conn: sa.Connection) -> None:
+    tables.td_apps.create(conn)
+
+
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _v1_initial),
     (2, _v2_files_and_jobs),
@@ -59,6 +63,7 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (5, _v5_exports),
     (6, _v6_export_format),
     (7, _v7_deployment),
+    (8, _v8_thinkingdata_apps),
 ]
 
 LATEST = MIGRATIONS[-1][0]

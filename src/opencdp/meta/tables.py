@@ -191,3 +191,12 @@ exports = sa.Table(
         "project_id", "export_type", "data_type", "period_start", name="uq_export_period"
     ),
 )
+
+# ThinkingData app ids (migration 8): what its SDKs send as ``appid`` names the project.
+td_apps = sa.Table(
+    "td_apps",
+    metadata,
+    sa.Column("app_id", sa.String(64), primary_key=True),
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False, index=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
