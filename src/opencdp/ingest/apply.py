@@ -93,7 +93,9 @@ def _apply_run(w: StoreWriter, schema: Schema, run: list[Record], stats: Applied
     user_ids: set[int] = set()
     event_ids: set[int] = set()
     overwritten: set[str] = set()
-    firsts: set[str] = set()
+    # A first event whose id is stored already is dropped; so is one whose id came earlier.
+    firsts = sorted({r.event_id for r in run if r.kind == EVENT and r.event_mode == FIRST})
+    stored_events = w.existing_event_ids(pid, firsts) if firsts else set()
     for r, uid in zip(run, res.user_ids, strict=True):
         vals = profile_values.setdefault(uid, {})
         if r.ops:
@@ -103,8 +105,10 @@ def _apply_run(w: StoreWriter, schema: Schema, run: list[Record], stats: Applied
         user_ids.update(r.user_values)
         profile_at[uid] = max(profile_at.get(uid, 0), r.received_at)
         if r.kind == EVENT:
-            event_ids.update(r.event_values)
             i = events.get(r.event_id)
+            if r.event_mode == FIRST and (i is not None or r.event_id in stored_events):
+                continue
+            event_ids.update(r.event_values)
             if i is None:
                 events[r.event_id] = len(ev.event_ids)
                 ev.event_ids.append(r.event_id)
@@ -113,10 +117,6 @@ def _apply_run(w: StoreWriter, schema: Schema, run: list[Record], stats: Applied
                 ev.received.append(r.received_at)
                 ev.user_ids.append(uid)
                 ev.values.append(dict(r.event_values))
-                if r.event_mode == FIRST:
-                    firsts.add(r.event_id)
-            elif r.event_mode == FIRST:  # the first one of the batch stays
-                continue
             else:  # the same event re-sent within the batch: it updates the first
                 ev.names[i], ev.times[i], ev.received[i] = r.event_name, r.event_time, r.received_at
                 ev.user_ids[i] = uid
@@ -126,11 +126,6 @@ def _apply_run(w: StoreWriter, schema: Schema, run: list[Record], stats: Applied
                     ev.values[i].update(r.event_values)
             if r.event_mode == OVERWRITE:
                 overwritten.add(r.event_id)
-    if firsts:  # a first event already stored keeps its place; this one is dropped
-        kept = w.existing_event_ids(pid, sorted(firsts))
-        if kept:
-            ev = _without(ev, kept)
-            overwritten -= kept
 
     clears: dict[int, list[int]] = {}
     for uid, vals in profile_values.items():
@@ -207,17 +202,3 @@ def _fold(vals: dict[int, Any], r: Record, stored: dict[int, Any]) -> None:
                 if item not in items:
                     items.append(item)
             vals[prop_id] = items
-
-
-def _without(ev: EventRows, drop: set[str]) -> EventRows:
-    out = EventRows()
-    for i, eid in enumerate(ev.event_ids):
-        if eid in drop:
-            continue
-        out.event_ids.append(eid)
-        out.names.append(ev.names[i])
-        out.times.append(ev.times[i])
-        out.received.append(ev.received[i])
-        out.user_ids.append(ev.user_ids[i])
-        out.values.append(ev.values[i])
-    return out
