@@ -2,9 +2,11 @@
 
 Both servers run under the same uvicorn settings on loopback, and wrk (the load generator)
 drives both with the same script, so the ratio is comparable across runs on a noisy machine.
-Afterwards the OpenCDP server is stopped and every acknowledged record is counted in the store.
+Then ThinkingData's batch endpoint (``/sync_server``, ``--td-batch`` records a request, as the
+SDKs send them) is driven on the same server. Afterwards the OpenCDP server is stopped and
+every acknowledged record is counted in the store.
 
-    python -m bench.ingest [--duration 10] [--connections 32] [--rounds 3]
+    python -m bench.ingest [--duration 10] [--connections 32] [--rounds 3] [--td-batch 20]
 """
 
 from __future__ import annotations
@@ -73,7 +75,14 @@ class Server:
             sys.exit("server did not stop within 120 s")
 
 
-def wrk(url: str, args: argparse.Namespace, prefix: str, duration: float) -> dict[str, Any]:
+def wrk(
+    url: str, args: argparse.Namespace, prefix: str, duration: float, td: bool = False
+) -> dict[str, Any]:
+    script, script_args = (
+        ("sync_server.lua", [args.appid, prefix, str(args.td_batch)])
+        if td
+        else ("import.lua", [args.path, prefix])
+    )
     cmd = [
         "wrk",
         f"-t{args.threads}",
@@ -81,11 +90,10 @@ def wrk(url: str, args: argparse.Namespace, prefix: str, duration: float) -> dic
         f"-d{round(duration)}s",
         "--latency",
         "-s",
-        str(HERE / "import.lua"),
+        str(HERE / script),
         url,
         "--",
-        args.path,
-        prefix,
+        *script_args,
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
@@ -102,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--td-batch", type=int, default=20, help="records per /sync_server call")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (Debian package 'wrk'); `make bench` installs it")
@@ -126,8 +135,14 @@ def main(argv: list[str] | None = None) -> None:
     resp.raise_for_status()
     project = resp.json()
     args.path = f"{IMPORT_PATH}?secret={project['api_token']}"
+    resp = httpx.post(
+        cdp.url + "/admin/v1/projects/bench/thinkingdata/app-ids", json={}, headers=auth
+    )
+    resp.raise_for_status()
+    args.appid = resp.json()["app_id"]
 
     rounds: list[dict[str, Any]] = []
+    td_rounds: list[dict[str, Any]] = []
     acked_total = 0
     try:
         # Warm both servers up (imports, caches, the catalog learning the properties).
@@ -144,6 +159,17 @@ def main(argv: list[str] | None = None) -> None:
                 f"{run['failed']} failed, {run['socket_errors']} socket errors); "
                 f"bare ASGI {base['requests_per_s']:,.0f} req/s; "
                 f"ratio {run['acked_per_s'] / base['requests_per_s']:.2f}"
+            )
+        acked_total += wrk(cdp.url, args, "tdwarm", 2, td=True)["acked"]
+        for n in range(args.rounds):
+            run = wrk(cdp.url, args, f"td{n}", args.duration, td=True)
+            acked_total += run["acked"]
+            td_rounds.append(run)
+            print(
+                f"round {n + 1}: /sync_server {run['acked_per_s']:,.0f} acked records/s in "
+                f"{run['requests_per_s']:,.0f} req/s of {args.td_batch} "
+                f"(p50 {run['p50_us'] / 1000:.1f} ms, p99 {run['p99_us'] / 1000:.1f} ms, "
+                f"{run['failed']} failed, {run['socket_errors']} socket errors)"
             )
         rss = cdp.peak_rss_mb()
     finally:
@@ -170,6 +196,11 @@ def main(argv: list[str] | None = None) -> None:
             r["opencdp"]["acked_per_s"] / r["baseline"]["requests_per_s"] for r in rounds
         ),
         "best_p99_ms": best["opencdp"]["p99_us"] / 1000,
+        "sync_server": {
+            "records_per_request": args.td_batch,
+            "rounds": td_rounds,
+            "median_acked_records_per_s": statistics.median(r["acked_per_s"] for r in td_rounds),
+        },
         "server_peak_rss_mb": rss,
         "acked_total": acked_total,
         "stored_events": stored,
@@ -181,6 +212,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.rounds}: median {summary['median_acked_per_s']:,.0f} durable records/s, "
         f"median ratio to bare ASGI {summary['median_ratio']:.2f}, "
         f"server peak RSS {rss:.0f} MB"
+    )
+    print(
+        f"ThinkingData /sync_server, {args.td_batch} records a request: median "
+        f"{summary['sync_server']['median_acked_records_per_s']:,.0f} durable records/s"
     )
     print(
         f"acknowledged {acked_total:,}, stored {stored:,} (distinct {distinct:,}): "

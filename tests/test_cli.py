@@ -607,3 +607,22 @@ def test_project_settings_and_collection_declarations(
             "--dedupe", "vin", "--json")
     )  # fmt: skip
     assert data["fields"] == {"year": "number"} and data["dedupe_fields"] == ["vin"]
+
+
+def test_td_app_add_list_remove(server: LiveServer, created: dict[str, Any]) -> None:
+    p = created["name"]
+    mine = unique("app").replace("-", "_")
+    added = ok_json(run(server, "td-app", "add", "--project", p, mine, "--json"))
+    assert added["app_id"] == mine and added["app_ids"] == [mine]
+    assert added["identity_keys"][-2:] == ["#account_id", "#distinct_id"]
+    generated = ok_json(run(server, "td-app", "add", "--project", p, "--json"))["app_id"]
+    assert len(generated) == 32
+    listed = ok_json(run(server, "td-app", "list", "--project", p, "--json"))
+    assert sorted(listed["app_ids"]) == sorted([mine, generated])
+    left = ok_json(run(server, "td-app", "remove", "--project", p, mine, "--json"))
+    assert left["app_ids"] == [generated]
+    failed(run(server, "td-app", "remove", "--project", p, mine, "--json"), 2, "not_found")
+    err = failed(
+        run(server, "td-app", "add", "--project", p, "bad id", "--json"), 1, "validation_failed"
+    )
+    assert err["field"] == "app_id"

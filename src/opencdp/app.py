@@ -7,7 +7,15 @@ from typing import Any
 
 from opencdp.config import Settings
 from opencdp.runtime import Runtime
-from opencdp.surfaces import admin, dmartech, growingio, marketo, thinkingdata, wechat
+from opencdp.surfaces import (
+    admin,
+    dmartech,
+    growingio,
+    marketo,
+    thinkingdata,
+    thinkingdata_ingest,
+    wechat,
+)
 from opencdp.surfaces.rawasgi import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("opencdp")
@@ -22,6 +30,8 @@ class OpenCDP:
         self.framework: ASGIApp = admin.build(self.runtime)
         handler = dmartech.ImportHandler(self.runtime)
         self.fast: dict[str, ASGIApp] = {path: handler for path in dmartech.PATHS}
+        receiver = thinkingdata_ingest.Receiver(self.runtime)
+        self.fast.update({path: receiver for path in thinkingdata_ingest.PATHS})
         # Vendor surfaces by path prefix; everything else is the admin app.
         self.prefixed: list[tuple[str, ASGIApp]] = []
         for surface in (marketo, wechat, thinkingdata, growingio):

@@ -340,6 +340,46 @@ def identity_keys_set(
     )
 
 
+@main.group("td-app")
+def td_app() -> None:
+    """ThinkingData app ids: what ThinkingData's SDKs send as appid names the project."""
+
+
+@td_app.command("add")
+@click.option("--project", "ref", required=True)
+@click.argument("app_id", required=False)
+@client_options
+def td_app_add(
+    ref: str, app_id: str | None, url: str | None, data_dir: Path | None, as_json: bool
+) -> None:
+    """Give the project APP_ID (or a new random one) as a ThinkingData app id."""
+    body = {"app_id": app_id} if app_id else {}
+    emit(
+        Client(url, data_dir).call("POST", f"/projects/{_q(ref)}/thinkingdata/app-ids", json=body),
+        as_json,
+    )
+
+
+@td_app.command("list")
+@click.option("--project", "ref", required=True)
+@client_options
+def td_app_list(ref: str, url: str | None, data_dir: Path | None, as_json: bool) -> None:
+    """The project's ThinkingData app ids."""
+    emit(Client(url, data_dir).call("GET", f"/projects/{_q(ref)}/thinkingdata/app-ids"), as_json)
+
+
+@td_app.command("remove")
+@click.option("--project", "ref", required=True)
+@click.argument("app_id")
+@client_options
+def td_app_remove(
+    ref: str, app_id: str, url: str | None, data_dir: Path | None, as_json: bool
+) -> None:
+    """Take APP_ID away from the project: the SDKs sending it are refused from then on."""
+    path = f"/projects/{_q(ref)}/thinkingdata/app-ids/{_q(app_id)}"
+    emit(Client(url, data_dir).call("DELETE", path), as_json)
+
+
 @main.group()
 def profile() -> None:
     """Customer profiles."""

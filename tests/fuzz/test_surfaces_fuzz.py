@@ -9,6 +9,7 @@ fail with an internal error either.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import hmac
 import json
@@ -267,6 +268,71 @@ def test_dmartech(http: httpx.Client, info: dict[str, Any], body: Any, path: str
     if answer["errcode"] != 0:
         assert answer["errcode"] in DMARTECH_CODES, r.text
         assert names_a_field(answer["errmsg"], body, DMARTECH_FIELDS), r.text
+
+
+# ---- ThinkingData's SDK receiver (/sync_server) ------------------------------------------
+
+SDK_FIELDS = {
+    "body", "data", "appid", "record", "properties", "#type", "#account_id", "#distinct_id",
+    "#time", "#event_name", "#uuid", "#event_id", "#first_check_id", "#ip",
+}  # fmt: skip
+SDK_RECORD = {
+    "#type": "track",
+    "#account_id": "a1",
+    "#distinct_id": "d1",
+    "#event_name": "buy",
+    "#time": "2024-05-01 10:00:00.000",
+    "#uuid": "u-1",
+    "properties": {"amount": 1, "#os": "ios", "tags": ["a"]},
+}
+SDK_ODD = {
+    "#type": st.one_of(
+        st.sampled_from(["track", "track_update", "track_overwrite", "user_set", "user_setOnce",
+                         "user_add", "user_unset", "user_append", "user_uniq_append",
+                         "user_del"]),
+        SCALARS,
+    ),
+    "#account_id": st.one_of(ODD_TEXT, ODD_INTS, SCALARS, JSON),
+    "#distinct_id": st.one_of(ODD_TEXT, ODD_INTS, SCALARS),
+    "#event_name": st.one_of(ODD_TEXT, SCALARS),
+    "#time": st.one_of(ODD_DATES, ODD_INTS, SCALARS),
+    "#uuid": SCALARS,
+    "#event_id": SCALARS,
+    "#first_check_id": SCALARS,
+    "#ip": SCALARS,
+    "properties": JSON,
+    "properties.amount": JSON,
+    "properties.#os": JSON,
+    "properties.tags": JSON,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def td_appid(srv: LiveServer, info: dict[str, Any]) -> str:
+    r = srv.admin("POST", f"/projects/{info['name']}/thinkingdata/app-ids", json={})
+    return str(r.json()["app_id"])
+
+
+@settings(max_examples=EXAMPLES * 2)
+@given(
+    records=st.lists(requests_of(SDK_RECORD, SDK_ODD), min_size=1, max_size=3),
+    gzipped=st.booleans(),
+)
+def test_thinkingdata_sdk_receiver(
+    http: httpx.Client, td_appid: str, records: list[Any], gzipped: bool
+) -> None:
+    body = dumps(records)
+    headers = {"appid": td_appid, "compress": "gzip" if gzipped else "none"}
+    r = http.post("/sync_server", content=gzip.compress(body) if gzipped else body, headers=headers)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert set(answer) == {"code", "msg"}, r.text
+    if answer["code"] != 0:
+        assert answer["code"] == -1, r.text
+        # A record at fault is named by its index (the body as a whole: a number JSON cannot
+        # hold, such as 10**400, makes it unreadable).
+        assert answer["msg"].startswith(("data[", "body: not valid JSON")), r.text
+        assert names_a_field(answer["msg"], records, SDK_FIELDS), r.text
 
 
 # ---- Marketo (seed 001) -------------------------------------------------------------------

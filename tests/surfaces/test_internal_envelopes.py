@@ -49,6 +49,11 @@ def broken(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, d
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
     ).json()
     tokens = tokens_of(srv, info)
+    httpx.post(
+        srv.url + "/admin/v1/projects/shop/thinkingdata/app-ids",
+        json={"app_id": "shop-app"},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    ).raise_for_status()
     srv.lose_metadata_db()
     yield srv, {**info, **tokens}
     srv.stop()
@@ -90,6 +95,9 @@ def calls(info: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
                      "projectId": info["project_id"]}}),
         ("growingio", f"GET /v2/insights/day/{info['key']}/{today}.json",
          {"headers": {"X-Client-Id": info["client_id"], "Authorization": info["growingio"]}}),
+        ("thinkingdata_sdk", "POST /sync_server",
+         {"headers": {"appid": "shop-app", "compress": "none"},
+          "json": [{"#type": "user_set", "#account_id": "a", "properties": {"new_one": 1}}]}),
         ("admin", "GET /admin/v1/projects/shop/imports/1",
          {"headers": {"Authorization": f"Bearer {ADMIN_TOKEN}"}}),
     ]  # fmt: skip
@@ -105,6 +113,8 @@ INTERNAL: dict[str, tuple[set[int], Any, Any, Any]] = {
     "wechat": ({200}, lambda b: b["errcode"], -1000, lambda b: b["errmsg"]),
     "thinkingdata": ({200}, lambda b: b["return_code"], -1, lambda b: b["return_message"]),
     "growingio": ({500}, lambda b: b["status"], "error", lambda b: b["errorMsg"]),
+    # (HTTP 503: the SDKs keep the batch and send it again.)
+    "thinkingdata_sdk": ({503}, lambda b: b["code"], -5, lambda b: b["msg"]),
     "admin": ({503}, lambda b: b["error"]["code"], "unavailable",
               lambda b: b["error"]["message"]),
 }  # fmt: skip

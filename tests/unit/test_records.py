@@ -15,7 +15,18 @@ from opencdp.catalog.model import Project, Property, Schema
 from opencdp.catalog.types import PropertyType
 from opencdp.config import Limits
 from opencdp.errors import CdpError, Code
-from opencdp.ingest.records import EVENT, KINDS, USER, USER_DELETE, Record, build_record, parse_json
+from opencdp.ingest.records import (
+    EVENT,
+    FIRST,
+    KINDS,
+    OPS,
+    OVERWRITE,
+    USER,
+    USER_DELETE,
+    Record,
+    build_record,
+    parse_json,
+)
 
 T = PropertyType
 LIMITS = Limits()
@@ -371,6 +382,8 @@ records = st.builds(
     event_id=st.text(max_size=20),
     event_time=st.integers(min_value=-(2**62), max_value=2**62),
     received_at=st.integers(min_value=0, max_value=2**62),
+    ops=st.dictionaries(st.integers(min_value=1, max_value=10**6), st.sampled_from(OPS)),
+    event_mode=st.sampled_from(["", OVERWRITE, FIRST]),
 )
 
 
@@ -384,6 +397,22 @@ def test_encode_decode_round_trip(rec: Record) -> None:
     assert all(type(k) is int for k in (*back.user_values, *back.event_values))
     for (k1, v1), (k2, v2) in zip(rec.tokens, back.tokens, strict=True):
         assert (type(k1), type(v1)) == (type(k2), type(v2))
+
+
+@given(st.lists(records, min_size=1, max_size=5))
+def test_a_batch_frame_holds_its_records_in_order(recs: list[Record]) -> None:
+    assert Record.decode_frame(Record.encode_batch(recs)) == recs
+
+
+def test_frames_written_before_operations_existed_still_decode() -> None:
+    """A frame of nine fields (no ``ops``, no ``event_mode``) is what older logs hold."""
+    old = orjson.dumps(["user", 7, [[1, "139"]], {"1": "139", "5": 2.0}, {}, "", "", 0, 42])
+    rec = Record.decode(old)
+    assert (rec.kind, rec.user_values, rec.ops, rec.event_mode) == (
+        "user", {1: "139", 5: 2.0}, {}, "",
+    )  # fmt: skip
+    assert Record.decode_frame(old) == [rec]
+    assert rec.encode() == old  # a record without operations is written as before
 
 
 def _doc() -> st.SearchStrategy[dict[str, Any]]:

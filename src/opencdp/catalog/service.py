@@ -25,8 +25,12 @@ from opencdp.meta import tables as t
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 EXPORT_FORMATS = ("csv", "jsonl", "parquet")
 DEFAULT_IDENTITY_KEYS = ("mobile", "email")
+TD_IDENTITY_KEYS = ("#account_id", "#distinct_id")  # for projects that take ThinkingData SDKs
+# Kinds of project aliases (names a vendor's clients use for a project; see tables.py).
 WECHAT_ENV = "wechat_env"
+TD_APP = "thinkingdata_app"
 _ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_APP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -70,6 +74,7 @@ class Catalog:
         self._by_token: dict[str, int] = {}
         self._by_client: dict[str, tuple[int, str]] = {}
         self._schemas: dict[int, Schema] = {}
+        self._td_apps: dict[str, int] = {}
         self.reload()
 
     # ---- loading -------------------------------------------------------------------------
@@ -102,12 +107,17 @@ class Catalog:
                 props[r.project_id].append(
                     Property(r.id, r.table_name, r.name, PropertyType(r.type), bool(r.is_identity))
                 )
+            td_apps = {
+                r.alias: r.project_id
+                for r in conn.execute(sa.select(a.alias, a.project_id).where(a.kind == TD_APP))
+            }
         with self._lock:
             self._projects = projects
             self._by_token = {c.api_token_hash: c.project_id for c in creds}
             self._by_client = {c.client_id: (c.project_id, c.client_secret_hash) for c in creds}
             self._generation = {c.client_id: int(c.secret_generation) for c in creds}
             self._schemas = {pid: _schema(pid, ps) for pid, ps in props.items()}
+            self._td_apps = td_apps
 
     # ---- projects ------------------------------------------------------------------------
     def create_project(
@@ -311,6 +321,63 @@ class Catalog:
             return None
         pid, hashed = entry
         return self._projects.get(pid) if secrets.matches(client_secret, hashed) else None
+
+    # ---- ThinkingData app ids ------------------------------------------------------------
+    def td_project(self, app_id: str) -> Project | None:
+        """The project a ThinkingData app id names, or None. The app id is the SDKs' only
+        credential (as with ThinkingData's own receiver): it is not a secret."""
+        pid = self._td_apps.get(app_id)
+        return None if pid is None else self._projects.get(pid)
+
+    def td_app_ids(self, project_id: int) -> list[str]:
+        self.project(project_id)
+        return sorted(a for a, p in self._td_apps.items() if p == project_id)
+
+    def add_td_app(self, project_id: int, app_id: str | None = None) -> str:
+        """Give the project a ThinkingData app id (``app_id``, or a new random one); its
+        ``#account_id`` and ``#distinct_id`` become identity keys."""
+        self.project(project_id)
+        if app_id is None:
+            app_id = secrets.new_id(16)
+        if not isinstance(app_id, str) or not _APP_ID.fullmatch(app_id):
+            raise invalid("app_id", "1 to 64 letters, digits, '_' or '-'")
+        with self._lock:
+            owner = self._td_apps.get(app_id)
+            if owner is not None and owner != project_id:
+                raise CdpError(
+                    Code.CONFLICT, f"app_id: {app_id!r} belongs to another project", "app_id"
+                )
+            self.ensure_td_keys(project_id)
+            if owner is None:
+                with self._engine.begin() as conn:
+                    conn.execute(
+                        sa.insert(t.project_aliases).values(
+                            kind=TD_APP, alias=app_id, project_id=project_id, created_at=t.utcnow()
+                        )
+                    )
+                self.reload()
+        return app_id
+
+    def remove_td_app(self, project_id: int, app_id: str) -> None:
+        if self._td_apps.get(app_id) != project_id:
+            raise not_found("app id", app_id)
+        with self._lock, self._engine.begin() as conn:
+            a = t.project_aliases.c
+            conn.execute(sa.delete(t.project_aliases).where(a.kind == TD_APP, a.alias == app_id))
+        self.reload()
+
+    def ensure_td_keys(self, project_id: int) -> Schema:
+        """Make ``#account_id`` and ``#distinct_id`` identity keys, besides the others."""
+        schema = self.schema(project_id)
+        keys = list(schema.identity_keys)
+        if all(k in keys for k in TD_IDENTITY_KEYS):
+            return schema
+        with self._lock:
+            keys = list(self.schema(project_id).identity_keys)
+            missing_keys = [k for k in TD_IDENTITY_KEYS if k not in keys]
+            if missing_keys:
+                return self.set_identity_keys(project_id, [*keys, *missing_keys])
+            return self.schema(project_id)
 
     # ---- access tokens -------------------------------------------------------------------
     def client_secret(self, client_id: str) -> tuple[Project, str] | None:

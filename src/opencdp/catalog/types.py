@@ -75,8 +75,10 @@ def zone(name: str) -> tzinfo:
         raise ValueError(f"unknown timezone {name!r}") from exc
 
 
-def infer_type(value: Any) -> PropertyType | None:
+def infer_type(value: Any, numeric_text: bool = True) -> PropertyType | None:
     """The type of a property first seen with ``value``; None when the value says nothing.
+    Plain decimals in text are numbers unless ``numeric_text`` is false (senders whose values
+    carry their JSON types, such as ThinkingData's SDKs).
 
     >>> infer_type(3), infer_type("2024-1-2 03:04:05"), infer_type("abc"), infer_type(None)
     (<PropertyType.NUMBER: 'number'>, <PropertyType.DATETIME: 'datetime'>, \
@@ -95,16 +97,16 @@ def infer_type(value: Any) -> PropertyType | None:
     if isinstance(value, str):
         if _INFER_DATETIME.fullmatch(value):
             return PropertyType.DATETIME
-        if numeric_text(value):
+        if numeric_text and is_numeric_text(value):
             return PropertyType.NUMBER
         return PropertyType.STRING
     return None  # objects: coerce() rejects them with a message naming the property
 
 
-def numeric_text(text: str) -> bool:
+def is_numeric_text(text: str) -> bool:
     """Whether a new property first seen with ``text`` is a number (see INFER_NUMBER).
 
-    >>> [numeric_text(t) for t in ("12.5", "-3", "007", "13800138000", "+1", "1e3")]
+    >>> [is_numeric_text(t) for t in ("12.5", "-3", "007", "13800138000", "+1", "1e3")]
     [True, True, False, False, False, False]
     """
     return (

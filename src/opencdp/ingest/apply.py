@@ -14,7 +14,18 @@ from typing import Any
 from opencdp.catalog.model import Property, Schema
 from opencdp.catalog.service import Catalog
 from opencdp.identity import matched_users, resolve
-from opencdp.ingest.records import EVENT, USER_DELETE, Record
+from opencdp.ingest.records import (
+    ADD,
+    APPEND,
+    EVENT,
+    FIRST,
+    OVERWRITE,
+    SET_ONCE,
+    UNIQ_APPEND,
+    UNSET,
+    USER_DELETE,
+    Record,
+)
 from opencdp.store.base import EventRows, ProfileRows, StoreWriter
 
 log = logging.getLogger(__name__)
@@ -71,22 +82,33 @@ def _apply_run(w: StoreWriter, schema: Schema, run: list[Record], stats: Applied
     # already maps each record to the surviving user of any merge.
     res = resolve(w, pid, [r.tokens for r in run], user_props)
     stats.merges += len(res.merges)
+    stored = _stored_values(w, schema, run, res.user_ids)
 
-    # Profiles: later values win, column by column.
+    # Profiles: later values win, column by column; operations other than a plain set fold
+    # onto the value before them (earlier in the run, else stored), in log order.
     profile_at: dict[int, int] = {}
     profile_values: dict[int, dict[int, Any]] = {}
     events: dict[str, int] = {}
     ev = EventRows()
     user_ids: set[int] = set()
     event_ids: set[int] = set()
+    overwritten: set[str] = set()
+    # A first event whose id is stored already is dropped; so is one whose id came earlier.
+    firsts = sorted({r.event_id for r in run if r.kind == EVENT and r.event_mode == FIRST})
+    stored_events = w.existing_event_ids(pid, firsts) if firsts else set()
     for r, uid in zip(run, res.user_ids, strict=True):
         vals = profile_values.setdefault(uid, {})
-        vals.update(r.user_values)
+        if r.ops:
+            _fold(vals, r, stored.get(uid, {}))
+        else:
+            vals.update(r.user_values)
         user_ids.update(r.user_values)
         profile_at[uid] = max(profile_at.get(uid, 0), r.received_at)
         if r.kind == EVENT:
-            event_ids.update(r.event_values)
             i = events.get(r.event_id)
+            if r.event_mode == FIRST and (i is not None or r.event_id in stored_events):
+                continue
+            event_ids.update(r.event_values)
             if i is None:
                 events[r.event_id] = len(ev.event_ids)
                 ev.event_ids.append(r.event_id)
@@ -98,7 +120,18 @@ def _apply_run(w: StoreWriter, schema: Schema, run: list[Record], stats: Applied
             else:  # the same event re-sent within the batch: it updates the first
                 ev.names[i], ev.times[i], ev.received[i] = r.event_name, r.event_time, r.received_at
                 ev.user_ids[i] = uid
-                ev.values[i].update(r.event_values)
+                if r.event_mode == OVERWRITE:
+                    ev.values[i] = dict(r.event_values)
+                else:
+                    ev.values[i].update(r.event_values)
+            if r.event_mode == OVERWRITE:
+                overwritten.add(r.event_id)
+
+    clears: dict[int, list[int]] = {}
+    for uid, vals in profile_values.items():
+        for prop_id in [k for k, v in vals.items() if v is CLEARED]:
+            del vals[prop_id]
+            clears.setdefault(prop_id, []).append(uid)
 
     uprops = _props(schema, user_ids)
     eprops = _props(schema, event_ids)
@@ -109,6 +142,63 @@ def _apply_run(w: StoreWriter, schema: Schema, run: list[Record], stats: Applied
         values=list(profile_values.values()),
     )
     w.upsert_profiles(pid, rows, uprops)
+    if clears:
+        w.clear_profile_values(pid, [(schema.by_id[k], us) for k, us in sorted(clears.items())])
+    if overwritten:
+        w.clear_event_properties(pid, sorted(overwritten))
     w.upsert_events(pid, ev, eprops)
     stats.profiles += len(rows)
     stats.events += len(ev)
+
+
+class _Cleared:
+    """A property an operation emptied (null is otherwise "leave the stored value")."""
+
+    def __repr__(self) -> str:
+        return "CLEARED"
+
+
+CLEARED: Any = _Cleared()
+
+
+def _stored_values(
+    w: StoreWriter, schema: Schema, run: list[Record], uids: list[int]
+) -> dict[int, dict[int, Any]]:
+    """The stored values that the run's operations fold onto: read once, for the users and
+    properties they touch (a clear needs none)."""
+    wanted: dict[int, set[int]] = {}
+    for r, uid in zip(run, uids, strict=True):
+        for prop_id, op in r.ops.items():
+            if op != UNSET:
+                wanted.setdefault(uid, set()).add(prop_id)
+    if not wanted:
+        return {}
+    props = _props(schema, set().union(*wanted.values()))
+    return w.profile_values(schema.project_id, sorted(wanted), props)
+
+
+def _fold(vals: dict[int, Any], r: Record, stored: dict[int, Any]) -> None:
+    """Apply ``r``'s user values onto ``vals`` (the run's values so far for its user)."""
+    for prop_id, value in r.user_values.items():
+        op = r.ops.get(prop_id)
+        if op is None:
+            vals[prop_id] = value
+            continue
+        current = vals[prop_id] if prop_id in vals else stored.get(prop_id)
+        if current is CLEARED:
+            current = None
+        if op == UNSET:
+            vals[prop_id] = CLEARED
+        elif op == SET_ONCE:
+            if current is None:
+                vals[prop_id] = value
+        elif op == ADD:
+            vals[prop_id] = (current if isinstance(current, int | float) else 0) + value
+        elif op == APPEND:
+            vals[prop_id] = [*(current or []), *value]
+        elif op == UNIQ_APPEND:
+            items = list(current or [])
+            for item in value:
+                if item not in items:
+                    items.append(item)
+            vals[prop_id] = items

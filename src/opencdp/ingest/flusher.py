@@ -40,6 +40,15 @@ MIN_BACKOFF, MAX_BACKOFF = 0.05, 5.0
 log = logging.getLogger(__name__)
 
 
+def whole_frames(entries: list[tuple[int, Record]], at_least: int) -> int:
+    """How many of ``entries`` to take: ``at_least`` (or all), then the rest of the last log
+    frame, so that the records of one frame (an all-or-nothing batch) share a transaction."""
+    n = min(at_least, len(entries))
+    while 0 < n < len(entries) and entries[n][0] == entries[n - 1][0]:
+        n += 1
+    return n
+
+
 class Stalled(Exception):
     """Applying stopped at a passing condition after ``applied`` records of the batch."""
 
@@ -169,7 +178,7 @@ class Flusher:
                     self._wait_for_work()
                 if self._stopping:
                     return
-                batch = self._queue[: self.max_records]
+                batch = self._queue[: whole_frames(self._queue, self.max_records)]
             try:
                 self._apply(batch)
             except Stalled as exc:
@@ -225,11 +234,17 @@ class Flusher:
         self.on_batch(stats, time.perf_counter() - started)
 
     def _apply_one_by_one(self, batch: list[tuple[int, Record]]) -> Applied:
+        """Apply log frame by log frame (a frame's records, a batch that was acknowledged as
+        one, are applied, or dead-lettered, together)."""
         total = Applied()
-        for i, (lsn, record) in enumerate(batch):
+        i = 0
+        while i < len(batch):
+            lsn = batch[i][0]
+            n = whole_frames(batch[i:], 1)
+            records = [r for _, r in batch[i : i + n]]
             try:
                 with self.store.writer() as w:
-                    stats = apply_records(w, self.catalog, [record])
+                    stats = apply_records(w, self.catalog, records)
                     w.set_checkpoint(CHECKPOINT, lsn)
                 total.records += stats.records
                 total.events += stats.events
@@ -237,19 +252,25 @@ class Flusher:
             except Exception as exc:
                 if is_transient(exc, self.store):
                     raise Stalled(i, exc) from exc
-                self._dead_letter(i, lsn, record, exc)
+                self._dead_letter(i, lsn, records, exc)
             self._done(lsn)
+            i += n
         return total
 
-    def _dead_letter(self, i: int, lsn: int, record: Record, exc: Exception) -> None:
-        """Keep a record the store refuses, durably, then move the checkpoint past it."""
-        log.error("record at LSN %d cannot be applied (%r); dead-lettered", lsn, exc)
-        line = {"lsn": lsn, "error": repr(exc), "record": record.encode().decode()}
+    def _dead_letter(self, i: int, lsn: int, records: list[Record], exc: Exception) -> None:
+        """Keep records the store refuses, durably, then move the checkpoint past them."""
+        log.error(
+            "%d record(s) at LSN %d cannot be applied (%r); dead-lettered", len(records), lsn, exc
+        )
+        lines = [
+            {"lsn": lsn, "error": repr(exc), "record": record.encode().decode()}
+            for record in records
+        ]
         try:
             self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.dead_letter, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, orjson.dumps(line) + b"\n")
+                os.write(fd, b"".join(orjson.dumps(line) + b"\n" for line in lines))
                 os.fsync(fd)
             finally:
                 os.close(fd)

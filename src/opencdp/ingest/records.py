@@ -21,6 +21,12 @@ EVENT = "event"
 USER = "user"
 USER_DELETE = "user_delete"
 KINDS = (EVENT, USER, USER_DELETE)
+BATCH = "batch"  # the first field of a log frame holding several records
+
+# Operations on user properties other than setting them (Record.ops).
+SET_ONCE, ADD, UNSET, APPEND, UNIQ_APPEND = "set_once", "add", "unset", "append", "uniq_append"
+OPS = (SET_ONCE, ADD, UNSET, APPEND, UNIQ_APPEND)
+OVERWRITE, FIRST = "overwrite", "first"  # Record.event_mode
 
 Ensure = Callable[[str, dict[str, PropertyType]], dict[str, Property]]
 
@@ -41,26 +47,36 @@ class Record:
     event_id: str = ""
     event_time: int = 0  # epoch µs, UTC
     received_at: int = 0  # epoch µs, UTC
+    # Property id -> how its value in ``user_values`` applies, for those that are not simply
+    # set (the ``OPS``: set only if empty, add, clear, append, append the new items).
+    ops: dict[int, str] = field(default_factory=dict)
+    # How an event applies to a stored one with its id: "" merges its properties into it,
+    # OVERWRITE replaces them all, FIRST keeps the stored one and drops this one.
+    event_mode: str = ""
+
+    def _fields(self) -> list[Any]:
+        out = [
+            self.kind,
+            self.project_id,
+            self.tokens,
+            self.user_values,
+            self.event_values,
+            self.event_name,
+            self.event_id,
+            self.event_time,
+            self.received_at,
+        ]
+        if self.ops or self.event_mode:  # (older frames have nine fields; those stay as they are)
+            out += [self.ops, self.event_mode]
+        return out
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            [
-                self.kind,
-                self.project_id,
-                self.tokens,
-                self.user_values,
-                self.event_values,
-                self.event_name,
-                self.event_id,
-                self.event_time,
-                self.received_at,
-            ],
-            option=orjson.OPT_NON_STR_KEYS,
-        )
+        return orjson.dumps(self._fields(), option=orjson.OPT_NON_STR_KEYS)
 
     @classmethod
-    def decode(cls, data: bytes) -> Record:
-        kind, pid, tokens, uv, ev, name, eid, etime, recv = orjson.loads(data)
+    def _from(cls, fields: list[Any]) -> Record:
+        kind, pid, tokens, uv, ev, name, eid, etime, recv, *rest = fields
+        ops, mode = rest if rest else ({}, "")
         return cls(
             kind,
             pid,
@@ -71,7 +87,26 @@ class Record:
             eid,
             etime,
             recv,
+            {int(k): v for k, v in ops.items()},
+            mode,
         )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Record:
+        return cls._from(orjson.loads(data))
+
+    @staticmethod
+    def encode_batch(records: list[Record]) -> bytes:
+        """One log frame for records that are kept all together or not at all."""
+        return orjson.dumps([BATCH, [r._fields() for r in records]], option=orjson.OPT_NON_STR_KEYS)
+
+    @classmethod
+    def decode_frame(cls, data: bytes) -> list[Record]:
+        """The records of a log frame: one record, or a batch of them."""
+        fields = orjson.loads(data)
+        if fields and fields[0] == BATCH:
+            return [cls._from(f) for f in fields[1]]
+        return [cls._from(fields)]
 
 
 def parse_json(body: bytes) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from opencdp.catalog.service import Catalog
 from opencdp.config import Settings
@@ -64,10 +65,15 @@ class IngestService:
         """Replay what the store has not applied yet, then accept new records."""
         started = time.perf_counter()
         entries = self._decoded(self.log.replay(self.store.checkpoint(CHECKPOINT)))
-        while True:
-            chunk = [e for _, e in zip(range(self.flusher.max_records), entries, strict=False)]
-            if not chunk:
-                break
+        chunk: list[tuple[int, Record]] = []
+        for entry in entries:
+            # Chunks end between log frames: a frame's records are applied together.
+            if len(chunk) >= self.flusher.max_records and chunk[-1][0] != entry[0]:
+                self.flusher.apply_now(chunk)
+                self.replayed += len(chunk)
+                chunk = []
+            chunk.append(entry)
+        if chunk:
             self.flusher.apply_now(chunk)
             self.replayed += len(chunk)
         if self.replayed:
@@ -76,16 +82,31 @@ class IngestService:
                 self.replayed,
                 time.perf_counter() - started,
             )
-        self.log.start(self.flusher.enqueue)
+        self.log.start(self._durable)
         self.flusher.start()
         self._started = True
 
     def _decoded(self, frames: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, Record]]:
         for lsn, payload in frames:
             try:
-                yield lsn, Record.decode(payload)
+                records = Record.decode_frame(payload)
             except Exception as exc:  # intact but unreadable: kept aside, never dropped
                 self.log.set_aside(lsn, payload, f"not a record: {exc!r}")
+                continue
+            for record in records:
+                yield lsn, record
+
+    def _durable(self, entries: list[tuple[int, Any]]) -> None:
+        """(The log's writer thread) hand what is durable to the flusher, a record at a time:
+        the records of a batch frame share its LSN."""
+        flat: list[tuple[int, Record]] = []
+        for lsn, item in entries:
+            if isinstance(item, list):
+                flat += [(lsn, r) for r in item]
+            else:
+                flat.append((lsn, item))
+        if flat:
+            self.flusher.enqueue(flat)
 
     def _log_written(self, problem: str | None) -> None:
         if problem is None:
@@ -108,6 +129,16 @@ class IngestService:
             await asyncio.sleep(0.01)
             waited += 0.01
         return await self.log.append_async(record.encode(), record)
+
+    async def submit_batch(self, records: list[Record]) -> int:
+        """Make ``records`` durable together, in one log frame: after a crash all of them are
+        there or none is (a torn frame is never replayed). Returns once they survive a crash."""
+        waited = 0.0
+        while self.flusher.backlog > MAX_BACKLOG:
+            self._check_backlog(waited)
+            await asyncio.sleep(0.01)
+            waited += 0.01
+        return await self.log.append_async(Record.encode_batch(records), list(records))
 
     def submit_wait(self, record: Record) -> int:
         """:meth:`submit` for plain threads."""

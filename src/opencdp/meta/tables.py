@@ -129,7 +129,8 @@ collections = sa.Table(
 )
 
 # Other names a vendor's clients use for a project: WeChat cloud environment ids (kind
-# ``wechat_env``). An alias of a kind belongs to one project.
+# ``wechat_env``) and ThinkingData app ids (kind ``thinkingdata_app``, the SDKs' only
+# credential). An alias of a kind belongs to one project.
 project_aliases = sa.Table(
     "project_aliases",
     metadata,

@@ -133,6 +133,23 @@ class StoreWriter(ABC):
     def delete_users(self, project_id: int, user_ids: Sequence[int]) -> None: ...
 
     @abstractmethod
+    def profile_values(
+        self, project_id: int, user_ids: Sequence[int], props: Sequence[Property]
+    ) -> dict[int, dict[int, Any]]:
+        """The stored values of ``props`` (non-null ones only) of each of ``user_ids`` that has
+        a profile: user id -> property id -> value, as :meth:`Store.profile` reads them."""
+
+    @abstractmethod
+    def clear_profile_values(
+        self, project_id: int, clears: Sequence[tuple[Property, Sequence[int]]]
+    ) -> None:
+        """Set each property to null in the profiles of its users."""
+
+    @abstractmethod
+    def clear_event_properties(self, project_id: int, event_ids: Sequence[str]) -> None:
+        """Set every property of the named events to null (before they are written anew)."""
+
+    @abstractmethod
     def set_checkpoint(self, name: str, value: int) -> None: ...
 
     @abstractmethod

@@ -909,6 +909,59 @@ class _Writer(StoreWriter):
         finally:
             self._unstage(staged)
 
+    def profile_values(
+        self, project_id: int, user_ids: Sequence[int], props: Sequence[Property]
+    ) -> dict[int, dict[int, Any]]:
+        if not user_ids:
+            return {}
+        self.ensure_project(project_id)
+        tbl = table(project_id, "profiles")
+        known = self._store.known_columns(self._cur, tbl)
+        present = [p for p in props if p.column in known]
+        cols = "".join(f", t.{ident(p.column)}" for p in present)
+        staged = self._stage(pa.table({"user_id": pa.array(list(user_ids), pa.int64())}))
+        try:
+            rows = self._cur.execute(
+                f"SELECT t.user_id{cols} FROM {tbl} t JOIN {staged} s ON t.user_id = s.user_id"
+            ).fetchall()
+        finally:
+            self._unstage(staged)
+        return {
+            int(r[0]): {p.id: v for p, v in zip(present, r[1:], strict=True) if v is not None}
+            for r in rows
+        }
+
+    def clear_profile_values(
+        self, project_id: int, clears: Sequence[tuple[Property, Sequence[int]]]
+    ) -> None:
+        tbl = table(project_id, "profiles")
+        known = self._store.known_columns(self._cur, tbl)
+        for prop, user_ids in clears:
+            if not user_ids or prop.column not in known:
+                continue
+            staged = self._stage(pa.table({"user_id": pa.array(list(user_ids), pa.int64())}))
+            try:
+                self._cur.execute(
+                    f"UPDATE {tbl} SET {ident(prop.column)} = NULL FROM {staged} s "
+                    f"WHERE {tbl}.user_id = s.user_id"
+                )
+            finally:
+                self._unstage(staged)
+
+    def clear_event_properties(self, project_id: int, event_ids: Sequence[str]) -> None:
+        tbl = table(project_id, "events")
+        cols = sorted(c for c in self._store.known_columns(self._cur, tbl) if c.startswith("p_"))
+        if not event_ids or not cols:
+            return
+        sets = ", ".join(f"{ident(c)} = NULL" for c in cols)
+        staged = self._stage(pa.table({"event_id": pa.array(list(event_ids), pa.string())}))
+        try:
+            self._cur.execute(
+                f"UPDATE {tbl} SET {sets} FROM {staged} s WHERE {tbl}.event_id = s.event_id"
+            )
+        finally:
+            self._unstage(staged)
+
     def existing_event_ids(self, project_id: int, event_ids: Sequence[str]) -> set[str]:
         if not event_ids:
             return set()

@@ -108,6 +108,10 @@ class Fields(BaseModel):
     dedupe_fields: list[str] | None = Field(default=None, max_length=3)
 
 
+class TdApp(BaseModel):
+    app_id: str | None = Field(default=None, min_length=1, max_length=64)
+
+
 class IdentityKeys(BaseModel):
     keys: list[str] = Field(min_length=1)
 
@@ -315,6 +319,24 @@ def _router(rt: Runtime) -> APIRouter:
     async def set_keys(project: P, body: IdentityKeys) -> dict[str, object]:
         schema = rt.catalog.set_identity_keys(project.id, body.keys)
         return {"keys": list(schema.identity_keys)}
+
+    @r.get("/projects/{ref}/thinkingdata/app-ids")
+    async def td_apps(project: P) -> dict[str, object]:
+        return {"app_ids": rt.catalog.td_app_ids(project.id)}
+
+    @r.post("/projects/{ref}/thinkingdata/app-ids", status_code=201)
+    async def add_td_app(project: P, body: TdApp) -> dict[str, object]:
+        app_id = rt.catalog.add_td_app(project.id, body.app_id)
+        return {
+            "app_id": app_id,
+            "app_ids": rt.catalog.td_app_ids(project.id),
+            "identity_keys": list(rt.catalog.schema(project.id).identity_keys),
+        }
+
+    @r.delete("/projects/{ref}/thinkingdata/app-ids/{app_id}")
+    async def remove_td_app(project: P, app_id: str) -> dict[str, object]:
+        rt.catalog.remove_td_app(project.id, app_id)
+        return {"app_ids": rt.catalog.td_app_ids(project.id)}
 
     @r.get("/projects/{ref}/profiles")
     async def profile(
