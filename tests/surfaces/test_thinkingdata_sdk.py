@@ -520,3 +520,26 @@ def _batch_frame(data_dir: Path, segment: Path) -> bytes:
     first = Record.decode_frame(raw[8 : 8 + length])[0]
     payload = Record.encode_batch([first, first])
     return struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
+
+
+def test_values_keep_their_json_types(td: TD) -> None:
+    """The SDK sends typed JSON: text stays text (even "12.5" or "1.2"), whole numbers stay
+    integers, and a number a double cannot hold is refused, naming the record and field."""
+    account = acct()
+    ta = td.sdk(compress=False)
+    ta.user_set(
+        account_id=account,
+        properties={"version": "1.2", "price": "12.5", "level": 3, "ratio": 0.5},
+    )
+    ta.flush()
+    props = td.props(account)
+    assert props["version"] == "1.2" and props["price"] == "12.5"
+    assert props["level"] == 3 and type(props["level"]) is int and props["ratio"] == 0.5
+    body = (
+        b'[{"#type": "user_set", "#account_id": "' + account.encode() + b'", "#time": '
+        b'"2024-01-02 03:04:05.000", "properties": {"big": 12345678901234567890123456789}}]'
+    )
+    r = td.p.http.post("/sync_server", content=body, headers={"appid": td.appid})
+    answer = r.json()
+    assert answer["code"] == -1 and "data[0]" in answer["msg"] and "big" in answer["msg"], answer
+    assert "big" not in td.props(account)
