@@ -260,10 +260,12 @@ def test_marketo_csv_columns_are_typed_across_the_file(server: LiveServer) -> No
     lines = ["email,score,code,note"]
     lines += [f"c{i}@x.com,{i}.5,00{i},n{i}" for i in range(3000)]
     lines.append("late@x.com,lots,0099,late")  # the column is a number: this row cannot be
+    lines.append("long@x.com,12345678901234567890123456789,0098,long")  # nor this one, exactly
     st_ = mk.run("\n".join(lines) + "\n")
-    assert st_["numOfRowsFailed"] + st_["numOfRowsWithWarning"] == 1, st_
+    assert st_["numOfRowsFailed"] + st_["numOfRowsWithWarning"] == 2, st_
     problems = mk.failures(st_["batchId"]) + mk.failures(st_["batchId"], "warnings")
     assert "score" in problems and "late@x.com" in problems
+    assert "long@x.com" in problems and "too large to be stored exactly" in problems
     got = mk.profile(key="email", value="c7@x.com")["properties"]
     assert got["score"] == 7.5 and got["code"] == "007" and got["note"] == "n7"
     whole = mk.run("email,visits\nw1@x.com,3\nw2@x.com,4\n")

@@ -63,7 +63,10 @@ def _share(values: pa.Array) -> float:
 
 
 def _digits(values: pa.Array) -> pa.Array:
-    return pc.count_substring_regex(values, r"\d")
+    """How many characters of each value are not '-' or '.' (its digits, for values that
+    match INFER_NUMBER)."""
+    plain = pc.replace_substring(pc.replace_substring(values, "-", ""), ".", "")
+    return pc.utf8_length(plain)
 
 
 _SAMPLE = 2048
@@ -114,15 +117,15 @@ def coerce_column(
     if ptype is PropertyType.NUMBER:
         ok = pc.match_substring_regex(values, _NUMBER_RE)
         clean = pc.if_else(ok, values, pa.scalar(None, pa.string()))
-        # More than 15 digits may not fit a double exactly: such values are checked one by one
-        # and refused rather than rounded.
-        if pc.any(pc.greater(_digits(clean), 15)).as_py():
-            numbers = _exact_numbers(clean, name, problems)
-        else:
-            try:
-                numbers = pc.cast(pc.utf8_trim_whitespace(clean), pa.float64())
-            except pa.ArrowInvalid:
-                numbers = pa.array([None if v is None else float(v) for v in clean.to_pylist()])
+        try:
+            numbers = pc.cast(pc.utf8_trim_whitespace(clean), pa.float64())
+        except pa.ArrowInvalid:
+            numbers = pa.array([None if v is None else float(v) for v in clean.to_pylist()])
+        # Text of 16 characters or more may hold more digits than a double keeps: those values
+        # are checked one by one, and refused rather than rounded.
+        long = pc.fill_null(pc.greater(pc.utf8_length(clean), 15), False)
+        if pc.any(long).as_py():
+            numbers = _exact_numbers(clean, numbers, long, name, problems)
         finite = pc.is_finite(numbers)
         _flag(values, pc.and_(ok, pc.fill_null(finite, True)), problems, name, "expected a number")
         return pc.if_else(finite, numbers, pa.scalar(None, pa.float64()))
@@ -152,14 +155,18 @@ def coerce_column(
     return pa.array(out, ARROW[ptype])
 
 
-def _exact_numbers(values: pa.Array, name: str, problems: Problems) -> pa.Array:
-    out: list[float | None] = []
-    for i, v in enumerate(values.to_pylist()):
+def _exact_numbers(
+    values: pa.Array, numbers: pa.Array, long: pa.Array, name: str, problems: Problems
+) -> pa.Array:
+    """``numbers`` with the ``long`` values a double cannot hold exactly made null (and put in
+    ``problems``)."""
+    out = numbers.to_pylist()
+    for i in pc.indices_nonzero(long).to_pylist():
         try:
-            out.append(None if v is None else float(ct.exact_number(v, name)))
+            ct.exact_number(values[i].as_py(), name)
         except CdpError as exc:
             problems.setdefault(i, exc.message)
-            out.append(None)
+            out[i] = None
     return pa.array(out, pa.float64())
 
 
