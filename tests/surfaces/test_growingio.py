@@ -29,6 +29,7 @@ from opencdp.exports.service import DATA_TYPES
 from opencdp.segments.service import Spec
 from tests.liveserver import ADMIN_TOKEN, InProcessServer
 from tests.surfaces import test_fidelity as fidelity
+from tests.surfaces.test_marketo import Mkto
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 _n = itertools.count(1)
@@ -124,8 +125,8 @@ def test_the_token_handshake_in_every_form(gio: Client) -> None:
         {"data": f},
         {"params": f},
     ):  # fmt: skip
-        headers = {"X-Client-Id": gio.client_id, **kw.pop("headers", {})}  # type: ignore[arg-type]
-        r = gio.http.post("/auth/token", headers=headers, **kw)  # type: ignore[arg-type]
+        headers = {"X-Client-Id": gio.client_id, **kw.pop("headers", {})}
+        r = gio.http.post("/auth/token", headers=headers, **kw)
         assert r.status_code == 200 and r.json()["status"] == "success", r.text
     # Both the bare code and "Token <code>" are accepted.
     code = gio.token()
@@ -540,8 +541,8 @@ def _jsonl_rows(gio: Client, server: Server, hours: set[str], data_type: str) ->
 def test_values_come_out_of_the_export_as_they_went_in(
     server: Server, batch: list[dict[str, Any]]
 ) -> None:
-    """Record API in, GrowingIO export out (events and profiles): the same values, of the same
-    JSON types, whole numbers as integers."""
+    """Record API and Marketo CSV in, GrowingIO export out (events and profiles): the same
+    values, of the same JSON types, whole numbers as integers."""
     gio = Client(server)
     name = gio.info["name"]
     for table in ("user", "event"):
@@ -564,6 +565,10 @@ def test_values_come_out_of_the_export_as_they_went_in(
         gio.send({"type": "event", "event": "fid", "properties": {
             "event_id": f"f{i}", "mobile": mobile, "create_time": "2024-01-02 03:04:05",
             **values}})  # fmt: skip
+    # The same values through a Marketo CSV file, into profiles found by e-mail.
+    rows = [{"email": f"m{i}@x.com", "n": v.get("n"), "t": v.get("t")} for i, v in enumerate(batch)]
+    st_ = Mkto(server, gio.info).run(fidelity.csv_text(["email", "n", "t"], rows))
+    assert (st_["status"], st_["numOfRowsFailed"]) == ("Complete", 0), st_
     assert server.runtime.ingest.barrier()
     hours = {local_hour(before), local_hour(datetime.now(UTC))}
     server.shift = timedelta(hours=2)
@@ -572,7 +577,13 @@ def test_values_come_out_of_the_export_as_they_went_in(
         users = _jsonl_rows(gio, server, hours, "user")
     finally:
         server.shift = timedelta(0)
-    by_mobile = {u["identities"]["mobile"]: u for u in users}
+    by_mobile = {u["identities"]["mobile"]: u for u in users if "mobile" in u["identities"]}
+    by_email = {u["identities"]["email"]: u for u in users if "email" in u["identities"]}
+    for row in rows:
+        got = by_email[row["email"]]["userVariable"] or {}
+        for key in ("n", "t"):
+            if row[key] is not None:
+                assert fidelity.same(row[key], got.get(key)), (key, row[key], got)
     for i, values in enumerate(batch):
         got_event = events[f"f{i}"]["eventVariable"] or {}
         got_user = by_mobile[f"1380000{i:04d}"]["userVariable"] or {}
