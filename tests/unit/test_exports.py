@@ -56,7 +56,7 @@ def rows_of(rt: Runtime, export_parts: list[dict[str, object]], export_id: int) 
     out: list[dict] = []
     for part in export_parts:
         data = gzip.decompress(rt.exports.path(export, str(part["name"])).read_bytes())
-        out += list(csv.DictReader(io.StringIO(data.decode())))
+        out += list(csv.DictReader(io.StringIO(data.decode()), quotechar='"', escapechar="\\"))
     return out
 
 
