@@ -419,3 +419,35 @@ def test_list_items_become_strings(items: list[Any]) -> None:
     got = c(T.LIST, items)
     assert all(isinstance(x, str) for x in got)
     assert len(got) == sum(x is not None for x in items)
+
+
+@pytest.mark.parametrize(
+    ("text", "long"),
+    [
+        (b'{"id": "2018071216423310001", "n": 1.5}', False),  # digits in a string
+        (b'{"n": 0.12345678901234567}', True),
+        (b'{"n":-12345678901234567890}', True),
+        (b'{"l": [1, 2,\n  12345678901234567890]}', True),
+        (b'{"l": [12345678901234567890]}', True),
+        (b'{"n": 123456789012345}', False),  # 15 digits: a double holds it
+    ],
+)
+def test_long_numbers_are_found_where_numbers_can_be(text: bytes, long: bool) -> None:
+    from opencdp.catalog.types import long_numbers
+
+    assert long_numbers(text) is long
+
+
+@given(
+    st.recursive(
+        st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.text()),
+        lambda inner: st.one_of(st.lists(inner), st.dictionaries(st.text(), inner)),
+        max_leaves=10,
+    )
+)
+def test_json_is_read_exactly_wherever_the_number_is(value: Any) -> None:
+    """Every integer comes back as exactly that integer, at any depth."""
+    import json as stdjson
+
+    got = loads_exact(stdjson.dumps({"v": value}))["v"]
+    assert got == value

@@ -176,14 +176,23 @@ def public_number(value: float) -> int | float:
 
 # A run of this many digits (and points) in a JSON text may be a number that orjson would
 # round: such texts are parsed again exactly.
-_LONG_NUMBER = b"0" * 16
-_DIGITS_AND_POINTS = bytes.maketrans(b"123456789.", b"0000000000")
+# A JSON number with 16 or more digits and points: only such a number can be one a double
+# does not hold. A number follows ':', '[' or ',' (and maybe blanks); a long run of digits in a
+# string (an order id) matches only after one of those, and then costs an exact parse, nothing
+# more.
+_LONG_NUMBER = re.compile(rb"[:\[,][ \t\r\n]*-?[0-9][0-9.]{15}")
 
 
 def long_numbers(raw: bytes | bytearray) -> bool:
     """Whether a JSON text may hold a number that orjson would round (a cheap, byte-level
-    test; a long run of digits inside a string only costs an exact parse)."""
-    return raw.translate(_DIGITS_AND_POINTS).find(_LONG_NUMBER) >= 0
+    test).
+
+    >>> long_numbers(b'{"id": "2018071216423310001", "n": 1.5}')
+    False
+    >>> long_numbers(b'{"n": 0.12345678901234567}')
+    True
+    """
+    return _LONG_NUMBER.search(raw) is not None
 
 
 def loads_exact(data: bytes | bytearray | str) -> Any:
