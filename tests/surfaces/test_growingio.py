@@ -30,6 +30,7 @@ from opencdp.segments.service import Spec
 from tests.liveserver import ADMIN_TOKEN, InProcessServer
 from tests.surfaces import test_fidelity as fidelity
 from tests.surfaces.test_marketo import Mkto
+from tests.surfaces.test_wechat import Wx
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # How the vendor's format page reads its files: quote '"', escape '\'.
@@ -558,8 +559,9 @@ def _export_rows(
 def test_values_come_out_of_the_export_as_they_went_in(
     server: Server, batch: list[dict[str, Any]], fmt: str
 ) -> None:
-    """Record API and Marketo CSV in, GrowingIO export out (events and profiles): the same
-    values, of the same JSON types, whole numbers as integers."""
+    """Record API, Marketo CSV, WeChat JSON and CSV in, GrowingIO export out (events and
+    profiles), as CSV or JSON lines: the same values, of the same JSON types, whole numbers as
+    integers."""
     gio = Client(server)
     name = gio.info["name"]
     for table in ("user", "event"):
@@ -586,6 +588,14 @@ def test_values_come_out_of_the_export_as_they_went_in(
     rows = [{"email": f"m{i}@x.com", "n": v.get("n"), "t": v.get("t")} for i, v in enumerate(batch)]
     st_ = Mkto(server, gio.info).run(fidelity.csv_text(["email", "n", "t"], rows))
     assert (st_["status"], st_["numOfRowsFailed"]) == ("Complete", 0), st_
+    # And through WeChat: a JSON file (typed values) and a CSV file, into profiles.
+    wx = Wx(server, gio.info)
+    docs = [{"email": f"wj{i}@x.com", **v} for i, v in enumerate(batch)]
+    st_ = wx.run("users", "u.json", "\n".join(json.dumps(d) for d in docs), file_type=1)
+    assert (st_["record_success"], st_["record_fail"]) == (len(docs), 0), st_
+    wrows = [{**r, "email": f"wc{i}@x.com"} for i, r in enumerate(rows)]
+    st_ = wx.run("users", "u.csv", fidelity.csv_text(["email", "n", "t"], wrows), file_type=2)
+    assert (st_["record_success"], st_["record_fail"]) == (len(wrows), 0), st_
     assert server.runtime.ingest.barrier()
     hours = {local_hour(before), local_hour(datetime.now(UTC))}
     server.shift = timedelta(hours=2)
@@ -596,11 +606,16 @@ def test_values_come_out_of_the_export_as_they_went_in(
         server.shift = timedelta(0)
     by_mobile = {u["identities"]["mobile"]: u for u in users if "mobile" in u["identities"]}
     by_email = {u["identities"]["email"]: u for u in users if "email" in u["identities"]}
-    for row in rows:
+    for row in rows + wrows:
         got = by_email[row["email"]]["userVariable"] or {}
         for key in ("n", "t"):
             if row[key] is not None:
                 assert fidelity.same(row[key], got.get(key)), (key, row[key], got)
+    for doc in docs:
+        got = by_email[doc["email"]]["userVariable"] or {}
+        for key, sent in doc.items():
+            if key != "email":
+                assert fidelity.same(sent, got.get(key)), (key, sent, got)
     for i, values in enumerate(batch):
         got_event = events[f"f{i}"]["eventVariable"] or {}
         got_user = by_mobile[f"1380000{i:04d}"]["userVariable"] or {}
