@@ -607,6 +607,10 @@ def test_project_settings_and_collection_declarations(
             "--dedupe", "vin", "--json")
     )  # fmt: skip
     assert data["fields"] == {"year": "number"} and data["dedupe_fields"] == ["vin"]
+    data = ok_json(
+        run(server, "project", "set", "--project", name, "--login-user-key", "email", "--json")
+    )
+    assert data["login_user_key"] == "email"
 
 
 def test_td_app_add_list_remove(server: LiveServer, created: dict[str, Any]) -> None:

@@ -194,6 +194,11 @@ def project_create(
     help="A WeChat cloud environment id of the project (repeat for several; replaces them).",
 )
 @click.option("--no-wechat-envs", is_flag=True, help="Remove the project's WeChat env ids.")
+@click.option(
+    "--login-user-key",
+    default=None,
+    help="The user property exported as GrowingIO's loginUserId ('' for our user id).",
+)
 @client_options
 def project_set(
     ref: str,
@@ -201,6 +206,7 @@ def project_set(
     export_format: str | None,
     wechat_envs: tuple[str, ...],
     no_wechat_envs: bool,
+    login_user_key: str | None,
     url: str | None,
     data_dir: Path | None,
     as_json: bool,
@@ -213,6 +219,8 @@ def project_set(
         body["export_format"] = export_format
     if wechat_envs or no_wechat_envs:
         body["wechat_envs"] = list(wechat_envs)
+    if login_user_key is not None:
+        body["login_user_key"] = login_user_key
     emit(Client(url, data_dir).call("PATCH", f"/projects/{_q(ref)}", json=body), as_json)
 
 

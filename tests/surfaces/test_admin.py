@@ -151,6 +151,7 @@ def test_create_get_and_list_project(server: LiveServer) -> None:
         "strict_schema",
         "export_format",
         "wechat_envs",
+        "login_user_key",
         "created_at",
         "client_id",
         "client_secret",

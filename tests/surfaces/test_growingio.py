@@ -338,9 +338,10 @@ EXTRA = {
     "evar": ["eventId"],
 }
 OURS = {
-    "user": ["loginUserId", "createTime", "updateTime", "identities", "userVariable"],
+    "user": ["visitUserId", "loginUserId", "createTime", "updateTime", "identities",
+             "userVariable"],
     "user_cluster": ["clusterId", "clusterName", "clusterType", "clusterVersion", "refreshTime",
-                     "loginUserId", "tagValue", "identities"],
+                     "visitUserId", "loginUserId", "tagValue", "identities"],
 }  # fmt: skip
 # Where our event fields go in each event type.
 USER_COLUMNS = ("visitUserId", "loginUserId")
@@ -430,7 +431,7 @@ def test_each_data_type_has_the_vendors_columns_filled_from_what_was_ingested(
             assert len(rows) == 1, (data_type, rows)
             row = rows[0]
             if data_type == "user":
-                assert row["loginUserId"] == uid
+                assert row["visitUserId"] == row["loginUserId"] == uid
                 assert ms(before) - 1 <= int(row["createTime"]) <= int(row["updateTime"])
                 assert int(row["updateTime"]) <= ms(after) + 1
                 assert json.loads(row["identities"]) == {"mobile": mobile, "email": email}
@@ -446,6 +447,7 @@ def test_each_data_type_has_the_vendors_columns_filled_from_what_was_ingested(
                     "clusterType": "cluster",
                     "clusterVersion": "1",
                     "refreshTime": row["refreshTime"],
+                    "visitUserId": uid,
                     "loginUserId": uid,
                     "tagValue": "",
                 }
@@ -622,3 +624,43 @@ def test_values_come_out_of_the_export_as_they_went_in(
         for key, sent in values.items():
             assert fidelity.same(sent, got_event.get(key)), (key, sent, got_event)
             assert fidelity.same(sent, got_user.get(key)), (key, sent, got_user)
+
+
+def test_login_user_id_is_the_projects_login_property(gio: Client, server: Server) -> None:
+    """A project names the user property its apps log in with: loginUserId carries its value
+    (empty for a user who has none), visitUserId our user id, in events and profiles."""
+    name = gio.info["name"]
+    patch = f"{server.url}/admin/v1/projects/{name}"
+    r = httpx.patch(patch, json={"login_user_key": "nope"}, headers=AUTH)
+    assert r.status_code == 400 and "login_user_key" in r.text
+    r = httpx.post(
+        f"{server.url}/admin/v1/projects/{name}/properties",
+        json={"table": "user", "name": "account", "type": "string"}, headers=AUTH,
+    )  # fmt: skip
+    assert r.status_code in (200, 201), r.text
+    r = httpx.patch(patch, json={"login_user_key": "account"}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["login_user_key"] == "account", r.text
+    before = datetime.now(UTC)
+    gio.send({"type": "user", "properties": {"mobile": "13900000101", "account": "A-1"}})
+    mobiles = ("13900000101", "13900000102")
+    for i, mobile in enumerate(mobiles):
+        props = {"event_id": f"lg{i}", "mobile": mobile, "create_time": "2024-01-02 03:04:05"}
+        gio.send({"type": "event", "event": "buy", "properties": props})
+    assert server.runtime.ingest.barrier()
+    pid = gio.info["project_id"]
+    key = server.runtime.catalog.schema(pid).user["mobile"].id
+    ids = {m: str(server.runtime.store.find_user(pid, (key, m))) for m in mobiles}
+    hours = {local_hour(before), local_hour(datetime.now(UTC))}
+    server.shift = timedelta(hours=2)
+    try:
+        _, events, _ = export_files(gio, server, hours, "custom_event")
+        _, users, _ = export_files(gio, server, hours, "user")
+    finally:
+        server.shift = timedelta(0)
+    got = {r["eventId"]: (r["visitUserId"], r["loginUserId"]) for r in events}
+    assert got == {"lg0": (ids["13900000101"], "A-1"), "lg1": (ids["13900000102"], "")}
+    got = {r["visitUserId"]: r["loginUserId"] for r in users}
+    assert got == {ids["13900000101"]: "A-1", ids["13900000102"]: ""}
+    # Back to our user id.
+    r = httpx.patch(patch, json={"login_user_key": ""}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["login_user_key"] is None

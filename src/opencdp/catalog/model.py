@@ -21,6 +21,7 @@ class Project:
     created_at: datetime
     export_format: str = "csv"  # raw-data exports: csv | jsonl | parquet
     wechat_envs: tuple[str, ...] = ()  # the project's WeChat cloud environment ids
+    login_user_key: str | None = None  # the user property exported as ``loginUserId``
 
     @property
     def tz(self) -> tzinfo:
@@ -35,6 +36,7 @@ class Project:
             "strict_schema": self.strict_schema,
             "export_format": self.export_format,
             "wechat_envs": list(self.wechat_envs),
+            "login_user_key": self.login_user_key,
             "created_at": self.created_at.isoformat() + "Z",
         }
 

@@ -96,6 +96,7 @@ class Catalog:
                     r.created_at,
                     r.export_format,
                     tuple(envs.get(r.id, ())),
+                    r.login_user_key,
                 )
                 for r in conn.execute(sa.select(t.projects))
             }
@@ -233,6 +234,21 @@ class Catalog:
                 sa.update(t.projects)
                 .where(t.projects.c.id == self.project(project_id).id)
                 .values(export_format=fmt)
+            )
+        self.reload()
+        return self.project(project_id)
+
+    def set_login_user_key(self, project_id: int, name: str | None) -> Project:
+        """The user property whose value raw-data exports give as ``loginUserId`` (GrowingIO's
+        login user id); None or "": our user id."""
+        name = (name or "").strip() or None
+        if name is not None and name not in self.schema(project_id).user:
+            raise invalid("login_user_key", f"{name[:64]!r} is not a user property")
+        with self._lock, self._engine.begin() as conn:
+            conn.execute(
+                sa.update(t.projects)
+                .where(t.projects.c.id == self.project(project_id).id)
+                .values(login_user_key=name)
             )
         self.reload()
         return self.project(project_id)

@@ -98,10 +98,12 @@ def _event_columns(data_type: str) -> tuple[str, ...]:
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     **{dt: _event_columns(dt) for dt in VENDOR},
-    "user": ("loginUserId", "createTime", "updateTime", "identities", "userVariable"),
+    "user": (
+        "visitUserId", "loginUserId", "createTime", "updateTime", "identities", "userVariable",
+    ),
     "user_cluster": (
         "clusterId", "clusterName", "clusterType", "clusterVersion", "refreshTime",
-        "loginUserId", "tagValue", "identities",
+        "visitUserId", "loginUserId", "tagValue", "identities",
     ),
 }  # fmt: skip
 _TYPES = {"clusterId": pa.int64(), "clusterVersion": pa.int64(), "refreshTime": pa.int64()}
@@ -166,11 +168,11 @@ def _cast(values: Any, typ: pa.DataType) -> pa.Array:
 def events(data_type: str, batch: pa.RecordBatch, props: Sequence[Property]) -> pa.RecordBatch:
     """A batch of :meth:`Store.export_events` in the data type's columns."""
     cols = set(COLUMNS[data_type])
-    user = pc.cast(batch.column("user_id"), pa.string())
+    user, login = _user_ids(batch)
     values: dict[str, Any] = {"eventId": batch.column("event_id")}
     for name in _USER:
         if name in cols:
-            values[name] = user
+            values[name] = user if name == "visitUserId" else login
     values[next(n for n in _TIME if n in cols)] = batch.column("time")
     values["sendTime"] = batch.column("send_time")
     if "eventName" in cols:
@@ -182,8 +184,10 @@ def events(data_type: str, batch: pa.RecordBatch, props: Sequence[Property]) -> 
 
 def profiles(batch: pa.RecordBatch, props: Sequence[Property]) -> pa.RecordBatch:
     """A batch of :meth:`Store.export_profiles` in the ``user`` columns."""
+    user, login = _user_ids(batch)
     values = {
-        "loginUserId": pc.cast(batch.column("user_id"), pa.string()),
+        "visitUserId": user,
+        "loginUserId": login,
         "createTime": batch.column("created"),
         "updateTime": batch.column("updated"),
         "identities": json_object(batch, ((p.name, p.column) for p in props if p.is_identity)),
@@ -203,6 +207,7 @@ def members(
     holds each segment's ``name``, ``catalog`` and ``refreshed_at`` (UTC, naive)."""
     ids = batch.column("segment_id").to_pylist()
     seg = [segments[i] for i in ids]
+    user, login = _user_ids(batch)
     values = {
         "clusterId": batch.column("segment_id"),
         "clusterName": pa.array([s.name for s in seg], pa.string()),
@@ -211,11 +216,22 @@ def members(
         ),
         "clusterVersion": batch.column("version"),
         "refreshTime": pa.array([_ms(s.refreshed_at) for s in seg], pa.int64()),
-        "loginUserId": pc.cast(batch.column("user_id"), pa.string()),
+        "visitUserId": user,
+        "loginUserId": login,
         "tagValue": batch.column("tag_value"),
         "identities": json_object(batch, ((p.name, p.column) for p in keys)),
     }
     return _assemble("user_cluster", batch.num_rows, values)
+
+
+def _user_ids(batch: pa.RecordBatch) -> tuple[pa.Array, pa.Array]:
+    """``visitUserId`` and ``loginUserId`` of a batch: our user id, and the value of the
+    project's login user property where it has one (the store's ``login`` column; empty for a
+    user without a value), else our user id again."""
+    user = pc.cast(batch.column("user_id"), pa.string())
+    if "login" in batch.schema.names:
+        return user, pc.cast(batch.column("login"), pa.string())
+    return user, user
 
 
 def _ms(at: datetime) -> int:

@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from opencdp.catalog.model import Project
+from opencdp.catalog.model import Project, Property
 from opencdp.catalog.service import Catalog
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.exports import columns
@@ -642,9 +642,16 @@ class Exports:
             self._engine, export.project_id, export.period_start, export.period_end
         )
         versions = [(sid, int(r.version)) for sid, r in segs.items()]
-        keys = list(self.catalog.schema(export.project_id).identity_keys.values())
-        for batch in self.store.export_members(export.project_id, versions, keys):
+        schema = self.catalog.schema(export.project_id)
+        keys = list(schema.identity_keys.values())
+        login = self._login(export.project_id)
+        for batch in self.store.export_members(export.project_id, versions, keys, login):
             yield columns.members(batch, segs, keys)
+
+    def _login(self, project_id: int) -> Property | None:
+        """The user property the project exports as ``loginUserId`` (None: our user id)."""
+        key = self.catalog.project(project_id).login_user_key
+        return None if key is None else self.catalog.schema(project_id).user.get(key)
 
     def _batches(self, export: Export) -> Iterator[pa.RecordBatch]:
         """The export's rows in its data type's columns (:mod:`opencdp.exports.columns`)."""
@@ -655,7 +662,11 @@ class Exports:
         if export.data_type == "user":
             props = list(schema.user.values())
             for batch in self.store.export_profiles(
-                export.project_id, props, export.period_start, export.period_end
+                export.project_id,
+                props,
+                export.period_start,
+                export.period_end,
+                self._login(export.project_id),
             ):
                 yield columns.profiles(batch, props)
             return
@@ -663,7 +674,13 @@ class Exports:
         exclude = [d for d in EVENT_TYPES if d != "custom_event"] if names is None else None
         props = list(schema.event.values())
         for batch in self.store.export_events(
-            export.project_id, props, export.period_start, export.period_end, names, exclude
+            export.project_id,
+            props,
+            export.period_start,
+            export.period_end,
+            names,
+            exclude,
+            self._login(export.project_id),
         ):
             yield columns.events(export.data_type, batch, props)
 

@@ -55,6 +55,8 @@ def _v8_aliases_and_dedupe_fields(conn: sa.Connection) -> None:
     tables.project_aliases.create(conn)
     if "dedupe_fields" not in {c["name"] for c in sa.inspect(conn).get_columns("collections")}:
         conn.execute(sa.text("ALTER TABLE collections ADD COLUMN dedupe_fields TEXT"))
+    if "login_user_key" not in {c["name"] for c in sa.inspect(conn).get_columns("projects")}:
+        conn.execute(sa.text("ALTER TABLE projects ADD COLUMN login_user_key VARCHAR(256)"))
 
 
 MIGRATIONS: list[tuple[int, Step]] = [

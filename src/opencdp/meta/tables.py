@@ -37,6 +37,9 @@ projects = sa.Table(
     sa.Column("name", sa.String(128), nullable=False, unique=True),
     sa.Column("timezone", sa.String(64), nullable=False),
     sa.Column("strict_schema", sa.Boolean, nullable=False, default=False),
+    # Added by migration 8: the user property whose value is an event's or a user's
+    # ``loginUserId`` in raw-data exports (null: our user id).
+    sa.Column("login_user_key", sa.String(256), nullable=True),
     # Added by migration 6: the format of the project's raw-data exports.
     sa.Column("export_format", sa.String(16), nullable=False, server_default="csv"),
     sa.Column("created_at", sa.DateTime, nullable=False),

@@ -291,17 +291,25 @@ class Store(ABC):
         end: datetime,
         names: Sequence[str] | None,
         exclude: Sequence[str] | None,
+        login: Property | None = None,
     ) -> Iterator[pa.RecordBatch]:
         """The events received in ``[start, end)`` (UTC), streamed in ``received_at`` order,
         with ``names`` only or without ``exclude``: ``event_id, event_name, time, send_time,
-        user_id``, then the properties of ``props`` the store has a column for."""
+        user_id``, with ``login`` (a user property) its user's value of it as text in a column
+        ``login``, then the properties of ``props`` the store has a column for."""
 
     @abstractmethod
     def export_profiles(
-        self, project_id: int, props: Sequence[Property], start: datetime, end: datetime
+        self,
+        project_id: int,
+        props: Sequence[Property],
+        start: datetime,
+        end: datetime,
+        login: Property | None = None,
     ) -> Iterator[pa.RecordBatch]:
         """The profiles changed in ``[start, end)`` (UTC) by user id: ``user_id, created,
-        updated``, then the properties of ``props``, like :meth:`export_events`."""
+        updated`` (and ``login``), then the properties of ``props``, like
+        :meth:`export_events`."""
 
     @abstractmethod
     def received_counts(
@@ -313,11 +321,15 @@ class Store(ABC):
 
     @abstractmethod
     def export_members(
-        self, project_id: int, versions: Sequence[tuple[int, int]], props: Sequence[Property]
+        self,
+        project_id: int,
+        versions: Sequence[tuple[int, int]],
+        props: Sequence[Property],
+        login: Property | None = None,
     ) -> Iterator[pa.RecordBatch]:
-        """``segment_id, version, user_id, tag_value`` of the given (segment, version)s, then
-        the member's current values of the user properties ``props`` (identity keys), like
-        :meth:`export_events`."""
+        """``segment_id, version, user_id, tag_value`` (and ``login``) of the given (segment,
+        version)s, then the member's current values of the user properties ``props``
+        (identity keys), like :meth:`export_events`."""
 
     # ---- segments --------------------------------------------------------------------
     @abstractmethod

@@ -97,6 +97,12 @@ def collection_table(project_id: int, collection_id: int) -> str:
 _EXACT_INT = 2**53
 
 
+def _text_value(p: Property, col: str) -> str:
+    """SQL for a property's value as text (a whole number without ``.0``): an exported
+    ``loginUserId``. ``col`` is a generated column reference."""
+    return col if p.type is PropertyType.STRING else _json_value(p, col)
+
+
 def _json_value(p: Property, col: str) -> str:
     """SQL for a property's value as JSON text, null where there is none: whole numbers
     (within ±2^53) as integers, datetimes as epoch milliseconds, lists as arrays; NaN and
@@ -382,8 +388,10 @@ class DuckDBStore(Store):
         end: datetime,
         names: Sequence[str] | None,
         exclude: Sequence[str] | None,
+        login: Property | None = None,
     ) -> Iterator[pa.RecordBatch]:
         tbl = table(project_id, "events")
+        profiles = table(project_id, "profiles")
         base = [
             ("event_id", "event_id"),
             ("event_name", "event_name"),
@@ -404,13 +412,28 @@ class DuckDBStore(Store):
             if not known:
                 return
             present = [p for p in props if p.column in known]
+            if login is not None and login.column in self.known_columns(cur, profiles):
+                # (each event's user's value: a lookup DuckDB runs as one hash join)
+                base = [
+                    *base,
+                    (
+                        "login",
+                        f"(SELECT {_text_value(login, 'u.' + ident(login.column))} "
+                        f"FROM {profiles} u WHERE u.user_id = e.user_id)",
+                    ),
+                ]
             cols = base + [(p.column, _json_value(p, ident(p.column))) for p in present]
             yield from self._stream(
-                cur, cols, f"{tbl} WHERE {where} ORDER BY received_at, event_id", params
+                cur, cols, f"{tbl} e WHERE {where} ORDER BY received_at, event_id", params
             )
 
     def export_profiles(
-        self, project_id: int, props: Sequence[Property], start: datetime, end: datetime
+        self,
+        project_id: int,
+        props: Sequence[Property],
+        start: datetime,
+        end: datetime,
+        login: Property | None = None,
     ) -> Iterator[pa.RecordBatch]:
         tbl = table(project_id, "profiles")
         base = [
@@ -423,6 +446,8 @@ class DuckDBStore(Store):
             if not known:
                 return
             present = [p for p in props if p.column in known]
+            if login is not None and login.column in known:
+                base = [*base, ("login", _text_value(login, ident(login.column)))]
             cols = base + [(p.column, _json_value(p, ident(p.column))) for p in present]
             where = "updated_at >= ? AND updated_at < ? ORDER BY user_id"
             yield from self._stream(cur, cols, f"{tbl} WHERE {where}", [start, end])
@@ -450,7 +475,11 @@ class DuckDBStore(Store):
         return names, changed
 
     def export_members(
-        self, project_id: int, versions: Sequence[tuple[int, int]], props: Sequence[Property]
+        self,
+        project_id: int,
+        versions: Sequence[tuple[int, int]],
+        props: Sequence[Property],
+        login: Property | None = None,
     ) -> Iterator[pa.RecordBatch]:
         if not versions:
             return
@@ -468,6 +497,8 @@ class DuckDBStore(Store):
                 ("user_id", "m.user_id"),
                 ("tag_value", "m.tag_value"),
             ] + [(p.column, _json_value(p, f"u.{ident(p.column)}")) for p in present]
+            if login is not None and login.column in known:
+                cols.insert(4, ("login", _text_value(login, f"u.{ident(login.column)}")))
             source = f"{members} m"
             if known:  # the members' current identity values
                 source += f" LEFT JOIN {profiles} u ON u.user_id = m.user_id"

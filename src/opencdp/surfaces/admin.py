@@ -93,6 +93,8 @@ class ProjectPatch(BaseModel):
     export_format: Literal["csv", "jsonl", "parquet"] | None = None
     # The project's WeChat cloud environment ids (replacing those it had).
     wechat_envs: list[str] | None = Field(default=None, max_length=16)
+    # The user property exported as GrowingIO's loginUserId ("" for our user id).
+    login_user_key: str | None = Field(default=None, max_length=256)
 
 
 class NewProperty(BaseModel):
@@ -269,6 +271,8 @@ def _router(rt: Runtime) -> APIRouter:
             project = rt.catalog.set_export_format(project.id, body.export_format)
         if body.wechat_envs is not None:
             project = rt.catalog.set_wechat_envs(project.id, body.wechat_envs)
+        if body.login_user_key is not None:
+            project = rt.catalog.set_login_user_key(project.id, body.login_user_key)
         return project.public()
 
     @r.get("/projects/{ref}/credentials")
