@@ -383,3 +383,30 @@ def test_wechat_json_profiles_type_properties_by_their_json_values(server: LiveS
         got = props_of(server, wx.info["name"], key="email", value=email)
         assert same(v, got["v"]) and same(n, got["n"]), got
     assert props_of(server, wx.info["name"], key="email", value="j2@x.com")["code"] == "0010"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'"' + b"9" * 5000 + b'"',  # text past Python's int-to-text limit, into a number
+        b"1e-400",  # below the smallest double
+        b"-" + b"9" * 30,
+        b'"1e999999999"',
+        b"12345678901234567890.5",
+        b'"' + b"1" * 400 + b'.5"',
+    ],
+)
+def test_extreme_numbers_are_refused_with_a_message(project: Project, raw: bytes) -> None:
+    """Into a number property, refused naming it; into a new property, a JSON number is refused
+    too, while text stays the same text (it does not read as a plain number)."""
+    declare(project.server, project.name, "user", amount="number")
+    for prop in (b"amount", b"fresh_" + str(next(_n)).encode()):
+        body = USER + b'"' + prop + b'": ' + raw + b"}}"
+        r = project.send(body, headers={"Content-Type": "application/json"})
+        if prop != b"amount" and raw.startswith(b'"'):
+            assert r.json()["errcode"] == 0, r.text
+            got = props_of(project.server, project.name, key="mobile", value="13900000001")
+            assert got[prop.decode()] == json.loads(raw)
+            continue
+        assert r.status_code == 400, r.text
+        assert r.json()["errcode"] == 20003 and prop.decode() in r.json()["errmsg"], r.text

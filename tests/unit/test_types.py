@@ -363,6 +363,9 @@ def test_coerce(ptype: PropertyType, value: Any, expected: Any) -> None:
         (T.NUMBER, "12345678901234567890123456789", "too large to be stored exactly"),
         (T.NUMBER, "1.2345678901234567890123", "more digits than a number property holds"),
         (T.NUMBER, Decimal("1.2345678901234567890123"), "more digits"),
+        (T.NUMBER, "9" * 5000, "too large to be stored exactly"),  # (past int's text limit)
+        (T.NUMBER, "1e999999999", "finite"),
+        (T.NUMBER, Decimal("1e-999999999"), "more digits"),
         (T.NUMBER, math.nan, "finite"),
         (T.NUMBER, True, "boolean"),
         (T.NUMBER, [1], "expected a number"),
@@ -430,6 +433,9 @@ def test_list_items_become_strings(items: list[Any]) -> None:
         (b'{"l": [1, 2,\n  12345678901234567890]}', True),
         (b'{"l": [12345678901234567890]}', True),
         (b'{"n": 123456789012345}', False),  # 15 digits: a double holds it
+        (b'{"n": 1e-400}', True),  # below the smallest double: orjson would read 0.0
+        (b'{"n": 1.5e300}', True),
+        (b'{"n": 1.5e30}', False),
     ],
 )
 def test_long_numbers_are_found_where_numbers_can_be(text: bytes, long: bool) -> None:
@@ -451,3 +457,8 @@ def test_json_is_read_exactly_wherever_the_number_is(value: Any) -> None:
 
     got = loads_exact(stdjson.dumps({"v": value}))["v"]
     assert got == value
+
+
+def test_an_integer_past_pythons_text_limit_is_refused_with_a_message() -> None:
+    huge = 10**5000  # (more digits than Python turns into text)
+    assert "a number of about 5000 digits" in rejected(T.NUMBER, huge).message

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 
 from opencdp.config import Limits
-from opencdp.errors import invalid
+from opencdp.errors import CdpError, invalid
 
 
 class PropertyType(StrEnum):
@@ -121,40 +121,51 @@ def exact_number(value: int | float | Decimal | str, name: str) -> int | float:
     >>> exact_number("12.50", "x"), exact_number(3, "x"), exact_number("4", "x")
     (12.5, 3, 4)
     """
-    if isinstance(value, int):
-        number: int | float = value
-    elif isinstance(value, float):
-        number = value
-    else:
-        text = str(value).strip()
-        try:
-            exact = Decimal(text)
-        except InvalidOperation:
-            raise invalid(name, f"expected a number, got {_show(value)}") from None
-        if not exact.is_finite():
+    if isinstance(value, float):
+        if not math.isfinite(value):
             raise invalid(name, "expected a finite number")
-        if exact == exact.to_integral_value() and "e" not in text.lower() and "." not in text:
-            number = int(exact)
-        else:
-            number = float(exact)
-            if math.isfinite(number) and Decimal(repr(number)) != exact:
-                raise invalid(
-                    name,
-                    f"{_show_number(text)} has more digits than a number property holds exactly "
-                    "(about 15 significant digits); send it as text to a string property",
-                )
-    if isinstance(number, int):
-        if abs(number) > MAX_EXACT_INT:
-            raise invalid(
-                name,
-                f"{_show_number(str(number))} is too large to be stored exactly: whole numbers "
-                f"may be at most {MAX_EXACT_INT} in magnitude; send it as text to a string "
-                "property",
-            )
-        return number
+        return value
+    if isinstance(value, int):
+        if abs(value) > MAX_EXACT_INT:
+            raise _too_large(name, _int_text(value))
+        return value
+    text = str(value).strip()
+    try:
+        exact = Decimal(text)
+    except InvalidOperation:
+        raise invalid(name, f"expected a number, got {_show(value)}") from None
+    if not exact.is_finite():
+        raise invalid(name, "expected a finite number")
+    if "e" not in text.lower() and "." not in text:  # a whole number, written out
+        # (more than 16 digits is past 2**53: refused before the text becomes an int)
+        if exact.adjusted() >= 16 or abs(int(exact)) > MAX_EXACT_INT:
+            raise _too_large(name, text)
+        return int(exact)
+    number = float(exact)
     if not math.isfinite(number):
         raise invalid(name, "expected a finite number")
+    if Decimal(repr(number)) != exact:
+        raise invalid(
+            name,
+            f"{_show_number(text)} has more digits than a number property holds exactly "
+            "(about 15 significant digits); send it as text to a string property",
+        )
     return number
+
+
+def _too_large(name: str, text: str) -> CdpError:
+    return invalid(
+        name,
+        f"{_show_number(text)} is too large to be stored exactly: whole numbers may be at most "
+        f"{MAX_EXACT_INT} in magnitude; send it as text to a string property",
+    )
+
+
+def _int_text(value: int) -> str:
+    """An integer's digits, or its size when it has more than Python turns into text."""
+    if value.bit_length() > 10_000:
+        return f"a number of about {int(value.bit_length() * 0.30103)} digits"
+    return str(value)
 
 
 def public(ptype: PropertyType, value: Any) -> Any:
@@ -174,13 +185,11 @@ def public_number(value: float) -> int | float:
     return value
 
 
-# A run of this many digits (and points) in a JSON text may be a number that orjson would
-# round: such texts are parsed again exactly.
-# A JSON number with 16 or more digits and points: only such a number can be one a double
-# does not hold. A number follows ':', '[' or ',' (and maybe blanks); a long run of digits in a
-# string (an order id) matches only after one of those, and then costs an exact parse, nothing
-# more.
-_LONG_NUMBER = re.compile(rb"[:\[,][ \t\r\n]*-?[0-9][0-9.]{15}")
+# A JSON number with 16 or more digits and points, or an exponent of three digits: only such a
+# number can be one that orjson rounds (a double does not hold it). A number follows ':', '['
+# or ',' (and maybe blanks); a long run of digits in a string (an order id) matches only after
+# one of those, and then costs an exact parse, nothing more.
+_LONG_NUMBER = re.compile(rb"[:\[,][ \t\r\n]*-?[0-9](?:[0-9.]{15}|[0-9.]*[eE][+-]?[0-9]{3})")
 
 
 def long_numbers(raw: bytes | bytearray) -> bool:
