@@ -31,7 +31,7 @@ OVERWRITE, FIRST = "overwrite", "first"  # Record.event_mode
 Ensure = Callable[[str, dict[str, PropertyType]], dict[str, Property]]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_MAX_EVENT_ID = 256
+MAX_ID = 256  # characters of an event or user id
 
 
 @dataclass(slots=True)
@@ -150,8 +150,8 @@ def build_record(
 
     record.user_values.update(key_values)
     if kind == EVENT:
-        record.event_name = _event_name(doc.get("event"), limits)
-        record.event_id = _event_id(_pick(props, doc, "event_id"))
+        record.event_name = event_name(doc.get("event"), limits)
+        record.event_id = id_text(_pick(props, doc, "event_id"), "event_id", "required for events")
         created = _pick(props, doc, "create_time")
         if created is None:
             raise invalid("create_time", "required for events")
@@ -171,7 +171,7 @@ def build_record(
         if prop is not None:
             target[prop.id] = coerce(prop.type, value, name, limits, tz)
             continue
-        _check_new_name(name, limits)
+        check_new_name(name, limits)
         if project.strict_schema:
             raise invalid(name, f"unknown {tbl} property (the project's schema is strict)")
         inferred = infer_type(value)
@@ -235,28 +235,31 @@ def _pick(props: Mapping[str, Any], doc: Mapping[str, Any], name: str) -> Any:
     return doc.get(name) if value is None else value
 
 
-def _event_name(value: Any, limits: Limits) -> str:
+def event_name(value: Any, limits: Limits, field: str = "event") -> str:
+    """An event's name, as ``field`` carries it: a non-empty printable string."""
     if not isinstance(value, str) or not value.strip():
-        raise invalid("event", "required for events: the event name as a non-empty string")
+        raise invalid(field, "required for events: the event name as a non-empty string")
     if len(value) > limits.max_name_length or _CONTROL.search(value):
-        raise invalid("event", f"at most {limits.max_name_length} printable characters")
+        raise invalid(field, f"at most {limits.max_name_length} printable characters")
     return value
 
 
-def _event_id(value: Any) -> str:
+def id_text(value: Any, field: str, absent: str = "required") -> str:
+    """An id (an event's, a user's) as text: a string or an integer, not empty, not long."""
     if value is None:
-        raise invalid("event_id", "required for events")
+        raise invalid(field, absent)
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise invalid("event_id", "must be a string or an integer")
+        raise invalid(field, "must be a string or an integer")
     text = str(value).strip()
     if not text:
-        raise invalid("event_id", "must not be empty")
-    if len(text) > _MAX_EVENT_ID:
-        raise invalid("event_id", f"longer than {_MAX_EVENT_ID} characters")
+        raise invalid(field, "must not be empty")
+    if len(text) > MAX_ID:
+        raise invalid(field, f"longer than {MAX_ID} characters")
     return text
 
 
-def _check_new_name(name: str, limits: Limits) -> None:
+def check_new_name(name: str, limits: Limits) -> None:
+    """A property name seen for the first time: not empty, not long, printable."""
     if not name.strip():
         raise invalid("properties", "a property name is empty")
     if len(name) > limits.max_name_length:

@@ -20,7 +20,6 @@ A record is ``{"#type", "#account_id" and/or "#distinct_id", "#time", "#event_na
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -44,6 +43,9 @@ from opencdp.ingest.records import (
     USER_DELETE,
     Ensure,
     Record,
+    check_new_name,
+    event_name,
+    id_text,
 )
 
 ACCOUNT_ID, DISTINCT_ID = "#account_id", "#distinct_id"
@@ -61,8 +63,6 @@ USER_TYPES: dict[str, str | None] = {
 USER_DEL = "user_del"
 TYPES = (TRACK, TRACK_UPDATE, TRACK_OVERWRITE, *USER_TYPES, USER_DEL)
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_MAX_ID = 256
 # What an operation needs of its property's type.
 _OP_TYPES = {ADD: PropertyType.NUMBER, APPEND: PropertyType.LIST, UNIQ_APPEND: PropertyType.LIST}
 
@@ -147,18 +147,18 @@ def build_record(
 
     record = Record(EVENT, project.id, tokens, received_at=received_at, event_time=event_time)
     record.user_values.update(key_values)
-    record.event_name = _event_name(doc.get("#event_name"), limits)
+    record.event_name = event_name(doc.get("#event_name"), limits, "#event_name")
     if kind == TRACK:
         first = doc.get("#first_check_id")
         if first is not None:
-            record.event_id = f"{record.event_name}:{_ident(first, '#first_check_id')}"
+            record.event_id = f"{record.event_name}:{id_text(first, '#first_check_id')}"
             record.event_mode = FIRST
         elif doc.get("#uuid") is not None:
-            record.event_id = _ident(doc["#uuid"], "#uuid")
+            record.event_id = id_text(doc["#uuid"], "#uuid")
         else:
             record.event_id = content_id(project.id, doc)
     else:
-        record.event_id = _ident(doc.get("#event_id"), "#event_id")
+        record.event_id = id_text(doc.get("#event_id"), "#event_id")
         if kind == TRACK_OVERWRITE:
             record.event_mode = OVERWRITE
     given: dict[str, Any] = dict(props)
@@ -247,7 +247,7 @@ def _typed(
         if prop is not None:
             out[prop.id] = _value(prop.type, value, name, limits, tz, op)
             continue
-        _check_new_name(name, limits)
+        check_new_name(name, limits)
         if project.strict_schema:
             raise invalid(name, f"unknown {table} property (the project's schema is strict)")
         # (The SDKs send typed JSON: text stays text, as in ThinkingData.)
@@ -275,33 +275,3 @@ def _value(
 
 
 _OP_NAMES = {ADD: "user_add", APPEND: "user_append", UNIQ_APPEND: "user_uniq_append"}
-
-
-def _event_name(value: Any, limits: Limits) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise invalid("#event_name", "required for events: the event name as a non-empty string")
-    if len(value) > limits.max_name_length or _CONTROL.search(value):
-        raise invalid("#event_name", f"at most {limits.max_name_length} printable characters")
-    return value
-
-
-def _ident(value: Any, name: str) -> str:
-    if value is None:
-        raise invalid(name, "required")
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise invalid(name, "must be a string or an integer")
-    text = str(value).strip()
-    if not text:
-        raise invalid(name, "must not be empty")
-    if len(text) > _MAX_ID:
-        raise invalid(name, f"longer than {_MAX_ID} characters")
-    return text
-
-
-def _check_new_name(name: str, limits: Limits) -> None:
-    if not name.strip():
-        raise invalid("properties", "a property name is empty")
-    if len(name) > limits.max_name_length:
-        raise invalid(name[:40] + "...", f"property name longer than {limits.max_name_length}")
-    if _CONTROL.search(name):
-        raise invalid(repr(name), "property name contains control characters")
