@@ -357,14 +357,9 @@ def ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
 
-def export_files(
-    gio: Client, server: Server, hours: set[str], data_type: str
-) -> tuple[list[str], list[dict[str, str]], bytes]:
-    """The header, rows and raw text of a data type's exports of ``hours``, written through
-    the admin API and downloaded through the vendor's links."""
-    header: list[str] = []
-    rows: list[dict[str, str]] = []
-    text = b""
+def exported(gio: Client, server: Server, hours: set[str], data_type: str) -> Iterator[bytes]:
+    """The files (decompressed) of a data type's exports of ``hours``, written through the
+    admin API and downloaded through the vendor's links."""
     for hour in sorted(hours):
         r = httpx.post(
             f"{server.url}/admin/v1/projects/{gio.info['name']}/exports",
@@ -376,11 +371,21 @@ def export_files(
         body = gio.insights(f"hour/{data_type}/{gio.ai}/{hour}.json").json()
         assert body["status"] == "FINISHED", body
         for link in body["downloadLinks"]:
-            data = gzip.decompress(httpx.get(link).content)
-            text += data
-            reader = csv.reader(io.StringIO(data.decode()), **VENDOR_CSV)
-            header = next(reader)
-            rows += [dict(zip(header, row, strict=True)) for row in reader]
+            yield gzip.decompress(httpx.get(link).content)
+
+
+def export_files(
+    gio: Client, server: Server, hours: set[str], data_type: str
+) -> tuple[list[str], list[dict[str, str]], bytes]:
+    """The header, rows and raw text of a data type's CSV exports of ``hours``."""
+    header: list[str] = []
+    rows: list[dict[str, str]] = []
+    text = b""
+    for data in exported(gio, server, hours, data_type):
+        text += data
+        reader = csv.reader(io.StringIO(data.decode()), **VENDOR_CSV)
+        header = next(reader)
+        rows += [dict(zip(header, row, strict=True)) for row in reader]
     return header, rows, text
 
 
@@ -525,27 +530,14 @@ def _export_rows(
 ) -> list[Any]:
     """The rows of a data type's exports, read as a consumer reads them: JSON lines, or CSV
     with the vendor's quote and escape characters and its JSON columns decoded."""
-    rows: list[Any] = []
-    for hour in sorted(hours):
-        r = httpx.post(
-            f"{server.url}/admin/v1/projects/{gio.info['name']}/exports",
-            json={"export_type": "hour", "export_date": hour, "data_types": [data_type]},
-            headers=AUTH,
-            timeout=120,
-        )
-        assert r.status_code == 200, r.text
-        body = gio.insights(f"hour/{data_type}/{gio.ai}/{hour}.json").json()
-        assert body["status"] == "FINISHED", body
-        for link in body["downloadLinks"]:
-            data = gzip.decompress(httpx.get(link).content)
-            if fmt == "jsonl":
-                rows += [json.loads(x) for x in data.splitlines()]
-                continue
-            for row in csv.DictReader(io.StringIO(data.decode()), **VENDOR_CSV):
-                for key in ("eventVariable", "userVariable", "identities"):
-                    if row.get(key):
-                        row[key] = json.loads(row[key])
-                rows.append(row)
+    if fmt == "jsonl":
+        files = exported(gio, server, hours, data_type)
+        return [json.loads(line) for data in files for line in data.splitlines()]
+    _, rows, _ = export_files(gio, server, hours, data_type)
+    for row in rows:
+        for key in ("eventVariable", "userVariable", "identities"):
+            if row.get(key):
+                row[key] = json.loads(row[key])  # type: ignore[assignment]
     return rows
 
 
