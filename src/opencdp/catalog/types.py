@@ -290,7 +290,7 @@ def coerce(ptype: PropertyType, value: Any, name: str, limits: Limits, tz: tzinf
         raise invalid(name, "nested objects are not supported; expected a " + ptype.value)
     if ptype is PropertyType.STRING:
         if isinstance(value, str):
-            return _check_string(value, name, limits)
+            return check_string(value, name, limits)
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, int | float):
@@ -358,7 +358,7 @@ def _json_object(text: str) -> Any:
         return text
 
 
-def _check_string(value: str, name: str, limits: Limits) -> str:
+def check_string(value: str, name: str, limits: Limits) -> str:
     # len() counts characters; a UTF-8 character is at most 4 bytes, so encode only when needed.
     if len(value) * 4 > limits.max_string_bytes and (
         len(value.encode("utf-8", "surrogatepass")) > limits.max_string_bytes

@@ -28,6 +28,7 @@ from opencdp.catalog.model import Project, Property, Schema
 from opencdp.catalog.service import Catalog
 from opencdp.catalog.types import (
     PropertyType,
+    check_string,
     coerce,
     exact_number,
     infer_type,
@@ -597,11 +598,7 @@ def json_value(value: Any, name: str, limits: Limits) -> Any:
     """A JSON value of a document as stored: the same value and JSON type, checked against the
     limits; numbers a double cannot hold exactly are refused, never rounded."""
     if isinstance(value, str):
-        if len(value) * 4 > limits.max_string_bytes and (
-            len(value.encode("utf-8", "surrogatepass")) > limits.max_string_bytes
-        ):
-            raise invalid(name, f"string longer than {limits.max_string_bytes} bytes")
-        return value
+        return check_string(value, name, limits)
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int | float | Decimal):

@@ -135,12 +135,7 @@ def build_record(
             Code.INVALID_TYPE, f"type: must be one of {', '.join(KINDS)}, got {kind!r}", "type"
         )
     props = _properties(doc.get("properties"))
-    if len(props) > limits.max_properties:
-        raise CdpError(
-            Code.LIMIT_EXCEEDED,
-            f"properties: {len(props)} properties, at most {limits.max_properties} are allowed",
-            "properties",
-        )
+    check_property_count(props, limits)
     tz = project.tz
     keys = schema.identity_keys
     tokens, key_values = _identities(props, keys, limits, tz)
@@ -256,6 +251,15 @@ def id_text(value: Any, field: str, absent: str = "required") -> str:
     if len(text) > MAX_ID:
         raise invalid(field, f"longer than {MAX_ID} characters")
     return text
+
+
+def check_property_count(props: Mapping[str, Any], limits: Limits) -> None:
+    if len(props) > limits.max_properties:
+        raise CdpError(
+            Code.LIMIT_EXCEEDED,
+            f"properties: {len(props)} properties, at most {limits.max_properties} are allowed",
+            "properties",
+        )
 
 
 def check_new_name(name: str, limits: Limits) -> None:

@@ -44,6 +44,7 @@ from opencdp.ingest.records import (
     Ensure,
     Record,
     check_new_name,
+    check_property_count,
     event_name,
     id_text,
 )
@@ -119,12 +120,7 @@ def build_record(
         props = {}
     if not isinstance(props, dict):
         raise invalid("properties", "must be a JSON object")
-    if len(props) > limits.max_properties:
-        raise CdpError(
-            Code.LIMIT_EXCEEDED,
-            f"properties: {len(props)} properties, at most {limits.max_properties} are allowed",
-            "properties",
-        )
+    check_property_count(props, limits)
     tz = project.tz
     tokens, key_values = _identities(doc, props, schema, limits, tz)
     if kind == USER_DEL:
