@@ -35,7 +35,11 @@ class Settings:
     admin_token: str | None = None
     import_concurrency: int = 2  # import jobs running at once per project
     import_queue: int = 10  # import jobs queued or running per project
-    job_workers: int = 2  # worker threads for all jobs
+    job_workers: int = 2  # worker threads for imports and segment refreshes
+    job_lease_seconds: float = 30.0  # a running job's lease; a dead worker's job waits this long
+    job_heartbeat_seconds: float = 10.0  # how often a live worker renews its leases
+    job_max_lost: int = 3  # a job whose lease expires this many times (its worker died) fails
+    catalog_refresh_seconds: float = 1.0  # another process's catalog change is seen within this
     max_upload_bytes: int = 1 << 30  # largest uploaded file (WeChat, CLI, admin API)
     marketo_max_file_bytes: int = 10 << 20  # the Marketo bulk API's documented limit
     access_token_ttl: int = 3600  # seconds an OAuth-style access token is valid
@@ -102,6 +106,10 @@ _ENV_TYPES: dict[str, type] = {
     "import_concurrency": int,
     "import_queue": int,
     "job_workers": int,
+    "job_lease_seconds": float,
+    "job_heartbeat_seconds": float,
+    "job_max_lost": int,
+    "catalog_refresh_seconds": float,
     "max_upload_bytes": int,
     "marketo_max_file_bytes": int,
     "access_token_ttl": int,

@@ -14,14 +14,14 @@ from opencdp import datadir
 from opencdp.catalog.secrets import read_or_create_private
 from opencdp.catalog.service import Catalog
 from opencdp.config import Settings
-from opencdp.exports.service import Exports
+from opencdp.exports.service import JOB_KIND, Exports
 from opencdp.faults import is_transient
 from opencdp.health import Health
 from opencdp.imports.files import Files
 from opencdp.imports.pipeline import ImportRunner
 from opencdp.ingest.apply import Applied
 from opencdp.ingest.service import IngestService
-from opencdp.jobs.service import JobLimits, Jobs
+from opencdp.jobs.service import EXPORT, JobLimits, Jobs
 from opencdp.meta.db import connect
 from opencdp.metrics import Metrics
 from opencdp.segments.sandbox import Sandbox
@@ -30,6 +30,8 @@ from opencdp.store import open_store
 from opencdp.store.base import Budget, Store
 
 log = logging.getLogger("opencdp")
+
+CATCH_UP_TICK = 1.0  # seconds between scheduler ticks while due exports wait for a job
 
 
 @dataclass
@@ -54,7 +56,12 @@ class Runtime:
         datadir.prepare(settings)
         engine = connect(settings.meta_url_resolved)
         server_key = datadir.server_key(settings, engine)
-        catalog = Catalog(engine, server_key, settings.limits.max_project_properties)
+        catalog = Catalog(
+            engine,
+            server_key,
+            settings.limits.max_project_properties,
+            refresh_seconds=settings.catalog_refresh_seconds,
+        )
         datadir.check_store(settings, engine)
         store = open_store(settings.store_url_resolved)
         try:
@@ -77,7 +84,15 @@ class Runtime:
         files = Files(engine, settings.files_dir)
         jobs = Jobs(
             engine,
-            JobLimits(settings.import_concurrency, settings.import_queue, settings.job_workers),
+            JobLimits(
+                settings.import_concurrency,
+                settings.import_queue,
+                settings.job_workers,
+                export_workers=settings.export_concurrency,
+                lease_seconds=settings.job_lease_seconds,
+                heartbeat_seconds=settings.job_heartbeat_seconds,
+                max_lost=settings.job_max_lost,
+            ),
             transient=lambda exc: is_transient(exc, store),
         )
         sandbox = Sandbox(store, settings.data_dir / "tmp" / "sql")
@@ -99,7 +114,7 @@ class Runtime:
                 store,
                 files,
                 settings.limits,
-                lambda: jobs.stopping,
+                jobs.cancelled,
                 settings.import_batch_rows,
                 on_list=segments.sync_list,
                 batch_bytes=settings.import_batch_bytes,
@@ -118,6 +133,7 @@ class Runtime:
             round_size=settings.export_round,
             retry_delay=timedelta(seconds=settings.scheduler_interval),
         )
+        jobs.register(JOB_KIND, exports.run_job, lane=EXPORT)
         metrics.export_backlog.set_function(lambda: exports.backlog)
         return cls(
             settings,
@@ -158,25 +174,26 @@ class Runtime:
         self.started = True
 
     def _schedule(self) -> None:
-        """Periodic work: dynamic segment refreshes at their time of day; the exports of closed
-        hours and days (catching up on those missed while the server was down), and the purge
-        of exports past retention. An export round runs at start; then rounds of both every
-        ``scheduler_interval``, or one right after another while exports remain due."""
-        rounds: tuple[Callable[[], object], ...] = (self.exports.schedule,)
+        """The scheduler's ticks: queue the dynamic segment refreshes whose time of day has
+        come, purge the exports past retention and queue the exports of closed hours and days
+        (catching up on those missed while the server was down) as jobs, which the workers of
+        any process run. A tick runs at start, then every ``scheduler_interval``, or every
+        ``CATCH_UP_TICK`` while due exports wait for a job. Every process may tick: work that
+        is queued or running already is not queued again."""
+        ticks: tuple[Callable[[], object], ...] = (
+            self.segments.schedule,
+            lambda: self.exports.submit_due(self.jobs),
+        )
         wait = 0.0
         while not self._ticker.wait(wait):
-            written = 0
-            for round_ in rounds:
+            for tick in ticks:
                 try:
-                    result = round_()
+                    tick()
                 except Exception:
-                    log.exception("scheduler round failed")
-                    continue
-                if round_ == self.exports.schedule and isinstance(result, int):
-                    written = result
-            rounds = (self.segments.schedule, self.exports.schedule)
-            # While exports remain due and the last round got somewhere, the next one follows.
-            wait = 0.0 if written and self.exports.backlog else self.settings.scheduler_interval
+                    log.exception("scheduler tick failed")
+            wait = self.settings.scheduler_interval
+            if self.exports.backlog:
+                wait = min(wait, CATCH_UP_TICK)
 
     def stop(self) -> None:
         if self.started:

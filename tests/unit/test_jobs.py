@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from opencdp.catalog.service import Catalog
 from opencdp.errors import CdpError, Code
 from opencdp.jobs.service import Job, JobLimits, Jobs, Outcome, Progress
+from opencdp.meta import tables as t
 from opencdp.meta.db import connect
 
 
@@ -98,7 +99,7 @@ def test_a_job_of_another_project_is_not_found(engine: sa.Engine) -> None:
     assert err.value.code is Code.NOT_FOUND
 
 
-def test_running_jobs_are_queued_again_at_start(engine: sa.Engine) -> None:
+def test_a_running_job_is_taken_over_once_its_lease_expired(engine: sa.Engine) -> None:
     first = Jobs(engine, JobLimits(workers=1))
     gate = Gate()
     first.register("test", gate)
@@ -107,19 +108,25 @@ def test_running_jobs_are_queued_again_at_start(engine: sa.Engine) -> None:
     deadline = time.monotonic() + 60
     while first.get(1, job.id).state != "running" and time.monotonic() < deadline:
         time.sleep(0.01)
-    # The process dies here: its worker never finishes. A new process starts.
+    # Another process starts: it leaves the job alone while its owner holds the lease.
     second = Jobs(engine, JobLimits(workers=1))
+    assert second.claim("main", "second") is None
+    # The first process hangs past its lease (moved into the past here): the job is taken over.
+    with engine.begin() as conn:
+        conn.execute(sa.update(t.jobs).where(t.jobs.c.id == job.id).values(lease_until=t.utcnow()))
     finishing = Gate()
     finishing.release.set()
     second.register("test", finishing)
     second.start()
     try:
         (done,) = wait_done(second, 1, [job.id])
-        assert done.state == "complete" and done.attempts == 2
+        assert done.state == "complete" and done.attempts == 2 and done.lost_leases == 1
     finally:
         second.stop()
         gate.release.set()
         first.stop()
+    # The first worker's late outcome was refused: the job keeps the new owner's.
+    assert first.get(1, job.id).owner == done.owner
 
 
 def test_a_failing_handler_fails_the_job_without_detail(engine: sa.Engine) -> None:

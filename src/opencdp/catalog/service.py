@@ -2,14 +2,20 @@
 
 Reads come from an in-memory snapshot (the hot path looks up a project per request); every change
 is written to the DB first and then swaps the snapshot, under one lock.
+
+Every change also bumps the catalog's version number (``catalog_version``) in its own
+transaction. A reader compares the stored version with its snapshot's at most every
+``refresh_seconds`` and reloads when they differ, so a change made by another process is seen
+within that delay; a snapshot is never replaced by one loaded at an older version.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import orjson
@@ -21,6 +27,8 @@ from opencdp.catalog.types import COLUMN_TYPES, TABLES, PropertyType, zone
 from opencdp.config import Limits
 from opencdp.errors import CdpError, Code, invalid, not_found
 from opencdp.meta import tables as t
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 EXPORT_FORMATS = ("csv", "jsonl", "parquet")
@@ -62,8 +70,17 @@ class Catalog:
         engine: sa.Engine,
         server_key: bytes,
         max_properties: int = Limits.max_project_properties,
+        refresh_seconds: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``refresh_seconds``: how often, at most, a read checks whether another process
+        changed the catalog (0: at every read); ``monotonic``: the clock of those checks."""
         self._engine = engine
+        self.refresh_seconds = refresh_seconds
+        self._monotonic = monotonic
+        self._version = -1  # of the snapshot
+        self._next_check = 0.0
+        self._checking = threading.Lock()
         self._server_key = server_key
         # Most properties of a project (user and event together), and most fields of a
         # collection: every way of adding one goes through ensure_properties or
@@ -80,6 +97,9 @@ class Catalog:
     # ---- loading -------------------------------------------------------------------------
     def reload(self) -> None:
         with self._engine.connect() as conn:
+            # Read first: a change committed while the rest is read makes the next check
+            # reload again, never go unseen.
+            version = _version(conn)
             envs: dict[int, list[str]] = {}
             a = t.project_aliases.c
             for r in conn.execute(
@@ -113,12 +133,38 @@ class Catalog:
                 for r in conn.execute(sa.select(a.alias, a.project_id).where(a.kind == TD_APP))
             }
         with self._lock:
+            if version < self._version:
+                return  # another thread swapped in a newer snapshot meanwhile
+            self._version = version
             self._projects = projects
             self._by_token = {c.api_token_hash: c.project_id for c in creds}
             self._by_client = {c.client_id: (c.project_id, c.client_secret_hash) for c in creds}
             self._generation = {c.client_id: int(c.secret_generation) for c in creds}
             self._schemas = {pid: _schema(pid, ps) for pid, ps in props.items()}
             self._td_apps = td_apps
+
+    @property
+    def version(self) -> int:
+        """The catalog version the snapshot was loaded at."""
+        return self._version
+
+    def refresh(self) -> None:
+        """Reload the snapshot if the stored version moved (another process changed the
+        catalog); checked at most every ``refresh_seconds``, by one thread at a time. A
+        metadata DB that cannot be read keeps the snapshot as it is."""
+        now = self._monotonic()
+        if now < self._next_check or not self._checking.acquire(blocking=False):
+            return
+        try:
+            self._next_check = now + self.refresh_seconds
+            with self._engine.connect() as conn:
+                stored = _version(conn)
+            if stored != self._version:
+                self.reload()
+        except Exception:
+            log.warning("the catalog's version could not be read; the snapshot is kept")
+        finally:
+            self._checking.release()
 
     # ---- projects ------------------------------------------------------------------------
     def create_project(
@@ -158,6 +204,7 @@ class Catalog:
                     )
                 )
             creds = self._issue(conn, pid)
+            bump(conn)
         self.reload()
         return self.project(pid), creds
 
@@ -195,6 +242,7 @@ class Catalog:
     def rotate_credentials(self, project_id: int) -> Credentials:
         with self._lock, self._engine.begin() as conn:
             creds = self._issue(conn, self.project(project_id).id)
+            bump(conn)
         self.reload()
         return creds
 
@@ -223,6 +271,7 @@ class Catalog:
                 .where(t.projects.c.id == self.project(project_id).id)
                 .values(strict_schema=strict)
             )
+            bump(conn)
         self.reload()
         return self.project(project_id)
 
@@ -235,6 +284,7 @@ class Catalog:
                 .where(t.projects.c.id == self.project(project_id).id)
                 .values(export_format=fmt)
             )
+            bump(conn)
         self.reload()
         return self.project(project_id)
 
@@ -250,6 +300,7 @@ class Catalog:
                 .where(t.projects.c.id == self.project(project_id).id)
                 .values(login_user_key=name)
             )
+            bump(conn)
         self.reload()
         return self.project(project_id)
 
@@ -290,13 +341,16 @@ class Catalog:
                         for e in wanted
                     ],
                 )
+            bump(conn)
         self.reload()
         return self.project(project_id)
 
     def projects(self) -> list[Project]:
+        self.refresh()
         return sorted(self._projects.values(), key=lambda p: p.id)
 
     def project(self, project_id: int) -> Project:
+        self.refresh()
         try:
             return self._projects[project_id]
         except KeyError:
@@ -307,6 +361,7 @@ class Catalog:
 
         >>> # catalog.resolve("default") is the project named "default"
         """
+        self.refresh()
         text = str(ref).strip()
         if text.isdigit() and int(text) in self._projects:
             return self._projects[int(text)]
@@ -324,6 +379,7 @@ class Catalog:
         The token is hashed and the hash looked up; equality of two SHA-256 digests of a
         256-bit secret leaks nothing an attacker can use, and the final check is constant-time.
         """
+        self.refresh()
         hashed = secrets.digest(token)
         pid = self._by_token.get(hashed)
         if pid is None:
@@ -331,6 +387,7 @@ class Catalog:
         return self._projects.get(pid)
 
     def authenticate_client(self, client_id: str, client_secret: str) -> Project | None:
+        self.refresh()
         entry = self._by_client.get(client_id)
         if entry is None:
             secrets.matches(client_secret, "0" * 64)  # same work either way
@@ -342,10 +399,12 @@ class Catalog:
     def td_project(self, app_id: str) -> Project | None:
         """The project a ThinkingData app id names, or None. The app id is the SDKs' only
         credential (as with ThinkingData's own receiver): it is not a secret."""
+        self.refresh()
         pid = self._td_apps.get(app_id)
         return None if pid is None else self._projects.get(pid)
 
     def td_app_ids(self, project_id: int) -> list[str]:
+        self.refresh()
         self.project(project_id)
         return sorted(a for a, p in self._td_apps.items() if p == project_id)
 
@@ -371,6 +430,7 @@ class Catalog:
                             kind=TD_APP, alias=app_id, project_id=project_id, created_at=t.utcnow()
                         )
                     )
+                    bump(conn)
                 self.reload()
         return app_id
 
@@ -380,6 +440,7 @@ class Catalog:
         with self._lock, self._engine.begin() as conn:
             a = t.project_aliases.c
             conn.execute(sa.delete(t.project_aliases).where(a.kind == TD_APP, a.alias == app_id))
+            bump(conn)
         self.reload()
 
     def ensure_td_keys(self, project_id: int) -> Schema:
@@ -399,6 +460,7 @@ class Catalog:
     def client_secret(self, client_id: str) -> tuple[Project, str] | None:
         """The project of an active client id and its secret, for verifying a request signed
         with it (GrowingIO's token handshake); None for an unknown or retired client."""
+        self.refresh()
         entry = self._by_client.get(client_id)
         project = self._projects.get(entry[0]) if entry else None
         if project is None:
@@ -413,6 +475,7 @@ class Catalog:
         server key. Rotating the project's credentials retires the client id, and with it
         every token issued for it.
         """
+        self.refresh()
         if client_id not in self._by_client:
             raise CdpError(Code.AUTH_FAILED, "client_id: unknown client", "client_id")
         expires = int(time.time()) + ttl
@@ -427,6 +490,7 @@ class Catalog:
         Raises auth_failed for a forged, altered or retired token (or, with ``client_id``, one
         issued to another client) and token_expired for one whose time is up.
         """
+        self.refresh()
         holder, _, rest = token.partition(".")
         if client_id is not None and not secrets.same(holder, client_id):
             raise CdpError(Code.AUTH_FAILED, "access token: not issued to this client", "client_id")
@@ -467,6 +531,7 @@ class Catalog:
                 )
             ).inserted_primary_key
             assert new is not None
+            bump(conn)
             return int(new[0])
 
     def collection_dedupe(self, collection_id: int) -> list[str]:
@@ -489,6 +554,7 @@ class Catalog:
                 .where(c.id == collection_id)
                 .values(dedupe_fields=orjson.dumps(names).decode() if names else None)
             )
+            bump(conn)
         return names
 
     def collection_fields(self, collection_id: int) -> dict[str, PropertyType]:
@@ -517,6 +583,8 @@ class Catalog:
             adding = len(wanted.keys() - have)
             if adding and len(have) + adding > self.max_properties:
                 raise self._over(len(have), adding, "fields", "collection")
+            if adding:
+                bump(conn)
             for name, ptype in wanted.items():
                 if name not in have:
                     conn.execute(
@@ -545,6 +613,7 @@ class Catalog:
 
     # ---- schema --------------------------------------------------------------------------
     def schema(self, project_id: int) -> Schema:
+        self.refresh()
         try:
             return self._schemas[project_id]
         except KeyError:
@@ -595,7 +664,9 @@ class Catalog:
         for n, ty in missing.items():
             if ty not in COLUMN_TYPES:
                 raise invalid(n, f"a {table} property cannot be of type {ty.value}")
-        if missing:
+        for attempt in range(3):
+            if not missing:
+                break
             with self._lock:
                 current = self.schema(project_id).table(table)
                 missing = {n: ty for n, ty in missing.items() if n not in current}
@@ -603,8 +674,15 @@ class Catalog:
                     have = self.property_count(project_id)
                     if have + len(missing) > self.max_properties:
                         raise self._over(have, len(missing), "properties", "project")
-                    self._insert_properties(project_id, table, missing)
+                    try:
+                        self._insert_properties(project_id, table, missing)
+                    except sa.exc.IntegrityError:
+                        if attempt == 2:
+                            raise
+                        self.reload()  # another process added one of them: take it as it is
+                        continue
             current = self.schema(project_id).table(table)
+            missing = {}
         return {n: current[n] for n in wanted}
 
     def property_count(self, project_id: int) -> int:
@@ -646,6 +724,7 @@ class Catalog:
                 for n, ty in missing.items()
             ]
             conn.execute(sa.insert(t.properties), rows)
+            version = bump(conn)
             added = conn.execute(
                 sa.select(t.properties).where(
                     t.properties.c.project_id == project_id,
@@ -653,12 +732,16 @@ class Catalog:
                     t.properties.c.name.in_(list(missing)),
                 )
             ).all()
-        old = self.schema(project_id)
+        if version != self._version + 1:  # another process changed the catalog meanwhile
+            self.reload()
+            return
+        old = self._schemas[project_id]
         props = {**old.table(table)}
         for r in added:
             props[r.name] = Property(r.id, r.table_name, r.name, PropertyType(r.type), False)
         user, event = (props, old.event) if table == "user" else (old.user, props)
         self._schemas[project_id] = Schema(project_id, user, event)
+        self._version = version
 
     def delete_property(self, project_id: int, table: str, name: str) -> None:
         """Remove a property from the schema. Its stored values are no longer readable (a
@@ -677,6 +760,7 @@ class Catalog:
             )
         with self._lock, self._engine.begin() as conn:
             conn.execute(sa.delete(t.properties).where(t.properties.c.id == prop.id))
+            bump(conn)
         self.reload()
 
     def set_identity_keys(self, project_id: int, keys: Iterable[str]) -> Schema:
@@ -696,6 +780,7 @@ class Catalog:
                 .where(t.properties.c.project_id == project_id, t.properties.c.table_name == "user")
                 .values(is_identity=t.properties.c.name.in_(names))
             )
+            bump(conn)
         self.reload()
         return self.schema(project_id)
 
@@ -706,3 +791,17 @@ def _schema(project_id: int, props: list[Property]) -> Schema:
         {p.name: p for p in props if p.table == "user"},
         {p.name: p for p in props if p.table == "event"},
     )
+
+
+def bump(conn: sa.Connection) -> int:
+    """Bump the catalog version in the transaction of a change; the new version."""
+    v = t.catalog_version.c
+    conn.execute(sa.update(t.catalog_version).where(v.id == 1).values(version=v.version + 1))
+    return _version(conn)
+
+
+def _version(conn: sa.Connection) -> int:
+    value = conn.execute(
+        sa.select(t.catalog_version.c.version).where(t.catalog_version.c.id == 1)
+    ).scalar()
+    return int(value or 0)

@@ -46,6 +46,7 @@ from opencdp.catalog.service import Catalog
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.exports import columns
 from opencdp.faults import describe
+from opencdp.jobs.service import Interrupted, Job, Jobs, Outcome, Progress
 from opencdp.meta import tables as t
 from opencdp.store.base import Store
 
@@ -109,6 +110,14 @@ class Period:
     start: datetime  # UTC, naive
     end: datetime  # UTC, naive, exclusive
     label: str  # the export_date as the vendor echoes it, cut to the hour or day (local)
+
+
+JOB_KIND = "export"
+
+
+def job_key(project_id: int, period: Period) -> str:
+    """The de-duplication key of a period's export job."""
+    return f"export:{project_id}:{period.export_type}:{period.start:%Y%m%d%H%M}"
 
 
 class _Stopped(Exception):
@@ -512,14 +521,7 @@ class Exports:
         now = now or self.clock()
         self.purge(now)
         limit = self.round_size if limit is None else max(1, limit)
-        clock = time.monotonic()
-        self._failed = {k: v for k, v in self._failed.items() if v > clock}
-        due: list[tuple[Project, Period, str]] = []
-        for project in self.catalog.projects():
-            for period, dt in self.due(project, now):
-                if (project.id, period.export_type, dt, period.start) not in self._failed:
-                    due.append((project, period, dt))
-        due.sort(key=_closing_order)
+        due = self._due_everywhere(now)
         self.backlog = max(0, len(due) - limit)
         if not due:
             return 0
@@ -530,6 +532,73 @@ class Exports:
             self.backlog = 0
             return 0
         return self._execute(due[:limit], self.stopping, True)
+
+    def _due_everywhere(self, now: datetime) -> list[tuple[Project, Period, str]]:
+        """The due exports of every project, in the order their periods closed, but for the
+        failed ones waiting out ``retry_delay``."""
+        clock = time.monotonic()
+        self._failed = {k: v for k, v in self._failed.items() if v > clock}
+        due: list[tuple[Project, Period, str]] = []
+        for project in self.catalog.projects():
+            for period, dt in self.due(project, now):
+                if (project.id, period.export_type, dt, period.start) not in self._failed:
+                    due.append((project, period, dt))
+        due.sort(key=_closing_order)
+        return due
+
+    # ---- as jobs -------------------------------------------------------------------------
+    def submit_due(self, jobs: Jobs, now: datetime | None = None) -> int:
+        """The scheduler's tick: purge what is past retention, then queue the due exports of
+        all projects as jobs of the ``export`` lane, one per project and period, in the order
+        their periods closed, until ``round_size`` due exports are queued or running. A period
+        already queued or running is not queued again (its job's ``dedupe`` key, whichever
+        process queued it). Returns how many jobs were queued; ``backlog`` is then how many due
+        exports wait for a job."""
+        now = now or self.clock()
+        self.purge(now)
+        jobs.purge(JOB_KIND, jobs.clock() - timedelta(days=1))
+        periods: dict[str, tuple[Project, Period, list[str]]] = {}  # in closing order
+        for project, period, dt in self._due_everywhere(now):
+            key = job_key(project.id, period)
+            periods.setdefault(key, (project, period, []))[2].append(dt)
+        active = jobs.active_keys(JOB_KIND)
+        room = self.round_size - sum(len(periods[k][2]) for k in active if k in periods)
+        queued = waiting = 0
+        for key, (project, period, dts) in periods.items():
+            if key in active:
+                continue
+            if room <= 0:
+                waiting += len(dts)
+                continue
+            params = {"export_type": period.export_type, "label": period.label, "data_types": dts}
+            try:
+                jobs.submit(project.id, JOB_KIND, "scheduler", params, dedupe=key)
+            except CdpError:  # queued meanwhile by another process
+                continue
+            queued += 1
+            room -= len(dts)
+        self.backlog = waiting
+        return queued
+
+    def run_job(self, job: Job, progress: Progress) -> Outcome:
+        """The ``export`` job: write the missing or failed exports of one period among the
+        data types it names (those published meanwhile are skipped)."""
+        project = self.catalog.project(job.project_id)
+        period = self.period(project, str(job.params["export_type"]), str(job.params["label"]))
+        data_types = [dt for dt in DATA_TYPES if dt in job.params.get("data_types", DATA_TYPES)]
+        if not self.barrier():
+            return Outcome(False, "ingested records could not be flushed in time; retried later")
+        try:
+            written = self._export_period(project, period, data_types, True, progress.cancelled)
+        except Exception as exc:  # the metadata DB or the store failing: retried later
+            log.exception("exports of %s %s failed", period.export_type, period.label)
+            retry = time.monotonic() + self.retry_delay.total_seconds()
+            for dt in data_types:
+                self._failed[(project.id, period.export_type, dt, period.start)] = retry
+            return Outcome(False, describe(exc))
+        if progress.cancelled.is_set():
+            raise Interrupted  # (what is left is written when the job runs again)
+        return Outcome(True, f"{written} exports written", rows_read=written)
 
     def _execute(
         self,

@@ -59,6 +59,28 @@ def _v8_aliases_and_dedupe_fields(conn: sa.Connection) -> None:
         conn.execute(sa.text("ALTER TABLE projects ADD COLUMN login_user_key VARCHAR(256)"))
 
 
+def _v9_job_leases(conn: sa.Connection) -> None:
+    """Jobs get a lease (owner, lease_until), a lane, a retry time, a count of lost leases and
+    a de-duplication key; the catalog gets its version number."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
+    added = {
+        "lane": "VARCHAR(16) NOT NULL DEFAULT 'main'",
+        "owner": "VARCHAR(160)",
+        "lease_until": "DATETIME" if conn.dialect.name == "sqlite" else "TIMESTAMP",
+        "lost_leases": "INTEGER NOT NULL DEFAULT 0",
+        "run_after": "DATETIME" if conn.dialect.name == "sqlite" else "TIMESTAMP",
+        "dedupe_key": "VARCHAR(200)",
+    }
+    for name, ddl in added.items():
+        if name not in have:  # (a database created since has them from the table definition)
+            conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN {name} {ddl}"))
+    for index in tables.jobs.indexes:
+        index.create(conn, checkfirst=True)
+    tables.catalog_version.create(conn, checkfirst=True)
+    if conn.execute(sa.select(tables.catalog_version.c.id)).first() is None:
+        conn.execute(sa.insert(tables.catalog_version).values(id=1, version=0))
+
+
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _v1_initial),
     (2, _v2_files_and_jobs),
@@ -68,6 +90,7 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (6, _v6_export_format),
     (7, _v7_deployment),
     (8, _v8_aliases_and_dedupe_fields),
+    (9, _v9_job_leases),
 ]
 
 LATEST = MIGRATIONS[-1][0]

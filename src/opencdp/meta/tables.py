@@ -94,6 +94,11 @@ files = sa.Table(
 
 # Durable jobs: queued -> running -> complete | failed. Counters are copied here as the job
 # goes; the store holds the authoritative progress, committed with the rows it describes.
+# A running job is leased: ``owner`` (one worker thread of one process) holds it until
+# ``lease_until`` and renews that while alive; an expired lease is taken over by any worker.
+# ``dedupe_key`` names the work of an active job (a segment's next refresh, an export period),
+# so the same work is never queued twice, whichever process submits it; it is cleared once the
+# job is done (NULLs never collide in a unique index).
 jobs = sa.Table(
     "jobs",
     metadata,
@@ -113,7 +118,26 @@ jobs = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("started_at", sa.DateTime, nullable=True),
     sa.Column("finished_at", sa.DateTime, nullable=True),
+    # Added by migration 9: leases, lanes, retries and de-duplication.
+    sa.Column("lane", sa.String(16), nullable=False, server_default="main"),
+    sa.Column("owner", sa.String(160), nullable=True),
+    sa.Column("lease_until", sa.DateTime, nullable=True),
+    sa.Column("lost_leases", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("run_after", sa.DateTime, nullable=True),
+    sa.Column("dedupe_key", sa.String(200), nullable=True),
     sa.Index("ix_jobs_project_state", "project_id", "state"),
+    sa.Index("ix_jobs_lane_state", "lane", "state"),
+    sa.Index("uq_jobs_dedupe_key", "dedupe_key", unique=True),
+)
+
+# One row: a number bumped in the transaction of every change to the catalog (projects,
+# credentials, properties, aliases, collections), so that every process holding a snapshot of
+# the catalog can tell that its snapshot is stale with one read.
+catalog_version = sa.Table(
+    "catalog_version",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
 )
 
 # Custom collections (WeChat collections, Marketo custom objects): documents keyed by their own

@@ -448,7 +448,10 @@ class Segments:
                         f"{seg.progress}); wait for it to finish",
                         "clusterId",
                     )
-            job = self.jobs.submit(project_id, KIND, surface, {"segment_id": seg.id})
+            # One refresh follows each refresh (the key names the segment, as created, and
+            # the refresh it follows), whichever process queues it.
+            key = f"{KIND}:{seg.id}:{seg.created_at:%Y%m%d%H%M%S%f}:{seg.job_id or 0}"
+            job = self.jobs.submit(project_id, KIND, surface, {"segment_id": seg.id}, dedupe=key)
             self._set(seg.id, job_id=job.id, progress=0, message="")
             return job
 
@@ -472,6 +475,7 @@ class Segments:
         except CdpError as exc:
             return self._failed(seg, exc.message)
         version = seg.version + 1
+        progress.check()  # still this worker's job (a worker that lost it writes nothing)
         with self.store.writer() as w:
             count = w.write_segment_rows(seg.project_id, seg.id, version, rows)
         published = self._set(

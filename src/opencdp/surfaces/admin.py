@@ -562,7 +562,7 @@ def _router(rt: Runtime) -> APIRouter:
 
     @r.get("/projects/{ref}/imports")
     async def list_imports(project: P) -> list[dict[str, Any]]:
-        return [_job(j) for j in rt.jobs.list(project.id) if j.kind == "import"]
+        return [_job(j) for j in rt.jobs.list(project.id, kind="import")]
 
     @r.get("/projects/{ref}/imports/{job_id}")
     async def get_import(project: P, job_id: IdPath) -> dict[str, Any]:
