@@ -425,7 +425,7 @@ class Jobs:
             return c.id == job_id
         return sa.and_(c.id == job_id, c.owner == owner, c.state == RUNNING, c.lease_until > now)
 
-    def write(self, job_id: int, owner: str | None, **values: Any) -> bool:
+    def write(self, job_id: int, owner: str | None, /, **values: Any) -> bool:
         """Update a job that ``owner`` runs, only while it still holds the lease (``owner``
         None: unconditionally). False when the write was refused: the job is lost."""
         with self._engine.begin() as conn:
