@@ -3,6 +3,7 @@ interpreter each, with connections of its own, as a second server has)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -33,9 +34,7 @@ def submit_keys(url: str, project_id: int, keys: list[str], start: Any, out: Any
     queued: list[int] = []
     start.wait()
     for key in keys:
-        try:
+        with contextlib.suppress(CdpError):  # the key was taken
             queued.append(jobs.submit(project_id, "scheduled", "test", {}, dedupe=key).id)
-        except CdpError:
-            pass
     engine.dispose()
     out.put(queued)
