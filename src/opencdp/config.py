@@ -45,12 +45,12 @@ class Settings:
     access_token_ttl: int = 3600  # seconds an OAuth-style access token is valid
     import_batch_rows: int = 0  # rows per import batch; 0: each target's own default
     import_batch_bytes: int = 0  # input text per import batch; 0: each target's own default
-    scheduler_interval: float = 30.0  # seconds between rounds of the periodic-job scheduler
+    scheduler_interval: float = 30.0  # seconds between the scheduler's ticks (queueing jobs)
     export_part_bytes: int = 64 << 20  # largest compressed part of a raw-data export
     export_delay: int = 1800  # seconds after a period closes before it is exported
     export_retention_days: int = 15  # exports older than this are purged
-    export_concurrency: int = 2  # exports the scheduler writes at once
-    export_round: int = 200  # due exports per scheduler round (rounds follow at once while due)
+    export_concurrency: int = 2  # export jobs running at once (the export lane's threads)
+    export_round: int = 200  # due exports queued or running as jobs at once
     segment_timeout: float = 120.0  # seconds one segment query may run (preview or refresh)
     segment_memory_bytes: int = 1 << 30  # working memory one segment query may take
     limits: Limits = field(default_factory=Limits)

@@ -305,7 +305,9 @@ def test_an_import_whose_identity_key_is_deleted_fails_naming_it(small: LiveServ
 
 
 def test_a_job_resumed_after_a_restart_keeps_its_keys(tmp_path: Path) -> None:
-    srv = LiveServer(tmp_path / "data", OPENCDP_IMPORT_BATCH_ROWS="20").start()
+    # A short lease: the restarted server takes the killed one's job over once it expires.
+    lease = {"OPENCDP_JOB_LEASE_SECONDS": "10", "OPENCDP_JOB_HEARTBEAT_SECONDS": "2"}
+    srv = LiveServer(tmp_path / "data", OPENCDP_IMPORT_BATCH_ROWS="20", **lease).start()
     try:
         srv.new_project("k")
         job_id = start(srv, "k", profiles_csv(1000, "s")).json()["job_id"]
@@ -313,7 +315,7 @@ def test_a_job_resumed_after_a_restart_keeps_its_keys(tmp_path: Path) -> None:
         r = srv.admin("PUT", "/projects/k/identity-keys", json={"keys": ["mobile"]})
         assert r.status_code == 200, r.text
         srv.kill()
-        srv = LiveServer(tmp_path / "data", port=srv.port).start()
+        srv = LiveServer(tmp_path / "data", port=srv.port, **lease).start()
         done = wait(srv, "k", job_id)
         assert (done["state"], done["imported"], done["failed"]) == ("complete", 1000, 0), done
     finally:

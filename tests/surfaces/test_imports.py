@@ -161,7 +161,9 @@ def test_an_import_killed_midway_completes_exactly_once(tmp_path: Path) -> None:
     csv = "event,event_id,create_time,mobile,amount\n" + "".join(
         f"pay,k{i},2024-01-01 00:00:00,{i % 5000},{i}\n" for i in range(rows)
     )
-    srv = LiveServer(tmp_path / "data", OPENCDP_IMPORT_BATCH_ROWS="2000").start()
+    # A short lease: the restarted server takes the killed one's job over once it expires.
+    lease = {"OPENCDP_JOB_LEASE_SECONDS": "10", "OPENCDP_JOB_HEARTBEAT_SECONDS": "2"}
+    srv = LiveServer(tmp_path / "data", OPENCDP_IMPORT_BATCH_ROWS="2000", **lease).start()
     srv.new_project("crash")
     job_id = start(srv, "crash", csv, into="events", mode="insert")["job_id"]
     deadline = time.monotonic() + 300
@@ -172,7 +174,7 @@ def test_an_import_killed_midway_completes_exactly_once(tmp_path: Path) -> None:
         time.sleep(0.01)
     assert job["state"] == "running", job  # the kill comes mid-import
     srv.kill()
-    srv = LiveServer(tmp_path / "data", port=srv.port).start()
+    srv = LiveServer(tmp_path / "data", port=srv.port, **lease).start()
     try:
         job = wait(srv, "crash", job_id)
         # Insert-only: a row written twice would have failed as "already exists".
