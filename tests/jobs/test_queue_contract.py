@@ -338,6 +338,21 @@ def test_work_with_a_key_is_queued_once_across_processes(queue: Queue) -> None:
     assert sorted(r.dedupe_key for r in rows) == sorted(keys)
 
 
+def test_finished_jobs_of_a_kind_are_purged_and_active_ones_kept(queue: Queue) -> None:
+    jobs = queue.jobs(limits())
+    project = queue.projects[0]
+    old = jobs.submit(project, "scheduled", "test", {}, dedupe="a")
+    other = jobs.submit(project, "work", "test", {})
+    kept = jobs.submit(project, "scheduled", "test", {}, dedupe="b")
+    for job in (old, other):
+        claimed = jobs.claim(MAIN, "w")
+        assert claimed is not None and claimed.id == job.id
+        assert jobs.finish(job.id, "w", Outcome(True, "done"))
+    queue.clock.advance(3600)
+    assert jobs.purge("scheduled", queue.clock()) == 1
+    assert [r.id for r in job_rows(queue.engine)] == [other.id, kept.id]
+
+
 # ---- the schema ---------------------------------------------------------------------------------
 def test_a_database_of_the_previous_schema_is_migrated_and_its_running_jobs_taken_over(
     tmp_path: Path,

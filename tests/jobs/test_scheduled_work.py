@@ -116,3 +116,22 @@ def test_a_due_segment_refresh_is_queued_once(rt: Runtime) -> None:
     )  # fmt: skip
     assert elsewhere.schedule(tomorrow) == []
     assert rt.jobs.active_keys(REFRESH) == keys
+
+
+def test_the_runtime_s_export_workers_write_what_a_tick_queued(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", job_workers=0, scheduler_interval=1e6)
+    rt = Runtime.open(settings)
+    rt.start(announce=False)
+    try:
+        project, _ = rt.catalog.create_project(f"w{time.monotonic_ns()}")
+        later = datetime.now(UTC) + timedelta(hours=2)
+        rt.exports.clock = lambda: later
+        assert rt.exports.submit_due(rt.jobs, later) > 0
+        deadline = time.monotonic() + 120  # a hang guard, not a performance limit
+        while rt.exports.due(project, later) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rt.exports.due(project, later) == []
+        done = rt.jobs.list(project.id, kind=JOB_KIND)
+        assert done and all(j.state == "complete" and j.lane == EXPORT for j in done)
+    finally:
+        rt.stop()

@@ -162,6 +162,7 @@ class Exports:
         self._busy: set[Key] = set()  # exports being written in this process
         self._busy_cond = threading.Condition()
         self._failed: dict[Key, float] = {}  # failed exports: when to retry (monotonic)
+        self._next_job_purge = 0.0  # (monotonic)
 
     # ---- periods -------------------------------------------------------------------------
     def period(self, project: Project, export_type: str, export_date: str) -> Period:
@@ -556,7 +557,9 @@ class Exports:
         exports wait for a job."""
         now = now or self.clock()
         self.purge(now)
-        jobs.purge(JOB_KIND, jobs.clock() - timedelta(days=1))
+        if time.monotonic() >= self._next_job_purge:  # finished export jobs, kept a day
+            jobs.purge(JOB_KIND, jobs.clock() - timedelta(days=1))
+            self._next_job_purge = time.monotonic() + 3600
         periods: dict[str, tuple[Project, Period, list[str]]] = {}  # in closing order
         for project, period, dt in self._due_everywhere(now):
             key = job_key(project.id, period)

@@ -234,7 +234,7 @@ class Jobs:
         try:
             job_id = self._insert(values, limit)
         except sa.exc.IntegrityError:
-            if dedupe is None:
+            if dedupe is None or not self._holds(dedupe):
                 raise
             raise CdpError(Code.BUSY, "this work is already queued or running") from None
         if job_id is None:
@@ -278,6 +278,14 @@ class Jobs:
             key = conn.execute(sa.insert(t.jobs).values(**values)).inserted_primary_key
             assert key is not None
             return int(key[0])
+
+    def _holds(self, key: str) -> bool:
+        """Whether an active job has the de-duplication key ``key``."""
+        with self._engine.connect() as conn:
+            found = conn.execute(
+                sa.select(t.jobs.c.id).where(t.jobs.c.dedupe_key == key).limit(1)
+            ).first()
+        return found is not None
 
     def _active(self, project_id: int, lane: str) -> int:
         c = t.jobs.c
