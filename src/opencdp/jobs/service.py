@@ -369,8 +369,10 @@ class Jobs:
 
         SQLite runs the statement under its single writer lock, so two processes never take
         one job (SQLite has no ``FOR UPDATE``: it is left out there). Without RETURNING, the
-        candidate is read, then taken by an ``UPDATE`` conditional on it still being
-        claimable; a row count of 0 means another worker took it first."""
+        candidate is taken by an ``UPDATE`` conditional on it still being claimable; a row
+        count of 0 means another worker took it first. Either way the candidate query runs
+        once as a plain read before: when there is nothing to take (an idle worker's poll),
+        no write lock is asked for."""
         now = self.clock()
         c = t.jobs.c
         j, r = t.jobs.alias("j"), t.jobs.alias("r")
@@ -409,15 +411,17 @@ class Jobs:
             lost_leases=c.lost_leases + sa.case((c.state == RUNNING, 1), else_=0),
             run_after=None,
         )
+        with self._engine.connect() as conn:
+            # A read first: an idle worker looks without taking the database's write lock.
+            found = conn.execute(candidate).scalar()
+        if found is None:
+            return None
         with self._engine.begin() as conn:
             if self.returning:
                 row = conn.execute(
                     take.where(c.id == candidate.scalar_subquery()).returning(*t.jobs.c)
                 ).first()
                 return None if row is None else Job.from_row(row)
-            found = conn.execute(candidate).scalar()
-            if found is None:
-                return None
             if conn.execute(take.where(c.id == found, claimable(c))).rowcount != 1:
                 return None  # another worker took it first
             return Job.from_row(conn.execute(sa.select(t.jobs).where(c.id == found)).one())
