@@ -116,7 +116,7 @@ def refreshed(rt: Runtime, pid: int, name: str) -> Segment:
     """Run the segment's queued refresh job here (the runtime has no job workers)."""
     seg = rt.segments.get(pid, name)
     assert seg.job_id is not None
-    rt.jobs._run(rt.jobs.get(pid, seg.job_id))
+    rt.jobs.run(rt.jobs.get(pid, seg.job_id), None)
     return rt.segments.get(pid, name)
 
 
