@@ -59,6 +59,13 @@ def _v8_aliases_and_dedupe_fields(conn: sa.Connection) -> None:
         conn.execute(sa.text("ALTER TABLE projects ADD COLUMN login_user_key VARCHAR(256)"))
 
 
+def _v10_progress(conn: sa.Connection) -> None:
+    # Filled from the analytic store's checkpoints at the first start after this step
+    # (opencdp.progress.adopt_store_checkpoints).
+    tables.ingest_progress.create(conn)
+    tables.import_batches.create(conn)
+
+
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _v1_initial),
     (2, _v2_files_and_jobs),
@@ -68,6 +75,7 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (6, _v6_export_format),
     (7, _v7_deployment),
     (8, _v8_aliases_and_dedupe_fields),
+    (10, _v10_progress),
 ]
 
 LATEST = MIGRATIONS[-1][0]
