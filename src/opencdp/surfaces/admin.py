@@ -27,7 +27,7 @@ from opencdp.catalog import secrets
 from opencdp.catalog.model import Project, Property, Schema
 from opencdp.catalog.types import PropertyType, public
 from opencdp.errors import CdpError, Code, invalid, unavailable
-from opencdp.exports.service import DATA_TYPES, Export
+from opencdp.exports.content import Export
 from opencdp.faults import describe
 from opencdp.identity import normalize
 from opencdp.imports.pipeline import submit_import
@@ -369,9 +369,9 @@ def _router(rt: Runtime) -> APIRouter:
         export already published is left as it is."""
         check.compact_time(body.export_date, "export_date")
         period = rt.exports.period(project, body.export_type, body.export_date)
-        types = body.data_types or list(DATA_TYPES)
+        types = body.data_types or list(rt.exports.layout.names)
         for dt in types:
-            if dt not in DATA_TYPES:
+            if dt not in rt.exports.layout:
                 raise invalid("data_types", f"unknown data type {dt!r}")
         out = []
         for dt in types:
