@@ -76,7 +76,7 @@ class Runtime:
         metrics.backlog.set_function(lambda: ingest.pending)
         metrics.dead_letters.set_function(lambda: ingest.flusher.failures)
         metrics.flush_stalls.set_function(lambda: ingest.flusher.stalls)
-        files = Files(engine, settings.files_dir)
+        files = Files(engine, open_blobs(settings.files_dir))
         jobs = Jobs(
             engine,
             JobLimits(settings.import_concurrency, settings.import_queue, settings.job_workers),

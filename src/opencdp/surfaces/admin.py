@@ -555,8 +555,8 @@ def _router(rt: Runtime) -> APIRouter:
         if collection is not None:
             params["collection"] = collection  # documents keyed by their _id
         job = await run_in_threadpool(
-            submit_import, rt.jobs, rt.catalog, rt.settings.limits, project.id, "admin", params,
-            stored,
+            submit_import, rt.jobs, rt.catalog, rt.settings.limits, rt.files, project.id, "admin",
+            params, stored,
         )  # fmt: skip
         return _job(job)
 
@@ -573,8 +573,7 @@ def _router(rt: Runtime) -> APIRouter:
         project: P, job_id: IdPath, kind: Literal["failures", "warnings"]
     ) -> Response:
         job = rt.jobs.get(project.id, job_id)
-        path = rt.files.job_file(job.project_id, job.id, kind)
-        data = path.read_bytes() if path.exists() else b""
+        data = rt.files.read_job_file(job.project_id, job.id, kind)
         return Response(data, media_type="text/csv; charset=utf-8")
 
     return r

@@ -154,8 +154,8 @@ class Marketo:
         params["charset"] = param(request, form, "charset")
         rt = self.rt
         return await run_in_threadpool(
-            submit_import, rt.jobs, rt.catalog, rt.settings.limits, project.id, AUDIENCE, params,
-            stored,
+            submit_import, rt.jobs, rt.catalog, rt.settings.limits, rt.files, project.id, AUDIENCE,
+            params, stored,
         )  # fmt: skip
 
     async def import_leads(self, request: Request) -> Response:
@@ -254,8 +254,7 @@ class Marketo:
         return _ok([base])
 
     def _file(self, job: Job, kind: str) -> Response:
-        path = self.rt.files.job_file(job.project_id, job.id, kind)
-        data = path.read_bytes() if path.exists() else b""
+        data = self.rt.files.read_job_file(job.project_id, job.id, kind)
         return Response(data, media_type="text/csv; charset=utf-8")
 
 
