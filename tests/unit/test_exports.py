@@ -420,7 +420,7 @@ def test_property_values_as_json_text() -> None:
 
     from opencdp.catalog.model import Property
     from opencdp.catalog.types import PropertyType
-    from opencdp.store.duckdb import _json_value, ident
+    from opencdp.store.duckdb import ident, json_value
 
     numbers = [3.0, -0.0, 2.0**53, -(2.0**53), 2.0**53 + 2, 1.5, 0.1, 1e300, -1e-7]
     specials = ["nan", "inf", "-inf"]
@@ -442,7 +442,7 @@ def test_property_values_as_json_text() -> None:
             [PropertyType.NUMBER, PropertyType.STRING, PropertyType.DATETIME, PropertyType.LIST,
              PropertyType.BOOL], start=1)
     ]  # fmt: skip
-    sql = ", ".join(_json_value(p, ident(p.column)) for p in props)
+    sql = ", ".join(json_value(p, ident(p.column)) for p in props)
     rows = conn.execute(f"SELECT {sql} FROM t").fetchall()
     texts = [r[0] for r in rows]
     assert texts[: len(numbers)] == [
