@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pyarrow as pa
 
+from opencdp.blobs.base import BlobStore
 from opencdp.catalog.model import Property
 from opencdp.catalog.service import Catalog
 from opencdp.config import Limits
@@ -55,6 +55,7 @@ def submit_import(
     jobs: Jobs,
     catalog: Catalog,
     limits: Limits,
+    files: Files,
     project_id: int,
     surface: str,
     spec: ImportSpec,
@@ -68,7 +69,8 @@ def submit_import(
     """
     spec = spec.with_identity_keys(identity_keys(catalog, project_id))
     try:
-        header = read_header(stored.path, spec.format, spec.charset, limits.max_properties)
+        with files.local_path(stored) as path:
+            header = read_header(path, spec.format, spec.charset, limits.max_properties)
     except FileError:
         header = None
     if header is not None:
@@ -78,17 +80,26 @@ def submit_import(
 
 
 class RowFile:
-    """A failures or warnings file: the rows in the input's format plus a reason column."""
+    """A failures or warnings file: the rows in the input's format plus a reason column.
 
-    def __init__(self, path: Path, delimiter: str, reason_column: str, length: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+    It grows by :meth:`BlobStore.append` at the length the job's last commit recorded, so
+    whatever a crash wrote after that commit is cut off."""
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        project_id: int,
+        key: str,
+        delimiter: str,
+        reason_column: str,
+        length: int,
+    ) -> None:
+        self.blobs, self.project_id, self.key = blobs, project_id, key
         self.delimiter = delimiter
         self.reason_column = reason_column
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        self._f: BinaryIO = os.fdopen(fd, "r+b")
-        self._f.truncate(length)  # drop what the last commit did not record
-        self._f.seek(length)
+        found = blobs.stat(project_id, key)
+        if found is not None and found.size != length:
+            blobs.append(project_id, key, b"", length)  # drop what the last commit did not record
         self.length = length
 
     def append(self, columns: list[str], rows: list[tuple[list[Any], str]]) -> None:
@@ -101,13 +112,10 @@ class RowFile:
         for values, reason in rows:
             w.writerow(["" if v is None else v for v in values] + [reason])
         data = buf.getvalue().encode("utf-8")
-        self._f.write(data)
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self.length += len(data)
+        self.length = self.blobs.append(self.project_id, self.key, data, self.length)
 
     def close(self) -> None:
-        self._f.close()
+        """(Every append is durable when it returns: nothing is left to close.)"""
 
 
 class ImportRunner:
@@ -137,32 +145,42 @@ class ImportRunner:
         if job.file_id is None:
             raise CdpError(Code.VALIDATION_FAILED, "the job has no file", "file")
         stored = self.files.get(job.project_id, job.file_id)
+        # The readers read a local file: the blob's own, or a copy for a remote store.
+        with self.files.local_path(stored) as path:
+            return self._run(job, progress, stored, path)
+
+    def _run(self, job: Job, progress: Progress, stored: StoredFile, path: Path) -> Outcome:
         spec = ImportSpec.from_params(job.params)
         fmt = spec.format
-        charset = detect_charset(stored.path, spec.charset)
+        charset = detect_charset(path, spec.charset)
         target = make_target(self.catalog, self.limits, job.project_id, spec, stored.sha256 or "")
         # A header that passes the limits fails the job before any row is read.
-        header = read_header(stored.path, fmt, charset, self.limits.max_properties)
+        header = read_header(path, fmt, charset, self.limits.max_properties)
         if header is not None:
             target.check_columns(header)
         names = {k: f"job:{job.id}:{k}" for k in _COUNTERS}
         state = {k: self.store.checkpoint(n) for k, n in names.items()}
         delimiter = DELIMITERS.get(fmt, ",")
+        blobs = self.files.blobs
         failures = RowFile(
-            self.files.job_file(job.project_id, job.id, "failures"),
+            blobs,
+            job.project_id,
+            self.files.job_file(job.id, "failures"),
             delimiter,
             FAILURE_COLUMN,
             state["failures_bytes"],
         )
         warnings = RowFile(
-            self.files.job_file(job.project_id, job.id, "warnings"),
+            blobs,
+            job.project_id,
+            self.files.job_file(job.id, "warnings"),
             delimiter,
             WARNING_COLUMN,
             state["warnings_bytes"],
         )
         try:
             if spec.stop_on_error and state["rows"] == 0:
-                stop = self._first_problem(target, stored.path, fmt, charset)
+                stop = self._first_problem(target, path, fmt, charset)
                 if stop is not None:
                     columns, values, reason, row = stop
                     failures.append(columns, [(values, reason)])
@@ -174,7 +192,7 @@ class ImportRunner:
                     )
             made: set[int] = set()  # properties whose store columns exist
             try:
-                for prepared in self._prepared(target, stored.path, fmt, charset, state["rows"]):
+                for prepared in self._prepared(target, path, fmt, charset, state["rows"]):
                     if self.stopping():
                         raise Interrupted
                     self._add_columns(job.project_id, prepared.columns, made)

@@ -160,8 +160,8 @@ class Marketo:
         spec = dataclasses.replace(spec, charset=param(request, form, "charset"))
         rt = self.rt
         return await run_in_threadpool(
-            submit_import, rt.jobs, rt.catalog, rt.settings.limits, project.id, AUDIENCE, spec,
-            stored,
+            submit_import, rt.jobs, rt.catalog, rt.settings.limits, rt.files, project.id, AUDIENCE,
+            spec, stored,
         )  # fmt: skip
 
     async def import_leads(self, request: Request) -> Response:
@@ -265,8 +265,7 @@ class Marketo:
         return _ok([base])
 
     def _file(self, job: Job, kind: str) -> Response:
-        path = self.rt.files.job_file(job.project_id, job.id, kind)
-        data = path.read_bytes() if path.exists() else b""
+        data = self.rt.files.read_job_file(job.project_id, job.id, kind)
         return Response(data, media_type="text/csv; charset=utf-8")
 
 

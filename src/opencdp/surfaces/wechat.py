@@ -215,8 +215,8 @@ class WeChat:
             spec = ImportSpec(Kind.DOCUMENTS, collection=collection, **common)
         rt = self.rt
         job = await run_in_threadpool(
-            submit_import, rt.jobs, rt.catalog, rt.settings.limits, project.id, AUDIENCE, spec,
-            stored,
+            submit_import, rt.jobs, rt.catalog, rt.settings.limits, rt.files, project.id, AUDIENCE,
+            spec, stored,
         )  # fmt: skip
         return _reply(job_id=job.id)
 
@@ -251,8 +251,7 @@ class WeChat:
             signature=q.get("sign", ""),
         )
         job: Job = self.rt.jobs.get(check.ident(raw_project, "p"), check.ident(raw_job, "job_id"))
-        path = self.rt.files.job_file(job.project_id, job.id, "failures")
-        data = path.read_bytes() if path.exists() else b""
+        data = self.rt.files.read_job_file(job.project_id, job.id, "failures")
         return Response(data, media_type="text/csv; charset=utf-8")
 
 

@@ -12,7 +12,7 @@ from pydantic.config import JsonDict
 
 from opencdp import params as check
 from opencdp.errors import invalid
-from opencdp.exports.service import DATA_TYPES, Export
+from opencdp.exports.content import Export
 from opencdp.runtime import Runtime
 from opencdp.surfaces.admin.common import P
 
@@ -59,9 +59,9 @@ def router(rt: Runtime) -> APIRouter:
         export already published is left as it is."""
         check.compact_time(body.export_date, "export_date")
         period = rt.exports.period(project, body.export_type, body.export_date)
-        types = body.data_types or list(DATA_TYPES)
+        types = body.data_types or list(rt.exports.layout.names)
         for dt in types:
-            if dt not in DATA_TYPES:
+            if dt not in rt.exports.layout:
                 raise invalid("data_types", f"unknown data type {dt!r}")
         out = []
         for dt in types:

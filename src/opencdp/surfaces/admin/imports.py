@@ -88,7 +88,8 @@ def router(rt: Runtime) -> APIRouter:
             collection=collection,
         )
         job = await run_in_threadpool(
-            submit_import, rt.jobs, rt.catalog, rt.settings.limits, project.id, "admin", spec,
+            submit_import, rt.jobs, rt.catalog, rt.settings.limits, rt.files, project.id, "admin",
+            spec,
             stored,
         )  # fmt: skip
         return job_view(job)
@@ -106,8 +107,7 @@ def router(rt: Runtime) -> APIRouter:
         project: P, job_id: IdPath, kind: Literal["failures", "warnings"]
     ) -> Response:
         job = rt.jobs.get(project.id, job_id)
-        path = rt.files.job_file(job.project_id, job.id, kind)
-        data = path.read_bytes() if path.exists() else b""
+        data = rt.files.read_job_file(job.project_id, job.id, kind)
         return Response(data, media_type="text/csv; charset=utf-8")
 
     return r
