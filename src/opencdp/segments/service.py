@@ -26,6 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 import sqlalchemy as sa
+import sqlglot.expressions as exp
 
 from opencdp.catalog.model import Schema
 from opencdp.catalog.service import Catalog
@@ -37,8 +38,10 @@ from opencdp.jobs.service import ACTIVE, Job, Jobs, Outcome, Progress
 from opencdp.meta import tables as t
 from opencdp.segments.compiler import Compiled, Compiler, Span
 from opencdp.segments.model import ClusterDef, TagDef, parse_cluster, parse_tag
+from opencdp.segments.sandbox import DIALECT as SANDBOX_DIALECT
 from opencdp.segments.sandbox import Mode, Sandbox
 from opencdp.segments.sqlcheck import SqlSegment, check_sql
+from opencdp.store import tree
 from opencdp.store.base import SEGMENT_ROWS, Budget, OverBudget, QueryError, Store, StoreWriter
 
 log = logging.getLogger(__name__)
@@ -351,21 +354,23 @@ class Segments:
 
     # ---- compiling and running -----------------------------------------------------------
     def _compile(self, project_id: int, d: ClusterDef | TagDef, now: datetime) -> Compiled:
+        """Compile a definition, and refuse what the store cannot run: an operation its
+        dialect lacks, a regular expression its engine cannot compile."""
         project = self.catalog.project(project_id)
-        tables = self.store.segment_tables(project_id)
-        compiler = Compiler(self.catalog.schema(project_id), project.tz, now, tables)
-        if isinstance(d, TagDef):
-            return compiler.tag(d)
-        return compiler.cluster(d)
+        compiler = Compiler(self.catalog.schema(project_id), project.tz, now)
+        compiled = compiler.tag(d) if isinstance(d, TagDef) else compiler.cluster(d)
+        compiled.check(self.store.capabilities.sql, self.store.pattern_error)
+        return compiled
 
     def _sql(self, typ: str, definition: Any) -> SqlSegment:
-        return check_sql(_sql_text(definition), 2 if typ.startswith("tag_") else 1)
+        columns = 2 if typ.startswith("tag_") else 1
+        return check_sql(_sql_text(definition), columns, SANDBOX_DIALECT)
 
     def _definition(
         self, project_id: int, typ: str, definition: Any, now: datetime
-    ) -> tuple[SqlSegment | str, list[Span | None]]:
+    ) -> tuple[SqlSegment | exp.Select, list[Span | None]]:
         """A definition as it reads against the catalog now: a checked SQL segment (run in
-        the sandbox), or a compiled query in the store's dialect with its time windows."""
+        the sandbox), or a compiled neutral tree (run by the store) with its time windows."""
         if typ in SQL_TYPES:
             return self._sql(typ, definition), []
         d: ClusterDef | TagDef = (
@@ -374,7 +379,7 @@ class Segments:
             else parse_cluster(definition, "qp")
         )
         compiled = self._compile(project_id, d, now)
-        return compiled.sql(self.store.capabilities.sqlglot_dialect), compiled.spans
+        return compiled.query, compiled.spans
 
     def _run_sql(self, project_id: int, seg: SqlSegment, mode: Mode) -> pa.Table | int:
         """Run a user's SQL segment in the sandbox, under the segment budget."""
@@ -382,7 +387,7 @@ class Segments:
         with self._budgeted("sql", schema):
             return self.sandbox.run(project_id, schema, seg, mode, self.budget)
 
-    def _members(self, project_id: int, query: SqlSegment | str) -> pa.Table:
+    def _members(self, project_id: int, query: SqlSegment | exp.Select) -> pa.Table:
         if isinstance(query, SqlSegment):
             rows = self._run_sql(project_id, query, "members")
             assert isinstance(rows, pa.Table)
@@ -409,7 +414,9 @@ class Segments:
                 Code.LIMIT_EXCEEDED, f"the segment query went over its {what}", "budget"
             ) from None
 
-    def query(self, seg: Segment, now: datetime) -> tuple[SqlSegment | str, list[Span | None]]:
+    def query(
+        self, seg: Segment, now: datetime
+    ) -> tuple[SqlSegment | exp.Select, list[Span | None]]:
         """The members query of a segment as its definition reads against the catalog now."""
         return self._definition(seg.project_id, seg.type, seg.definition, now)
 
@@ -750,10 +757,10 @@ class Segments:
                 seg = self.get(project_id, self._insert(values))
             except CdpError:  # created meanwhile by another import of the same list
                 seg = self.get(project_id, name)
-        lists = self.store.segment_tables(project_id).lists
         query = (
-            "SELECT user_id, CAST(NULL AS VARCHAR) AS tag_value "
-            f"FROM {lists} WHERE list_id = {int(list_id)}"
+            exp.select(exp.column("user_id"), exp.cast(exp.null(), "VARCHAR").as_("tag_value"))
+            .from_(exp.to_table(tree.LISTS))
+            .where(exp.column("list_id").eq(exp.Literal.number(int(list_id))))
         )
         with self.store.writer() as w:
             w.ensure_project(project_id)
