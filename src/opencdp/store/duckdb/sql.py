@@ -41,7 +41,7 @@ SQL = tree.SqlDialect(
         tree.ArgMinNull: tree.function("ARG_MIN_NULL"),
         tree.ArgMaxNull: tree.function("ARG_MAX_NULL"),
         tree.ListHasAny: tree.function("LIST_HAS_ANY"),
-        tree.ListLength: tree.function("LEN"),
+        tree.ListLength: tree.function("LENGTH"),
         tree.ListText: tree.function("ARRAY_TO_STRING"),
         tree.NumberText: _number_text,
         tree.LocalTimeText: _local_time_text,
