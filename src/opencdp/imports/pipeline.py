@@ -32,15 +32,22 @@ from opencdp.catalog.service import Catalog
 from opencdp.config import Limits
 from opencdp.errors import CdpError, Code
 from opencdp.imports.files import Files, StoredFile
-from opencdp.imports.readers import FileError, RowBatch, detect_charset, read_file, read_header
-from opencdp.imports.targets import IDENTITY_KEYS, Prepared, Target, identity_keys, make_target
+from opencdp.imports.readers import (
+    DELIMITERS,
+    FileError,
+    RowBatch,
+    detect_charset,
+    read_file,
+    read_header,
+)
+from opencdp.imports.spec import ImportSpec
+from opencdp.imports.targets import Prepared, Target, identity_keys, make_target
 from opencdp.jobs.service import Interrupted, Job, Jobs, Outcome, Progress
 from opencdp.store.base import Store
 
 FAILURE_COLUMN = "Import Failure Reason"
 WARNING_COLUMN = "Import Warning Reason"
 _COUNTERS = ("rows", "imported", "failed", "warnings", "failures_bytes", "warnings_bytes")
-DELIMITERS = {"csv": ",", "tsv": "\t", "ssv": ";"}
 COLUMNS_PER_TRANSACTION = 64  # store columns added at once for new properties
 
 
@@ -50,7 +57,7 @@ def submit_import(
     limits: Limits,
     project_id: int,
     surface: str,
-    params: dict[str, Any],
+    spec: ImportSpec,
     stored: StoredFile,
 ) -> Job:
     """Queue the import of a stored file, keeping the project's identity keys as they are now.
@@ -59,18 +66,15 @@ def submit_import(
     refused here, with ``limit_exceeded`` and nothing queued. Other problems of the file
     (empty, an unknown charset) are the job's to report, as when it runs.
     """
-    params = {**params, IDENTITY_KEYS: identity_keys(catalog, project_id)}
+    spec = spec.with_identity_keys(identity_keys(catalog, project_id))
     try:
-        header = read_header(
-            stored.path, str(params.get("format", "csv")), params.get("charset"),
-            limits.max_properties,
-        )  # fmt: skip
+        header = read_header(stored.path, spec.format, spec.charset, limits.max_properties)
     except FileError:
         header = None
     if header is not None:
-        target = make_target(catalog, limits, project_id, {**params, "file_sha256": stored.sha256})
+        target = make_target(catalog, limits, project_id, spec, stored.sha256 or "")
         target.check_columns(header)
-    return jobs.submit(project_id, "import", surface, params, stored.id)
+    return jobs.submit(project_id, "import", surface, spec.to_params(), stored.id)
 
 
 class RowFile:
@@ -133,12 +137,10 @@ class ImportRunner:
         if job.file_id is None:
             raise CdpError(Code.VALIDATION_FAILED, "the job has no file", "file")
         stored = self.files.get(job.project_id, job.file_id)
-        params = job.params
-        fmt = str(params.get("format", "csv"))
-        charset = detect_charset(stored.path, params.get("charset"))
-        target = make_target(
-            self.catalog, self.limits, job.project_id, {**params, "file_sha256": stored.sha256}
-        )
+        spec = ImportSpec.from_params(job.params)
+        fmt = spec.format
+        charset = detect_charset(stored.path, spec.charset)
+        target = make_target(self.catalog, self.limits, job.project_id, spec, stored.sha256 or "")
         # A header that passes the limits fails the job before any row is read.
         header = read_header(stored.path, fmt, charset, self.limits.max_properties)
         if header is not None:
@@ -159,7 +161,7 @@ class ImportRunner:
             state["warnings_bytes"],
         )
         try:
-            if params.get("stop_on_error") and state["rows"] == 0:
+            if spec.stop_on_error and state["rows"] == 0:
                 stop = self._first_problem(target, stored.path, fmt, charset)
                 if stop is not None:
                     columns, values, reason, row = stop
@@ -208,8 +210,8 @@ class ImportRunner:
         finally:
             failures.close()
             warnings.close()
-        if params.get("list_id") is not None and self.on_list is not None:
-            self.on_list(job.project_id, int(params["list_id"]))
+        if spec.list_id is not None and self.on_list is not None:
+            self.on_list(job.project_id, spec.list_id)
         return Outcome(
             True,
             _summary(state),

@@ -345,9 +345,9 @@ class Compiler:
                 raise invalid(field, exc.message.partition(": ")[2]) from None
         if ptype is PropertyType.BOOL:
             low = value.strip().lower()
-            if low in ct._TRUE:
+            if low in ct.TRUE_TEXTS:
                 return True
-            if low in ct._FALSE:
+            if low in ct.FALSE_TEXTS:
                 return False
             raise invalid(field, f"expected true or false, got {value[:80]!r}")
         return _checked_text(value, field)
@@ -446,7 +446,7 @@ def _timestamp(dt: datetime) -> exp.Expr:
 
 def _number(text: str, field: str) -> float:
     """A number as the rest of the platform reads one (no ``1_0``, no non-ASCII digits)."""
-    if not ct._NUMBER.fullmatch(text.strip()):
+    if not ct.NUMBER_TEXT.fullmatch(text.strip()):
         raise invalid(field, f"expected a number, got {text[:80]!r}")
     value = float(text.strip())
     if not math.isfinite(value):

@@ -23,7 +23,7 @@ that only those columns are handed to the sandbox.
 
 >>> q = check_sql("SELECT user_id FROM events WHERE amount > 5", 1)
 >>> sorted(q.reads), sorted(q.names or ())
-(['events'], ['amount', 'user_id'])
+(['events'], ['amount', 'events', 'user_id'])
 >>> check_sql("SELECT * FROM p2_profiles", 1)
 Traceback (most recent call last):
 ...
