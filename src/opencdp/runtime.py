@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from opencdp import datadir
+from opencdp.blobs import open_blobs
 from opencdp.catalog.secrets import read_or_create_private
 from opencdp.catalog.service import Catalog
 from opencdp.config import Settings
+from opencdp.exports import columns
 from opencdp.exports.service import Exports
 from opencdp.faults import is_transient
 from opencdp.health import Health
@@ -77,7 +79,7 @@ class Runtime:
         metrics.backlog.set_function(lambda: ingest.pending)
         metrics.dead_letters.set_function(lambda: ingest.flusher.failures)
         metrics.flush_stalls.set_function(lambda: ingest.flusher.stalls)
-        files = Files(engine, settings.files_dir)
+        files = Files(engine, open_blobs(settings.files_dir))
         jobs = Jobs(
             engine,
             JobLimits(settings.import_concurrency, settings.import_queue, settings.job_workers),
@@ -114,7 +116,8 @@ class Runtime:
             catalog,
             store,
             ingest.barrier,
-            settings.data_dir / "exports",
+            open_blobs(settings.data_dir / "exports"),
+            columns.LAYOUT,
             part_bytes=settings.export_part_bytes,
             delay=timedelta(seconds=settings.export_delay),
             retention=timedelta(days=settings.export_retention_days),

@@ -25,38 +25,38 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 import pyarrow as pa
 
 from opencdp import crashpoints
+from opencdp.blobs.base import BlobStore
 from opencdp.catalog.model import Property
 from opencdp.catalog.service import Catalog
 from opencdp.config import Limits
 from opencdp.errors import CdpError, Code
 from opencdp.imports.files import Files, StoredFile
-from opencdp.imports.readers import FileError, RowBatch, detect_charset, read_file, read_header
-from opencdp.imports.targets import (
-    IDENTITY_KEYS,
-    BatchResult,
-    Prepared,
-    Target,
-    identity_keys,
-    make_target,
+from opencdp.imports.readers import (
+    DELIMITERS,
+    FileError,
+    RowBatch,
+    detect_charset,
+    read_file,
+    read_header,
 )
+from opencdp.imports.spec import ImportSpec
+from opencdp.imports.targets import BatchResult, Prepared, Target, identity_keys, make_target
 from opencdp.jobs.service import Interrupted, Job, Jobs, Outcome, Progress
 from opencdp.meta.progress import BatchRecord, ProgressLog
 from opencdp.store.base import Store
 
 FAILURE_COLUMN = "Import Failure Reason"
 WARNING_COLUMN = "Import Warning Reason"
-DELIMITERS = {"csv": ",", "tsv": "\t", "ssv": ";"}
 _COUNTERS = ("imported", "failed", "warnings", "failures_bytes", "warnings_bytes")
 
 
@@ -64,9 +64,10 @@ def submit_import(
     jobs: Jobs,
     catalog: Catalog,
     limits: Limits,
+    files: Files,
     project_id: int,
     surface: str,
-    params: dict[str, Any],
+    spec: ImportSpec,
     stored: StoredFile,
 ) -> Job:
     """Queue the import of a stored file, keeping the project's identity keys as they are now.
@@ -75,32 +76,39 @@ def submit_import(
     refused here, with ``limit_exceeded`` and nothing queued. Other problems of the file
     (empty, an unknown charset) are the job's to report, as when it runs.
     """
-    params = {**params, IDENTITY_KEYS: identity_keys(catalog, project_id)}
+    spec = spec.with_identity_keys(identity_keys(catalog, project_id))
     try:
-        header = read_header(
-            stored.path, str(params.get("format", "csv")), params.get("charset"),
-            limits.max_properties,
-        )  # fmt: skip
+        with files.local_path(stored) as path:
+            header = read_header(path, spec.format, spec.charset, limits.max_properties)
     except FileError:
         header = None
     if header is not None:
-        target = make_target(catalog, limits, project_id, {**params, "file_sha256": stored.sha256})
+        target = make_target(catalog, limits, project_id, spec, stored.sha256 or "")
         target.check_columns(header)
-    return jobs.submit(project_id, "import", surface, params, stored.id)
+    return jobs.submit(project_id, "import", surface, spec.to_params(), stored.id)
 
 
 class RowFile:
-    """A failures or warnings file: the rows in the input's format plus a reason column."""
+    """A failures or warnings file: the rows in the input's format plus a reason column.
 
-    def __init__(self, path: Path, delimiter: str, reason_column: str, length: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+    It grows by :meth:`BlobStore.append` at the length the job's last recorded batch left it
+    at, so whatever a crash wrote after that is cut off."""
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        project_id: int,
+        key: str,
+        delimiter: str,
+        reason_column: str,
+        length: int,
+    ) -> None:
+        self.blobs, self.project_id, self.key = blobs, project_id, key
         self.delimiter = delimiter
         self.reason_column = reason_column
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        self._f: BinaryIO = os.fdopen(fd, "r+b")
-        self._f.truncate(length)  # drop what the last commit did not record
-        self._f.seek(length)
+        found = blobs.stat(project_id, key)
+        if found is not None and found.size != length:
+            blobs.append(project_id, key, b"", length)  # drop what the last commit did not record
         self.length = length
 
     def render(self, rows: list[tuple[list[Any], str]]) -> str:
@@ -126,13 +134,10 @@ class RowFile:
             )
             head = buf.getvalue()
         data = (head + lines).encode("utf-8")
-        self._f.write(data)
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self.length += len(data)
+        self.length = self.blobs.append(self.project_id, self.key, data, self.length)
 
     def close(self) -> None:
-        self._f.close()
+        """(Every append is durable when it returns: nothing is left to close.)"""
 
 
 @dataclass(frozen=True)
@@ -195,30 +200,35 @@ class ImportRunner:
         if job.file_id is None:
             raise CdpError(Code.VALIDATION_FAILED, "the job has no file", "file")
         stored = self.files.get(job.project_id, job.file_id)
-        params = job.params
-        fmt = str(params.get("format", "csv"))
-        charset = detect_charset(stored.path, params.get("charset"))
-        target = make_target(
-            self.catalog, self.limits, job.project_id, {**params, "file_sha256": stored.sha256}
-        )
+        # The readers read a local file: the blob's own, or a copy for a remote store.
+        with self.files.local_path(stored) as path:
+            return self._run(job, progress, stored, path)
+
+    def _run(self, job: Job, progress: Progress, stored: StoredFile, path: Path) -> Outcome:
+        spec = ImportSpec.from_params(job.params)
+        fmt = spec.format
+        charset = detect_charset(path, spec.charset)
+        target = make_target(self.catalog, self.limits, job.project_id, spec, stored.sha256 or "")
         # A header that passes the limits fails the job before any row is read.
-        header = read_header(stored.path, fmt, charset, self.limits.max_properties)
+        header = read_header(path, fmt, charset, self.limits.max_properties)
         if header is not None:
             target.check_columns(header)
         last = self.recorded.last_batch(job.id)
-        state = {
-            "rows": last.last_row,
-            **{k: getattr(last, k) for k in _COUNTERS},
-        }
+        state = {"rows": last.last_row, **{k: getattr(last, k) for k in _COUNTERS}}
         delimiter = DELIMITERS.get(fmt, ",")
+        blobs = self.files.blobs
         failures = RowFile(
-            self.files.job_file(job.project_id, job.id, "failures"),
+            blobs,
+            job.project_id,
+            self.files.job_file(job.id, "failures"),
             delimiter,
             FAILURE_COLUMN,
             last.failures_bytes,
         )
         warnings = RowFile(
-            self.files.job_file(job.project_id, job.id, "warnings"),
+            blobs,
+            job.project_id,
+            self.files.job_file(job.id, "warnings"),
             delimiter,
             WARNING_COLUMN,
             last.warnings_bytes,
@@ -232,8 +242,8 @@ class ImportRunner:
             if kept is not None:
                 batch_no += 1
                 self._finish(job, batch_no, BatchOutcome.decode(kept), state, files, progress)
-            if params.get("stop_on_error") and state["rows"] == 0:
-                stop = self._first_problem(target, stored.path, fmt, charset)
+            if spec.stop_on_error and state["rows"] == 0:
+                stop = self._first_problem(target, path, fmt, charset)
                 if stop is not None:
                     columns, values, reason, row = stop
                     failures.append(columns, [(values, reason)])
@@ -245,7 +255,7 @@ class ImportRunner:
                     )
             made: set[int] = set()  # properties whose store columns exist
             try:
-                for prepared in self._prepared(target, stored.path, fmt, charset, state["rows"]):
+                for prepared in self._prepared(target, path, fmt, charset, state["rows"]):
                     crashpoints.reached("import.prepared")
                     if self.stopping():
                         raise Interrupted
@@ -272,8 +282,8 @@ class ImportRunner:
             failures.close()
             warnings.close()
         self._forget(job.id)
-        if params.get("list_id") is not None and self.on_list is not None:
-            self.on_list(job.project_id, int(params["list_id"]))
+        if spec.list_id is not None and self.on_list is not None:
+            self.on_list(job.project_id, spec.list_id)
         return Outcome(
             True,
             _summary(state),
@@ -338,9 +348,7 @@ class ImportRunner:
         self.recorded.record_batch(
             job.id,
             BatchRecord(
-                batch_no=batch_no,
-                last_row=state["rows"],
-                **{k: state[k] for k in _COUNTERS},
+                batch_no=batch_no, last_row=state["rows"], **{k: state[k] for k in _COUNTERS}
             ),
         )
         crashpoints.reached("import.progress_recorded")

@@ -11,11 +11,13 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import sqlglot.expressions as exp
 
 from opencdp.catalog.model import Property
-from opencdp.store.base import SEGMENT_ROWS, Budget, OverBudget, QueryError, SegmentTables
+from opencdp.store import tree
+from opencdp.store.base import SEGMENT_ROWS, Budget, OverBudget, QueryError
 from opencdp.store.duckdb.connection import DuckDBBase
-from opencdp.store.duckdb.sql import ARROW_TYPES, ident, table
+from opencdp.store.duckdb.sql import ARROW_TYPES, SQL, ident, logical_tables, table
 from opencdp.store.duckdb.writer import WriterBase
 
 # The logical tables a segment query reads, and the stored tables behind them.
@@ -26,13 +28,19 @@ WATCH_INTERVAL = 0.02
 _RESIDENT = ("BASE_TABLE", "METADATA", "ART_INDEX")
 
 
+def render(project_id: int, query: exp.Select) -> str:
+    """A segment query's neutral tree as DuckDB SQL over the project's own tables."""
+    return tree.render(query, SQL, logical_tables(project_id))
+
+
 class SegmentReads(DuckDBBase):
-    def segment_tables(self, project_id: int) -> SegmentTables:
-        return SegmentTables(
-            table(project_id, "profiles"),
-            table(project_id, "events"),
-            table(project_id, "list_members"),
-        )
+    def pattern_error(self, pattern: str) -> str | None:
+        with self._read() as cur:
+            try:
+                cur.execute("SELECT regexp_matches('', ?)", [pattern])
+            except duckdb.Error as exc:
+                return str(exc).splitlines()[0].removeprefix("Invalid Input Error: ")
+        return None
 
     @contextmanager
     def _guarded(self, cur: duckdb.DuckDBPyConnection, budget: Budget) -> Iterator[None]:
@@ -83,22 +91,24 @@ class SegmentReads(DuckDBBase):
             ).fetchone()
         return int(row[0]) if row else 0
 
-    def count_query(self, project_id: int, query: str, budget: Budget) -> int:
+    def count_query(self, project_id: int, query: exp.Select, budget: Budget) -> int:
+        sql = render(project_id, query)
         with self._read() as cur:
             if not self._has_tables(cur, project_id):
                 return 0
             with self._guarded(cur, budget):
-                row = cur.execute(f"SELECT count(*) FROM ({query})").fetchone()
+                row = cur.execute(f"SELECT count(*) FROM ({sql})").fetchone()
         return int(row[0]) if row else 0
 
-    def segment_rows(self, project_id: int, query: str, budget: Budget) -> pa.Table:
+    def segment_rows(self, project_id: int, query: exp.Select, budget: Budget) -> pa.Table:
+        sql = render(project_id, query)
         with self._read() as cur:
             if not self._has_tables(cur, project_id):
                 return SEGMENT_ROWS.empty_table()
             with self._guarded(cur, budget):
                 reader = cur.sql(
                     "SELECT CAST(q.user_id AS BIGINT) AS user_id, "
-                    f"CAST(q.tag_value AS VARCHAR) AS tag_value FROM ({query}) q"
+                    f"CAST(q.tag_value AS VARCHAR) AS tag_value FROM ({sql}) q"
                 ).to_arrow_reader(65_536)
                 assert reader is not None
                 rows = reader.read_all()
@@ -195,7 +205,10 @@ class SegmentWrites(WriterBase):
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def write_segment(self, project_id: int, segment_id: int, version: int, query: str) -> int:
+    def write_segment(
+        self, project_id: int, segment_id: int, version: int, query: exp.Select
+    ) -> int:
+        sql = render(project_id, query)
         members = self._members(project_id)
         # Versions above the new one are leftovers of a refresh that did not commit its state.
         self._cur.execute(
@@ -203,7 +216,7 @@ class SegmentWrites(WriterBase):
         )
         self._cur.execute(
             f"INSERT INTO {members} SELECT {int(segment_id)}, {int(version)}, q.user_id, "
-            f"q.tag_value FROM ({query}) q"
+            f"q.tag_value FROM ({sql}) q"
         )
         return self._keep_two(members, segment_id, version)
 

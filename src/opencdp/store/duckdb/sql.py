@@ -11,14 +11,47 @@ from __future__ import annotations
 import re
 
 import pyarrow as pa
+import sqlglot.expressions as exp
 
 from opencdp.catalog.model import Property
 from opencdp.catalog.types import PropertyType
+from opencdp.store import tree
 from opencdp.store.base import Capabilities
+
+
+def _number_text(node: exp.Expr) -> exp.Expr:
+    v = node.this
+    whole = exp.func("ROUND", v).eq(v)
+    small = exp.func("ABS", v) < exp.Literal.number("1e15")
+    as_int = exp.cast(exp.cast(v, "BIGINT"), "VARCHAR")
+    return exp.Case().when(exp.and_(whole, small), as_int).else_(exp.cast(v, "VARCHAR"))
+
+
+def _local_time_text(node: exp.Expr) -> exp.Expr:
+    utc = exp.AtTimeZone(this=node.this, zone=exp.Literal.string("UTC"))
+    local = exp.func("TIMEZONE", node.args["zone"], utc)
+    return exp.func("STRFTIME", local, exp.Literal.string("%Y-%m-%d %H:%M:%S"))
+
+
+# How DuckDB writes the operations of a segment's neutral tree.
+SQL = tree.SqlDialect(
+    engine="duckdb",
+    sqlglot="duckdb",
+    operations={
+        tree.ArgMinNull: tree.function("ARG_MIN_NULL"),
+        tree.ArgMaxNull: tree.function("ARG_MAX_NULL"),
+        tree.ListHasAny: tree.function("LIST_HAS_ANY"),
+        tree.ListLength: tree.function("LENGTH"),
+        tree.ListText: tree.function("ARRAY_TO_STRING"),
+        tree.NumberText: _number_text,
+        tree.LocalTimeText: _local_time_text,
+        tree.Timestamp: lambda node: exp.cast(node.this, "TIMESTAMP"),
+    },
+)
 
 CAPABILITIES = Capabilities(
     name="duckdb",
-    sqlglot_dialect="duckdb",
+    sql=SQL,
     column_types={
         PropertyType.STRING: "VARCHAR",
         PropertyType.NUMBER: "DOUBLE",
@@ -94,6 +127,17 @@ def json_value(p: Property, col: str) -> str:
 
 
 def table(project_id: int, kind: str) -> str:
+    return ident(table_name(project_id, kind))
+
+
+def table_name(project_id: int, kind: str) -> str:
+    """A project's table, unquoted (:func:`table` quotes it)."""
     if not isinstance(project_id, int) or kind not in KINDS:
         raise ValueError("bad table reference")
-    return ident(f"p{project_id}_{kind}")
+    return f"p{project_id}_{kind}"
+
+
+def logical_tables(project_id: int) -> dict[str, str]:
+    """The physical tables behind the logical tables of a project's segment queries."""
+    kinds = {tree.USERS: "profiles", tree.EVENTS: "events", tree.LISTS: "list_members"}
+    return {logical: table_name(project_id, kind) for logical, kind in kinds.items()}
