@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from bench.ingest import OUT
 from opencdp.catalog.types import PropertyType
 from opencdp.config import Settings
-from opencdp.exports.service import Export
+from opencdp.exports.content import Export, ExportStatus
 from opencdp.meta import tables as t
 from opencdp.runtime import Runtime
 from opencdp.store.duckdb import table
@@ -147,7 +147,7 @@ def _first_hour_published(rt: Runtime, project: Any, now: datetime) -> bool:
         project, "hour", first.replace(tzinfo=UTC).astimezone(project.tz).strftime("%Y%m%d%H")
     )
     return all(
-        rt.exports.status(project, hour, dt)[0] == "FINISHED"
+        rt.exports.status(project, hour, dt)[0] is ExportStatus.READY
         for dt in ("visit", "page", "custom_event", "user", "user_cluster", "evar")
     )
 

@@ -29,8 +29,9 @@ from bench.ingest import ADMIN_TOKEN, OUT, Server, free_port
 from opencdp.catalog.types import PropertyType
 from opencdp.config import Settings
 from opencdp.runtime import Runtime
-from opencdp.segments.model import parse_cluster, parse_tag
+from opencdp.segments.model import ClusterDef, TagDef, parse_cluster, parse_tag
 from opencdp.store.duckdb import table
+from opencdp.store.duckdb.segments import render
 
 NAMES = ["consume_item", "pay", "login", "view_page", "share"] + [f"event_{i}" for i in range(15)]
 CITIES = 50
@@ -170,12 +171,17 @@ def two_conditions_sql(tz: Any, now: datetime) -> str:
 
 
 def compiled(pid: int, rt: Runtime, now: datetime) -> dict[str, str]:
+    """The compiled definitions, rendered as the DuckDB store renders them."""
     seg = rt.segments
+
+    def sql(d: ClusterDef | TagDef) -> str:
+        return render(pid, seg._compile(pid, d, now).query)
+
     return {
-        "seed": seg._compile(pid, parse_cluster(SEED), now).sql("duckdb"),
-        "two_conditions": seg._compile(pid, parse_cluster(TWO), now).sql("duckdb"),
-        "first_event_tag": seg._compile(pid, parse_tag(FIRST), now).sql("duckdb"),
-        "metric_tag": seg._compile(pid, parse_tag(METRIC), now).sql("duckdb"),
+        "seed": sql(parse_cluster(SEED)),
+        "two_conditions": sql(parse_cluster(TWO)),
+        "first_event_tag": sql(parse_tag(FIRST)),
+        "metric_tag": sql(parse_tag(METRIC)),
     }
 
 

@@ -57,6 +57,13 @@ def integer(
     """An integer from an int, a whole float (JSON ``1.0``) or decimal text, within bounds.
 
     Booleans are not integers here (``true`` is not ``1``).
+
+    >>> integer("  -7 ", "n"), integer(3.0, "n"), integer("2", "file_type", 1, 2)
+    (-7, 3, 2)
+    >>> integer(True, "n", 0, 9)
+    Traceback (most recent call last):
+    ...
+    opencdp.errors.CdpError: n: expected an integer from 0 to 9, got True
     """
     if value is None or value == "":
         raise missing(field)
@@ -101,7 +108,15 @@ def check_day(day: date, field: str) -> date:
 
 
 def day(value: Any, field: str) -> date:
-    """A calendar date written ``YYYY-MM-DD``, within :data:`MIN_DATE` .. :data:`MAX_DATE`."""
+    """A calendar date written ``YYYY-MM-DD``, within :data:`MIN_DATE` .. :data:`MAX_DATE`.
+
+    >>> day("2024-02-29", "from")
+    datetime.date(2024, 2, 29)
+    >>> day("2023-02-29", "from")
+    Traceback (most recent call last):
+    ...
+    opencdp.errors.CdpError: from: no such date: '2023-02-29'
+    """
     if value is None or value == "":
         raise missing(field)
     if not isinstance(value, str) or not _DAY.fullmatch(value):
@@ -115,7 +130,11 @@ def day(value: Any, field: str) -> date:
 
 def compact_time(value: Any, field: str) -> datetime:
     """A local time written ``yyyyMMdd[HH[mm]]`` (an export date), its day within
-    :data:`MIN_DATE` .. :data:`MAX_DATE`."""
+    :data:`MIN_DATE` .. :data:`MAX_DATE`.
+
+    >>> compact_time("20240301", "export_date"), compact_time("2024030113", "export_date")
+    (datetime.datetime(2024, 3, 1, 0, 0), datetime.datetime(2024, 3, 1, 13, 0))
+    """
     if value is None or value == "":
         raise missing(field)
     if not isinstance(value, str) or not _COMPACT.fullmatch(value):
@@ -155,7 +174,11 @@ def text(value: Any, field: str, required: bool = False, max_length: int | None 
 
 def word(value: Any, field: str, max_length: int = 40) -> str | None:
     """A short name made of ASCII letters, digits and ``._:-`` (a charset, a format), or
-    ``None`` when absent."""
+    ``None`` when absent.
+
+    >>> word(" gb18030 ", "charset"), word("", "charset")
+    ('gb18030', None)
+    """
     if value is None or value == "":
         return None
     if not isinstance(value, str) or not _WORD.fullmatch(value.strip()):
@@ -166,7 +189,11 @@ def word(value: Any, field: str, max_length: int = 40) -> str | None:
 
 
 def flag(value: Any, field: str, default: bool = False) -> bool:
-    """A boolean: JSON ``true``/``false``, or the text ``true``/``false``/``1``/``0``."""
+    """A boolean: JSON ``true``/``false``, or the text ``true``/``false``/``1``/``0``.
+
+    >>> flag("TRUE", "stop_on_error"), flag("0", "stop_on_error"), flag(None, "x", True)
+    (True, False, True)
+    """
     if value is None or value == "":
         return default
     if isinstance(value, bool):

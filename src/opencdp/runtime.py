@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from opencdp import datadir
+from opencdp.blobs import open_blobs
 from opencdp.catalog.secrets import read_or_create_private
 from opencdp.catalog.service import Catalog
 from opencdp.config import Settings
+from opencdp.exports import columns
 from opencdp.exports.service import JOB_KIND, Exports
 from opencdp.faults import is_transient
 from opencdp.health import Health
@@ -23,6 +25,7 @@ from opencdp.ingest.apply import Applied
 from opencdp.ingest.service import IngestService
 from opencdp.jobs.service import EXPORT, JobLimits, Jobs
 from opencdp.meta.db import connect
+from opencdp.meta.progress import ProgressLog
 from opencdp.metrics import Metrics
 from opencdp.segments.sandbox import Sandbox
 from opencdp.segments.service import Segments
@@ -64,8 +67,10 @@ class Runtime:
         )
         datadir.check_store(settings, engine)
         store = open_store(settings.store_url_resolved)
+        progress = ProgressLog(engine)
         try:
             datadir.check_deployment(engine, store)
+            progress.adopt_store_checkpoints(store)
         except Exception:
             store.close()
             raise
@@ -77,11 +82,11 @@ class Runtime:
             metrics.flush_seconds.observe(seconds)
             metrics.merges.inc(stats.merges)
 
-        ingest = IngestService(settings, catalog, store, on_batch, health)
+        ingest = IngestService(settings, catalog, store, progress, on_batch, health)
         metrics.backlog.set_function(lambda: ingest.pending)
         metrics.dead_letters.set_function(lambda: ingest.flusher.failures)
         metrics.flush_stalls.set_function(lambda: ingest.flusher.stalls)
-        files = Files(engine, settings.files_dir)
+        files = Files(engine, open_blobs(settings.files_dir))
         jobs = Jobs(
             engine,
             JobLimits(
@@ -112,6 +117,7 @@ class Runtime:
             ImportRunner(
                 catalog,
                 store,
+                progress,
                 files,
                 settings.limits,
                 jobs.cancelled,
@@ -125,7 +131,8 @@ class Runtime:
             catalog,
             store,
             ingest.barrier,
-            settings.data_dir / "exports",
+            open_blobs(settings.data_dir / "exports"),
+            columns.LAYOUT,
             part_bytes=settings.export_part_bytes,
             delay=timedelta(seconds=settings.export_delay),
             retention=timedelta(days=settings.export_retention_days),

@@ -362,8 +362,9 @@ def test_a_database_of_the_previous_schema_is_migrated_and_its_running_jobs_take
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
     try:
         with engine.begin() as conn:
+            later = ("jobs", "catalog_version", "ingest_progress", "import_batches")
             for table in t.metadata.sorted_tables:
-                if table.name not in ("jobs", "catalog_version"):
+                if table.name not in later:  # (tables of step 9 and after)
                     table.create(conn)
             conn.execute(
                 sa.text(

@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from opencdp.exports.service import DATA_TYPES
 from opencdp.segments.service import Spec
+from opencdp.surfaces.growingio import DATA_TYPES
 from tests.liveserver import ADMIN_TOKEN, InProcessServer
 from tests.surfaces import test_fidelity as fidelity
 from tests.surfaces.test_marketo import Mkto

@@ -488,3 +488,16 @@ def test_program_members(mk: Mkto) -> None:
         "/bulk/v1/program/1044/members/import.json", files=up, headers=mk.auth()
     ).json()
     assert errors_of(body) == "1003" and "programMemberStatus" in body["errors"][0]["message"]
+
+
+def test_the_default_lead_partition_is_accepted_and_another_refused(mk: Mkto) -> None:
+    st = mk.run("email,city\npart1@x.com,Rome\n", partitionName="Default")
+    assert st["numOfLeadsProcessed"] == 1
+    before = mk.server.admin("GET", f"/projects/{mk.info['name']}/imports").json()
+    body = mk.upload("email\npart2@x.com\n", partitionName="Europe")
+    assert errors_of(body) == "1008"
+    message = body["errors"][0]["message"]
+    assert message.startswith("Access denied to partition 'Europe'") and "partitionName" in message
+    # Nothing was queued, nor imported.
+    assert mk.server.admin("GET", f"/projects/{mk.info['name']}/imports").json() == before
+    assert mk.server.profile(mk.info["name"], key="email", value="part2@x.com").status_code == 404

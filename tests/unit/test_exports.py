@@ -18,8 +18,9 @@ import pytest
 import sqlalchemy as sa
 
 from opencdp.config import Settings
-from opencdp.exports.columns import COLUMNS
-from opencdp.exports.service import DATA_TYPES, EXPORT_TYPES, FINISHED, PURGED, Export
+from opencdp.exports.columns import COLUMNS, LAYOUT
+from opencdp.exports.content import Export, ExportState, ExportStatus
+from opencdp.exports.periods import EXPORT_TYPES
 from opencdp.ingest.records import build_record
 from opencdp.meta import tables as t
 from opencdp.runtime import Runtime
@@ -55,7 +56,7 @@ def rows_of(rt: Runtime, export_parts: list[dict[str, object]], export_id: int) 
     export = rt.exports.by_id(export_id)
     out: list[dict] = []
     for part in export_parts:
-        data = gzip.decompress(rt.exports.path(export, str(part["name"])).read_bytes())
+        data = gzip.decompress(b"".join(rt.exports.open(export, str(part["name"]))))
         out += list(csv.DictReader(io.StringIO(data.decode()), quotechar='"', escapechar="\\"))
     return out
 
@@ -72,7 +73,7 @@ def test_scheduled_exports_catch_up_and_expire(rt: Runtime) -> None:
     due = exports.due(project, later)
     hours = sorted({p.start for p, _ in due if p.export_type == "hour"})
     assert len(hours) in (2, 3)  # the hour of the events and the closed ones after it
-    assert {dt for _, dt in due} == set(DATA_TYPES)
+    assert {dt for _, dt in due} == set(LAYOUT.names)
     written = 0
     while n := exports.schedule(later):  # rounds of at most 50, as the scheduler runs them
         written += n
@@ -80,21 +81,21 @@ def test_scheduled_exports_catch_up_and_expire(rt: Runtime) -> None:
     assert exports.due(project, later) == []  # nothing left: the scheduler caught up
     first = exports.period(project, "hour", started.astimezone(project.tz).strftime("%Y%m%d%H"))
     export = exports.find(project.id, first, "custom_event")
-    assert export is not None and export.state == FINISHED and export.rows == 120
+    assert export is not None and export.state == ExportState.FINISHED and export.rows == 120
     assert len(export.parts or []) > 1  # split under 800 bytes
     rows = rows_of(rt, export.parts or [], export.id)
     assert sorted(variables(r)["n"] for r in rows) == list(range(120))  # type: ignore[type-var]
     assert all(int(p["bytes"]) <= 800 for p in export.parts or [])
     status, _ = exports.status(project, first, "custom_event")
-    assert status == "FINISHED"
-    # Past retention the files are purged and the period answers NOT_EXISTS.
+    assert status is ExportStatus.READY
+    # Past retention the files are purged and the period answers as absent.
     purge_at = later + timedelta(days=16)
     exports.clock = lambda: purge_at
     assert exports.purge(purge_at) >= 1
     gone = exports.get(project.id, export.id)
     folder = rt.settings.data_dir / "exports" / str(project.id) / str(export.id)
-    assert gone.state == PURGED and not folder.exists()
-    assert exports.status(project, first, "custom_event")[0] == "NOT_EXISTS"
+    assert gone.state == ExportState.PURGED and not folder.exists()
+    assert exports.status(project, first, "custom_event")[0] is ExportStatus.ABSENT
 
 
 def test_backfill_writes_only_what_is_missing(rt: Runtime) -> None:
@@ -105,7 +106,7 @@ def test_backfill_writes_only_what_is_missing(rt: Runtime) -> None:
     start = now.replace(tzinfo=None) - timedelta(hours=1)
     end = (now + timedelta(days=2)).replace(tzinfo=None)
     written = rt.exports.backfill(project, start, end, "day")
-    assert written >= len(DATA_TYPES)  # the day of the events, every data type
+    assert written >= len(LAYOUT.names)  # the day of the events, every data type
     assert rt.exports.backfill(project, start, end, "day") == 0  # nothing missing any more
     day = rt.exports.period(project, "day", now.astimezone(project.tz).strftime("%Y%m%d"))
     export = rt.exports.find(project.id, day, "custom_event")
@@ -127,7 +128,7 @@ def test_hours_across_daylight_saving_changes_tile_the_day(rt: Runtime) -> None:
     skipped = exports.period(project, "hour", "2027032802")
     after = datetime(2027, 3, 29, tzinfo=UTC)
     exports.clock = lambda: after
-    assert exports.status(project, skipped, "visit") == ("NOT_EXISTS", None)
+    assert exports.status(project, skipped, "visit") == (ExportStatus.ABSENT, None)
     with pytest.raises(CdpError):
         exports.run(project.id, skipped, "visit")  # it would take 03:00's place
 
@@ -143,21 +144,22 @@ def test_json_lines_and_parquet_exports(rt: Runtime, fmt: str) -> None:
     rt.exports.clock = lambda: now + timedelta(hours=2)
     hour = rt.exports.period(project, "hour", now.astimezone(project.tz).strftime("%Y%m%d%H"))
     export = rt.exports.run(project.id, hour, "custom_event")
-    assert export.state == FINISHED and export.format == fmt and export.rows == 30
+    assert export.state == ExportState.FINISHED and export.format == fmt and export.rows == 30
     seen: list[object] = []
     for part in export.parts or []:
-        path = rt.exports.path(export, str(part["name"]))
+        name = str(part["name"])
+        data = b"".join(rt.exports.open(export, name))
         if fmt == "jsonl":
             # The variables are a JSON object in each line, their whole numbers integers.
-            assert path.name.endswith(".jsonl.gz")
-            lines = [json.loads(x) for x in gzip.decompress(path.read_bytes()).splitlines()]
+            assert name.endswith(".jsonl.gz")
+            lines = [json.loads(x) for x in gzip.decompress(data).splitlines()]
             assert list(lines[0]) == list(COLUMNS["custom_event"])
             seen += [line["eventVariable"]["n"] for line in lines]
             assert all(isinstance(line["time"], int) for line in lines)
         else:
             # The vendor's bigint times are int64; the variables JSON text.
-            assert path.name.endswith(".parquet")
-            table = pq.read_table(path)
+            assert name.endswith(".parquet")
+            table = pq.read_table(io.BytesIO(data))
             assert table.schema.names == list(COLUMNS["custom_event"])
             assert table.schema.field("time").type == "int64"
             seen += [json.loads(v)["n"] for v in table.column("eventVariable").to_pylist()]
@@ -267,9 +269,9 @@ def test_catch_up_after_a_day_of_downtime_is_fair_and_exactly_once(quiet: Runtim
     written = {(e.project_id, e.export_type, e.data_type, e.period_start) for e in export_rows(rt)}
     assert written == oldest
     for project in projects:
-        for dt in DATA_TYPES:
+        for dt in LAYOUT.names:
             status, export = exports.status(project, first[project.id], dt)
-            assert status == "FINISHED", (project.name, dt, status)
+            assert status is ExportStatus.READY, (project.name, dt, status)
     visit = exports.find(busy.id, first[busy.id], "visit")
     assert visit is not None and visit.rows > 0 and visit.parts
     assert exports.backlog == sum(map(len, due.values())) - len(oldest) > 0
@@ -289,7 +291,7 @@ def test_catch_up_after_a_day_of_downtime_is_fair_and_exactly_once(quiet: Runtim
         (pid, period.export_type, dt, period.start) for pid, d in due.items() for period, dt in d
     }
     assert set(keys) == expected and set(keys.values()) == {1}
-    assert all(e.state == FINISHED and e.attempts == 1 for e in rows)
+    assert all(e.state == ExportState.FINISHED and e.attempts == 1 for e in rows)
     # Each busy event is in exactly one hourly export, and in one daily export once its day
     # is closed.
     for export_type in EXPORT_TYPES:
@@ -301,7 +303,7 @@ def test_catch_up_after_a_day_of_downtime_is_fair_and_exactly_once(quiet: Runtim
                 seen += [r["eventId"] for r in rows_of(rt, e.parts or [], e.id)]
         assert sorted(seen) == sorted(i for i, at in ids.items() if at < until), export_type
         assert seen, export_type
-    # Empty exports: no parts, no files, FINISHED as before.
+    # Empty exports: no parts, no files, published as before.
     empty = [e for e in rows if e.rows == 0]
     assert len(empty) > len(rows) // 2
     assert all(e.parts == [] for e in empty)
@@ -311,7 +313,7 @@ def test_catch_up_after_a_day_of_downtime_is_fair_and_exactly_once(quiet: Runtim
         quiet_b, "hour", (later - timedelta(hours=3)).astimezone(quiet_b.tz).strftime("%Y%m%d%H")
     )
     status, export = exports.status(quiet_b, quiet_hour, "custom_event")
-    assert status == "FINISHED" and export is not None and export.rows == 0
+    assert status is ExportStatus.READY and export is not None and export.rows == 0
 
 
 def test_an_export_interrupted_by_a_crash_or_a_stop_is_published_once_later(
@@ -330,7 +332,7 @@ def test_an_export_interrupted_by_a_crash_or_a_stop_is_published_once_later(
     tmp = rt.settings.data_dir / "exports" / str(project.id) / f"{crashed.id}.tmp"
     tmp.mkdir(parents=True)
     (tmp / "custom_event_part0001.csv.gz").write_bytes(b"half a part")
-    assert exports.status(project, hour, "custom_event")[0] == "RUNNING"
+    assert exports.status(project, hour, "custom_event")[0] is ExportStatus.PENDING
     # A stop mid-export: the writer gives up between two batches and leaves it RUNNING too.
     assert rt.ingest.barrier()
     exports.stopping.set()
@@ -344,7 +346,7 @@ def test_an_export_interrupted_by_a_crash_or_a_stop_is_published_once_later(
         pass
     done = [e for e in export_rows(rt) if e.project_id == project.id]
     keys = Counter((e.export_type, e.data_type, e.period_start) for e in done)
-    assert set(keys.values()) == {1} and all(e.state == FINISHED for e in done)
+    assert set(keys.values()) == {1} and all(e.state == ExportState.FINISHED for e in done)
     export = exports.find(project.id, hour, "custom_event")
     assert export is not None and export.id == crashed.id and export.attempts == 3
     rows = rows_of(rt, export.parts or [], export.id)
@@ -382,7 +384,7 @@ def test_a_restart_catches_up_in_rounds_that_follow_each_other(tmp_path: Path) -
         rt.stop()
     keys = Counter((e.project_id, e.export_type, e.data_type, e.period_start) for e in rows)
     assert set(keys) == expected and set(keys.values()) == {1}
-    assert all(e.state == FINISHED and e.attempts == 1 for e in rows)
+    assert all(e.state == ExportState.FINISHED and e.attempts == 1 for e in rows)
 
 
 def test_the_scheduler_and_a_backfill_at_once_write_each_export_once(quiet: Runtime) -> None:
@@ -403,7 +405,7 @@ def test_the_scheduler_and_a_backfill_at_once_write_each_export_once(quiet: Runt
     rows = [e for e in export_rows(rt) if e.project_id in {p.id for p in projects}]
     keys = Counter((e.project_id, e.export_type, e.data_type, e.period_start) for e in rows)
     assert len(keys) > 100 and set(keys.values()) == {1}
-    assert all(e.state == FINISHED and e.attempts == 1 for e in rows)
+    assert all(e.state == ExportState.FINISHED and e.attempts == 1 for e in rows)
     assert sum(e.rows for e in rows if e.export_type == "hour" and e.data_type != "user") == 32
 
 
@@ -418,7 +420,7 @@ def test_property_values_as_json_text() -> None:
 
     from opencdp.catalog.model import Property
     from opencdp.catalog.types import PropertyType
-    from opencdp.store.duckdb import _json_value, ident
+    from opencdp.store.duckdb import ident, json_value
 
     numbers = [3.0, -0.0, 2.0**53, -(2.0**53), 2.0**53 + 2, 1.5, 0.1, 1e300, -1e-7]
     specials = ["nan", "inf", "-inf"]
@@ -440,7 +442,7 @@ def test_property_values_as_json_text() -> None:
             [PropertyType.NUMBER, PropertyType.STRING, PropertyType.DATETIME, PropertyType.LIST,
              PropertyType.BOOL], start=1)
     ]  # fmt: skip
-    sql = ", ".join(_json_value(p, ident(p.column)) for p in props)
+    sql = ", ".join(json_value(p, ident(p.column)) for p in props)
     rows = conn.execute(f"SELECT {sql} FROM t").fetchall()
     texts = [r[0] for r in rows]
     assert texts[: len(numbers)] == [

@@ -1,4 +1,4 @@
-"""Import file readers (imports/readers.py): formats, charsets, bad rows, batches, resuming."""
+"""Import file readers (imports/readers/): formats, charsets, bad rows, batches, resuming."""
 
 from __future__ import annotations
 
@@ -17,8 +17,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opencdp.errors import CdpError, Code
-from opencdp.imports import readers
-from opencdp.imports.readers import FORMATS, BadRow, FileError, RowBatch, detect_charset, read_file
+from opencdp.imports.readers import (
+    FORMATS,
+    BadRow,
+    FileError,
+    RowBatch,
+    delimited,
+    detect_charset,
+    read_file,
+    read_header,
+    records,
+)
+from opencdp.imports.readers.batch import CHUNK
 
 DELIMITER = {"csv": ",", "tsv": "\t", "ssv": ";"}
 
@@ -80,15 +90,15 @@ def read(path: Path, fmt: str, **kw: Any) -> Read:
 def read_slow(path: Path, fmt: str, batch_rows: int = 50_000, **kw: Any) -> list[RowBatch]:
     """Only the slow path of a delimited file."""
     return list(
-        readers._read(
+        read_file(
             path,
             fmt,
             kw.get("charset"),
             batch_rows,
             kw.get("skip_rows", 0),
             kw.get("max_field_bytes", 64 << 20),
-            False,
-            readers._BLOCK,
+            fast=False,
+            block_size=delimited.BLOCK,
         )
     )
 
@@ -96,15 +106,15 @@ def read_slow(path: Path, fmt: str, batch_rows: int = 50_000, **kw: Any) -> list
 def read_fast(path: Path, fmt: str, batch_rows: int, block_size: int, **kw: Any) -> list[RowBatch]:
     """The fast path with a small block, so that it hands over and back often."""
     return list(
-        readers._read(
+        read_file(
             path,
             fmt,
             kw.get("charset"),
             batch_rows,
             kw.get("skip_rows", 0),
             kw.get("max_field_bytes", 64 << 20),
-            True,
-            block_size,
+            fast=True,
+            block_size=block_size,
         )
     )
 
@@ -491,7 +501,7 @@ def test_json_array_streams_over_chunks(tmp_path: Path) -> None:
         elements.append(e)
     for ascii_only in (False, True):
         path = write(tmp_path / "f.json", json.dumps(elements, ensure_ascii=ascii_only))
-        assert path.stat().st_size > 2 * readers._CHUNK
+        assert path.stat().st_size > 2 * CHUNK
         r = read(path, "json", batch_rows=999)
         assert r.bad == {}
         assert [row["s"] for _, row in sorted(r.rows.items())] == [e["s"] for e in elements]
@@ -659,15 +669,15 @@ def test_counting_records_agrees_with_splitting_them(tmp_path: Path) -> None:
         else:
             parts.append(f"{i},{'y' * rnd.randrange(40)},z" + ("\r\n" if k < 0.5 else "\n"))
     path = write(tmp_path / "f.csv", "a,b,c\n" + "".join(parts) + "9,9,9")
-    assert path.stat().st_size > 3 * readers._CHUNK
-    spec = readers._delimited_spec(path, ",", "utf-8", 0, 100, 0, 1 << 20, 1 << 21)
-    ends = [end for _, end, _, _ in readers._records(path, spec.data_offset, ",", spec.cap)]
+    assert path.stat().st_size > 3 * CHUNK
+    spec = delimited.delimited_spec(path, ",", "utf-8", 0, 100, 0, 1 << 20, 1 << 21)
+    ends = [end for _, end, _, _ in records.read_records(path, spec.data_offset, ",", spec.cap)]
     for count in (1, 2, 777, 20_000, 31_337, 49_999, 50_000, 50_001, 70_001, len(ends)):
-        assert readers._skip_records(path, spec.data_offset, count, spec) == (
+        assert delimited._skip_records(path, spec.data_offset, count, spec) == (
             ends[count - 1],
             count,
         )
-    assert readers._skip_records(path, spec.data_offset, len(ends) + 5, spec)[1] == len(ends)
+    assert delimited._skip_records(path, spec.data_offset, len(ends) + 5, spec)[1] == len(ends)
 
 
 def test_json_array_runs_with_bad_elements(tmp_path: Path) -> None:
@@ -723,7 +733,7 @@ def test_json_value_texts(tmp_path: Path) -> None:
 def test_json_lines_across_read_chunks(tmp_path: Path) -> None:
     lines = [json.dumps({"i": i, "pad": "p" * (i % 97)}) for i in range(40_000)]
     path = write(tmp_path / "f.jsonl", "\r\n".join(lines))
-    assert path.stat().st_size > 2 * readers._CHUNK
+    assert path.stat().st_size > 2 * CHUNK
     r = read(path, "jsonl", batch_rows=10_000)
     assert [row["i"] for _, row in sorted(r.rows.items())] == [str(i) for i in range(40_000)]
     assert r.bad == {}
@@ -805,17 +815,21 @@ def test_delimited_batches_are_bounded_by_their_text(tmp_path: Path, fast: bool)
     path = long_rows(tmp_path / "f.csv", 400, 50_000)  # 20 MB in rows of 50 KB
     budget = 1 << 20
     batches = list(
-        readers._read(path, "csv", None, 10_000, 0, 64 << 20, fast, readers._BLOCK, budget)
+        read_file(
+            path, "csv", None, 10_000, 0, 64 << 20, budget, fast=fast, block_size=delimited.BLOCK
+        )
     )
     got = Read(batches)
     assert sorted(got.rows) == list(range(1, 401))
     # A batch ends after the piece that passes the budget: a piece is an Arrow block (2 MiB)
     # or, read slowly, about 1 MiB of records.
-    assert all(b.rows.nbytes <= budget + readers._BLOCK for b in batches)
-    assert len(batches) >= 20_000_000 // (budget + readers._BLOCK)
+    assert all(b.rows.nbytes <= budget + delimited.BLOCK for b in batches)
+    assert len(batches) >= 20_000_000 // (budget + delimited.BLOCK)
     # Resuming after a batch gives exactly the rest, batched the same way.
     first = batches[0].row_numbers.to_pylist()[-1]
-    rest = list(readers._read(path, "csv", None, 10_000, first, 64 << 20, fast, 2 << 20, budget))
+    rest = list(
+        read_file(path, "csv", None, 10_000, first, 64 << 20, budget, fast=fast, block_size=2 << 20)
+    )
     assert Read(rest).rows == {n: r for n, r in got.rows.items() if n > first}
 
 
@@ -829,8 +843,8 @@ def test_json_batches_are_bounded_by_their_text(tmp_path: Path, fmt: str) -> Non
     batches = list(read_file(path, fmt, batch_rows=10_000, batch_bytes=budget))
     assert sorted(Read(batches).rows) == list(range(1, 401))
     # A batch ends after the read (1 MiB) that passes the budget.
-    assert all(b.rows.nbytes <= budget + 2 * readers._CHUNK for b in batches)
-    assert len(batches) >= 20_000_000 // (budget + 2 * readers._CHUNK)
+    assert all(b.rows.nbytes <= budget + 2 * CHUNK for b in batches)
+    assert len(batches) >= 20_000_000 // (budget + 2 * CHUNK)
 
 
 def test_a_header_with_too_many_columns_is_refused_before_any_record(tmp_path: Path) -> None:
@@ -843,10 +857,10 @@ def test_a_header_with_too_many_columns_is_refused_before_any_record(tmp_path: P
     assert err.value.message == (
         "file: 5001 columns, at most 1000 are allowed (the limit on properties per record)"
     )
-    assert readers.read_header(path, "csv", max_columns=5001) == header.split(",")
+    assert read_header(path, "csv", max_columns=5001) == header.split(",")
     with pytest.raises(CdpError, match="5001 columns"):
-        readers.read_header(path, "csv", max_columns=5000)
-    assert readers.read_header(path, "jsonl") is None
+        read_header(path, "csv", max_columns=5000)
+    assert read_header(path, "jsonl") is None
 
 
 def test_a_header_that_never_ends_is_not_read_whole(tmp_path: Path) -> None:
@@ -890,9 +904,9 @@ def test_records_past_a_bound_end_where_they_would_have(
     bounds are read as without them."""
     with tempfile.TemporaryDirectory() as tmp:
         path = write(Path(tmp) / "f", body)
-        whole = list(readers._records(path, 0, delimiter, 1 << 30))
-        bounded = list(readers._records(path, 0, delimiter, cap, max_delimiters))
-        by_delimiters = list(readers._records(path, 0, delimiter, 1 << 30, max_delimiters))
+        whole = list(records.read_records(path, 0, delimiter, 1 << 30))
+        bounded = list(records.read_records(path, 0, delimiter, cap, max_delimiters))
+        by_delimiters = list(records.read_records(path, 0, delimiter, 1 << 30, max_delimiters))
     assert [r[1] for r in bounded] == [r[1] for r in whole]
     assert [r[1] for r in by_delimiters] == [r[1] for r in whole]
     for (fields, _, _, problem), (b_fields, _, _, b_problem) in zip(whole, bounded, strict=True):

@@ -22,6 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+import sqlglot
 
 from opencdp.config import Settings
 from opencdp.errors import CdpError, Code
@@ -362,10 +363,12 @@ def test_the_store_watchdog_stops_a_query_over_its_memory_budget(
     rt: Runtime, projects: tuple[int, int]
 ) -> None:
     _, attacker = projects
-    heavy = (
-        "SELECT k AS user_id, NULL AS tag_value FROM (SELECT range % 1000003 AS k, count(*) "
-        "FROM range(5000000) GROUP BY k)"
+    heavy = sqlglot.parse_one(  # a query tree as the compiler hands the store one
+        "SELECT k AS user_id, NULL AS tag_value FROM (SELECT g % 1000003 AS k, count(*) "
+        "FROM UNNEST(generate_series(1, 5000000)) AS t(g) GROUP BY k)",
+        read="duckdb",
     )
+    assert isinstance(heavy, sqlglot.exp.Select)
     with pytest.raises(OverBudget) as err:
         rt.store.segment_rows(attacker, heavy, Budget(seconds=600, memory_bytes=1 << 20))
     assert err.value.resource == "memory"

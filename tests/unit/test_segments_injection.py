@@ -23,8 +23,11 @@ from opencdp.catalog.model import Property, Schema
 from opencdp.catalog.types import PropertyType as T
 from opencdp.catalog.types import zone
 from opencdp.errors import CdpError, Code
-from opencdp.segments.compiler import Compiler, Tables
+from opencdp.segments.compiler import Compiler
 from opencdp.segments.model import parse_cluster, parse_tag
+from opencdp.store.duckdb import DuckDBStore
+from opencdp.store.duckdb.sql import SQL
+from opencdp.store.tree import EVENTS, USERS
 
 Json = dict[str, Any]
 
@@ -42,7 +45,7 @@ SCHEMA = Schema(
         "os": Property(7, "event", "os", T.STRING),
     },
 )
-TABLES = Tables(profiles='"p1_profiles"', events='"p1_events"')
+TABLES = {USERS: "p1_profiles", EVENTS: "p1_events"}
 NOW = datetime(2020, 1, 10, 2, 51, tzinfo=UTC)
 WHEN = datetime(2020, 1, 9, 12)
 
@@ -77,15 +80,29 @@ WITH_NUL = ["a\x00b", "\x00", "'\x00'; DROP TABLE p1_events; --"]
 
 
 def compiler() -> Compiler:
-    return Compiler(SCHEMA, zone("Asia/Shanghai"), NOW, TABLES)
+    return Compiler(SCHEMA, zone("Asia/Shanghai"), NOW)
+
+
+_STORE: list[DuckDBStore] = []
+
+
+def pattern_error(pattern: str) -> str | None:
+    """What the DuckDB store says of a regular expression (the service asks it the same)."""
+    if not _STORE:
+        _STORE.append(DuckDBStore(":memory:"))
+    return _STORE[0].pattern_error(pattern)
 
 
 def cluster_sql(d: Json) -> str:
-    return compiler().cluster(parse_cluster(d)).sql("duckdb")
+    compiled = compiler().cluster(parse_cluster(d))
+    compiled.check(SQL, pattern_error)
+    return compiled.sql(SQL, TABLES)
 
 
 def tag_sql(t: Json) -> str:
-    return compiler().tag(parse_tag(t)).sql("duckdb")
+    compiled = compiler().tag(parse_tag(t))
+    compiled.check(SQL, pattern_error)
+    return compiled.sql(SQL, TABLES)
 
 
 @dataclass(frozen=True)

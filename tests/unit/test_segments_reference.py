@@ -3,8 +3,9 @@
 The reference below restates the semantics of ``opencdp.segments`` (the module docstring of
 ``compiler.py`` and the docstrings of ``model.py``) directly over the vendor's condition JSON,
 without the models or SQL. Hypothesis draws small worlds (users, events, a project timezone and
-"now") and definitions; the compiled query runs on DuckDB and must select exactly the users
-(or tag values) the reference computes.
+"now") and definitions; the compiled query, rendered for each engine, runs on DuckDB and on
+ClickHouse (chdb, its engine in-process) over the same rows, and must select exactly the users
+(or tag values) the reference computes on both.
 
 Where the reference has to choose (the documented semantics leave room), the choice is noted
 where it is made.
@@ -29,14 +30,20 @@ from opencdp.catalog.model import Property, Schema
 from opencdp.catalog.types import PropertyType as T
 from opencdp.catalog.types import zone
 from opencdp.errors import CdpError, Code
-from opencdp.segments.compiler import Compiled, Compiler, Span, Tables
+from opencdp.segments.compiler import Compiled, Compiler, Span
 from opencdp.segments.model import parse_cluster, parse_tag
+from opencdp.store.clickhouse.sql import CAPABILITIES as CLICKHOUSE
+from opencdp.store.duckdb.sql import CAPABILITIES as DUCKDB
+from opencdp.store.tree import EVENTS as EVENTS_TABLE
+from opencdp.store.tree import USERS as USERS_TABLE
+from tests import clickhouse
 
 Json = dict[str, Any]
 
 # ---- the project ---------------------------------------------------------------------------
 
-TABLES = Tables(profiles='"p1_profiles"', events='"p1_events"')
+TABLES = {USERS_TABLE: "p1_profiles", EVENTS_TABLE: "p1_events"}
+ENGINES = ["duckdb", "clickhouse"]
 
 # name -> (type, attribute of User / Event, property id)
 USER_PROPS: dict[str, tuple[T, str, int]] = {
@@ -123,7 +130,7 @@ class World:
         return self.now.astimezone(self.tz).date()
 
     def compiler(self) -> Compiler:
-        return Compiler(SCHEMA, self.tz, self.now, TABLES)
+        return Compiler(SCHEMA, self.tz, self.now)
 
 
 def utc_naive(local: datetime, tz: tzinfo) -> datetime:
@@ -365,7 +372,7 @@ def reference_tag(t: Json, world: World) -> dict[int, Any]:
     return out
 
 
-# ---- running on DuckDB ---------------------------------------------------------------------
+# ---- running on DuckDB and ClickHouse -------------------------------------------------------
 
 
 _CON: list[duckdb.DuckDBPyConnection] = []
@@ -407,23 +414,56 @@ def load(world: World) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def run(compiled: Compiled, world: World) -> list[tuple[int, str | None]]:
-    rows: list[tuple[int, str | None]] = load(world).execute(compiled.sql("duckdb")).fetchall()
+# The same columns in ClickHouse, typed as the ClickHouse store types them.
+CH_TYPES = CLICKHOUSE.column_types
+CH_PROFILES = [("user_id", "Int64"), *((f"p_{i}", CH_TYPES[t]) for t, _, i in USER_PROPS.values())]
+CH_EVENTS = [
+    ("event_id", "String"),
+    ("event_name", "String"),
+    ("event_time", "DateTime64(6, 'UTC')"),
+    ("user_id", "Int64"),
+    *((f"p_{i}", CH_TYPES[t]) for t, _, i in EVENT_PROPS.values()),
+]
+_CH_READY: list[bool] = []
+
+
+def load_clickhouse(world: World) -> None:
+    """The world as the same two tables in ClickHouse (a list is never null there: none is an
+    empty list, which definitions read as no value either way)."""
+    if not _CH_READY:
+        clickhouse.database("segments_reference")
+        clickhouse.create("p1_profiles", CH_PROFILES)
+        clickhouse.create("p1_events", CH_EVENTS)
+        _CH_READY.append(True)
+    clickhouse.database("segments_reference")
+    users = [[u.id, u.level, u.name, u.vip, u.seen, list(u.tags or ())] for u in world.users]
+    events = [[e.id, e.name, e.time, e.user_id, e.amount, e.os] for e in world.events]
+    clickhouse.fill("p1_profiles", users)
+    clickhouse.fill("p1_events", events)
+
+
+def run(compiled: Compiled, world: World, engine: str = "duckdb") -> list[tuple[int, str | None]]:
+    rows: list[tuple[int, str | None]]
+    if engine == "clickhouse":
+        load_clickhouse(world)
+        rows = clickhouse.query(compiled.sql(CLICKHOUSE.sql, TABLES))  # type: ignore[assignment]
+        return rows
+    rows = load(world).execute(compiled.sql(DUCKDB.sql, TABLES)).fetchall()
     return rows
 
 
-def run_cluster(d: Json, world: World) -> set[int]:
+def run_cluster(d: Json, world: World, engine: str = "duckdb") -> set[int]:
     compiled = world.compiler().cluster(parse_cluster(d))
     assert compiled.spans == [expected_span(e.get("recentDay"), world) for e in d.get("events", [])]
-    rows = run(compiled, world)
+    rows = run(compiled, world, engine)
     assert all(v is None for _, v in rows)
     ids = [u for u, _ in rows]
     assert len(ids) == len(set(ids)), "a user selected twice"
     return set(ids)
 
 
-def run_tag(t: Json, world: World) -> dict[int, str]:
-    rows = run(world.compiler().tag(parse_tag(t)), world)
+def run_tag(t: Json, world: World, engine: str = "duckdb") -> dict[int, str]:
+    rows = run(world.compiler().tag(parse_tag(t)), world, engine)
     out: dict[int, str] = {}
     for u, v in rows:
         assert u not in out, "a user tagged twice"
@@ -735,14 +775,17 @@ def cases(draw: st.DrawFn, kind: str) -> tuple[World, Json]:
 @given(cases("cluster"))
 def test_cluster_matches_reference(case: tuple[World, Json]) -> None:
     world, d = case
-    assert run_cluster(d, world) == reference_cluster(d, world)
+    want = reference_cluster(d, world)
+    for engine in ENGINES:
+        assert run_cluster(d, world, engine) == want, engine
 
 
 @settings(max_examples=120, deadline=None)
 @given(cases("values"))
 def test_value_tag_matches_reference(case: tuple[World, Json]) -> None:
     world, t = case
-    assert_tags_equal(run_tag(t, world), reference_tag(t, world))
+    for engine in ENGINES:
+        assert_tags_equal(run_tag(t, world, engine), reference_tag(t, world))
     compiled = world.compiler().tag(parse_tag(t))  # the windows of all values, in order
     events = [e for v in t["userTagValueDefs"] for e in v["userClusterDef"]["events"]]
     assert compiled.spans == [expected_span(e.get("recentDay"), world) for e in events]
@@ -752,14 +795,16 @@ def test_value_tag_matches_reference(case: tuple[World, Json]) -> None:
 @given(cases("first_last"))
 def test_first_last_tag_matches_reference(case: tuple[World, Json]) -> None:
     world, t = case
-    assert_tags_equal(run_tag(t, world), reference_tag(t, world))
+    for engine in ENGINES:
+        assert_tags_equal(run_tag(t, world, engine), reference_tag(t, world))
 
 
 @settings(max_examples=120, deadline=None)
 @given(cases("quota"))
 def test_quota_tag_matches_reference(case: tuple[World, Json]) -> None:
     world, t = case
-    assert_tags_equal(run_tag(t, world), reference_tag(t, world))
+    for engine in ENGINES:
+        assert_tags_equal(run_tag(t, world, engine), reference_tag(t, world))
 
 
 # ---- examples: the edges, spelled out ------------------------------------------------------
@@ -819,7 +864,8 @@ SEED: Json = {
 }
 
 
-def test_seed_example_window_and_users() -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_seed_example_window_and_users(engine: str) -> None:
     """Refreshed 2020-01-10 in Shanghai, "1-7" is 2020-01-03 00:00:00 to 2020-01-09 23:59:59
     local: 2020-01-02 16:00 to 2020-01-09 16:00 UTC."""
     compiled = world_of([], []).compiler().cluster(parse_cluster(SEED))
@@ -860,7 +906,7 @@ def test_seed_example_window_and_users() -> None:
         *(ev(4, "consume_item", inside) for _ in range(5)),
     ]
     world = world_of(users, events)
-    assert run_cluster(SEED, world) == {1, 3, 6}
+    assert run_cluster(SEED, world, engine) == {1, 3, 6}
     assert reference_cluster(SEED, world) == {1, 3, 6}
 
 
@@ -868,7 +914,8 @@ def _times(num: str, comparator: str = "less", **extra: Any) -> Json:
     return {"events": [{"eventName": "pay", "comparator": comparator, "num": num, **extra}]}
 
 
-def test_times_less_includes_users_without_events() -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_times_less_includes_users_without_events(engine: str) -> None:
     now = datetime(2020, 1, 10)
     users = [User(1), User(2), User(3), User(4)]
     events = [
@@ -878,22 +925,23 @@ def test_times_less_includes_users_without_events() -> None:
         *(ev(4, "login", now) for _ in range(5)),  # other events do not count
     ]
     world = world_of(users, events)
-    assert run_cluster(_times("3"), world) == {1, 2, 4}
-    assert run_cluster(_times("0", "equal"), world) == {1, 4}
-    assert run_cluster(_times("0,2", "range"), world) == {1, 2, 4}
-    assert run_cluster(_times("1", "greaterEqual"), world) == {2, 3}
+    assert run_cluster(_times("3"), world, engine) == {1, 2, 4}
+    assert run_cluster(_times("0", "equal"), world, engine) == {1, 4}
+    assert run_cluster(_times("0,2", "range"), world, engine) == {1, 2, 4}
+    assert run_cluster(_times("1", "greaterEqual"), world, engine) == {2, 3}
     # In a window without any of their events, every user has 0.
-    assert run_cluster(_times("1", recentDay="5-9"), world) == {1, 2, 3, 4}
+    assert run_cluster(_times("1", recentDay="5-9"), world, engine) == {1, 2, 3, 4}
 
 
 @pytest.mark.parametrize("analysis", ["SUM", "DISTINCT"])
-def test_sum_and_distinct_are_zero_without_events(analysis: str) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sum_and_distinct_are_zero_without_events(engine: str, analysis: str) -> None:
     now = datetime(2020, 1, 10)
     users = [User(1), User(2), User(3)]
     events = [ev(2, "pay", now, amount=None), ev(3, "pay", now, amount=2)]
     world = world_of(users, events)
     d = _times("1", taPropQuota={"analysis": analysis, "quota": "amount"})
-    assert run_cluster(d, world) == {1, 2} == reference_cluster(d, world)
+    assert run_cluster(d, world, engine) == {1, 2} == reference_cluster(d, world)
 
 
 @pytest.mark.parametrize("analysis", ["AVG", "MAX", "MIN"])
@@ -909,8 +957,9 @@ def test_sum_and_distinct_are_zero_without_events(analysis: str) -> None:
         ("range", "-100,100"),
     ],
 )
+@pytest.mark.parametrize("engine", ENGINES)
 def test_avg_max_min_never_match_users_without_values(
-    analysis: str, comparator: str, num: str
+    engine: str, analysis: str, comparator: str, num: str
 ) -> None:
     now = datetime(2020, 1, 10)
     users = [User(1), User(2), User(3)]
@@ -918,7 +967,7 @@ def test_avg_max_min_never_match_users_without_values(
     events = [ev(2, "pay", now), ev(2, "pay", now), ev(3, "pay", now, amount=0)]
     world = world_of(users, events)
     d = _times(num, comparator, taPropQuota={"analysis": analysis, "quota": "amount"})
-    assert run_cluster(d, world) == {3} == reference_cluster(d, world)
+    assert run_cluster(d, world, engine) == {3} == reference_cluster(d, world)
 
 
 NULL_NEGATIONS = [
@@ -936,26 +985,28 @@ NULL_NEGATIONS = [
 
 
 @pytest.mark.parametrize(("column", "comparator", "ftv"), NULL_NEGATIONS)
+@pytest.mark.parametrize("engine", ENGINES)
 def test_negated_comparators_do_not_match_null(
-    column: str, comparator: str, ftv: list[str]
+    engine: str, column: str, comparator: str, ftv: list[str]
 ) -> None:
     world = world_of([User(1)], [])
     d = {"filts": [{"columnName": column, "comparator": comparator, "ftv": ftv}]}
-    assert run_cluster(d, world) == set()
+    assert run_cluster(d, world, engine) == set()
     isnull = {"filts": [{"columnName": column, "comparator": "isNull"}]}
-    assert run_cluster(isnull, world) == {1}
+    assert run_cluster(isnull, world, engine) == {1}
 
 
 @pytest.mark.parametrize("comparator", ["notEqual", "notInclude"])
-def test_negated_list_comparators_do_not_match_an_empty_list(comparator: str) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_negated_list_comparators_do_not_match_an_empty_list(engine: str, comparator: str) -> None:
     """``isNull`` reads an empty list as no value; a negated comparator "matches users who have a
     value", so it must not match a user whose list is empty, as it does not match one whose list
     is null. (Two users who both have no tags per ``isNull`` should not split on notInclude.)"""
     world = world_of([User(1, tags=None), User(2, tags=()), User(3, tags=("b",))], [])
     isnull = {"filts": [{"columnName": "tags", "comparator": "isNull"}]}
-    assert run_cluster(isnull, world) == {1, 2}
+    assert run_cluster(isnull, world, engine) == {1, 2}
     d = {"filts": [{"columnName": "tags", "comparator": comparator, "ftv": ["a"]}]}
-    assert run_cluster(d, world) == {3}
+    assert run_cluster(d, world, engine) == {3}
 
 
 def _first_last(first: bool, prop: str = "amount", **extra: Any) -> Json:
@@ -972,7 +1023,8 @@ def _first_last(first: bool, prop: str = "amount", **extra: Any) -> Json:
 
 
 @pytest.mark.parametrize("first", [True, False])
-def test_first_last_ties_on_time_go_to_the_event_id(first: bool) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_first_last_ties_on_time_go_to_the_event_id(engine: str, first: bool) -> None:
     at = datetime(2020, 1, 9)
     events = [
         ev(1, "pay", at, amount=2, os="b", event_id="e2"),
@@ -984,21 +1036,22 @@ def test_first_last_ties_on_time_go_to_the_event_id(first: bool) -> None:
         ev(2, "pay", at, amount=2.5, os="y", event_id="a"),
     ]
     world = world_of([User(1), User(2), User(3)], events)
-    got = run_tag(_first_last(first), world)
+    got = run_tag(_first_last(first), world, engine)
     assert got == ({1: "9", 2: "2.5"} if first else {1: "8", 2: "1.5"})
-    assert run_tag(_first_last(first, "os"), world) == (
+    assert run_tag(_first_last(first, "os"), world, engine) == (
         {1: "early", 2: "y"} if first else {1: "late", 2: "x"}
     )
     # Without the earliest and latest events, the tie decides.
     events = [e for e in events if e.id not in ("e9", "e0")]
     world = world_of([User(1), User(2), User(3)], events)
-    assert run_tag(_first_last(first), world) == (
+    assert run_tag(_first_last(first), world, engine) == (
         {1: "1", 2: "2.5"} if first else {1: "3", 2: "1.5"}
     )
 
 
 @pytest.mark.parametrize("first", [True, False])
-def test_first_last_tag_is_the_value_on_that_event(first: bool) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_first_last_tag_is_the_value_on_that_event(engine: str, first: bool) -> None:
     """The value of the property on the user's first (last) matching event: when that event has
     no value, the user has none, rather than the value of some other event."""
     events = [
@@ -1008,11 +1061,12 @@ def test_first_last_tag_is_the_value_on_that_event(first: bool) -> None:
         ev(2, "pay", datetime(2020, 1, 9), amount=4, os="android"),
     ]
     world = world_of([User(1), User(2)], events)
-    assert run_tag(_first_last(first), world) == {2: "4"}
-    assert run_tag(_first_last(first, "os"), world) == {2: "android"}
+    assert run_tag(_first_last(first), world, engine) == {2: "4"}
+    assert run_tag(_first_last(first, "os"), world, engine) == {2: "android"}
 
 
-def test_quota_tag_renders_numbers_and_omits_users_without_events() -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_quota_tag_renders_numbers_and_omits_users_without_events(engine: str) -> None:
     now = datetime(2020, 1, 9)
     events = [
         ev(1, "pay", now, amount=1),
@@ -1024,7 +1078,7 @@ def test_quota_tag_renders_numbers_and_omits_users_without_events() -> None:
 
     def tag(analysis: str) -> dict[int, str]:
         q = {"eventName": "pay", "analysis": analysis, "quota": "amount"}
-        return run_tag({"userTagConQuotaDef": {"userTagConQuotaEvent": q}}, world)
+        return run_tag({"userTagConQuotaDef": {"userTagConQuotaEvent": q}}, world, engine)
 
     assert tag("SUM") == {1: "3", 2: "0.5", 3: "0"}
     assert tag("AVG") == {1: "1.5", 2: "0.5"}
@@ -1033,7 +1087,8 @@ def test_quota_tag_renders_numbers_and_omits_users_without_events() -> None:
     assert tag("DISTINCT") == {1: "2", 2: "1", 3: "0"}
 
 
-def test_value_tag_first_matching_value_wins() -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_value_tag_first_matching_value_wins(engine: str) -> None:
     world = world_of([User(1, level=5), User(2, level=3), User(3, level=1), User(4)], [])
 
     def at_least(n: int) -> Json:
@@ -1046,14 +1101,15 @@ def test_value_tag_first_matching_value_wins() -> None:
             {"tagValue": 1, "userClusterDef": at_least(1)},
         ]
     }
-    assert run_tag(t, world) == {1: "gold", 2: "silver", 3: "1"} == reference_tag(t, world)
+    assert run_tag(t, world, engine) == {1: "gold", 2: "silver", 3: "1"} == reference_tag(t, world)
 
 
 @pytest.mark.parametrize(
     ("ptype", "comparator"),
     [(t, c) for t in APPLICABLE for c in ALL_COMPARATORS],
 )
-def test_comparators_apply_to_their_types_only(ptype: T, comparator: str) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_comparators_apply_to_their_types_only(engine: str, ptype: T, comparator: str) -> None:
     name = next(n for n, (t, _, _) in USER_PROPS.items() if t is ptype)
     ftv = {
         T.NUMBER: ["1", "2"],
@@ -1066,7 +1122,7 @@ def test_comparators_apply_to_their_types_only(ptype: T, comparator: str) -> Non
     d = parse_cluster({"filts": [{"columnName": name, "comparator": comparator, "ftv": ftv}]})
     world = world_of([User(1)], [])
     if comparator in APPLICABLE[ptype]:
-        run(world.compiler().cluster(d), world)
+        run(world.compiler().cluster(d), world, engine)
     else:
         with pytest.raises(CdpError) as err:
             world.compiler().cluster(d)
@@ -1123,9 +1179,19 @@ def test_first_last_tag_of_a_datetime_reads_in_the_project_timezone(
         "user_id BIGINT, p_8 TIMESTAMP)"
     )
     con.execute("INSERT INTO p1_events VALUES ('e1', 'pay', ?, 1, ?)", [paid, paid])
-    compiled = Compiler(schema, zone(zone_name), REFRESHED, TABLES).tag(
+    compiled = Compiler(schema, zone(zone_name), REFRESHED).tag(
         parse_tag(_first_last(True, "paid_at"))
     )
     local = paid.replace(tzinfo=UTC).astimezone(zone(zone_name))
     want = local.strftime("%Y-%m-%d %H:%M:%S")
-    assert con.execute(compiled.sql("duckdb")).fetchall() == [(1, want)]
+    assert con.execute(compiled.sql(DUCKDB.sql, TABLES)).fetchall() == [(1, want)]
+    # ClickHouse: the same, with the session's time zone set otherwise.
+    clickhouse.database("segments_reference")
+    clickhouse.create(
+        "p1_datetimes",
+        [*CH_EVENTS[:4], ("p_8", CLICKHOUSE.column_types[T.DATETIME])],
+    )
+    clickhouse.fill("p1_datetimes", [["e1", "pay", paid, 1, paid]])
+    sql = compiled.sql(CLICKHOUSE.sql, {EVENTS_TABLE: "p1_datetimes"})
+    settings = f" SETTINGS session_timezone = '{session}'"
+    assert clickhouse.query(sql + settings) == [(1, want)]

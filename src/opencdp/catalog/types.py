@@ -48,8 +48,9 @@ _DATETIME = re.compile(
     r"\s*(Z|[+-]\d{2}:?\d{2})?\s*"
 )
 # Strings of this exact shape are inferred as datetimes for properties seen for the first time.
-_INFER_DATETIME = re.compile(r"\d{4}-\d{1,2}-\d{1,2}[ T]\d{1,2}:\d{1,2}:\d{1,2}(\.\d{1,9})?")
-_NUMBER = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
+INFER_DATETIME = re.compile(r"\d{4}-\d{1,2}-\d{1,2}[ T]\d{1,2}:\d{1,2}:\d{1,2}(\.\d{1,9})?")
+# Text a number property takes (surrounding spaces, a sign, an exponent).
+NUMBER_TEXT = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
 # Text read as a number when a property is first seen: a plain decimal with no leading zeros,
 # at most 10 digits before the point and 15 in all. Codes stay text: leading zeros, a plus
 # sign, phone numbers and longer IDs, exponents, spaces.
@@ -58,8 +59,9 @@ INFER_NUMBER_DIGITS = 15
 # Whole numbers a double holds exactly (as JavaScript's Number.MAX_SAFE_INTEGER + 1).
 MAX_EXACT_INT = 2**53
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_TRUE = frozenset({"true", "1", "yes"})
-_FALSE = frozenset({"false", "0", "no"})
+# Text a boolean property takes, in any case.
+TRUE_TEXTS = frozenset({"true", "1", "yes"})
+FALSE_TEXTS = frozenset({"false", "0", "no"})
 
 
 @lru_cache(maxsize=256)
@@ -95,7 +97,7 @@ def infer_type(value: Any, numeric_text: bool = True) -> PropertyType | None:
     if isinstance(value, Decimal):
         return PropertyType.NUMBER  # a JSON number with more digits than a double: refused
     if isinstance(value, str):
-        if _INFER_DATETIME.fullmatch(value):
+        if INFER_DATETIME.fullmatch(value):
             return PropertyType.DATETIME
         if numeric_text and is_numeric_text(value):
             return PropertyType.NUMBER
@@ -180,6 +182,11 @@ def public(ptype: PropertyType, value: Any) -> Any:
 
 
 def public_number(value: float) -> int | float:
+    """A stored number as clients see it: whole numbers a double holds exactly as integers.
+
+    >>> public_number(12.0), public_number(0.1), public_number(1e300) == 1e300
+    (12, 0.1, True)
+    """
     if value.is_integer() and abs(value) <= MAX_EXACT_INT:
         return int(value)
     return value
@@ -219,7 +226,11 @@ def loads_exact(data: bytes | bytearray | str) -> Any:
 
 
 def exact_float(text: str) -> float | Decimal:
-    """A JSON decimal as a float when the float holds it exactly, else as a Decimal."""
+    """A JSON decimal as a float when the float holds it exactly, else as a Decimal.
+
+    >>> exact_float("12.5"), exact_float("0.12345678901234567")
+    (12.5, Decimal('0.12345678901234567'))
+    """
     number = float(text)
     if math.isfinite(number) and Decimal(repr(number)) == Decimal(text):
         return number
@@ -269,7 +280,11 @@ _MAX_US = parse_datetime("9999-12-30 00:00:00Z", UTC)
 
 
 def epoch_to_us(value: float) -> int:
-    """Epoch seconds, or milliseconds when the number is too large to be seconds."""
+    """Epoch seconds, or milliseconds when the number is too large to be seconds.
+
+    >>> epoch_to_us(1_700_000_000), epoch_to_us(1_700_000_000_123)
+    (1700000000000000, 1700000000123000)
+    """
     us = value * 1_000 if abs(value) >= 100_000_000_000 else value * 1_000_000
     if not math.isfinite(us) or not _MIN_US <= us <= _MAX_US:
         raise ValueError("timestamp out of range")
@@ -277,7 +292,20 @@ def epoch_to_us(value: float) -> int:
 
 
 def coerce(ptype: PropertyType, value: Any, name: str, limits: Limits, tz: tzinfo) -> Any:
-    """``value`` in the stored form of ``ptype``, or a validation error naming the property."""
+    """``value`` in the stored form of ``ptype``, or a validation error naming the property.
+
+    >>> from opencdp.config import Limits
+    >>> coerce(PropertyType.NUMBER, " 12.50 ", "amount", Limits(), UTC)
+    12.5
+    >>> coerce(PropertyType.BOOL, "Yes", "vip", Limits(), UTC)
+    True
+    >>> coerce(PropertyType.STRING, 3.0, "code", Limits(), UTC)
+    '3'
+    >>> coerce(PropertyType.NUMBER, "lots", "amount", Limits(), UTC)
+    Traceback (most recent call last):
+    ...
+    opencdp.errors.CdpError: amount: expected a number, got 'lots'
+    """
     if ptype is PropertyType.OBJECT:
         if isinstance(value, str):
             value = _json_object(value)
@@ -302,7 +330,7 @@ def coerce(ptype: PropertyType, value: Any, name: str, limits: Limits, tz: tzinf
         if isinstance(value, bool):
             raise invalid(name, "expected a number, got a boolean")
         if isinstance(value, int | float | Decimal) or (
-            isinstance(value, str) and _NUMBER.fullmatch(value)
+            isinstance(value, str) and NUMBER_TEXT.fullmatch(value)
         ):
             return exact_number(value, name)
         raise invalid(name, f"expected a number, got {_show(value)}")
@@ -313,9 +341,9 @@ def coerce(ptype: PropertyType, value: Any, name: str, limits: Limits, tz: tzinf
             return bool(value)
         if isinstance(value, str):
             low = value.strip().lower()
-            if low in _TRUE:
+            if low in TRUE_TEXTS:
                 return True
-            if low in _FALSE:
+            if low in FALSE_TEXTS:
                 return False
         raise invalid(name, f"expected a boolean, got {_show(value)}")
     if ptype is PropertyType.DATETIME:

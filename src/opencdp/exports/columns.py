@@ -1,5 +1,9 @@
 """The columns of each data type's export: GrowingIO raw data export 2.0's own, in its order.
 
+:data:`LAYOUT` is what each data type holds: the events named like it (``visit``, ``page``,
+…), for ``custom_event`` every other event, for ``user`` the profiles changed in the period,
+for ``user_cluster`` the members of the segments refreshed in it.
+
 The event data types have exactly the vendor's columns (its field reference for export 2.0),
 filled where OpenCDP holds the data and present but empty (null) where it does not, followed by
 the few columns of ours a type needs so that nothing we hold is lost (``eventId`` always; the
@@ -24,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from opencdp.catalog.model import Property
+from opencdp.exports.content import Dataset, Layout, Source
 
 # GrowingIO raw data export 2.0, field reference per data type (names and order).
 _PAGE_ATTRIBUTES = (
@@ -182,7 +187,7 @@ def events(data_type: str, batch: pa.RecordBatch, props: Sequence[Property]) -> 
     return _assemble(data_type, batch.num_rows, values)
 
 
-def profiles(batch: pa.RecordBatch, props: Sequence[Property]) -> pa.RecordBatch:
+def profiles(data_type: str, batch: pa.RecordBatch, props: Sequence[Property]) -> pa.RecordBatch:
     """A batch of :meth:`Store.export_profiles` in the ``user`` columns."""
     user, login = _user_ids(batch)
     values = {
@@ -195,10 +200,11 @@ def profiles(batch: pa.RecordBatch, props: Sequence[Property]) -> pa.RecordBatch
             batch, ((p.name, p.column) for p in props if not p.is_identity)
         ),
     }
-    return _assemble("user", batch.num_rows, values)
+    return _assemble(data_type, batch.num_rows, values)
 
 
 def members(
+    data_type: str,
     batch: pa.RecordBatch,
     segments: Mapping[int, Any],
     keys: Sequence[Property],
@@ -221,7 +227,7 @@ def members(
         "tagValue": batch.column("tag_value"),
         "identities": json_object(batch, ((p.name, p.column) for p in keys)),
     }
-    return _assemble("user_cluster", batch.num_rows, values)
+    return _assemble(data_type, batch.num_rows, values)
 
 
 def _user_ids(batch: pa.RecordBatch) -> tuple[pa.Array, pa.Array]:
@@ -240,3 +246,16 @@ def _ms(at: datetime) -> int:
         at = at.astimezone(UTC).replace(tzinfo=None)
     delta = at - datetime(1970, 1, 1)
     return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
+
+
+LAYOUT = Layout(
+    [
+        *(Dataset(dt, Source.EVENTS, None if dt == "custom_event" else (dt,)) for dt in VENDOR),
+        Dataset("user", Source.PROFILES),
+        Dataset("user_cluster", Source.MEMBERSHIPS),
+    ],
+    events=events,
+    profiles=profiles,
+    members=members,
+)
+assert set(LAYOUT.names) == set(COLUMNS), "a data type without columns, or columns without one"

@@ -2,114 +2,49 @@
 
 An export covers the records *received* in its period (``received_at``, UTC), so once the
 period is closed and flushed its content can no longer change: a published export never
-changes. Each export is written as gzip CSV parts of at most ``part_bytes`` compressed bytes
-each, with a header row (or gzip JSON lines, or Parquet, per project), plus a
-``manifest.json`` listing every part's row count, size and SHA-256, into a temporary directory
-that is renamed into place; only then is it published in the metadata DB. Periods are read in
-the project's timezone (``export_date`` is local time); file names and every time inside the
-files are UTC.
+changes. Each export is written as parts of at most ``part_bytes`` bytes each (gzip CSV with a
+header row, gzip JSON lines, or Parquet, per project; :mod:`opencdp.exports.writers`), plus a
+``manifest.json`` listing every part's row count, size and SHA-256, as blobs under
+``<export id>/`` of its project; only then is it published in the metadata DB. Periods are
+read in the project's timezone (:mod:`opencdp.exports.periods`); file names and every time
+inside the files are UTC.
 
-Data types: each event goes to the data type named like its event when that is one of the
-vendor's categories (``visit``, ``page``, ``action``, …) and to ``custom_event`` otherwise;
-``user`` holds the profiles changed in the period, ``user_cluster`` the members of the segments
-refreshed in it. Each data type is written in GrowingIO's columns for it
-(:mod:`opencdp.exports.columns`), whatever the format.
+What a period's exports are is the layout's (:class:`opencdp.exports.content.Layout`): its
+datasets, each the events of some names (or of every other name), the profiles changed in the
+period, or the members of the segments refreshed in it, and their columns.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
+import contextlib
 import logging
-import os
-import re
-import shutil
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import sqlalchemy as sa
 
+from opencdp.blobs.base import BlobStore
 from opencdp.catalog.model import Project, Property
 from opencdp.catalog.service import Catalog
 from opencdp.errors import CdpError, Code, invalid
-from opencdp.exports import columns
+from opencdp.exports import periods, retention
+from opencdp.exports.content import Export, ExportState, ExportStatus, Layout, Source
+from opencdp.exports.periods import EXPORT_TYPES, Period, naive, naive_utc
+from opencdp.exports.writers import GzipParts, ParquetParts, Part, render_csv, render_jsonl
 from opencdp.faults import describe
 from opencdp.jobs.service import Interrupted, Job, Jobs, Outcome, Progress
 from opencdp.meta import tables as t
 from opencdp.store.base import Store
 
 log = logging.getLogger(__name__)
-
-EXPORT_TYPES = ("hour", "day")
-EVENT_TYPES = (
-    "visit",
-    "page",
-    "action",
-    "action_tag",
-    "custom_event",
-    "ads_track_activation",
-    "ads_track_click",
-    "pvar",
-    "evar",
-)
-DATA_TYPES = (*EVENT_TYPES, "user", "user_cluster")
-RUNNING, FINISHED, ERROR, PURGED = "running", "finished", "error", "purged"
-CHUNK_BYTES = 1 << 20  # CSV text compressed as one gzip member
-GZIP_LEVEL = 6
-_DATE = re.compile(r"\d{8}(\d{2}(\d{2})?)?")
-
-
-@dataclass(frozen=True)
-class Part:
-    name: str
-    rows: int
-    bytes: int
-    sha256: str
-
-    def public(self) -> dict[str, Any]:
-        return {"name": self.name, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
-
-
-@dataclass(frozen=True)
-class Export:
-    id: int
-    project_id: int
-    export_type: str
-    data_type: str
-    period_start: datetime
-    period_end: datetime
-    state: str
-    error: str
-    attempts: int
-    rows: int
-    parts: list[dict[str, Any]] | None
-    format: str
-    created_at: datetime
-    finished_at: datetime | None
-
-    @classmethod
-    def from_row(cls, row: Any) -> Export:
-        return cls(**{c: getattr(row, c) for c in cls.__dataclass_fields__})
-
-
-@dataclass(frozen=True)
-class Period:
-    export_type: str
-    start: datetime  # UTC, naive
-    end: datetime  # UTC, naive, exclusive
-    label: str  # the export_date as the vendor echoes it, cut to the hour or day (local)
 
 
 JOB_KIND = "export"
@@ -134,7 +69,8 @@ class Exports:
         catalog: Catalog,
         store: Store,
         barrier: Callable[[], bool],
-        root: Path,
+        blobs: BlobStore,
+        layout: Layout,
         part_bytes: int = 64 << 20,
         delay: timedelta = timedelta(minutes=30),
         retention: timedelta = timedelta(days=15),
@@ -152,7 +88,8 @@ class Exports:
         self.catalog = catalog
         self.store = store
         self.barrier = barrier
-        self.root = root
+        self.blobs = blobs  # the parts and manifests, under ``<export id>/``
+        self.layout = layout
         self.part_bytes = part_bytes
         self.delay = delay
         self.retention = retention
@@ -166,29 +103,8 @@ class Exports:
 
     # ---- periods -------------------------------------------------------------------------
     def period(self, project: Project, export_type: str, export_date: str) -> Period:
-        """The UTC bounds of ``export_date`` (``yyyyMMdd[HH[mm]]``, project-local), cut to the
-        hour or the day."""
-        if export_type not in EXPORT_TYPES:
-            raise invalid("export_type", f"expected hour or day, got {export_type[:20]!r}")
-        if not _DATE.fullmatch(export_date):
-            raise invalid("export_date", f"expected yyyyMMddHHmm, got {export_date[:20]!r}")
-        try:
-            day = datetime.strptime(export_date[:8], "%Y%m%d")
-        except ValueError:
-            raise invalid("export_date", f"no such date: {export_date[:8]!r}") from None
-        if export_type == "hour":
-            if len(export_date) < 10:
-                raise invalid("export_date", "an hourly export needs yyyyMMddHH")
-            hour = int(export_date[8:10])
-            if hour > 23 or (len(export_date) == 12 and int(export_date[10:12]) > 59):
-                raise invalid("export_date", f"no such time: {export_date!r}")
-            local = day.replace(hour=hour)
-            label, length = local.strftime("%Y%m%d%H"), timedelta(hours=1)
-        else:
-            local, label, length = day, day.strftime("%Y%m%d"), timedelta(days=1)
-        start = local.replace(tzinfo=project.tz).astimezone(UTC)
-        end = (local + length).replace(tzinfo=project.tz).astimezone(UTC)
-        return Period(export_type, _naive(start), _naive(end), label)
+        """The period of ``export_date`` (see :func:`opencdp.exports.periods.parse`)."""
+        return periods.parse(project, export_type, export_date)
 
     # ---- status --------------------------------------------------------------------------
     def find(self, project_id: int, period: Period, data_type: str) -> Export | None:
@@ -204,33 +120,53 @@ class Exports:
             ).first()
         return None if row is None else Export.from_row(row)
 
-    def status(self, project: Project, period: Period, data_type: str) -> tuple[str, Export | None]:
-        """FINISHED, RUNNING, NOT_EXISTS or ERROR, with the export when there is one."""
-        now = _naive(self.clock())
-        if period.end <= _naive_utc(project.created_at) or period.start > now:
-            return "NOT_EXISTS", None  # before the project existed, or in the future
+    def status(
+        self, project: Project, period: Period, data_type: str
+    ) -> tuple[ExportStatus, Export | None]:
+        """Whether the export is ready, pending, failed or absent, with the export when there
+        is one."""
+        now = naive(self.clock())
+        if period.end <= naive_utc(project.created_at) or period.start > now:
+            return ExportStatus.ABSENT, None  # before the project existed, or in the future
         if period.end <= period.start:
-            return "NOT_EXISTS", None  # a local hour skipped by a DST change: none such
+            return ExportStatus.ABSENT, None  # a local hour skipped by a DST change: none such
         if period.end <= now - self.retention:
-            return "NOT_EXISTS", None  # purged (or about to be)
+            return ExportStatus.ABSENT, None  # purged (or about to be)
         export = self.find(project.id, period, data_type)
-        if export is None or export.state == RUNNING:
-            return "RUNNING", export  # still open, waiting for its delay, or being written
-        if export.state == FINISHED:
-            return "FINISHED", export
-        if export.state == ERROR:
-            return "ERROR", export
-        return "NOT_EXISTS", None
+        if export is None or export.state == ExportState.RUNNING:
+            return ExportStatus.PENDING, export  # open, waiting for its delay, or being written
+        if export.state == ExportState.FINISHED:
+            return ExportStatus.READY, export
+        if export.state == ExportState.ERROR:
+            return ExportStatus.FAILED, export
+        return ExportStatus.ABSENT, None
 
-    def path(self, export: Export, name: str) -> Path:
-        """A published part or manifest of an export (names are ours, checked). An export
-        with no rows has no files."""
+    # ---- files ---------------------------------------------------------------------------
+    def _file(self, export: Export, name: str) -> str:
+        """The blob key of a published part or manifest of an export (names are ours,
+        checked). An export with no rows has no files."""
         names = {p["name"] for p in export.parts or []}
         if names:
             names.add("manifest.json")
-        if name not in names or export.state != FINISHED:
+        if name not in names or export.state != ExportState.FINISHED:
             raise CdpError(Code.NOT_FOUND, f"file {name!r} is not part of this export", "name")
-        return self._dir(export) / name
+        return self._folder(export) + name
+
+    def open(
+        self, export: Export, name: str, start: int = 0, end: int | None = None
+    ) -> Iterator[bytes]:
+        """The bytes of a published file of an export (or of a range of them)."""
+        return self.blobs.open(export.project_id, self._file(export, name), start, end)
+
+    def local_file(self, export: Export, name: str) -> AbstractContextManager[Path]:
+        """A published file of an export as a local file, to be served with its ranges (see
+        :meth:`BlobStore.local_path`). A published file that is missing is a fault of the
+        storage (:class:`BlobNotFound`), not a wrong name."""
+        return self.blobs.local_path(export.project_id, self._file(export, name))
+
+    def file_url(self, export: Export, name: str, expires: timedelta) -> str | None:
+        """A URL the blob store signed for a published file, or None: the server serves it."""
+        return self.blobs.url(export.project_id, self._file(export, name), expires)
 
     def by_id(self, export_id: int) -> Export:
         """An export by id alone: for a signed download link, which names it."""
@@ -251,15 +187,23 @@ class Exports:
             raise CdpError(Code.NOT_FOUND, f"export {export_id} does not exist", "export")
         return Export.from_row(row)
 
-    def _dir(self, export: Export) -> Path:
-        return self.root / str(int(export.project_id)) / str(int(export.id))
+    @staticmethod
+    def _folder(export: Export) -> str:
+        """The blob key prefix of an export's files (within its project)."""
+        return f"{int(export.id)}/"
+
+    def _delete_files(self, export: Export) -> None:
+        """Delete an export's files, and what an interrupted attempt may have left (earlier
+        versions wrote into ``<export id>.tmp/`` first)."""
+        self.blobs.delete_prefix(export.project_id, f"{int(export.id)}.tmp/")
+        self.blobs.delete_prefix(export.project_id, self._folder(export))
 
     # ---- running -------------------------------------------------------------------------
     def run(self, project_id: int, period: Period, data_type: str) -> Export:
         """Write (or rewrite, if it failed) the export of one closed period and data type."""
-        if data_type not in DATA_TYPES:
+        if data_type not in self.layout:
             raise invalid("data_type", f"unknown data type {data_type!r}")
-        if period.end > _naive(self.clock()):
+        if period.end > naive(self.clock()):
             raise invalid("export_date", "the period is not over yet")
         if period.end <= period.start:  # its export would take the next hour's place
             raise invalid("export_date", "no such hour in the project's time zone (DST)")
@@ -304,7 +248,8 @@ class Exports:
             todo = [
                 dt
                 for dt in data_types
-                if dt not in current or current[dt].state in (ERROR, RUNNING)
+                if dt not in current
+                or current[dt].state in (ExportState.ERROR, ExportState.RUNNING)
             ]
             if not todo:
                 return 0
@@ -347,16 +292,23 @@ class Exports:
     def _counts(self, project: Project, period: Period, data_types: list[str]) -> dict[str, int]:
         """How many rows each data type's export of the period would hold (a positive count
         may be an over-estimate: it only means the export is written in full)."""
-        counts = dict.fromkeys(DATA_TYPES, 0)
-        if any(dt in EVENT_TYPES or dt == "user" for dt in data_types):
+        layout = self.layout
+        counts = dict.fromkeys(layout.names, 0)
+        sources = {layout.dataset(dt).source for dt in data_types}
+        if sources & {Source.EVENTS, Source.PROFILES}:
             names, profiles = self.store.received_counts(project.id, period.start, period.end)
             for name, n in names.items():
-                counts[name if name in EVENT_TYPES else "custom_event"] += n
-            counts["user"] = profiles
-        if "user_cluster" in data_types:
-            counts["user_cluster"] = len(
-                _segments_refreshed(self._engine, project.id, period.start, period.end)
-            )
+                target = layout.of_event(name)
+                if target is not None:
+                    counts[target] += n
+            for d in layout.datasets:
+                if d.source is Source.PROFILES:
+                    counts[d.name] = profiles
+        if Source.MEMBERSHIPS in sources:
+            refreshed = len(_segments_refreshed(self._engine, project.id, period.start, period.end))
+            for d in layout.datasets:
+                if d.source is Source.MEMBERSHIPS:
+                    counts[d.name] = refreshed
         return counts
 
     def _publish_empty(
@@ -367,16 +319,23 @@ class Exports:
         c = t.exports.c
         for dt in data_types:
             if dt in current:  # an earlier attempt's files, if any
-                final = self._dir(current[dt])
-                shutil.rmtree(final.with_name(final.name + ".tmp"), ignore_errors=True)
-                shutil.rmtree(final, ignore_errors=True)
-        done = {"state": FINISHED, "error": "", "rows": 0, "parts": [], "finished_at": now}
+                self._delete_files(current[dt])
+        done = {
+            "state": ExportState.FINISHED,
+            "error": "",
+            "rows": 0,
+            "parts": [],
+            "finished_at": now,
+        }
         with self._engine.begin() as conn:
             for dt in data_types:
                 if dt in current:
                     conn.execute(
                         sa.update(t.exports)
-                        .where(c.id == current[dt].id, c.state.in_([ERROR, RUNNING]))
+                        .where(
+                            c.id == current[dt].id,
+                            c.state.in_([ExportState.ERROR, ExportState.RUNNING]),
+                        )
                         .values(attempts=current[dt].attempts + 1, **done)
                     )
                 else:
@@ -400,7 +359,7 @@ class Exports:
         self, project_id: int, period: Period, data_type: str, stop: threading.Event | None
     ) -> None:
         export = self._claim(project_id, period, data_type)
-        if export.state == FINISHED:
+        if export.state == ExportState.FINISHED:
             return
         try:
             parts, rows = self._write(export, stop)
@@ -414,7 +373,7 @@ class Exports:
             return
         self._update(
             export.id,
-            state=FINISHED,
+            state=ExportState.FINISHED,
             error="",
             rows=rows,
             parts=[p.public() for p in parts],
@@ -423,7 +382,7 @@ class Exports:
         self._failed.pop((project_id, period.export_type, data_type, period.start), None)
 
     def _fail(self, export: Export, error: str) -> None:
-        self._update(export.id, state=ERROR, error=error[:500])
+        self._update(export.id, state=ExportState.ERROR, error=error[:500])
         key = (export.project_id, export.export_type, export.data_type, export.period_start)
         self._failed[key] = time.monotonic() + self.retry_delay.total_seconds()
 
@@ -440,7 +399,7 @@ class Exports:
                             data_type=data_type,
                             period_start=period.start,
                             period_end=period.end,
-                            state=RUNNING,
+                            state=ExportState.RUNNING,
                             error="",
                             attempts=1,
                             rows=0,
@@ -454,8 +413,8 @@ class Exports:
             found = self.find(project_id, period, data_type)
             assert found is not None
             return found
-        if existing.state in (ERROR, RUNNING):
-            self._update(existing.id, state=RUNNING, attempts=existing.attempts + 1)
+        if existing.state in (ExportState.ERROR, ExportState.RUNNING):
+            self._update(existing.id, state=ExportState.RUNNING, attempts=existing.attempts + 1)
             return self.get(project_id, existing.id)
         return existing
 
@@ -463,35 +422,15 @@ class Exports:
     def periods(
         self, project: Project, export_type: str, start: datetime, end: datetime
     ) -> Iterator[Period]:
-        """The periods of ``export_type`` (project-local hours or days) from the one holding
-        ``start`` to the last that ends by ``end`` (UTC, naive).
-
-        A local hour that a daylight-saving change skips has no period (it would be empty,
-        and start where the next hour does); one that the change repeats is one period of
-        two hours."""
-        tz = project.tz
-        local = start.replace(tzinfo=UTC).astimezone(tz)
-        if export_type == "hour":
-            first = local.replace(minute=0, second=0, microsecond=0)
-            step = timedelta(hours=1)
-        else:
-            first = local.replace(hour=0, minute=0, second=0, microsecond=0)
-            step = timedelta(days=1)
-        current = first.replace(tzinfo=None)  # the period holding ``start`` is included
-        while True:
-            label = current.strftime("%Y%m%d%H" if export_type == "hour" else "%Y%m%d")
-            period = self.period(project, export_type, label)
-            if period.end > end:
-                return
-            if period.end > period.start:  # not a local hour that a DST change skips
-                yield period
-            current += step
+        """The periods of ``export_type`` from the one holding ``start`` to the last that ends
+        by ``end`` (see :func:`opencdp.exports.periods.periods`)."""
+        return periods.periods(project, export_type, start, end)
 
     def due(self, project: Project, now: datetime) -> list[tuple[Period, str]]:
         """Every closed period within retention (past the export delay) and data type whose
         export is missing or failed: after downtime, all the missed ones."""
-        now = _naive(now)
-        start = max(_naive_utc(project.created_at), now - self.retention)
+        now = naive(now)
+        start = max(naive_utc(project.created_at), now - self.retention)
         c = t.exports.c
         with self._engine.connect() as conn:
             done = {
@@ -499,7 +438,7 @@ class Exports:
                 for r in conn.execute(
                     sa.select(c.export_type, c.data_type, c.period_start).where(
                         c.project_id == project.id,
-                        c.state.in_([FINISHED, PURGED]),
+                        c.state.in_([ExportState.FINISHED, ExportState.PURGED]),
                         c.period_start >= start - timedelta(days=1),
                     )
                 )
@@ -507,7 +446,7 @@ class Exports:
         out = []
         for export_type in EXPORT_TYPES:
             for period in self.periods(project, export_type, start, now - self.delay):
-                for dt in DATA_TYPES:
+                for dt in self.layout.names:
                     if (export_type, dt, period.start) not in done:
                         out.append((period, dt))
         return out
@@ -544,7 +483,7 @@ class Exports:
             for period, dt in self.due(project, now):
                 if (project.id, period.export_type, dt, period.start) not in self._failed:
                     due.append((project, period, dt))
-        due.sort(key=_closing_order)
+        due.sort(key=self._closing_order)
         return due
 
     # ---- as jobs -------------------------------------------------------------------------
@@ -588,7 +527,8 @@ class Exports:
         data types it names (those published meanwhile are skipped)."""
         project = self.catalog.project(job.project_id)
         period = self.period(project, str(job.params["export_type"]), str(job.params["label"]))
-        data_types = [dt for dt in DATA_TYPES if dt in job.params.get("data_types", DATA_TYPES)]
+        named = job.params.get("data_types", self.layout.names)
+        data_types = [dt for dt in self.layout.names if dt in named]
         if not self.barrier():
             return Outcome(False, "ingested records could not be flushed in time; retried later")
         try:
@@ -636,35 +576,24 @@ class Exports:
             return sum(f.result() for f in futures)
 
     def purge(self, now: datetime | None = None) -> int:
-        """Delete the files of exports older than the retention; they answer NOT_EXISTS."""
-        cutoff = _naive(now or self.clock()) - self.retention
-        c = t.exports.c
-        with self._engine.connect() as conn:
-            old = [
-                Export.from_row(r)
-                for r in conn.execute(
-                    sa.select(t.exports).where(c.period_end <= cutoff, c.state != PURGED)
-                )
-            ]
-        for export in old:
-            shutil.rmtree(self._dir(export), ignore_errors=True)
-            self._update(export.id, state=PURGED, parts=None)
-        return len(old)
+        """Delete the files of exports older than the retention; they answer as absent."""
+        cutoff = naive(now or self.clock()) - self.retention
+        return retention.purge(self._engine, cutoff, self._delete_files)
 
     def backfill(
         self, project: Project, start: datetime, end: datetime, export_type: str | None = None
     ) -> int:
         """Write the missing or failed exports of the closed periods in ``[start, end)``."""
-        now = _naive(self.clock())
-        start = max(start, _naive_utc(project.created_at), now - self.retention)
+        now = naive(self.clock())
+        start = max(start, naive_utc(project.created_at), now - self.retention)
         end = min(end, now - self.delay)
         todo = [
             (project, period, dt)
             for et in ([export_type] if export_type else list(EXPORT_TYPES))
             for period in self.periods(project, et, start, end)
-            for dt in DATA_TYPES
+            for dt in self.layout.names
         ]
-        todo.sort(key=_closing_order)
+        todo.sort(key=self._closing_order)
         if not todo:
             return 0
         return self._execute(todo, None, self.barrier())
@@ -674,37 +603,45 @@ class Exports:
             conn.execute(sa.update(t.exports).where(t.exports.c.id == export_id).values(**values))
 
     def _write(self, export: Export, stop: threading.Event | None = None) -> tuple[list[Part], int]:
-        final = self._dir(export)
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        """Write an export's parts and manifest (each a blob, committed whole) in place of any
+        an earlier attempt left; it is published by the caller, in the metadata DB."""
+        self._delete_files(export)
+        project, folder = export.project_id, self._folder(export)
         stem = f"{export.data_type}_{export.export_type}_{export.period_start:%Y%m%d%H}_UTC"
         batches = _until(self._batches(export), stop)
         try:
             if export.format == "parquet":
-                parts = _ParquetParts(tmp, stem, self.part_bytes).write(batches)
+                parts = ParquetParts(self.blobs, project, folder, stem, self.part_bytes).write(
+                    batches
+                )
             else:
-                render = _jsonl if export.format == "jsonl" else _csv
-                ext = ".jsonl.gz" if export.format == "jsonl" else ".csv.gz"
-                gz = _GzipParts(tmp, stem, self.part_bytes, self.workers, ext, render)
+                jsonl = export.format == "jsonl"
+                gz = GzipParts(
+                    self.blobs,
+                    project,
+                    folder,
+                    stem,
+                    self.part_bytes,
+                    self.workers,
+                    ".jsonl.gz" if jsonl else ".csv.gz",
+                    render_jsonl if jsonl else render_csv,
+                )
                 parts = gz.write(batches)
+            total = sum(p.rows for p in parts)
+            manifest = {
+                "exportType": export.export_type,
+                "dataType": export.data_type,
+                "periodStart": f"{export.period_start:%Y-%m-%dT%H:%M:%SZ}",
+                "periodEnd": f"{export.period_end:%Y-%m-%dT%H:%M:%SZ}",
+                "rows": total,
+                "parts": [p.public() for p in parts],
+            }
+            text = orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
+            self.blobs.put(project, folder + "manifest.json", [text])
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(Exception):
+                self._delete_files(export)
             raise
-        total = sum(p.rows for p in parts)
-        manifest = {
-            "exportType": export.export_type,
-            "dataType": export.data_type,
-            "periodStart": f"{export.period_start:%Y-%m-%dT%H:%M:%SZ}",
-            "periodEnd": f"{export.period_end:%Y-%m-%dT%H:%M:%SZ}",
-            "rows": total,
-            "parts": [p.public() for p in parts],
-        }
-        (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-        _fsync_dir(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
         return parts, total
 
     def _memberships(self, export: Export) -> Iterator[pa.RecordBatch]:
@@ -718,7 +655,7 @@ class Exports:
         keys = list(schema.identity_keys.values())
         login = self._login(export.project_id)
         for batch in self.store.export_members(export.project_id, versions, keys, login):
-            yield columns.members(batch, segs, keys)
+            yield self.layout.render_members(export.data_type, batch, segs, keys)
 
     def _login(self, project_id: int) -> Property | None:
         """The user property the project exports as ``loginUserId`` (None: our user id)."""
@@ -726,12 +663,13 @@ class Exports:
         return None if key is None else self.catalog.schema(project_id).user.get(key)
 
     def _batches(self, export: Export) -> Iterator[pa.RecordBatch]:
-        """The export's rows in its data type's columns (:mod:`opencdp.exports.columns`)."""
+        """The export's rows in its dataset's columns (the layout's)."""
         schema = self.catalog.schema(export.project_id)
-        if export.data_type == "user_cluster":
+        dataset = self.layout.dataset(export.data_type)
+        if dataset.source is Source.MEMBERSHIPS:
             yield from self._memberships(export)
             return
-        if export.data_type == "user":
+        if dataset.source is Source.PROFILES:
             props = list(schema.user.values())
             for batch in self.store.export_profiles(
                 export.project_id,
@@ -740,10 +678,10 @@ class Exports:
                 export.period_end,
                 self._login(export.project_id),
             ):
-                yield columns.profiles(batch, props)
+                yield self.layout.render_profiles(dataset.name, batch, props)
             return
-        names = None if export.data_type == "custom_event" else [export.data_type]
-        exclude = [d for d in EVENT_TYPES if d != "custom_event"] if names is None else None
+        names = None if dataset.events is None else list(dataset.events)
+        exclude = self.layout.named_events() if names is None else None
         props = list(schema.event.values())
         for batch in self.store.export_events(
             export.project_id,
@@ -754,19 +692,20 @@ class Exports:
             exclude,
             self._login(export.project_id),
         ):
-            yield columns.events(export.data_type, batch, props)
+            yield self.layout.render_events(dataset.name, batch, props)
 
-
-def _closing_order(item: tuple[Project, Period, str]) -> tuple[datetime, datetime, int, int, int]:
-    """Oldest first: by the end of the period, then project, export type and data type."""
-    project, period, dt = item
-    return (
-        period.end,
-        period.start,
-        project.id,
-        EXPORT_TYPES.index(period.export_type),
-        DATA_TYPES.index(dt),
-    )
+    def _closing_order(
+        self, item: tuple[Project, Period, str]
+    ) -> tuple[datetime, datetime, int, int, int]:
+        """Oldest first: by the end of the period, then project, export type and dataset."""
+        project, period, dt = item
+        return (
+            period.end,
+            period.start,
+            project.id,
+            EXPORT_TYPES.index(period.export_type),
+            self.layout.index(dt),
+        )
 
 
 def _until(
@@ -790,241 +729,3 @@ def _segments_refreshed(
             )
         ).all()
     return {int(r.id): r for r in rows}
-
-
-class _GzipParts:
-    """Batches → gzip text parts (CSV with a header row, or JSON lines) of at most ``limit``
-    bytes.
-
-    Rows are rendered to CSV by pyarrow a chunk at a time (about ``CHUNK_BYTES`` of text), and
-    each chunk is compressed as a gzip member of its own by a pool of threads (zlib releases
-    the GIL), a few chunks ahead of the writer, which appends the members in order. A gzip
-    file may hold several members and reads as one stream, so a part's size is known exactly
-    as it is written, and a part ends before a member that would take it over the limit (a
-    single row larger than the limit makes a part of its own). Parts end on row boundaries."""
-
-    def __init__(
-        self,
-        folder: Path,
-        stem: str,
-        limit: int,
-        workers: int,
-        ext: str,
-        render: Callable[[pa.RecordBatch], bytes],
-    ) -> None:
-        self.folder, self.stem, self.limit, self.workers = folder, stem, limit, workers
-        self.ext, self.render = ext, render
-        # Chunks small enough for small limits, large enough to compress well.
-        self.chunk_bytes = max(256, min(CHUNK_BYTES, limit // 4))
-        self.parts: list[Part] = []
-        self._file: BinaryIO | None = None
-        self._digest = hashlib.sha256()
-        self._size = self._rows = 0
-        self._header = b""
-
-    def write(self, batches: Iterator[pa.RecordBatch]) -> list[Part]:
-        try:
-            with ThreadPoolExecutor(self.workers, thread_name_prefix="export-gzip") as pool:
-                pending: deque[tuple[Future[bytes], pa.RecordBatch]] = deque()
-                for rows, text in self._chunks(batches):
-                    pending.append((pool.submit(gzip.compress, text, GZIP_LEVEL, mtime=0), rows))
-                    while len(pending) > 2 * self.workers:
-                        future, done = pending.popleft()
-                        self._append(future.result(), done)
-                while pending:
-                    future, done = pending.popleft()
-                    self._append(future.result(), done)
-        except BaseException:
-            if self._file is not None:
-                self._file.close()
-            raise
-        self._close()
-        return self.parts
-
-    def _chunks(self, batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBatch, bytes]]:
-        per_chunk = 64
-        for batch in batches:
-            if not self._header and self.render is _csv:
-                self._header = gzip.compress(_csv_header(batch.schema), GZIP_LEVEL, mtime=0)
-            start = 0
-            while start < batch.num_rows:
-                rows = batch.slice(start, per_chunk)
-                text = self.render(rows)
-                yield rows, text
-                start += rows.num_rows
-                # Aim the next chunk at the chunk size from this chunk's bytes per row.
-                per_chunk = max(1, self.chunk_bytes * rows.num_rows // max(1, len(text)))
-
-    def _append(self, member: bytes, rows: pa.RecordBatch) -> None:
-        if self._file is not None and self._size + len(member) > self.limit and self._rows:
-            self._close()
-        if len(self._header) + len(member) > self.limit and rows.num_rows > 1:
-            # Too big even for a part of its own: in two halves (rows stay whole).
-            half = rows.num_rows // 2
-            for piece in (rows.slice(0, half), rows.slice(half)):
-                self._append(gzip.compress(self.render(piece), GZIP_LEVEL, mtime=0), piece)
-            return
-        if self._file is None:
-            name = f"{self.stem}_part{len(self.parts) + 1:04d}{self.ext}"
-            self._name, self._file = name, (self.folder / name).open("wb")
-            self._digest, self._size, self._rows = hashlib.sha256(), 0, 0
-            if self._header:
-                self._put(self._header)
-        self._put(member)
-        self._rows += rows.num_rows
-
-    def _put(self, data: bytes) -> None:
-        assert self._file is not None
-        self._file.write(data)
-        self._digest.update(data)
-        self._size += len(data)
-
-    def _close(self) -> None:
-        if self._file is None:
-            return
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self.parts.append(Part(self._name, self._rows, self._size, self._digest.hexdigest()))
-        self._file = None
-
-
-class _ParquetParts:
-    """Batches → zstd Parquet parts, closed before a row group that would (at the size of the
-    largest so far, with room for the footer) take a part over ``limit``."""
-
-    ROW_GROUP = 65_536
-
-    def __init__(self, folder: Path, stem: str, limit: int) -> None:
-        self.folder, self.stem, self.limit = folder, stem, limit
-        self.parts: list[Part] = []
-        self._writer: pq.ParquetWriter | None = None
-        self._largest = 0
-        self._rows = 0
-        self._name = ""
-        self._path = folder
-
-    def write(self, batches: Iterator[pa.RecordBatch]) -> list[Part]:
-        try:
-            self._write(batches)
-        except BaseException:
-            if self._writer is not None:
-                self._writer.close()
-            raise
-        self._close()
-        return self.parts
-
-    def _write(self, batches: Iterator[pa.RecordBatch]) -> None:
-        for batch in batches:
-            for start in range(0, batch.num_rows, self.ROW_GROUP):
-                rows = batch.slice(start, self.ROW_GROUP)
-                if (
-                    self._writer is not None
-                    and self._rows
-                    and (
-                        self._path.stat().st_size + self._largest * 3 // 2 + (64 << 10) > self.limit
-                    )
-                ):
-                    self._close()
-                if self._writer is None:
-                    name = f"{self.stem}_part{len(self.parts) + 1:04d}.parquet"
-                    self._name, self._path, self._rows = name, self.folder / name, 0
-                    self._writer = pq.ParquetWriter(self._path, rows.schema, compression="zstd")
-                before = self._path.stat().st_size
-                self._writer.write_batch(rows)
-                self._largest = max(self._largest, self._path.stat().st_size - before)
-                self._rows += rows.num_rows
-
-    def _close(self) -> None:
-        if self._writer is None:
-            return
-        self._writer.close()
-        self._writer = None
-        digest = hashlib.sha256()
-        with self._path.open("r+b") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-            os.fsync(f.fileno())
-        size = self._path.stat().st_size
-        self.parts.append(Part(self._name, self._rows, size, digest.hexdigest()))
-
-
-def _jsonl(rows: pa.RecordBatch) -> bytes:
-    """JSON lines; a column of JSON text (the variables, identities) as the object itself."""
-    names = rows.schema.names
-    values: list[list[Any]] = []
-    for field, column in zip(rows.schema, rows.columns, strict=True):
-        vals = column.to_pylist()
-        if columns.is_json(field):
-            vals = [None if v is None else orjson.Fragment(v) for v in vals]
-        values.append(vals)
-    rows_out = (dict(zip(names, r, strict=True)) for r in zip(*values, strict=True))
-    return b"".join(orjson.dumps(r) + b"\n" for r in rows_out)
-
-
-def _csv(rows: pa.RecordBatch) -> bytes:
-    r"""Rows as GrowingIO's CSV: cells separated by ``,``; a cell that holds a delimiter, a
-    quote, a backslash or a line break in ``"``, with ``\`` as the escape character (``\"``
-    for a quote, ``\\`` for a backslash). That is the vendor's format page, and what its
-    readers are set up for (Spark and Hive with escape ``\``, Python's ``csv`` with
-    ``escapechar``). Built a column at a time with Arrow kernels."""
-    if rows.num_rows == 0:
-        return b""
-    cells = [_csv_cell(column) for column in rows.columns]
-    lines = pc.binary_join_element_wise(*cells, ",")
-    if not isinstance(lines, pa.Array):  # (every cell empty: no array came in)
-        lines = pa.array([lines.as_py()] * rows.num_rows, pa.string())
-    return _concatenated(pc.binary_join_element_wise(lines, _NEWLINE, ""))
-
-
-def _csv_header(schema: pa.Schema) -> bytes:
-    return (",".join(schema.names) + "\n").encode()
-
-
-_NEWLINE = pa.scalar("\n")
-_SPECIAL = r'[,"\\\r\n]'
-
-
-def _csv_cell(column: pa.Array) -> pa.Array | pa.Scalar:
-    if column.null_count == len(column):
-        return _EMPTY  # (a column we hold no data for: one scalar, not a row of empty strings)
-    if not pa.types.is_string(column.type):
-        return pc.fill_null(pc.cast(column, pa.string()), "")
-    special = pc.match_substring_regex(column, _SPECIAL)
-    if not pc.any(special).as_py():
-        return pc.fill_null(column, "")
-    escaped = pc.replace_substring(pc.replace_substring(column, "\\", "\\\\"), '"', '\\"')
-    quoted = pc.binary_join_element_wise('"', escaped, '"', "")
-    if pc.all(special).as_py():  # (JSON columns: every value has quotes)
-        return pc.fill_null(quoted, "")
-    return pc.fill_null(pc.if_else(special, quoted, column), "")
-
-
-_EMPTY = pa.scalar("")
-
-
-def _concatenated(text: pa.Array) -> bytes:
-    """The values of a string array (no nulls) one after another: its data buffer."""
-    offsets = text.buffers()[1]
-    first, last = (
-        int.from_bytes(offsets[i * 4 : i * 4 + 4], "little", signed=True)
-        for i in (text.offset, text.offset + len(text))
-    )
-    data: bytes = text.buffers()[2][first:last].to_pybytes()
-    return data
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _naive(dt: datetime) -> datetime:
-    return dt.astimezone(UTC).replace(tzinfo=None)
-
-
-def _naive_utc(dt: datetime) -> datetime:
-    return dt if dt.tzinfo is None else _naive(dt)

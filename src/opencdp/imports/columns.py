@@ -19,9 +19,9 @@ from opencdp.catalog.types import PropertyType
 from opencdp.config import Limits
 from opencdp.errors import CdpError
 
-_NUMBER_RE = "^" + ct._NUMBER.pattern + "$"
+_NUMBER_RE = "^" + ct.NUMBER_TEXT.pattern + "$"
 _INFER_NUMBER_RE = "^" + ct.INFER_NUMBER.pattern + "$"
-_DATETIME_RE = "^" + ct._INFER_DATETIME.pattern + "$"
+_DATETIME_RE = "^" + ct.INFER_DATETIME.pattern + "$"
 ARROW: dict[PropertyType, pa.DataType] = {
     PropertyType.STRING: pa.string(),
     PropertyType.NUMBER: pa.float64(),
@@ -71,7 +71,7 @@ def _digits(values: pa.Array) -> pa.Array:
 
 _SAMPLE = 2048
 _INFER_SHARE = 0.99
-_BOOLS = pa.array(sorted(ct._TRUE | ct._FALSE))
+_BOOLS = pa.array(sorted(ct.TRUE_TEXTS | ct.FALSE_TEXTS))
 # Each candidate type, and which of a column's values read as it.
 _CANDIDATES: list[tuple[PropertyType, Callable[[pa.Array], pa.Array]]] = [
     (
@@ -131,8 +131,8 @@ def coerce_column(
         return pc.if_else(finite, numbers, pa.scalar(None, pa.float64()))
     if ptype is PropertyType.BOOL:
         lowered = pc.utf8_lower(pc.utf8_trim_whitespace(values))
-        true = pc.is_in(lowered, pa.array(sorted(ct._TRUE)))
-        false = pc.is_in(lowered, pa.array(sorted(ct._FALSE)))
+        true = pc.is_in(lowered, pa.array(sorted(ct.TRUE_TEXTS)))
+        false = pc.is_in(lowered, pa.array(sorted(ct.FALSE_TEXTS)))
         _flag(values, pc.or_(true, false), problems, name, "expected a boolean")
         return pc.if_else(true, True, pc.if_else(false, False, pa.scalar(None, pa.bool_())))
     out: list[object] = []

@@ -1,21 +1,24 @@
-"""The files store: uploads kept in the data dir, named by numbers only.
+"""The files store: uploads and the failures and warnings files of import jobs, as blobs
+named by numbers only (``<file id>.dat``, ``job-<job id>-<kind>.csv``, per project).
 
 A client names a file however it likes (a WeChat ``path``, a multipart filename); that name is
-a lookup key in the metadata DB and never part of a filesystem path, so no name can reach
-outside the store. Uploads are written to a temporary file, synced, then renamed into place.
+a lookup key in the metadata DB and never part of a blob key, so no name can reach outside the
+store. An upload is a blob written whole (:meth:`BlobStore.create`): it appears complete or
+not at all.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
+from opencdp.blobs.base import BlobStore
 from opencdp.catalog import secrets
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.meta import tables as t
@@ -31,7 +34,7 @@ class StoredFile:
     state: str
     size: int
     sha256: str | None
-    path: Path
+    key: str  # its blob, in its project
 
 
 class FileTooLarge(CdpError):
@@ -40,23 +43,32 @@ class FileTooLarge(CdpError):
 
 
 class Files:
-    def __init__(self, engine: sa.Engine, root: Path) -> None:
+    def __init__(self, engine: sa.Engine, blobs: BlobStore) -> None:
         self._engine = engine
-        self.root = root
+        self.blobs = blobs
 
-    def _path(self, project_id: int, file_id: int) -> Path:
-        return self.root / str(int(project_id)) / f"{int(file_id)}.dat"
-
-    def job_file(self, project_id: int, job_id: int, kind: str) -> Path:
-        """Where a job's failures or warnings file lives."""
+    @staticmethod
+    def job_file(job_id: int, kind: str) -> str:
+        """The blob key of a job's failures or warnings file (in the job's project)."""
         if kind not in ("failures", "warnings"):
             raise ValueError(kind)
-        return self.root / str(int(project_id)) / f"job-{int(job_id)}-{kind}.csv"
+        return f"job-{int(job_id)}-{kind}.csv"
+
+    def read_job_file(self, project_id: int, job_id: int, kind: str) -> bytes:
+        """A job's failures or warnings file (empty while it has none)."""
+        key = self.job_file(job_id, kind)
+        if self.blobs.stat(project_id, key) is None:
+            return b""
+        return self.blobs.read(project_id, key)
+
+    def local_path(self, stored: StoredFile) -> AbstractContextManager[Path]:
+        """The stored file as a local file, for the readers (:meth:`BlobStore.local_path`)."""
+        return self.blobs.local_path(stored.project_id, stored.key)
 
     def _row(self, row: Any) -> StoredFile:
         return StoredFile(
             row.id, row.project_id, row.name, row.state, row.size, row.sha256,
-            self._path(row.project_id, row.id),
+            f"{int(row.id)}.dat",
         )  # fmt: skip
 
     # ---- creating ------------------------------------------------------------------------
@@ -100,25 +112,15 @@ class Files:
         """Store an upload streamed in ``chunks`` (at most ``limit`` bytes)."""
         if reserved is None:
             reserved, _ = self.reserve(project_id, name)
-        path = reserved.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
         digest = hashlib.sha256()
         size = 0
-        try:
-            with tmp.open("wb") as f:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > limit:
-                        raise FileTooLarge(limit)
-                    digest.update(chunk)
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with self.blobs.create(reserved.project_id, reserved.key) as blob:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise FileTooLarge(limit)
+                digest.update(chunk)
+                blob.write(chunk)
         with self._engine.begin() as conn:
             conn.execute(
                 sa.update(t.files)
@@ -162,14 +164,3 @@ class Files:
         if row is None:
             raise CdpError(Code.NOT_FOUND, f"no file was uploaded as {name!r}", "file_path")
         return self._row(row)
-
-
-async def chunks_of(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
-    for i in range(0, len(data), size):
-        yield data[i : i + size]
-
-
-def read_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
-    with path.open("rb") as f:
-        while chunk := f.read(size):
-            yield chunk

@@ -4,8 +4,8 @@ A target turns a batch of text rows into typed columns checked against the catal
 them to the store as a whole: profile imports are one set-based match-and-upsert per batch;
 events go through the same identity resolution and event upsert as the single-record API.
 
-An import keeps the identity keys the project had when it was submitted (``identity_keys`` in
-its parameters), as a record keeps those it was received with: changing the keys applies to
+An import keeps the identity keys the project had when it was submitted (``identity_keys`` of
+its spec), as a record keeps those it was received with: changing the keys applies to
 imports submitted afterwards. An import whose key was deleted since fails, naming it.
 """
 
@@ -38,17 +38,10 @@ from opencdp.config import Limits
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.imports.columns import coerce_column, infer
 from opencdp.imports.readers import RowBatch, too_many_columns
+from opencdp.imports.spec import IDENTITY, USER_ID, ImportSpec, Kind, Membership
 from opencdp.ingest.apply import apply_records
 from opencdp.ingest.records import Record, build_record
 from opencdp.store.base import StoreWriter
-
-USER_ID = "id"  # the lookup field naming our own user id
-IDENTITY = "*"  # look profiles up by every identity key, merging as the single-record API does
-TARGETS = ("users", "events", "collection")
-FIRST_COLUMN = "*first"  # a collection keyed by the file's first column (Marketo custom objects)
-IDENTITY_KEYS = "identity_keys"  # the job parameter holding the keys it was submitted with
-PROGRAM_MEMBERS = "program_members"
-MODES = ("upsert", "insert")
 
 
 @dataclass
@@ -71,6 +64,8 @@ class Prepared:
     # The properties whose store columns the batch writes (the import adds the missing ones
     # before the batch's transaction, a few at a time).
     columns: list[Property] = field(default_factory=list)
+    # The batch's key (its job and number): what the store reserves its new user ids under.
+    key: str | None = None
 
 
 class Target(ABC):
@@ -215,35 +210,29 @@ class Target(ABC):
 
 
 def make_target(
-    catalog: Catalog, limits: Limits, project_id: int, params: dict[str, Any]
+    catalog: Catalog, limits: Limits, project_id: int, spec: ImportSpec, file_tag: str = ""
 ) -> Target:
-    target = params.get("target", "users")
-    insert_only = params.get("mode", "upsert") == "insert"
-    pinned = params.get(IDENTITY_KEYS)  # absent from jobs queued by an older version
-    keys = {str(n): int(i) for n, i in pinned.items()} if isinstance(pinned, dict) else None
-    if target == "users" and params.get("lookup_field") == IDENTITY:
+    """The target of an import; ``file_tag`` (the start of the file's digest) names the
+    documents of a file whose rows have no ``_id``."""
+    keys = spec.identity_keys
+    insert_only = spec.insert_only
+    if spec.kind is Kind.PROFILES and spec.lookup == IDENTITY:
         return UsersByIdentityTarget(catalog, limits, project_id, insert_only, keys)
-    if target == "collection":
-        return CollectionTarget(
-            catalog, limits, project_id, insert_only, str(params["collection"]), params, keys
+    if spec.kind is Kind.PROFILES and spec.membership is not None:
+        return MembershipTarget(
+            catalog, limits, project_id, insert_only, spec.lookup, spec.membership, keys
         )
-    if target == PROGRAM_MEMBERS:
-        return ProgramMembersTarget(
-            catalog, limits, project_id, int(params["program_id"]), str(params["status"]), keys
-        )
-    if target == "users":
+    if spec.kind is Kind.PROFILES:
         return ProfilesTarget(
-            catalog,
-            limits,
-            project_id,
-            insert_only,
-            str(params.get("lookup_field") or "email"),
-            params.get("list_id"),
-            keys,
+            catalog, limits, project_id, insert_only, spec.lookup, spec.list_id, keys
         )
-    if target == "events":
-        return EventsTarget(catalog, limits, project_id, insert_only, keys)
-    raise CdpError(Code.UNSUPPORTED, f"target: cannot import into {target!r}", "target")
+    if spec.kind is Kind.DOCUMENTS:
+        if spec.collection is None:
+            raise CdpError(Code.MISSING_PARAMETER, "collection: is required", "collection")
+        return CollectionTarget(
+            catalog, limits, project_id, insert_only, spec.collection, spec, file_tag, keys
+        )
+    return EventsTarget(catalog, limits, project_id, insert_only, keys)
 
 
 def identity_keys(catalog: Catalog, project_id: int) -> dict[str, int]:
@@ -380,8 +369,9 @@ class ProfilesTarget(Target):
         batch, res = p.batch, p.res
         table, props, key, others = p.data
         outcome = w.import_profiles(
-            self.project_id, table, key, others, props, self.insert_only, write, self.list_id
-        )
+            self.project_id, table, key, others, props, self.insert_only, write, self.list_id,
+            p.key,
+        )  # fmt: skip
         index = (
             {n: i for i, n in enumerate(batch.row_numbers.to_pylist())}
             if outcome.failures or outcome.warnings
@@ -640,16 +630,17 @@ class CollectionTarget(Target):
         project_id: int,
         insert_only: bool,
         name: str,
-        params: dict[str, Any],
+        spec: ImportSpec,
+        file_tag: str = "",
         keys: dict[str, int] | None = None,
     ) -> None:
         super().__init__(catalog, limits, project_id, insert_only, keys)
         self.collection_id = catalog.collection(project_id, name)
-        self.file_tag = str(params.get("file_sha256") or "")[:16] or "row"
-        # The fields whose values identify a document (Marketo custom objects' dedupe fields);
-        # without them, the key is the file's first column (FIRST_COLUMN) or ``_id``.
-        self.dedupe = [str(f) for f in params.get("dedupe_fields") or ()]
-        self.key = None if self.dedupe else params.get("key")
+        self.file_tag = file_tag[:16] or "row"
+        # The fields whose values identify a document; without them, the key is the file's
+        # first column (with ``first_column_key``) or ``_id``.
+        self.dedupe = list(spec.key_fields)
+        self.first_column = not self.dedupe and spec.first_column_key
 
     def check_columns(self, columns: list[str]) -> None:
         super().check_columns(columns)
@@ -665,7 +656,7 @@ class CollectionTarget(Target):
         if self.catalog.project(self.project_id).strict_schema:
             return [], 0, "", ""
         fields = self.catalog.collection_fields(self.collection_id)
-        key = columns[0] if self.key == FIRST_COLUMN and columns else "_id"
+        key = columns[0] if self.first_column and columns else "_id"
         new = [n for n in columns if n not in fields and n not in (key, "_id")]
         return new, self.catalog.collection_room(self.collection_id), "fields", "collection"
 
@@ -698,7 +689,7 @@ class CollectionTarget(Target):
     def _docs(self, batch: RowBatch, res: BatchResult) -> tuple[str, dict[str, tuple[int, str]]]:
         docs: dict[str, tuple[int, str]] = {}
         numbers = batch.row_numbers.to_pylist()
-        key = batch.columns[0] if self.key == FIRST_COLUMN and batch.columns else "_id"
+        key = batch.columns[0] if self.first_column and batch.columns else "_id"
         fields = self._fields(batch, key, res)
         if batch.objects is not None:
             # JSON documents keep their own JSON types, value by value, as in the vendor's
@@ -718,7 +709,7 @@ class CollectionTarget(Target):
         for i, key_value in enumerate(keys):
             if i in res.failures:
                 continue
-            if self.key == FIRST_COLUMN and not key_value:
+            if self.first_column and not key_value:
                 res.failures[i] = f"{key}: the key field is empty"
                 continue
             doc_id = str(key_value or f"{self.file_tag}-{numbers[i]}")
@@ -815,35 +806,37 @@ class CollectionTarget(Target):
         return p.res
 
 
-class ProgramMembersTarget(ProfilesTarget):
-    """Leads (by e-mail, created when new) made members of a program with a status."""
+class MembershipTarget(ProfilesTarget):
+    """Profiles (found by the lookup field, created when new), each also recorded as a member
+    of a group with a status (see :class:`~opencdp.imports.spec.Membership`)."""
 
     def __init__(
         self,
         catalog: Catalog,
         limits: Limits,
         project_id: int,
-        program_id: int,
-        status: str,
+        insert_only: bool,
+        lookup: str,
+        membership: Membership,
         keys: dict[str, int] | None = None,
     ) -> None:
-        super().__init__(catalog, limits, project_id, False, "email", keys=keys)
-        self.program_id = program_id
-        self.status = status
-        self.collection_id = catalog.collection(project_id, PROGRAM_MEMBERS)
+        super().__init__(catalog, limits, project_id, insert_only, lookup, keys=keys)
+        if lookup in (USER_ID, IDENTITY):
+            raise invalid("lookup_field", "memberships are recorded by an identity key")
+        self.membership = membership
+        self.collection_id = catalog.collection(project_id, membership.collection)
 
     def apply(self, w: StoreWriter, p: Prepared) -> BatchResult:
         res, batch = super().apply(w, p), p.batch
-        emails = _normalize(_trimmed(batch.rows.column("email").combine_chunks()), "email")
-        emails = emails.to_pylist()
+        m, lookup = self.membership, self.lookup
+        values = _normalize(_trimmed(batch.rows.column(lookup).combine_chunks()), lookup)
         docs: dict[str, str] = {}
-        for i, email in enumerate(emails):
-            if i in res.failures or email is None:
+        for i, value in enumerate(values.to_pylist()):
+            if i in res.failures or value is None:
                 continue
-            doc_id = f"{self.program_id}:{email}"
+            doc_id = f"{m.group_id}:{value}"
             docs[doc_id] = orjson.dumps(
-                {"_id": doc_id, "programId": self.program_id, "email": email,
-                 "status": self.status}
-            ).decode()  # fmt: skip
+                {"_id": doc_id, m.group_field: m.group_id, lookup: value, "status": m.status}
+            ).decode()
         w.upsert_documents(self.project_id, self.collection_id, list(docs), list(docs.values()))
         return res

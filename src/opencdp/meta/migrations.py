@@ -81,6 +81,13 @@ def _v9_job_leases(conn: sa.Connection) -> None:
         conn.execute(sa.insert(tables.catalog_version).values(id=1, version=0))
 
 
+def _v10_progress(conn: sa.Connection) -> None:
+    # Filled from the analytic store's checkpoints at the first start after this step
+    # (opencdp.progress.adopt_store_checkpoints).
+    tables.ingest_progress.create(conn)
+    tables.import_batches.create(conn)
+
+
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _v1_initial),
     (2, _v2_files_and_jobs),
@@ -91,6 +98,7 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (7, _v7_deployment),
     (8, _v8_aliases_and_dedupe_fields),
     (9, _v9_job_leases),
+    (10, _v10_progress),
 ]
 
 LATEST = MIGRATIONS[-1][0]

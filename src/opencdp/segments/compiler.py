@@ -1,11 +1,14 @@
-"""Definitions → sqlglot trees → SQL in the store's dialect.
+"""Definitions → neutral sqlglot trees, which each store renders in its own SQL.
 
-The compiler is pure: it takes a definition, the project's schema and timezone, "now", and the
-names of the project's tables, and returns a query selecting ``(user_id, tag_value)``. It never
-queries the database. Every property is resolved through the catalog to its generated column
-(a user's name never becomes an identifier); every value from the definition becomes a literal
-built by sqlglot after being read as the property's type, or the definition is refused with the
-field that is wrong.
+The compiler is pure: it takes a definition, the project's schema and timezone, and "now", and
+returns a query selecting ``(user_id, tag_value)`` from the logical tables ``users`` and
+``events`` (:mod:`opencdp.store.tree`), which the store scopes to the project and renders in
+its dialect. It never queries a database: the regular expressions it meets are returned with
+the field that holds each, for the store's engine to judge. Every property is resolved through
+the catalog to its generated column (a user's name never becomes an identifier); every value
+from the definition becomes a literal built by sqlglot after being read as the property's
+type, or the definition is refused with the field that is wrong. Operations whose spelling
+differs between engines are the neutral nodes of :mod:`opencdp.store.tree`.
 
 Semantics, which the reference evaluator in the tests restates in plain Python:
 
@@ -29,11 +32,11 @@ Semantics, which the reference evaluator in the tests restates in plain Python:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 
-import duckdb
 import sqlglot.expressions as exp
 
 from opencdp.catalog import types as ct
@@ -55,7 +58,8 @@ from opencdp.segments.model import (
     TagDef,
     Window,
 )
-from opencdp.store.base import SegmentTables
+from opencdp.store import tree
+from opencdp.store.tree import EVENTS, USERS, SqlDialect
 
 USER_ID = "user_id"
 TAG_VALUE = "tag_value"
@@ -67,9 +71,6 @@ EVENT_ID = "event_id"
 ZERO_WHEN_NONE = {Analysis.TIMES, Analysis.SUM, Analysis.DISTINCT}
 ORDERED = {PropertyType.NUMBER, PropertyType.DATETIME}
 _LIMITS = Limits()
-
-
-Tables = SegmentTables  # the project's tables (generated names: the store's, never a user's)
 
 
 @dataclass(frozen=True)
@@ -85,31 +86,43 @@ class Span:
 
 @dataclass
 class Compiled:
-    query: exp.Select
+    query: exp.Select  # the neutral tree, over the logical tables
     spans: list[Span | None] = field(default_factory=list)  # per event condition, in order
+    patterns: list[tuple[str, str]] = field(default_factory=list)  # (regex, its field)
 
-    def sql(self, dialect: str) -> str:
-        return self.query.sql(dialect=dialect)
+    def sql(self, dialect: SqlDialect, tables: Mapping[str, str]) -> str:
+        """The query in ``dialect``, reading the physical ``tables`` (logical name -> name)."""
+        return tree.render(self.query, dialect, tables)
+
+    def check(self, dialect: SqlDialect, pattern_error: Callable[[str], str | None]) -> None:
+        """Refuse what an engine cannot run: an operation ``dialect`` lacks, a regular
+        expression its engine cannot compile (``pattern_error`` says why, or None), named by
+        the field that holds it."""
+        tree.check(self.query, dialect)
+        for pattern, where in self.patterns:
+            reason = pattern_error(pattern)
+            if reason is not None:
+                raise invalid(where, f"not a valid regular expression ({reason})")
 
 
 class Compiler:
-    def __init__(self, schema: Schema, tz: tzinfo, now: datetime, tables: Tables) -> None:
+    def __init__(self, schema: Schema, tz: tzinfo, now: datetime) -> None:
         self.schema = schema
         self.tz = tz
         self.now = now
-        self.tables = tables
         self.spans: list[Span | None] = []
+        self.patterns: list[tuple[str, str]] = []
 
     # ---- entry points --------------------------------------------------------------------
     def cluster(self, d: ClusterDef, field: str = "qp") -> Compiled:
-        self.spans = []
+        self.spans, self.patterns = [], []
         where = self._definition(d, field)
         q = exp.select(exp.column(USER_ID), exp.cast(exp.null(), "VARCHAR").as_(TAG_VALUE))
-        q = q.from_(exp.to_table(self.tables.profiles)).where(where)
-        return Compiled(q, self.spans)
+        q = q.from_(exp.to_table(USERS)).where(where)
+        return Compiled(q, self.spans, self.patterns)
 
     def tag(self, t: TagDef, field: str = "tagQp") -> Compiled:
-        self.spans = []
+        self.spans, self.patterns = [], []
         if t.values is not None:
             case = exp.Case()
             for i, v in enumerate(t.values):
@@ -117,22 +130,20 @@ class Compiler:
                     v.definition, f"{field}.userTagValueDefs.{i}.userClusterDef"
                 )
                 case = case.when(cond, exp.Literal.string(v.value))
-            inner = exp.select(exp.column(USER_ID), case.as_(TAG_VALUE)).from_(
-                exp.to_table(self.tables.profiles)
-            )
+            inner = exp.select(exp.column(USER_ID), case.as_(TAG_VALUE)).from_(exp.to_table(USERS))
             q = (
                 exp.select(USER_ID, TAG_VALUE)
                 .from_(inner.subquery("t"))
                 .where(exp.column(TAG_VALUE).is_(exp.null()).not_())
             )
-            return Compiled(q, self.spans)
+            return Compiled(q, self.spans, self.patterns)
         if t.first_last is not None:
             where = f"{field}.userTagConFirstLastEventDef.userTagConFirstLastEvent"
             q = self._first_last(t.first_last, where)
-            return Compiled(q, self.spans)
+            return Compiled(q, self.spans, self.patterns)
         assert t.quota is not None
         where = f"{field}.userTagConQuotaDef.userTagConQuotaEvent"
-        return Compiled(self._quota_tag(t.quota, where), self.spans)
+        return Compiled(self._quota_tag(t.quota, where), self.spans, self.patterns)
 
     # ---- definitions ---------------------------------------------------------------------
     def _definition(self, d: ClusterDef, field: str) -> exp.Expr:
@@ -164,7 +175,7 @@ class Compiler:
     def _users(self, scope: exp.Expr, having: exp.Expr) -> exp.Select:
         return (
             exp.select(USER_ID)
-            .from_(exp.to_table(self.tables.events))
+            .from_(exp.to_table(EVENTS))
             .where(scope)
             .group_by(USER_ID)
             .having(having)
@@ -222,9 +233,9 @@ class Compiler:
         self.spans.append(span)
         prop = self._property(d.property.column, self.schema.event, f"{field}.calcPropVo")
         # The value on that event, null included (a null is no tag, not an earlier value).
-        pick = "ARG_MIN_NULL" if d.first else "ARG_MAX_NULL"
+        pick = tree.ArgMinNull if d.first else tree.ArgMaxNull
         order = exp.Tuple(expressions=[exp.column(EVENT_TIME), exp.column(EVENT_ID)])
-        value = exp.func(pick, exp.column(prop.column), order)
+        value = pick(this=exp.column(prop.column), expression=order)
         scope = self._event_scope(d.event, span, d.filters, d.relation, f"{field}.filts")
         return self._per_user(value, prop.type, scope)
 
@@ -232,7 +243,7 @@ class Compiler:
         """Users with their ``value`` over their events in ``scope``, as tag text."""
         inner = (
             exp.select(exp.column(USER_ID), value.as_("v"))
-            .from_(exp.to_table(self.tables.events))
+            .from_(exp.to_table(EVENTS))
             .where(scope)
             .group_by(USER_ID)
         )
@@ -264,11 +275,11 @@ class Compiler:
         where = f"{field}.comparator"
         if c is Comparator.IS_NULL:
             if t is PropertyType.LIST:
-                return exp.or_(col.is_(exp.null()), exp.func("LEN", col).eq(0))
+                return exp.or_(col.is_(exp.null()), tree.ListLength(this=col).eq(0))
             return col.is_(exp.null())
         if c is Comparator.NOT_NULL:
             if t is PropertyType.LIST:
-                return exp.and_(col.is_(exp.null()).not_(), exp.func("LEN", col) > 0)
+                return exp.and_(col.is_(exp.null()).not_(), tree.ListLength(this=col) > 0)
             return col.is_(exp.null()).not_()
         if c in (Comparator.IS_TRUE, Comparator.IS_FALSE):
             if t is not PropertyType.BOOL:
@@ -302,7 +313,7 @@ class Compiler:
         if c in (Comparator.INCLUDE, Comparator.NOT_INCLUDE):
             found: exp.Expr = exp.StrPosition(this=col, substr=text) > 0
             return _false_if_null(found if c is Comparator.INCLUDE else exp.not_(found))
-        _check_regex(f.values[0], f"{field}.ftv")
+        self.patterns.append((f.values[0], f"{field}.ftv"))  # for the store's engine to judge
         match: exp.Expr = exp.RegexpLike(this=col, expression=text)
         return _false_if_null(match if c is Comparator.REGEX_MATCH else exp.not_(match))
 
@@ -316,11 +327,11 @@ class Compiler:
         ):
             raise invalid(f"{field}.comparator", f"{c.value} does not apply to a list property")
         items = [exp.Literal.string(_checked_text(v, f"{field}.ftv")) for v in f.values]
-        test: exp.Expr = exp.func("LIST_HAS_ANY", col, exp.Array(expressions=items))
+        test: exp.Expr = tree.ListHasAny(this=col, expression=exp.Array(expressions=items))
         if c in (Comparator.EQUAL, Comparator.INCLUDE):
             return _false_if_null(test)
         # An empty list is no value, as for isNull: a negation matches users who have one.
-        return _false_if_null(exp.and_(exp.func("LEN", col) > 0, exp.not_(test)))
+        return _false_if_null(exp.and_(tree.ListLength(this=col) > 0, exp.not_(test)))
 
     def _typed(self, value: str, ptype: PropertyType, field: str) -> Any:
         """An ``ftv`` text as a value of the property's type (datetimes: µs since the epoch,
@@ -334,9 +345,9 @@ class Compiler:
                 raise invalid(field, exc.message.partition(": ")[2]) from None
         if ptype is PropertyType.BOOL:
             low = value.strip().lower()
-            if low in ct._TRUE:
+            if low in ct.TRUE_TEXTS:
                 return True
-            if low in ct._FALSE:
+            if low in ct.FALSE_TEXTS:
                 return False
             raise invalid(field, f"expected true or false, got {value[:80]!r}")
         return _checked_text(value, field)
@@ -345,16 +356,11 @@ class Compiler:
         """A tag value as text: whole numbers without ``.0``; datetimes as wall-clock time in
         the project's timezone (as definitions read them); lists comma-joined."""
         if ptype is PropertyType.NUMBER:
-            whole = exp.func("ROUND", value).eq(value)
-            big = exp.func("ABS", value) < exp.Literal.number("1e15")
-            as_int = exp.cast(exp.cast(value, "BIGINT"), "VARCHAR")
-            return exp.Case().when(exp.and_(whole, big), as_int).else_(exp.cast(value, "VARCHAR"))
+            return tree.NumberText(this=value)
         if ptype is PropertyType.DATETIME:
-            utc = exp.AtTimeZone(this=value, zone=exp.Literal.string("UTC"))
-            local = exp.func("TIMEZONE", exp.Literal.string(_zone_name(self.tz)), utc)
-            return exp.func("STRFTIME", local, exp.Literal.string("%Y-%m-%d %H:%M:%S"))
+            return tree.LocalTimeText(this=value, zone=exp.Literal.string(_zone_name(self.tz)))
         if ptype is PropertyType.LIST:
-            return exp.func("ARRAY_TO_STRING", value, exp.Literal.string(","))
+            return tree.ListText(this=value, expression=exp.Literal.string(","))
         return exp.cast(value, "VARCHAR")
 
     # ---- time ----------------------------------------------------------------------------
@@ -429,29 +435,18 @@ def _false_if_null(test: exp.Expr) -> exp.Expr:
     return test
 
 
-def _check_regex(pattern: str, field: str) -> None:
-    """Refuse a pattern the store's regular-expression engine (RE2, in DuckDB and ClickHouse
-    alike) cannot run: no look-around, no back-references, bounded repetition."""
-    with duckdb.connect() as con:  # an empty in-memory database: only the engine's parser
-        try:
-            con.execute("SELECT regexp_matches('', ?)", [pattern])
-        except duckdb.Error as exc:
-            reason = str(exc).splitlines()[0].removeprefix("Invalid Input Error: ")
-            raise invalid(field, f"not a valid regular expression ({reason})") from None
-
-
 def _zone_name(tz: tzinfo) -> str:
     name = getattr(tz, "key", None)
     return name if isinstance(name, str) else "UTC"
 
 
 def _timestamp(dt: datetime) -> exp.Expr:
-    return exp.cast(exp.Literal.string(dt.strftime("%Y-%m-%d %H:%M:%S.%f")), "TIMESTAMP")
+    return tree.Timestamp(this=exp.Literal.string(dt.strftime("%Y-%m-%d %H:%M:%S.%f")))
 
 
 def _number(text: str, field: str) -> float:
     """A number as the rest of the platform reads one (no ``1_0``, no non-ASCII digits)."""
-    if not ct._NUMBER.fullmatch(text.strip()):
+    if not ct.NUMBER_TEXT.fullmatch(text.strip()):
         raise invalid(field, f"expected a number, got {text[:80]!r}")
     value = float(text.strip())
     if not math.isfinite(value):

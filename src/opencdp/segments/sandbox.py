@@ -39,6 +39,8 @@ from opencdp.store.base import SEGMENT_ROWS, Budget, OverBudget, QueryError, Sto
 log = logging.getLogger(__name__)
 
 Mode = Literal["check", "count", "members"]
+# The engine a SQL segment runs on, whatever store holds the data (the store hands it Arrow).
+DIALECT = "duckdb"
 BUILTINS = {"users": USER_COLUMNS, "events": EVENT_COLUMNS}
 TABLE_OF = {"users": "user", "events": "event"}
 

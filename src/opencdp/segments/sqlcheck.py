@@ -1,6 +1,12 @@
 """SQL segments: a read-only query over this project's ``users`` and ``events``.
 
-The text is parsed with sqlglot (DuckDB syntax) and accepted only if it is one query whose
+The language is one fixed dialect, whatever engine holds the data: DuckDB's SQL syntax
+(:data:`LANGUAGE`), a single SELECT (WITH, joins, subqueries, set operations, window
+functions), the functions sqlglot models (other than those that read files) and the few
+plain computations of ``_SAFE_FUNCTIONS``. The checked tree is then rendered for the engine
+that runs it (``check_sql(..., engine=...)``): the sandbox's.
+
+The text is parsed with sqlglot and accepted only if it is one query whose
 every table reference, resolved with SQL's own scoping rules (sqlglot's scopes: a CTE is
 visible in its query and in the CTEs after it, nowhere else), names ``users``, ``events`` or a
 CTE visible at that point. No DDL or DML, no table functions or file reads, no other schema,
@@ -17,7 +23,7 @@ that only those columns are handed to the sandbox.
 
 >>> q = check_sql("SELECT user_id FROM events WHERE amount > 5", 1)
 >>> sorted(q.reads), sorted(q.names or ())
-(['events'], ['amount', 'user_id'])
+(['events'], ['amount', 'events', 'user_id'])
 >>> check_sql("SELECT * FROM p2_profiles", 1)
 Traceback (most recent call last):
 ...
@@ -41,7 +47,8 @@ TABLES = (USERS, EVENTS)
 USER_COLUMNS = ("user_id", "created_at", "updated_at")
 EVENT_COLUMNS = ("event_id", "event_name", "event_time", "received_at", "user_id")
 MAX_SQL = 64 << 10
-DIALECT = "duckdb"  # SQL segments are written, checked and run in DuckDB's SQL
+LANGUAGE = "duckdb"  # the sqlglot dialect SQL segments are written (and parsed) in
+DIALECT = LANGUAGE  # (what the messages below quote a piece of the query in)
 
 # Statements and clauses that write, change the session, or reach outside the database.
 _FORBIDDEN = tuple(
@@ -66,14 +73,15 @@ _SAFE_FUNCTIONS = {
 class SqlSegment:
     """A checked SQL segment: what to run, and what it needs."""
 
-    sql: str  # the query as checked, rendered in DuckDB's SQL
+    sql: str  # the query as checked, rendered for the engine that runs it
     columns: int  # 1: a cluster (user ids); 2: a tag (user ids and values)
     reads: frozenset[str]  # which of users/events it reads
     names: frozenset[str] | None  # lower-cased column names it refers to; None: all (a star)
 
 
-def check_sql(sql: object, columns: int) -> SqlSegment:
-    """Check a segment query; ``columns`` is 2 for a tag (``user_id, tag_value``), else 1."""
+def check_sql(sql: object, columns: int, engine: str = LANGUAGE) -> SqlSegment:
+    """Check a segment query; ``columns`` is 2 for a tag (``user_id, tag_value``), else 1.
+    The checked query is rendered in ``engine``'s sqlglot dialect."""
     if not isinstance(sql, str) or not sql.strip():
         raise invalid("sql", "a SELECT returning user ids is required")
     if len(sql) > MAX_SQL:
@@ -81,7 +89,7 @@ def check_sql(sql: object, columns: int) -> SqlSegment:
     if "\x00" in sql:
         raise invalid("sql", "contains a NUL character")
     try:
-        statements = [s for s in sqlglot.parse(sql, read=DIALECT) if s is not None]
+        statements = [s for s in sqlglot.parse(sql, read=LANGUAGE) if s is not None]
     except sqlglot.errors.SqlglotError as exc:
         raise invalid("sql", f"not valid SQL: {str(exc).splitlines()[0][:200]}") from None
     if len(statements) != 1:
@@ -90,11 +98,11 @@ def check_sql(sql: object, columns: int) -> SqlSegment:
     if not isinstance(query, exp.Query):
         raise invalid("sql", f"only a SELECT is accepted, not {query.key.upper()}")
     # DuckDB matches names case-insensitively, quoted or not: so does the check.
-    query = normalize_identifiers(query, dialect=DIALECT)
+    query = normalize_identifiers(query, dialect=LANGUAGE)
     for node in query.walk():
         _refuse(node)
     reads = _resolve_tables(query)
-    return SqlSegment(query.sql(dialect=DIALECT), columns, frozenset(reads), _names(query))
+    return SqlSegment(query.sql(dialect=engine), columns, frozenset(reads), _names(query))
 
 
 def _refuse(node: exp.Expr) -> None:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, quote
 
 import orjson
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -28,7 +29,8 @@ from opencdp import params as check
 from opencdp.catalog import secrets
 from opencdp.catalog.model import Project
 from opencdp.errors import CdpError, Code, invalid, missing
-from opencdp.exports.service import DATA_TYPES, Export
+from opencdp.exports.columns import LAYOUT
+from opencdp.exports.content import Export, ExportStatus
 from opencdp.runtime import Runtime
 from opencdp.surfaces.uploads import read_body, surface_app, vendor_errors, wrong_method
 
@@ -38,6 +40,15 @@ PREFIXES = ("/auth/token", "/v2/")
 TM_TOLERANCE_S = 300  # a signed token request older (or newer) than this is a replay
 MAX_EXPIRE_MIN = 7 * 24 * 60
 LINK = "export"
+# The vendor's data types are the datasets of its layout (exports.columns), under their names;
+# its statuses are the core's.
+DATA_TYPES = LAYOUT.names
+STATUS = {
+    ExportStatus.READY: "FINISHED",
+    ExportStatus.PENDING: "RUNNING",
+    ExportStatus.FAILED: "ERROR",
+    ExportStatus.ABSENT: "NOT_EXISTS",
+}
 
 ERRORS: dict[Code, tuple[int, str]] = {
     Code.MISSING_CREDENTIAL: (401, "unauthorized"),
@@ -154,13 +165,14 @@ class GrowingIO:
         statuses: list[str] = []
         for dt in types:
             status, export = await run_in_threadpool(exports.status, project, period, dt)
-            statuses.append(status)
-            links = self._links(request, export, expire) if status == "FINISHED" else []
+            statuses.append(STATUS[status])
+            ready = status is ExportStatus.READY
+            links = self._links(request, export, expire) if ready else []
             if data_type:
                 body["downloadLinks"] = links
             else:
                 body["downloadLinks"][dt] = links
-            if status == "ERROR" and export is not None:
+            if status is ExportStatus.FAILED and export is not None:
                 body["errorMsg"] = export.error
         body["status"] = _overall(statuses)
         return _json(body)
@@ -172,6 +184,10 @@ class GrowingIO:
         links = []
         for part in export.parts or []:
             name = part["name"]
+            url = self.rt.exports.file_url(export, name, timedelta(minutes=expire))
+            if url is not None:  # a link the blob store signed and serves itself
+                links.append(url)
+                continue
             expires, sign = self.rt.catalog.sign_link(LINK, str(export.id), name, ttl=expire * 60)
             links.append(
                 f"{base}/v2/download/{export.id}/{quote(name)}?expires={expires}&sign={sign}"
@@ -186,7 +202,6 @@ class GrowingIO:
             LINK, export_id, name, expires=q.get("expires", ""), signature=q.get("sign", "")
         )
         export = await run_in_threadpool(self.rt.exports.by_id, check.ident(export_id, "export_id"))
-        path = self.rt.exports.path(export, name)
         media = (
             "application/json"
             if name.endswith(".json")
@@ -194,7 +209,12 @@ class GrowingIO:
             if name.endswith(".parquet")
             else "application/gzip"
         )
-        return FileResponse(path, media_type=media, filename=name)
+        # The blob as a file, served with its ranges; a store that spools a copy deletes it
+        # once the response is sent.
+        local = self.rt.exports.local_file(export, name)
+        path = await run_in_threadpool(local.__enter__)
+        done = BackgroundTask(local.__exit__, None, None, None)
+        return FileResponse(path, media_type=media, filename=name, background=done)
 
 
 async def _fields(request: Request) -> dict[str, str]:

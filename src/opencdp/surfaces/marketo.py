@@ -7,6 +7,7 @@ Every JSON answer has Marketo's envelope (``requestId``, ``success``, ``result``
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets as pysecrets
 import time
@@ -25,7 +26,8 @@ from opencdp import params as check
 from opencdp.catalog.model import Project
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.imports.pipeline import submit_import
-from opencdp.imports.targets import FIRST_COLUMN, PROGRAM_MEMBERS, check_lookup_field
+from opencdp.imports.spec import ImportSpec, Kind, Membership
+from opencdp.imports.targets import check_lookup_field
 from opencdp.jobs.service import COMPLETE, FAILED, QUEUED, Job
 from opencdp.runtime import Runtime
 from opencdp.surfaces.uploads import (
@@ -43,6 +45,10 @@ log = logging.getLogger(__name__)
 AUDIENCE = "marketo"
 SCOPE = "opencdp"
 MAX_TOKEN_FORM = 64 << 10  # a token request's form: a few short fields
+# Program memberships are documents of this collection, ``programId`` naming the program.
+PROGRAM_MEMBERS = "program_members"
+# A project has one lead partition, the one every Marketo instance has.
+DEFAULT_PARTITION = "Default"
 
 # core code -> (Marketo code, message)
 ERRORS: dict[Code, tuple[str, str]] = {
@@ -147,31 +153,38 @@ class Marketo:
         return project, form, fmt
 
     async def _submit(
-        self, request: Request, project: Project, form: FormData, params: dict[str, Any]
+        self, request: Request, project: Project, form: FormData, spec: ImportSpec
     ) -> Job:
         limit = self.rt.settings.marketo_max_file_bytes
         stored = await store_upload(self.rt.files, project.id, file_field(form), limit)
-        params["charset"] = param(request, form, "charset")
+        spec = dataclasses.replace(spec, charset=param(request, form, "charset"))
         rt = self.rt
         return await run_in_threadpool(
-            submit_import, rt.jobs, rt.catalog, rt.settings.limits, project.id, AUDIENCE, params,
-            stored,
+            submit_import, rt.jobs, rt.catalog, rt.settings.limits, rt.files, project.id, AUDIENCE,
+            spec, stored,
         )  # fmt: skip
 
     async def import_leads(self, request: Request) -> Response:
         project, form, fmt = await self._upload(request)
+        partition = param(request, form, "partitionName")
+        if partition not in (None, "", DEFAULT_PARTITION):
+            # Marketo's answer for a partition the caller cannot write to.
+            name = str(partition)[:64]
+            return _error(
+                "1008",
+                f"Access denied to partition '{name}': partitionName: this instance has one "
+                f"lead partition, {DEFAULT_PARTITION!r}",
+            )
         lookup = str(param(request, form, "lookupField", "email"))
         check_lookup_field(self.rt.catalog.schema(project.id), lookup, False, "lookupField")
         list_id = param(request, form, "listId")
-        params = {
-            "target": "users",
-            "format": fmt,
-            "lookup_field": lookup,
-            "mode": "upsert",
-            "list_id": check.ident(list_id, "listId") if list_id is not None else None,
-            "partition": param(request, form, "partitionName"),
-        }
-        job = await self._submit(request, project, form, params)
+        spec = ImportSpec(
+            Kind.PROFILES,
+            format=fmt,
+            lookup=lookup,
+            list_id=check.ident(list_id, "listId") if list_id is not None else None,
+        )
+        job = await self._submit(request, project, form, spec)
         return _ok([{"batchId": job.id, "importId": str(job.id), "status": STATUS[job.state]}])
 
     async def import_objects(self, request: Request) -> Response:
@@ -181,15 +194,14 @@ class Marketo:
         # Records are matched on the object's declared dedupe fields (kept with the job as they
         # are now); an object declared without any is keyed by the file's first column.
         dedupe = self.rt.catalog.collection_dedupe(cid)
-        params = {
-            "target": "collection",
-            "collection": api_name,
-            "key": FIRST_COLUMN,
-            "dedupe_fields": dedupe,
-            "format": fmt,
-            "mode": "upsert",
-        }
-        job = await self._submit(request, project, form, params)
+        spec = ImportSpec(
+            Kind.DOCUMENTS,
+            format=fmt,
+            collection=api_name,
+            key_fields=tuple(dedupe),
+            first_column_key=True,
+        )
+        job = await self._submit(request, project, form, spec)
         return _ok([{"batchId": job.id, "status": STATUS[job.state]}])
 
     async def import_members(self, request: Request) -> Response:
@@ -198,33 +210,32 @@ class Marketo:
         status = param(request, form, "programMemberStatus")
         if not status:
             raise invalid("programMemberStatus", "is required")
-        params = {
-            "target": PROGRAM_MEMBERS,
-            "program_id": program_id,
-            "status": str(status),
-            "format": fmt,
-            "mode": "upsert",
-        }
-        job = await self._submit(request, project, form, params)
+        membership = Membership(PROGRAM_MEMBERS, "programId", program_id, str(status))
+        spec = ImportSpec(Kind.PROFILES, format=fmt, lookup="email", membership=membership)
+        job = await self._submit(request, project, form, spec)
         return _ok([{"batchId": job.id, "importId": str(job.id), "status": STATUS[job.state]}])
 
-    def _job(self, request: Request, **expect: Any) -> Job:
+    def _job(self, request: Request, kind: Callable[[ImportSpec], bool]) -> Job:
         """The batch named in the path, if it is one of this kind (else: not found)."""
         project = self._project(request)
         batch_id = check.ident(request.path_params["batch_id"], "batchId")
         job = self.rt.jobs.get(project.id, batch_id, surface=AUDIENCE)
-        if any(job.params.get(k) != v for k, v in expect.items()):
+        if job.kind != "import" or not kind(ImportSpec.from_params(job.params)):
             raise CdpError(Code.NOT_FOUND, f"batchId {batch_id} does not exist", "batchId")
         return job
 
     def _lead(self, request: Request) -> Job:
-        return self._job(request, target="users")
+        return self._job(request, lambda s: s.kind is Kind.PROFILES and s.membership is None)
 
     def _object(self, request: Request) -> Job:
-        return self._job(request, target="collection", collection=request.path_params["api_name"])
+        name = request.path_params["api_name"]
+        return self._job(request, lambda s: s.kind is Kind.DOCUMENTS and s.collection == name)
 
     def _member(self, request: Request) -> Job:
-        return self._job(request, target=PROGRAM_MEMBERS)
+        return self._job(
+            request,
+            lambda s: s.membership is not None and s.membership.collection == PROGRAM_MEMBERS,
+        )
 
     async def lead_status(self, request: Request) -> Response:
         return _ok([_status(self._lead(request))])
@@ -238,7 +249,7 @@ class Marketo:
                     "batchId": job.id,
                     "operation": "import",
                     "status": base["status"],
-                    "objectApiName": job.params.get("collection"),
+                    "objectApiName": ImportSpec.from_params(job.params).collection,
                     "numOfObjectsProcessed": job.imported,
                     "numOfRowsFailed": job.failed,
                     "numOfRowsWithWarning": job.warnings,
@@ -254,8 +265,7 @@ class Marketo:
         return _ok([base])
 
     def _file(self, job: Job, kind: str) -> Response:
-        path = self.rt.files.job_file(job.project_id, job.id, kind)
-        data = path.read_bytes() if path.exists() else b""
+        data = self.rt.files.read_job_file(job.project_id, job.id, kind)
         return Response(data, media_type="text/csv; charset=utf-8")
 
 

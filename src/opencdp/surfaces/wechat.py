@@ -30,7 +30,7 @@ from opencdp import params as check
 from opencdp.catalog.model import Project
 from opencdp.errors import CdpError, Code, invalid, missing
 from opencdp.imports.pipeline import submit_import
-from opencdp.imports.targets import IDENTITY
+from opencdp.imports.spec import IDENTITY, ImportSpec, Kind, Mode
 from opencdp.ingest.records import parse_json
 from opencdp.jobs.service import COMPLETE, FAILED, QUEUED, Job
 from opencdp.runtime import Runtime
@@ -201,22 +201,22 @@ class WeChat:
         stop = check.flag(body.get("stop_on_error"), "stop_on_error")
         path = check.text(body["file_path"], "file_path", required=True)
         stored = self.rt.files.find(project.id, path)
-        params: dict[str, Any] = {
+        common: dict[str, Any] = {
             "format": "jsonl" if file_type == 1 else "csv",
-            "mode": "insert" if mode == 1 else "upsert",
+            "mode": Mode.INSERT if mode == 1 else Mode.UPSERT,
             "stop_on_error": stop,
         }
-        if collection == "users":
-            params.update(target="users", lookup_field=IDENTITY)
+        if collection == "users":  # profiles, matched by every identity key
+            spec = ImportSpec(Kind.PROFILES, lookup=IDENTITY, **common)
         elif collection == "events":
-            params.update(target="events")
+            spec = ImportSpec(Kind.EVENTS, **common)
         else:
             self.rt.catalog.collection(project.id, collection)  # checks the name
-            params.update(target="collection", collection=collection)
+            spec = ImportSpec(Kind.DOCUMENTS, collection=collection, **common)
         rt = self.rt
         job = await run_in_threadpool(
-            submit_import, rt.jobs, rt.catalog, rt.settings.limits, project.id, AUDIENCE, params,
-            stored,
+            submit_import, rt.jobs, rt.catalog, rt.settings.limits, rt.files, project.id, AUDIENCE,
+            spec, stored,
         )  # fmt: skip
         return _reply(job_id=job.id)
 
@@ -251,8 +251,7 @@ class WeChat:
             signature=q.get("sign", ""),
         )
         job: Job = self.rt.jobs.get(check.ident(raw_project, "p"), check.ident(raw_job, "job_id"))
-        path = self.rt.files.job_file(job.project_id, job.id, "failures")
-        data = path.read_bytes() if path.exists() else b""
+        data = self.rt.files.read_job_file(job.project_id, job.id, "failures")
         return Response(data, media_type="text/csv; charset=utf-8")
 
 

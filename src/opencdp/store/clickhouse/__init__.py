@@ -1,0 +1,1 @@
+"""The analytic store on ClickHouse: so far, what its SQL is made of (``sql``)."""

@@ -1,0 +1,4 @@
+-- duckdb
+SELECT user_id, CAST(NULL AS TEXT) AS tag_value FROM "p1_profiles" WHERE ((LIST_HAS_ANY(p_5, ['x', 'y'])))
+-- clickhouse
+SELECT user_id, CAST(NULL AS Nullable(String)) AS tag_value FROM "p1_profiles" WHERE ((hasAny(p_5, ['x', 'y'])))

@@ -1,0 +1,4 @@
+-- duckdb
+SELECT user_id, CAST(NULL AS TEXT) AS tag_value FROM "p1_profiles" WHERE ((p_2 IS NULL))
+-- clickhouse
+SELECT user_id, CAST(NULL AS Nullable(String)) AS tag_value FROM "p1_profiles" WHERE ((p_2 IS NULL))
