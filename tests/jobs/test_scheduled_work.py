@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from opencdp.config import Settings
-from opencdp.exports.service import DATA_TYPES, FINISHED, JOB_KIND
+from opencdp.exports.columns import LAYOUT
+from opencdp.exports.content import ExportState
+from opencdp.exports.service import JOB_KIND
 from opencdp.ingest.records import build_record
 from opencdp.jobs.service import EXPORT, MAIN, JobLimits, Jobs
 from opencdp.meta.db import connect
@@ -70,8 +72,8 @@ def test_due_exports_are_queued_once_and_a_job_writes_its_period(rt: Runtime) ->
     assert rt.exports.due(project, later) == []
     for period, dt in due:
         export = rt.exports.find(project.id, period, dt)
-        assert export is not None and export.state == FINISHED and export.attempts == 1
-    assert {dt for _, dt in due} == set(DATA_TYPES)
+        assert export is not None and export.state == ExportState.FINISHED and export.attempts == 1
+    assert {dt for _, dt in due} == set(LAYOUT.names)
     hourly = [rt.exports.find(project.id, p, "custom_event") for p, dt in due if dt == "user"]
     assert sum(e.rows for e in hourly if e and e.export_type == "hour") == 1  # the event, once
     assert rt.exports.submit_due(rt.jobs, later) == 0  # nothing due any more
@@ -81,7 +83,7 @@ def test_a_tick_queues_at_most_a_round_of_exports(rt: Runtime) -> None:
     project, _ = rt.catalog.create_project(f"r{time.monotonic_ns()}")
     later = datetime.now(UTC) + timedelta(hours=6)
     rt.exports.clock = lambda: later
-    rt.exports.round_size = len(DATA_TYPES)  # one period's worth
+    rt.exports.round_size = len(LAYOUT.names)  # one period's worth
     due = len(rt.exports.due(project, later))
     assert rt.exports.submit_due(rt.jobs, later) == 1
     assert rt.exports.backlog > 0
@@ -89,7 +91,7 @@ def test_a_tick_queues_at_most_a_round_of_exports(rt: Runtime) -> None:
     while (job := rt.jobs.claim(EXPORT, "exporter")) is not None:
         rt.jobs.run(job, "exporter")
     assert rt.exports.submit_due(rt.jobs, later) == 1  # the next round
-    assert due > len(DATA_TYPES)
+    assert due > len(LAYOUT.names)
 
 
 def test_a_due_segment_refresh_is_queued_once(rt: Runtime) -> None:
