@@ -158,7 +158,8 @@ collection_fields = sa.Table(
 )
 
 # Segments and tags: the kind (opencdp.segments.kinds, the core's words), the definition, and
-# the state of the last refresh. Members live in the analytic store, per version; the previous version is kept.
+# the state of the last refresh. Members live in the analytic store, per version; the previous
+# version is kept.
 segments = sa.Table(
     "segments",
     metadata,
