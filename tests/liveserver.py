@@ -9,10 +9,13 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from opencdp.store import open_store
 
 ADMIN_TOKEN = "adm_test_" + "x" * 24
 
@@ -69,6 +72,24 @@ class LiveServer:
                 pass
             time.sleep(0.05)
         raise RuntimeError("server did not start within 60 s")
+
+    @property
+    def store_url(self) -> str:
+        """The URL of the server's analytic store (as the server resolves it)."""
+        return self.env.get("OPENCDP_STORE_URL") or f"duckdb:///{self.data_dir / 'store.duckdb'}"
+
+    def stored_event_ids(self, project_id: int) -> set[str]:
+        """The ids of the events the store holds for a project, read through the store
+        interface (the server must be stopped: an embedded store has one process)."""
+        assert self.proc is None or self.proc.poll() is not None, "stop the server first"
+        store = open_store(self.store_url)
+        try:
+            batches = store.export_events(
+                project_id, [], datetime(1, 1, 2), datetime(9999, 12, 30), None, None
+            )
+            return {e for b in batches for e in b.column("event_id").to_pylist()}
+        finally:
+            store.close()
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs."""

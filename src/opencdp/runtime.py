@@ -25,6 +25,7 @@ from opencdp.ingest.apply import Applied
 from opencdp.ingest.service import IngestService
 from opencdp.jobs.service import JobLimits, Jobs
 from opencdp.meta.db import connect
+from opencdp.meta.progress import ProgressLog
 from opencdp.metrics import Metrics
 from opencdp.segments.sandbox import Sandbox
 from opencdp.segments.service import Segments
@@ -59,8 +60,10 @@ class Runtime:
         catalog = Catalog(engine, server_key, settings.limits.max_project_properties)
         datadir.check_store(settings, engine)
         store = open_store(settings.store_url_resolved)
+        progress = ProgressLog(engine)
         try:
             datadir.check_deployment(engine, store)
+            progress.adopt_store_checkpoints(store)
         except Exception:
             store.close()
             raise
@@ -72,7 +75,7 @@ class Runtime:
             metrics.flush_seconds.observe(seconds)
             metrics.merges.inc(stats.merges)
 
-        ingest = IngestService(settings, catalog, store, on_batch, health)
+        ingest = IngestService(settings, catalog, store, progress, on_batch, health)
         metrics.backlog.set_function(lambda: ingest.pending)
         metrics.dead_letters.set_function(lambda: ingest.flusher.failures)
         metrics.flush_stalls.set_function(lambda: ingest.flusher.stalls)
@@ -99,6 +102,7 @@ class Runtime:
             ImportRunner(
                 catalog,
                 store,
+                progress,
                 files,
                 settings.limits,
                 lambda: jobs.stopping,

@@ -7,7 +7,6 @@ import threading
 import time
 from pathlib import Path
 
-import duckdb
 import httpx
 
 from tests.liveserver import LiveServer
@@ -40,12 +39,6 @@ def _send_all(
     return acked
 
 
-def _event_ids(data_dir: Path, project_id: int) -> set[str]:
-    with duckdb.connect(str(data_dir / "store.duckdb"), read_only=True) as db:
-        rows = db.execute(f"SELECT event_id FROM p{project_id}_events").fetchall()
-    return {r[0] for r in rows}
-
-
 def test_every_acknowledged_record_survives_sigkill(fresh_dir: Path) -> None:
     # A long flush interval keeps most records only in the durable log when the kill comes.
     srv = LiveServer(fresh_dir, OPENCDP_FLUSH_INTERVAL="30").start()
@@ -67,7 +60,7 @@ def test_every_acknowledged_record_survives_sigkill(fresh_dir: Path) -> None:
     prof = srv.profile("durable", key="mobile", value=f"1{5:010d}").json()
     assert prof["event_count"] == len([a for a in acked if int(a[3:]) % 97 == 5])
     srv.stop()
-    assert _event_ids(fresh_dir, info["project_id"]) == set(acked)
+    assert srv.stored_event_ids(info["project_id"]) == set(acked)
 
 
 def test_kill_during_load_loses_no_acknowledged_record(fresh_dir: Path) -> None:
@@ -88,7 +81,7 @@ def test_kill_during_load_loses_no_acknowledged_record(fresh_dir: Path) -> None:
     assert acked
     srv = LiveServer(fresh_dir, port=srv.port).start()
     srv.stop()
-    stored = _event_ids(fresh_dir, info["project_id"])
+    stored = srv.stored_event_ids(info["project_id"])
     assert set(acked) <= stored
     # Replays never duplicate: each event id is stored once (it is the primary key).
     assert len(stored) >= len(acked)

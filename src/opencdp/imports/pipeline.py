@@ -1,9 +1,14 @@
 """Import jobs: read a stored file in batches, validate, write, and account for every row.
 
-Each batch is written in one store transaction that also records the job's progress (rows
-consumed, counters, and the lengths of its failures and warnings files). A job interrupted at
-any point therefore resumes after its last commit: no row is written twice and none is skipped,
-whatever the mode, and the files are cut back to what the commit recorded.
+Each batch goes through the steps of :data:`crashpoints.IMPORT_BATCH`: read, prepare, write to
+the store together with the batch's outcome under its key (job, batch number): the rows that
+failed or got a warning, as the lines of the job's files, and its counts; append those lines
+to the files; record the batch in the metadata DB (its last row, the job's counters, the files'
+lengths); report. A job interrupted at any point resumes after its last recorded batch, its
+files cut back to the lengths recorded with it. A batch the store holds but progress does not
+cover (a crash between the two) is finished from its recorded outcome, not written again: an
+insert-only batch would see its own rows as already there. So no row is written or counted
+twice and none is skipped, whatever the mode.
 
 ``stop_on_error`` jobs first validate the whole file without writing anything; only a clean
 file is written.
@@ -18,14 +23,18 @@ needs them (a store transaction adding thousands of columns takes gigabytes).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 
+from opencdp import crashpoints
 from opencdp.blobs.base import BlobStore
 from opencdp.catalog.model import Property
 from opencdp.catalog.service import Catalog
@@ -41,14 +50,14 @@ from opencdp.imports.readers import (
     read_header,
 )
 from opencdp.imports.spec import ImportSpec
-from opencdp.imports.targets import Prepared, Target, identity_keys, make_target
+from opencdp.imports.targets import BatchResult, Prepared, Target, identity_keys, make_target
 from opencdp.jobs.service import Interrupted, Job, Jobs, Outcome, Progress
+from opencdp.meta.progress import BatchRecord, ProgressLog
 from opencdp.store.base import Store
 
 FAILURE_COLUMN = "Import Failure Reason"
 WARNING_COLUMN = "Import Warning Reason"
-_COUNTERS = ("rows", "imported", "failed", "warnings", "failures_bytes", "warnings_bytes")
-COLUMNS_PER_TRANSACTION = 64  # store columns added at once for new properties
+_COUNTERS = ("imported", "failed", "warnings", "failures_bytes", "warnings_bytes")
 
 
 def submit_import(
@@ -82,8 +91,8 @@ def submit_import(
 class RowFile:
     """A failures or warnings file: the rows in the input's format plus a reason column.
 
-    It grows by :meth:`BlobStore.append` at the length the job's last commit recorded, so
-    whatever a crash wrote after that commit is cut off."""
+    It grows by :meth:`BlobStore.append` at the length the job's last recorded batch left it
+    at, so whatever a crash wrote after that is cut off."""
 
     def __init__(
         self,
@@ -102,20 +111,64 @@ class RowFile:
             blobs.append(project_id, key, b"", length)  # drop what the last commit did not record
         self.length = length
 
-    def append(self, columns: list[str], rows: list[tuple[list[Any], str]]) -> None:
-        if not rows:
-            return
+    def render(self, rows: list[tuple[list[Any], str]]) -> str:
+        """The lines of ``rows`` (values and a reason each), without the header."""
         buf = io.StringIO()
         w = csv.writer(buf, delimiter=self.delimiter, lineterminator="\n")
-        if self.length == 0:
-            w.writerow([*columns, self.reason_column])
         for values, reason in rows:
             w.writerow(["" if v is None else v for v in values] + [reason])
-        data = buf.getvalue().encode("utf-8")
+        return buf.getvalue()
+
+    def append(self, columns: list[str], rows: list[tuple[list[Any], str]]) -> None:
+        self.append_text(columns, self.render(rows))
+
+    def append_text(self, columns: list[str], lines: str) -> None:
+        """Append lines :meth:`render` made (after the header, when the file is empty)."""
+        if not lines:
+            return
+        head = ""
+        if self.length == 0:
+            buf = io.StringIO()
+            csv.writer(buf, delimiter=self.delimiter, lineterminator="\n").writerow(
+                [*columns, self.reason_column]
+            )
+            head = buf.getvalue()
+        data = (head + lines).encode("utf-8")
         self.length = self.blobs.append(self.project_id, self.key, data, self.length)
 
     def close(self) -> None:
         """(Every append is durable when it returns: nothing is left to close.)"""
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What a batch did, kept by the store under the batch's key (its marker): the file's
+    last row it covers, its counts, and the lines it adds to the failures and warnings
+    files."""
+
+    last_row: int
+    imported: int
+    failed: int
+    warnings: int
+    columns: list[str]
+    failure_lines: str
+    warning_lines: str
+
+    def encode(self) -> bytes:
+        return orjson.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> BatchOutcome:
+        return cls(**orjson.loads(data))
+
+
+def batch_key(job_id: int, batch_no: int) -> str:
+    """The key of an import batch in the store (its marker, its user id reservations)."""
+    return f"import:{int(job_id)}:{int(batch_no)}"
+
+
+def _job_prefix(job_id: int) -> str:
+    return f"import:{int(job_id)}:"
 
 
 class ImportRunner:
@@ -125,6 +178,7 @@ class ImportRunner:
         self,
         catalog: Catalog,
         store: Store,
+        recorded: ProgressLog,
         files: Files,
         limits: Limits,
         stopping: Callable[[], bool],
@@ -134,6 +188,7 @@ class ImportRunner:
     ) -> None:
         self.catalog = catalog
         self.store = store
+        self.recorded = recorded
         self.files = files
         self.limits = limits
         self.stopping = stopping
@@ -158,8 +213,8 @@ class ImportRunner:
         header = read_header(path, fmt, charset, self.limits.max_properties)
         if header is not None:
             target.check_columns(header)
-        names = {k: f"job:{job.id}:{k}" for k in _COUNTERS}
-        state = {k: self.store.checkpoint(n) for k, n in names.items()}
+        last = self.recorded.last_batch(job.id)
+        state = {"rows": last.last_row, **{k: getattr(last, k) for k in _COUNTERS}}
         delimiter = DELIMITERS.get(fmt, ",")
         blobs = self.files.blobs
         failures = RowFile(
@@ -168,7 +223,7 @@ class ImportRunner:
             self.files.job_file(job.id, "failures"),
             delimiter,
             FAILURE_COLUMN,
-            state["failures_bytes"],
+            last.failures_bytes,
         )
         warnings = RowFile(
             blobs,
@@ -176,9 +231,17 @@ class ImportRunner:
             self.files.job_file(job.id, "warnings"),
             delimiter,
             WARNING_COLUMN,
-            state["warnings_bytes"],
+            last.warnings_bytes,
         )
+        files = (failures, warnings)
+        batch_no = last.batch_no
         try:
+            # The batch after the last recorded one may be in the store already (a crash came
+            # between the two): it is finished from the outcome the store kept.
+            kept = self.store.batch_outcome(batch_key(job.id, batch_no + 1))
+            if kept is not None:
+                batch_no += 1
+                self._finish(job, batch_no, BatchOutcome.decode(kept), state, files, progress)
             if spec.stop_on_error and state["rows"] == 0:
                 stop = self._first_problem(target, path, fmt, charset)
                 if stop is not None:
@@ -193,29 +256,19 @@ class ImportRunner:
             made: set[int] = set()  # properties whose store columns exist
             try:
                 for prepared in self._prepared(target, path, fmt, charset, state["rows"]):
+                    crashpoints.reached("import.prepared")
                     if self.stopping():
                         raise Interrupted
                     self._add_columns(job.project_id, prepared.columns, made)
-                    batch = prepared.batch
-                    with self.store.writer() as w:
-                        result = target.apply(w, prepared)
-                        failures.append(batch.columns, _rows(batch, result.failures))
-                        warnings.append(batch.columns, _rows(batch, result.warnings, False))
-                        state["rows"] = _last_row(batch, state["rows"])
-                        state["imported"] += result.imported
-                        state["failed"] += len(result.failures) + len(batch.bad)
-                        state["warnings"] += len(result.warnings)
-                        state["failures_bytes"] = failures.length
-                        state["warnings_bytes"] = warnings.length
-                        for k, n in names.items():
-                            w.set_checkpoint(n, state[k])
-                    progress.report(
-                        state["rows"], state["imported"], state["failed"], state["warnings"]
-                    )
+                    batch_no += 1
+                    prepared.key = batch_key(job.id, batch_no)
+                    outcome = self._write(target, prepared, state["rows"], files)
+                    self._finish(job, batch_no, outcome, state, files, progress)
             except CdpError as exc:
                 if state["rows"] == 0:
                     raise
                 # Part of the file is imported: say so, and keep the counters.
+                self._forget(job.id)
                 return Outcome(
                     False,
                     f"{exc.message} (stopped after row {state['rows']}: {state['imported']} "
@@ -228,6 +281,7 @@ class ImportRunner:
         finally:
             failures.close()
             warnings.close()
+        self._forget(job.id)
         if spec.list_id is not None and self.on_list is not None:
             self.on_list(job.project_id, spec.list_id)
         return Outcome(
@@ -239,15 +293,83 @@ class ImportRunner:
             warnings=state["warnings"],
         )
 
+    def _write(
+        self, target: Target, prepared: Prepared, before: int, files: tuple[RowFile, RowFile]
+    ) -> BatchOutcome:
+        """Write the batch and its outcome under its key: in one transaction where the store
+        has them, else the outcome after the rows (whose writes are idempotent by key)."""
+        batch = prepared.batch
+        assert prepared.key is not None
+
+        def outcome(result: BatchResult) -> BatchOutcome:
+            return BatchOutcome(
+                last_row=_last_row(batch, before),
+                imported=result.imported,
+                failed=len(result.failures) + len(batch.bad),
+                warnings=len(result.warnings),
+                columns=list(batch.columns),
+                failure_lines=files[0].render(_rows(batch, result.failures)),
+                warning_lines=files[1].render(_rows(batch, result.warnings, False)),
+            )
+
+        if self.store.capabilities.transactions:
+            with self.store.writer() as w:
+                done = outcome(target.apply(w, prepared))
+                w.record_batch(prepared.key, done.encode())
+        else:
+            with self.store.writer() as w:
+                done = outcome(target.apply(w, prepared))
+            with self.store.writer() as w:
+                w.record_batch(prepared.key, done.encode())
+        crashpoints.reached("import.store_written")
+        return done
+
+    def _finish(
+        self,
+        job: Job,
+        batch_no: int,
+        done: BatchOutcome,
+        state: dict[str, int],
+        files: tuple[RowFile, RowFile],
+        progress: Progress,
+    ) -> None:
+        """After the store holds a batch: its lines into the files, its progress into the
+        metadata DB, its counts onto the job."""
+        failures, warnings = files
+        failures.append_text(done.columns, done.failure_lines)
+        warnings.append_text(done.columns, done.warning_lines)
+        crashpoints.reached("import.rows_appended")
+        state["rows"] = max(state["rows"], done.last_row)
+        state["imported"] += done.imported
+        state["failed"] += done.failed
+        state["warnings"] += done.warnings
+        state["failures_bytes"] = failures.length
+        state["warnings_bytes"] = warnings.length
+        self.recorded.record_batch(
+            job.id,
+            BatchRecord(
+                batch_no=batch_no, last_row=state["rows"], **{k: state[k] for k in _COUNTERS}
+            ),
+        )
+        crashpoints.reached("import.progress_recorded")
+        progress.report(state["rows"], state["imported"], state["failed"], state["warnings"])
+        crashpoints.reached("import.reported")
+
+    def _forget(self, job_id: int) -> None:
+        """Every batch of the job is recorded: the store's markers are no longer needed."""
+        with self.store.writer() as w:
+            w.forget_batches(_job_prefix(job_id))
+
     def _add_columns(self, project_id: int, columns: list[Property], made: set[int]) -> None:
         """Add the store columns of a batch's properties that may not exist yet, a few per
-        transaction: DuckDB's memory for a transaction that adds columns grows with the square
-        of their number (1,000 columns: 350 MB; 5,000: 7 GB)."""
+        turn (:attr:`Capabilities.columns_per_transaction`: DuckDB's memory for a transaction
+        that adds columns grows with the square of their number)."""
         todo = [p for p in columns if p.id not in made]
-        for i in range(0, len(todo), COLUMNS_PER_TRANSACTION):
+        step = self.store.capabilities.columns_per_transaction
+        for i in range(0, len(todo), step):
             with self.store.writer() as w:
                 w.ensure_project(project_id)
-                w.ensure_columns(project_id, todo[i : i + COLUMNS_PER_TRANSACTION])
+                w.ensure_columns(project_id, todo[i : i + step])
         made.update(p.id for p in todo)
 
     def _prepared(
@@ -277,6 +399,7 @@ class ImportRunner:
             batch = next(batches, None)
             if batch is None:
                 return None
+            crashpoints.reached("import.read")
             if len(batch.columns) != checked[0]:
                 target.check_columns(batch.columns)
                 checked[0] = len(batch.columns)

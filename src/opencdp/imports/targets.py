@@ -64,6 +64,8 @@ class Prepared:
     # The properties whose store columns the batch writes (the import adds the missing ones
     # before the batch's transaction, a few at a time).
     columns: list[Property] = field(default_factory=list)
+    # The batch's key (its job and number): what the store reserves its new user ids under.
+    key: str | None = None
 
 
 class Target(ABC):
@@ -367,8 +369,9 @@ class ProfilesTarget(Target):
         batch, res = p.batch, p.res
         table, props, key, others = p.data
         outcome = w.import_profiles(
-            self.project_id, table, key, others, props, self.insert_only, write, self.list_id
-        )
+            self.project_id, table, key, others, props, self.insert_only, write, self.list_id,
+            p.key,
+        )  # fmt: skip
         index = (
             {n: i for i, n in enumerate(batch.row_numbers.to_pylist())}
             if outcome.failures or outcome.warnings

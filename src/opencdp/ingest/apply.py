@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from opencdp import crashpoints
 from opencdp.catalog.model import Property, Schema
 from opencdp.catalog.service import Catalog
 from opencdp.identity import matched_users, resolve
@@ -81,6 +82,7 @@ def _apply_run(w: StoreWriter, schema: Schema, run: list[Record], stats: Applied
     # Every record has at least one token (validation requires an identity), and resolution
     # already maps each record to the surviving user of any merge.
     res = resolve(w, pid, [r.tokens for r in run], user_props)
+    crashpoints.reached("flush.resolved")
     stats.merges += len(res.merges)
     stored = _stored_values(w, schema, run, res.user_ids)
 

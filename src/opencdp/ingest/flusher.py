@@ -1,8 +1,18 @@
 """The flusher: moves durable records from the log into the store in batches.
 
 It wakes every ``interval`` seconds (or as soon as ``max_records`` wait, or a reader asks for a
-barrier), applies what is waiting in one store transaction that also records the applied LSN, and
-lets the log delete what is no longer needed.
+barrier) and takes the waiting records through the steps of a flush (:data:`crashpoints.FLUSH`):
+
+1. read: the batch, whole log frames, after the LSN recorded in the metadata DB;
+2. resolve and write: the records the store does not hold yet (above the store's marker, the
+   highest LSN it holds) are applied, and the marker moves to the batch's last LSN; in one
+   transaction where the store has transactions (:attr:`Capabilities.transactions`), else the
+   marker is written after the rows, whose writes are idempotent by their keys;
+3. record progress: the batch's last LSN in the metadata DB (:class:`ProgressLog`);
+4. release: the log deletes the segments below it.
+
+A crash between 2 and 3 leaves records the store holds but progress does not cover: they are
+read again at the next start, found at or below the store's marker, and not applied again.
 
 Failures are of two kinds, and are never confused:
 - a *passing* condition (a full disk, an I/O error, a locked or invalidated database, memory):
@@ -27,14 +37,15 @@ from pathlib import Path
 
 import orjson
 
+from opencdp import crashpoints
 from opencdp.catalog.service import Catalog
 from opencdp.faults import is_transient
 from opencdp.health import Health
 from opencdp.ingest.apply import Applied, apply_records
 from opencdp.ingest.records import Record
+from opencdp.meta.progress import STORE_INGEST_LSN, ProgressLog
 from opencdp.store.base import Store
 
-CHECKPOINT = "ingest_lsn"
 COMPONENT = "store"
 MIN_BACKOFF, MAX_BACKOFF = 0.05, 5.0
 log = logging.getLogger(__name__)
@@ -63,6 +74,7 @@ class Flusher:
         self,
         store: Store,
         catalog: Catalog,
+        progress: ProgressLog,
         interval: float,
         max_records: int,
         dead_letter: Path,
@@ -72,6 +84,7 @@ class Flusher:
     ) -> None:
         self.store = store
         self.catalog = catalog
+        self.progress = progress
         self.interval = interval
         self.max_records = max_records
         self.dead_letter = dead_letter
@@ -81,7 +94,10 @@ class Flusher:
         self._cond = threading.Condition()
         self._queue: list[tuple[int, Record]] = []
         self._received_lsn = 0
-        self.applied_lsn = store.checkpoint(CHECKPOINT)
+        # Everything up to applied_lsn is in the store and recorded; up to store_lsn (the
+        # store's marker: never behind) the store holds it, recorded or not.
+        self.applied_lsn = progress.ingest_lsn()
+        self.store_lsn = max(store.checkpoint(STORE_INGEST_LSN), self.applied_lsn)
         self._barrier_waiting = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -221,17 +237,49 @@ class Flusher:
         """Apply the batch, or raise :class:`Stalled` with how much of it was applied."""
         started = time.perf_counter()
         end = batch[-1][0]
-        try:
-            with self.store.writer() as w:
-                stats = apply_records(w, self.catalog, [r for _, r in batch])
-                w.set_checkpoint(CHECKPOINT, end)
-        except Exception as exc:
-            if is_transient(exc, self.store):
-                raise Stalled(0, exc) from exc
-            log.exception("flush of %d records failed; retrying one by one", len(batch))
-            stats = self._apply_one_by_one(batch)
-        self._done(end)
+        crashpoints.reached("flush.read")
+        # Records the store holds already (a batch written before a crash that came before
+        # its progress was recorded) are not applied again.
+        todo = [e for e in batch if e[0] > self.store_lsn]
+        stats = Applied()
+        if todo:
+            try:
+                stats = self._write([r for _, r in todo], end)
+            except Exception as exc:
+                if is_transient(exc, self.store):
+                    raise Stalled(0, exc) from exc
+                log.exception("flush of %d records failed; retrying one by one", len(todo))
+                stats = self._apply_one_by_one(todo)
+        self._record(end, 0)
         self.on_batch(stats, time.perf_counter() - started)
+
+    def _write(self, records: list[Record], end: int) -> Applied:
+        """Write the records and move the store's marker to ``end``: together where the store
+        has transactions, else the marker after the rows."""
+        if self.store.capabilities.transactions:
+            with self.store.writer() as w:
+                stats = apply_records(w, self.catalog, records)
+                w.set_checkpoint(STORE_INGEST_LSN, end)
+        else:
+            with self.store.writer() as w:
+                stats = apply_records(w, self.catalog, records)
+            with self.store.writer() as w:
+                w.set_checkpoint(STORE_INGEST_LSN, end)
+        self.store_lsn = end
+        crashpoints.reached("flush.store_written")
+        return stats
+
+    def _record(self, end: int, i: int) -> None:
+        """Record the progress up to ``end`` in the metadata DB, then release the log."""
+        try:
+            self.progress.record_ingest(end)
+        except Exception as exc:
+            if is_transient(exc, self.store):  # the store holds it: the retry only records
+                raise Stalled(i, exc) from exc
+            raise
+        crashpoints.reached("flush.progress_recorded")
+        self._done(end)
+        crashpoints.reached("flush.log_released")
 
     def _apply_one_by_one(self, batch: list[tuple[int, Record]]) -> Applied:
         """Apply log frame by log frame (a frame's records, a batch that was acknowledged as
@@ -243,9 +291,7 @@ class Flusher:
             n = whole_frames(batch[i:], 1)
             records = [r for _, r in batch[i : i + n]]
             try:
-                with self.store.writer() as w:
-                    stats = apply_records(w, self.catalog, records)
-                    w.set_checkpoint(CHECKPOINT, lsn)
+                stats = self._write(records, lsn)
                 total.records += stats.records
                 total.events += stats.events
                 total.profiles += stats.profiles
@@ -253,12 +299,12 @@ class Flusher:
                 if is_transient(exc, self.store):
                     raise Stalled(i, exc) from exc
                 self._dead_letter(i, lsn, records, exc)
-            self._done(lsn)
+            self._record(lsn, i)
             i += n
         return total
 
     def _dead_letter(self, i: int, lsn: int, records: list[Record], exc: Exception) -> None:
-        """Keep records the store refuses, durably, then move the checkpoint past them."""
+        """Keep records the store refuses, durably, before the progress moves past them."""
         log.error(
             "%d record(s) at LSN %d cannot be applied (%r); dead-lettered", len(records), lsn, exc
         )
@@ -274,8 +320,6 @@ class Flusher:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            with self.store.writer() as w:
-                w.set_checkpoint(CHECKPOINT, lsn)
         except Exception as fault:  # cannot keep it yet: nothing moves until it can
             if is_transient(fault, self.store):
                 raise Stalled(i, fault) from fault

@@ -13,9 +13,10 @@ from opencdp.config import Settings
 from opencdp.errors import unavailable
 from opencdp.health import Health
 from opencdp.ingest.apply import Applied
-from opencdp.ingest.flusher import CHECKPOINT, Flusher
+from opencdp.ingest.flusher import Flusher
 from opencdp.ingest.log import DurableLog
 from opencdp.ingest.records import Record
+from opencdp.meta.progress import ProgressLog
 from opencdp.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class IngestService:
         settings: Settings,
         catalog: Catalog,
         store: Store,
+        progress: ProgressLog,
         on_batch: Callable[[Applied, float], None] | None = None,
         health: Health | None = None,
     ) -> None:
@@ -49,6 +51,7 @@ class IngestService:
         self.flusher = Flusher(
             store,
             catalog,
+            progress,
             interval=settings.flush_interval,
             max_records=settings.flush_max_records,
             dead_letter=settings.data_dir / "dead-letter.jsonl",
@@ -62,9 +65,10 @@ class IngestService:
         self.health.probe(FLUSHER_COMPONENT, self._flusher_stopped)
 
     def start(self) -> None:
-        """Replay what the store has not applied yet, then accept new records."""
+        """Replay what the recorded progress does not cover, then accept new records (what
+        the store holds already of it is recorded, not applied again)."""
         started = time.perf_counter()
-        entries = self._decoded(self.log.replay(self.store.checkpoint(CHECKPOINT)))
+        entries = self._decoded(self.log.replay(self.flusher.applied_lsn))
         chunk: list[tuple[int, Record]] = []
         for entry in entries:
             # Chunks end between log frames: a frame's records are applied together.

@@ -59,6 +59,13 @@ def _v8_aliases_and_dedupe_fields(conn: sa.Connection) -> None:
         conn.execute(sa.text("ALTER TABLE projects ADD COLUMN login_user_key VARCHAR(256)"))
 
 
+def _v10_progress(conn: sa.Connection) -> None:
+    # Filled from the analytic store's checkpoints at the first start after this step
+    # (opencdp.progress.adopt_store_checkpoints).
+    tables.ingest_progress.create(conn)
+    tables.import_batches.create(conn)
+
+
 # What the segments' kind columns held before they held the core's words (fixed here: a step
 # never changes, whatever the surfaces call the kinds later).
 _V11_WORDS: dict[str, dict[str, str]] = {
@@ -104,6 +111,7 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (6, _v6_export_format),
     (7, _v7_deployment),
     (8, _v8_aliases_and_dedupe_fields),
+    (10, _v10_progress),
     (11, _v11_segment_kinds),
 ]
 

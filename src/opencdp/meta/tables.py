@@ -93,7 +93,7 @@ files = sa.Table(
 )
 
 # Durable jobs: queued -> running -> complete | failed. Counters are copied here as the job
-# goes; the store holds the authoritative progress, committed with the rows it describes.
+# goes; the batches recorded in import_batches are the authoritative progress.
 jobs = sa.Table(
     "jobs",
     metadata,
@@ -210,4 +210,34 @@ exports = sa.Table(
     sa.UniqueConstraint(
         "project_id", "export_type", "data_type", "period_start", name="uq_export_period"
     ),
+)
+
+# Progress of the ingest flusher (added by migration 10): the highest log LSN whose records the
+# analytic store holds, per log (``stream``). Recorded after the store is written; a record at
+# or below it is never applied again.
+ingest_progress = sa.Table(
+    "ingest_progress",
+    metadata,
+    sa.Column("stream", sa.String(64), primary_key=True),
+    sa.Column("lsn", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
+# The batches of an import job (added by migration 10), recorded after the store holds each
+# one: the last row of the file it covers, the job's counters after it, and the lengths of the
+# failures and warnings files then (what a resumed job cuts them back to). The job resumes
+# after its highest batch.
+import_batches = sa.Table(
+    "import_batches",
+    metadata,
+    sa.Column("job_id", sa.Integer, nullable=False),
+    sa.Column("batch_no", sa.Integer, nullable=False),
+    sa.Column("last_row", sa.BigInteger, nullable=False),
+    sa.Column("imported", sa.BigInteger, nullable=False),
+    sa.Column("failed", sa.BigInteger, nullable=False),
+    sa.Column("warnings", sa.BigInteger, nullable=False),
+    sa.Column("failures_bytes", sa.BigInteger, nullable=False),
+    sa.Column("warnings_bytes", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.PrimaryKeyConstraint("job_id", "batch_no", name="pk_import_batch"),
 )

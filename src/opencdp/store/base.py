@@ -1,8 +1,13 @@
 """The analytic store interface.
 
 Engine differences are data (:class:`Capabilities`), not ``if engine == ...`` in shared code.
-Writes go through one :class:`StoreWriter` at a time (one transaction); reads may run from any
-thread.
+Writes go through one :class:`StoreWriter` at a time (one transaction where the engine has
+them); reads may run from any thread.
+
+Progress (the ingest LSN applied, an import job's batches) lives in the metadata DB, not here.
+Every write is idempotent by a key (an event id, a user id, a batch key), and a batch's outcome
+is kept here under its key (:meth:`StoreWriter.record_batch`), so a batch replayed after a crash
+between "store written" and "progress recorded" changes nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import sqlglot.expressions as exp
@@ -27,14 +32,30 @@ Token = tuple[int, str]  # (identity key property id, normalized value)
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What shared code reads about an engine, modelled on dlt's destination capabilities:
-    its SQL (:class:`SqlDialect`: the sqlglot dialect and how each operation of a segment's
-    neutral tree is written), its column types, and how it runs writes."""
+    """What shared code reads about an engine, the one place where engines differ (never the
+    engine's name), modelled on dlt's destination capabilities: its SQL (:class:`SqlDialect`:
+    the sqlglot dialect and how each operation of a segment's neutral tree is written), its
+    column types, and how it runs writes."""
 
     name: str
     sql: SqlDialect
     column_types: dict[PropertyType, str]
-    transactional_ddl: bool = True
+    # ---- writes: transactions, keyed writes, isolation ----------------------------------
+    # Several statements (and DDL) commit or roll back as one. With them, a batch's marker
+    # (StoreWriter.record_batch) commits in the transaction of the rows it describes; without,
+    # it is written after them, and each write is idempotent by its key, so a batch replayed
+    # between the two changes nothing (docs/architecture.md, failure model).
+    transactions: bool = True
+    # How a keyed write meets the stored row: "merge" updates it in place (MERGE, ON CONFLICT);
+    # "version" inserts a new version of the row, of which the engine keeps the latest by key
+    # (ClickHouse's ReplacingMergeTree).
+    upsert: Literal["merge", "version"] = "merge"
+    # How projects are kept apart: tables of their own ("tables") or a project column in
+    # shared tables ("column").
+    isolation: Literal["tables", "column"] = "tables"
+    # Store columns added in one write turn: an import adds a file's new columns a few turns
+    # at a time before the batch that needs them.
+    columns_per_transaction: int = 64
 
 
 @dataclass(frozen=True)
@@ -106,8 +127,12 @@ class StoreWriter(ABC):
     def ensure_columns(self, project_id: int, props: Iterable[Property]) -> None: ...
 
     @abstractmethod
-    def allocate_user_ids(self, project_id: int, count: int) -> int:
-        """Reserve ``count`` new user ids; returns the first. Ids are never reused."""
+    def allocate_user_ids(self, project_id: int, count: int, key: str | None = None) -> int:
+        """Reserve ``count`` new user ids; returns the first. Ids are never reused.
+
+        With ``key`` (a batch's), a later call with the same key and no larger ``count``
+        returns the ids the first call reserved: a replayed batch gives its new users the same
+        ids as its first attempt did."""
 
     @abstractmethod
     def lookup_identities(self, project_id: int, tokens: Sequence[Token]) -> dict[Token, int]: ...
@@ -156,7 +181,20 @@ class StoreWriter(ABC):
         """Set every property of the named events to null (before they are written anew)."""
 
     @abstractmethod
-    def set_checkpoint(self, name: str, value: int) -> None: ...
+    def set_checkpoint(self, name: str, value: int) -> None:
+        """Keep a number under ``name``: a property of the store (its deployment id) or the
+        marker of a stream of batches (the highest ingest LSN the store holds)."""
+
+    @abstractmethod
+    def record_batch(self, key: str, outcome: bytes) -> None:
+        """Keep a batch's outcome under its key: written in the transaction of the batch's
+        rows where the engine has transactions, else after them. A batch replayed after a crash
+        finds it (:meth:`Store.batch_outcome`) and reports it instead of writing again."""
+
+    @abstractmethod
+    def forget_batches(self, prefix: str) -> None:
+        """Drop the outcomes and the id reservations of the batches whose keys begin with
+        ``prefix`` (once their progress is recorded and no replay can need them)."""
 
     @abstractmethod
     def existing_event_ids(self, project_id: int, event_ids: Sequence[str]) -> set[str]: ...
@@ -183,6 +221,7 @@ class StoreWriter(ABC):
         insert_only: bool,
         write: bool,
         list_id: int | None = None,
+        key: str | None = None,
     ) -> ImportOutcome:
         """Match and upsert a batch of profile rows, set-based.
 
@@ -194,7 +233,8 @@ class StoreWriter(ABC):
         existing match fails an insert-only row. Other identity values are linked to the
         profile unless another profile holds them (a warning). With ``list_id``, every imported
         profile is put on that static list. With ``write`` False nothing is written: only the
-        failures are reported.
+        failures are reported. New profiles take ids reserved under ``key`` (the batch's), so
+        that a replay gives them the same ids.
         """
 
     # ---- segments --------------------------------------------------------------------
@@ -236,7 +276,13 @@ class Store(ABC):
         """A write transaction: committed on normal exit, rolled back on an exception."""
 
     @abstractmethod
-    def checkpoint(self, name: str) -> int: ...
+    def checkpoint(self, name: str) -> int:
+        """The number kept under ``name`` (:meth:`StoreWriter.set_checkpoint`), 0 if none."""
+
+    @abstractmethod
+    def batch_outcome(self, key: str) -> bytes | None:
+        """The outcome a batch recorded (:meth:`StoreWriter.record_batch`), or None when the
+        store does not hold the batch."""
 
     def transient(self, exc: BaseException) -> bool:
         """Whether ``exc``, raised by this store, is a passing condition (I/O, a full disk,

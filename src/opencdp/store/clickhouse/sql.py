@@ -67,5 +67,9 @@ CAPABILITIES = Capabilities(
         PropertyType.DATETIME: "Nullable(DateTime64(6, 'UTC'))",
         PropertyType.LIST: "Array(String)",
     },
-    transactional_ddl=False,
+    # An INSERT is atomic per block and nothing more: a batch's marker follows its rows, which
+    # are versions of their keys that a ReplacingMergeTree keeps the latest of.
+    transactions=False,
+    upsert="version",
+    isolation="tables",
 )

@@ -64,6 +64,15 @@ class DuckDBBase(Store):
             "CREATE TABLE IF NOT EXISTS _opencdp_user_ids "
             "(project_id BIGINT PRIMARY KEY, next_id BIGINT NOT NULL)"
         )
+        # The outcome of each batch the store holds, and the user ids reserved under a
+        # batch's key: what a replayed batch finds (committed with the batch's rows).
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS _opencdp_batches (key VARCHAR PRIMARY KEY, outcome BLOB)"
+        )
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS _opencdp_reserved_ids (key VARCHAR PRIMARY KEY, "
+            "project_id BIGINT NOT NULL, first_id BIGINT NOT NULL, count BIGINT NOT NULL)"
+        )
         return conn
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
@@ -132,6 +141,13 @@ class DuckDBBase(Store):
         with self._read() as cur:
             row = cur.execute("SELECT value FROM _opencdp_state WHERE name = ?", [name]).fetchone()
         return int(row[0]) if row else 0
+
+    def batch_outcome(self, key: str) -> bytes | None:
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT outcome FROM _opencdp_batches WHERE key = ?", [key]
+            ).fetchone()
+        return bytes(row[0]) if row else None
 
     def _has_tables(self, cur: duckdb.DuckDBPyConnection, project_id: int) -> bool:
         return bool(self.known_columns(cur, table(project_id, "profiles")))

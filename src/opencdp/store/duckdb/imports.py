@@ -23,6 +23,7 @@ class ImportWrites(WriterBase):
         insert_only: bool,
         write: bool,
         list_id: int | None = None,
+        key: str | None = None,
     ) -> ImportOutcome:
         out = ImportOutcome()
         if rows.num_rows == 0:
@@ -38,7 +39,7 @@ class ImportWrites(WriterBase):
             )
             return self._import_write(
                 project_id, rows.num_rows, lookup_key, other_keys, unique, props,
-                insert_only, write, list_id, out,
+                insert_only, write, list_id, out, key,
             )  # fmt: skip
         finally:
             cur.execute("DROP VIEW IF EXISTS _imp")
@@ -121,6 +122,7 @@ class ImportWrites(WriterBase):
         write: bool,
         list_id: int | None,
         out: ImportOutcome,
+        reserve: str | None = None,
     ) -> ImportOutcome:
         """Write what ``_imp`` defines: new profiles, updated ones, their identities and list
         memberships."""
@@ -141,9 +143,9 @@ class ImportWrites(WriterBase):
         out.imported = num_rows - len(out.failures)
         if not write or kept == 0:
             return out
-        # New profiles take ids by row number: one allocation per batch, no ranking; ids of
-        # rows that matched or failed are simply never used.
-        base = self.allocate_user_ids(project_id, int(hi) - int(lo) + 1) if new else 0
+        # New profiles take ids by row number: one allocation per batch (reserved under the
+        # batch's key), no ranking; ids of rows that matched or failed are simply never used.
+        base = self.allocate_user_ids(project_id, int(hi) - int(lo) + 1, reserve) if new else 0
         uid = f"COALESCE(_match, {int(base)} + _row - {int(lo or 0)})"
         cols = [ident(p.column) for p in props]
         names = ", ".join(["user_id", "created_at", "updated_at", *cols])

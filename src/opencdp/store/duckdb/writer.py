@@ -76,14 +76,30 @@ class WriterBase(StoreWriter):
 
 
 class Writes(WriterBase):
-    def allocate_user_ids(self, project_id: int, count: int) -> int:
+    def allocate_user_ids(self, project_id: int, count: int, key: str | None = None) -> int:
+        if key is not None:
+            held = self._cur.execute(
+                "SELECT first_id FROM _opencdp_reserved_ids "
+                "WHERE key = ? AND project_id = ? AND count >= ?",
+                [key, project_id, count],
+            ).fetchone()
+            if held is not None:
+                return int(held[0])
         row = self._cur.execute(
             "INSERT INTO _opencdp_user_ids VALUES (?, 1 + ?) ON CONFLICT (project_id) "
             "DO UPDATE SET next_id = next_id + EXCLUDED.next_id - 1 RETURNING next_id",
             [project_id, count],
         ).fetchone()
         assert row is not None
-        return int(row[0]) - count
+        first = int(row[0]) - count
+        if key is not None:
+            self._cur.execute(
+                "INSERT INTO _opencdp_reserved_ids VALUES (?, ?, ?, ?) ON CONFLICT (key) "
+                "DO UPDATE SET project_id = EXCLUDED.project_id, first_id = EXCLUDED.first_id, "
+                "count = EXCLUDED.count",
+                [key, project_id, first, count],
+            )
+        return first
 
     def lookup_identities(self, project_id: int, tokens: Sequence[Token]) -> dict[Token, int]:
         if not tokens:
@@ -398,3 +414,14 @@ class Writes(WriterBase):
             "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
             [name, value],
         )
+
+    def record_batch(self, key: str, outcome: bytes) -> None:
+        self._cur.execute(
+            "INSERT INTO _opencdp_batches VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET outcome = EXCLUDED.outcome",
+            [key, outcome],
+        )
+
+    def forget_batches(self, prefix: str) -> None:
+        for tbl in ("_opencdp_batches", "_opencdp_reserved_ids"):
+            self._cur.execute(f"DELETE FROM {tbl} WHERE starts_with(key, ?)", [prefix])

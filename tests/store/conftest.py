@@ -1,0 +1,73 @@
+"""The store contract suite: every test runs against every store URL in :data:`STORES`.
+
+An engine that cannot do something a test asks says so with ``@notimpl(engine, raises=Exc)``:
+the test is then a strict ``xfail`` on that engine that must raise exactly ``Exc`` (so it
+starts failing, and the mark has to go, once the engine can).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from opencdp.store import open_store
+from opencdp.store.base import Store
+
+# engine -> store URL template ({dir}: the test's directory). A ClickHouse (chdb) entry joins
+# this list.
+STORES: dict[str, str] = {
+    "duckdb": "duckdb:///{dir}/store.duckdb",
+}
+
+Opener = Callable[[], Store]
+
+
+def notimpl(engine: str, raises: type[BaseException]) -> pytest.MarkDecorator:
+    """Mark a test as not implemented on ``engine``: a strict xfail raising ``raises``."""
+    return pytest.mark.notimpl(engine, raises=raises)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "notimpl(engine, raises): the engine cannot do this (strict xfail)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        engine = callspec.params.get("engine") if callspec is not None else None
+        for mark in item.iter_markers("notimpl"):
+            if engine is not None and mark.args[0] == engine:
+                item.add_marker(
+                    pytest.mark.xfail(
+                        strict=True, raises=mark.kwargs["raises"], reason=f"not on {engine}"
+                    )
+                )
+
+
+@pytest.fixture(params=sorted(STORES))
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def open_again(engine: str, tmp_path: Path) -> Iterator[Opener]:
+    """Opens the test's store (again: the same data), closing every store it opened."""
+    opened: list[Store] = []
+
+    def opener() -> Store:
+        store = open_store(STORES[engine].format(dir=tmp_path))
+        opened.append(store)
+        return store
+
+    yield opener
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_again: Opener) -> Store:
+    return open_again()
