@@ -131,3 +131,14 @@ def test_refusals_name_the_vendor_words(ta: TA) -> None:
     assert update(clusterType="cluster_by_dynamic_condition", qp=LEVEL3)["return_code"] == 0
     assert ta.detail("c")["clusterType"] == "cluster_by_dynamic_condition"
     assert admin(ta, "c")["kind"] == "cluster_conditions_daily"
+
+
+def test_the_admin_preview_refuses_the_vendors_fields(ta: TA) -> None:
+    """A preview sent in the vendor's words is refused naming the field, not previewed as the
+    default kind."""
+    path = f"/projects/{ta.p.name}/segments/preview"
+    r = ta.p.server.admin("POST", path, json={"clusterType": "cluster_by_sql", "sql": "x"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["field"] == "clusterType", r.text
+    ok = ta.p.server.admin("POST", path, json={"kind": "cluster_conditions", "qp": LEVEL3})
+    assert ok.status_code == 200, ok.text

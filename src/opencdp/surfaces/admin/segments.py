@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import iterate_in_threadpool
 
 from opencdp import params as check
@@ -22,7 +22,11 @@ from opencdp.surfaces.admin.common import MAX_PAGE, After, IdPath, Limit, P, iso
 
 class SegmentPreview(BaseModel):
     """A definition to preview: conditions (``qp`` for a cluster, ``tagQp`` for a tag) or
-    ``sql``, of a kind (by default one of conditions, or of SQL when ``sql`` is given)."""
+    ``sql``, of a kind (by default one of conditions, or of SQL when ``sql`` is given). Other
+    fields are refused, not ignored: a vendor's ``clusterType`` sent here would otherwise
+    preview something else than the caller meant."""
+
+    model_config = ConfigDict(extra="forbid")
 
     kind: SegmentKind | None = None
     qp: dict[str, Any] | None = None
