@@ -538,6 +538,15 @@ def test_segment_commands(server: LiveServer, created: dict[str, Any], tmp_path:
     assert ok_json(run(server, "segment", "preview", "--project", name, str(defn), "--json")) == {
         "size": 2
     }
+    # The admin API speaks the core's kinds: SQL, and a tag of SQL (two columns).
+    sql = "SELECT user_id, CAST(level AS VARCHAR) FROM users WHERE level >= 3"
+    for body in ({"sql": sql.replace(", CAST(level AS VARCHAR)", "")},
+                 {"kind": "tag_sql", "sql": sql}):  # fmt: skip
+        defn.write_text(json.dumps(body))
+        out = run(server, "segment", "preview", "--project", name, str(defn), "--json")
+        assert ok_json(out) == {"size": 2}
+    defn.write_text(json.dumps({"kind": "cluster_by_static_sql", "sql": sql}))
+    failed(run(server, "segment", "preview", "--project", name, str(defn)), 1, "validation_failed")
     r = httpx.post(
         server.url + "/open/user-cluster-add",
         params={"token": created["api_token"]},
@@ -555,6 +564,7 @@ def test_segment_commands(server: LiveServer, created: dict[str, Any], tmp_path:
             break
         time.sleep(0.05)
     assert seg["users"] == 2
+    assert (seg["catalog"], seg["kind"]) == ("cluster", "cluster_conditions")
     listed = ok_json(run(server, "segment", "list", "--project", name, "--json"))
     assert [s["name"] for s in listed] == ["lvl3"]
     page = ok_json(run(server, "segment", "members", "--project", name, "lvl3", "--json"))

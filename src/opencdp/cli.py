@@ -499,7 +499,8 @@ def segment_preview(
     ref: str, definition: Any, url: str | None, data_dir: Path | None, as_json: bool
 ) -> None:
     """How many users a definition holds now, without saving it. DEFINITION is a JSON file
-    with ``qp`` (a cluster), ``tagQp`` (a tag) or ``sql``; ``-`` reads stdin."""
+    with ``qp`` (a cluster), ``tagQp`` (a tag) or ``sql``, and optionally the ``kind`` of
+    segment (such as ``tag_sql``); ``-`` reads stdin."""
     try:
         body = orjson.loads(definition.read())
     except orjson.JSONDecodeError as exc:

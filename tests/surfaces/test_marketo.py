@@ -344,7 +344,7 @@ def test_list_id_puts_imported_leads_on_a_static_list(mk: Mkto) -> None:
     assert other["user_ids"] == []
     # The list is an ID cluster of the segments API too.
     seg = mk.server.admin("GET", f"/projects/{mk.info['name']}/segments/list7").json()
-    assert (seg["type"], seg["users"], seg["version"]) == ("cluster_by_import", 3, 2)
+    assert (seg["kind"], seg["users"], seg["version"]) == ("cluster_ids", 3, 2)
     page = mk.server.admin("GET", f"/projects/{mk.info['name']}/segments/list7/members").json()
     assert [m["user_id"] for m in page["members"]] == expected
 

@@ -28,7 +28,7 @@ from opencdp.config import Settings
 from opencdp.errors import CdpError, Code
 from opencdp.ingest.records import build_record
 from opencdp.runtime import Runtime
-from opencdp.segments.service import Segment, Spec
+from opencdp.segments.service import CLUSTER, Segment, SegmentKind, Spec
 from opencdp.segments.sqlcheck import SqlSegment
 from opencdp.store.base import Budget, OverBudget, QueryError
 
@@ -105,8 +105,8 @@ _n = iter(range(1, 1_000_000))
 
 def create(rt: Runtime, pid: int, sql: str, tag: bool = False) -> str:
     name = f"s{next(_n)}"
-    typ = "tag_by_static_sql" if tag else "cluster_by_static_sql"
-    spec = Spec(name=name, display_name=name, type=typ, definition={"sql": sql})
+    kind = SegmentKind.TAG_SQL if tag else SegmentKind.CLUSTER_SQL
+    spec = Spec(name=name, display_name=name, kind=kind, definition={"sql": sql})
     rt.segments.create(pid, spec, "test")
     seg = refreshed(rt, pid, name)
     assert seg.progress == 100, seg.message
@@ -219,7 +219,7 @@ def test_hostile_queries_are_refused_with_the_reason(
         assert err.value.message.startswith("sql: ") and len(err.value.message) > 10
         assert rt.segments.search(attacker)[1] == before  # nothing was created
         with pytest.raises(CdpError):
-            rt.segments.preview(attacker, "catalog_cluster", "cluster_by_static_sql", {"sql": sql})
+            rt.segments.preview(attacker, CLUSTER, SegmentKind.CLUSTER_SQL, {"sql": sql})
     assert rt.store.counts(victim)["profiles"] == 10  # and the victim is untouched
 
 
@@ -321,7 +321,7 @@ def test_a_memory_bomb_ends_at_the_memory_budget(
 ) -> None:
     _, attacker = projects
     with pytest.raises(CdpError) as err:
-        rt.segments.preview(attacker, "catalog_cluster", "cluster_by_static_sql", {"sql": sql})
+        rt.segments.preview(attacker, CLUSTER, SegmentKind.CLUSTER_SQL, {"sql": sql})
     assert err.value.code is Code.LIMIT_EXCEEDED
     assert "memory budget of 256 MiB" in err.value.message, err.value.message
 
@@ -336,7 +336,7 @@ def test_a_time_bomb_ends_at_the_time_budget_and_fails_its_refresh(
         "|| f.event_id = 'x'"
     )
     spec = Spec(
-        name="slow", display_name="slow", type="cluster_by_static_sql", definition={"sql": sql}
+        name="slow", display_name="slow", kind=SegmentKind.CLUSTER_SQL, definition={"sql": sql}
     )
     rt.segments.create(attacker, spec, "test")  # an empty check binds at once
     seg = refreshed(rt, attacker, "slow")
@@ -352,7 +352,7 @@ def test_compiled_queries_have_a_time_budget(
     monkeypatch.setattr(rt.segments, "budget", Budget(seconds=1e-6, memory_bytes=1 << 30))
     qp = {"filts": [{"columnName": "city", "comparator": "equal", "ftv": ["Paris"]}]}
     with pytest.raises(CdpError) as err:
-        rt.segments.preview(attacker, "catalog_cluster", None, qp)
+        rt.segments.preview(attacker, CLUSTER, None, qp)
     assert err.value.code is Code.LIMIT_EXCEEDED and "time budget" in err.value.message
     rt.segments.create(attacker, Spec(name="paris_t", display_name="p", definition=qp), "test")
     seg = refreshed(rt, attacker, "paris_t")
@@ -423,9 +423,7 @@ def test_legitimate_sql_segments_give_exactly_the_right_members(
     _, attacker = projects
     name = create(rt, attacker, sql)
     assert set(members(rt, attacker, name)) == expected(rt, attacker, keep)
-    preview = rt.segments.preview(
-        attacker, "catalog_cluster", "cluster_by_static_sql", {"sql": sql}
-    )
+    preview = rt.segments.preview(attacker, CLUSTER, SegmentKind.CLUSTER_SQL, {"sql": sql})
     assert preview == len(expected(rt, attacker, keep))
 
 

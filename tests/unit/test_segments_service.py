@@ -17,7 +17,7 @@ from opencdp.errors import CdpError, Code
 from opencdp.ingest.records import build_record
 from opencdp.jobs.service import Progress
 from opencdp.runtime import Runtime
-from opencdp.segments.service import Segments, Spec
+from opencdp.segments.service import SegmentKind, Segments, Spec
 
 QP = {"filts": [{"columnName": "level", "comparator": "greater", "ftv": ["1"]}]}
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -123,7 +123,7 @@ def test_dynamic_segments_are_refreshed_daily_at_their_local_time(rt: Runtime) -
         rt.settings.limits, clock=lambda: now["t"].astimezone(UTC),
     )  # fmt: skip
     spec = Spec(
-        name="daily", display_name="d", type="cluster_by_dynamic_condition", definition=QP,
+        name="daily", display_name="d", kind=SegmentKind.CLUSTER_CONDITIONS_DAILY, definition=QP,
         refresh_at="06:30",
     )  # fmt: skip
     segments.create(pid, spec, "test")

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from opencdp.catalog.model import Property
 from opencdp.exports.content import Dataset, Layout, Source
+from opencdp.segments.kinds import Holds
 
 # GrowingIO raw data export 2.0, field reference per data type (names and order).
 _PAGE_ATTRIBUTES = (
@@ -218,7 +219,7 @@ def members(
         "clusterId": batch.column("segment_id"),
         "clusterName": pa.array([s.name for s in seg], pa.string()),
         "clusterType": pa.array(
-            ["tag" if s.catalog == "catalog_tag" else "cluster" for s in seg], pa.string()
+            ["tag" if s.catalog == Holds.TAG else "cluster" for s in seg], pa.string()
         ),
         "clusterVersion": batch.column("version"),
         "refreshTime": pa.array([_ms(s.refreshed_at) for s in seg], pa.int64()),

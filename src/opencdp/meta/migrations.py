@@ -88,6 +88,42 @@ def _v10_progress(conn: sa.Connection) -> None:
     tables.import_batches.create(conn)
 
 
+# What the segments' kind columns held before they held the core's words (fixed here: a step
+# never changes, whatever the surfaces call the kinds later).
+_V11_WORDS: dict[str, dict[str, str]] = {
+    "type": {
+        "cluster_by_static_condition": "cluster_conditions",
+        "cluster_by_dynamic_condition": "cluster_conditions_daily",
+        "cluster_by_static_sql": "cluster_sql",
+        "cluster_by_dynamic_sql": "cluster_sql_daily",
+        "cluster_by_import": "cluster_ids",
+        "tag_by_static_condition": "tag_conditions",
+        "tag_by_dynamic_condition": "tag_conditions_daily",
+        "tag_by_static_sql": "tag_sql",
+        "tag_by_dynamic_sql": "tag_sql_daily",
+        "tag_by_import": "tag_ids",
+    },
+    "catalog": {"catalog_cluster": "cluster", "catalog_tag": "tag"},
+    "sub_type": {
+        "tag_condition_default": "values",
+        "tag_condition_by_firstlast_event": "first_last",
+        "tag_condition_by_quotation": "measure",
+    },
+}
+
+
+def _v11_segment_kinds(conn: sa.Connection) -> None:
+    """Segments store their kind in the core's words (they held ThinkingData's)."""
+    segments = tables.segments
+    for column, words in _V11_WORDS.items():
+        col = segments.c[column]
+        conn.execute(
+            sa.update(segments)
+            .where(col.in_(list(words)))
+            .values({column: sa.case(words, value=col)})
+        )
+
+
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _v1_initial),
     (2, _v2_files_and_jobs),
@@ -99,6 +135,7 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (8, _v8_aliases_and_dedupe_fields),
     (9, _v9_job_leases),
     (10, _v10_progress),
+    (11, _v11_segment_kinds),
 ]
 
 LATEST = MIGRATIONS[-1][0]

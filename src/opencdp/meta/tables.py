@@ -181,8 +181,9 @@ collection_fields = sa.Table(
     sa.UniqueConstraint("collection_id", "name", name="uq_collection_field"),
 )
 
-# Segments and tags (ThinkingData user clusters): the definition, and the state of the last
-# refresh. Members live in the analytic store, per version; the previous version is kept.
+# Segments and tags: the kind (opencdp.segments.kinds, the core's words), the definition, and
+# the state of the last refresh. Members live in the analytic store, per version; the previous
+# version is kept.
 segments = sa.Table(
     "segments",
     metadata,
@@ -191,8 +192,8 @@ segments = sa.Table(
     sa.Column("name", sa.String(64), nullable=False),
     sa.Column("display_name", sa.String(128), nullable=False),
     sa.Column("catalog", sa.String(16), nullable=False),  # cluster | tag
-    sa.Column("type", sa.String(48), nullable=False),  # the vendor's clusterType
-    sa.Column("sub_type", sa.String(48), nullable=False, default=""),  # subConditionTabType
+    sa.Column("type", sa.String(48), nullable=False),  # SegmentKind
+    sa.Column("sub_type", sa.String(48), nullable=False, default=""),  # TagValues, or ""
     sa.Column("definition", sa.JSON, nullable=True),  # qp / tagQp as given, or {"sql": …}
     sa.Column("main_column", sa.String(256), nullable=False, default=""),  # ID uploads
     sa.Column("upload_name", sa.String(256), nullable=False, default=""),

@@ -10,19 +10,18 @@ import sqlalchemy as sa
 
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.meta import tables as t
+from opencdp.segments.kinds import SegmentKind, Source, TagValues
 from opencdp.segments.model import parse_cluster, parse_tag
 from opencdp.segments.records import (
-    IMPORT_TYPES,
-    SQL_TYPES,
-    TAG_SUBTYPES,
+    TAG,
     Segment,
     Spec,
-    catalog_of,
+    TagValuesMismatch,
     check_display,
     check_name,
     check_refresh_at,
     check_remarks,
-    segment_type,
+    segment_kind,
 )
 from opencdp.segments.refresh import Refreshes
 
@@ -30,25 +29,21 @@ from opencdp.segments.refresh import Refreshes
 class Definitions(Refreshes):
     # ---- defining ------------------------------------------------------------------------
     def create(self, project_id: int, spec: Spec, surface: str) -> Segment:
-        typ = segment_type(spec.type, spec.catalog)
-        if typ in IMPORT_TYPES:
-            raise invalid(
-                "clusterType",
-                f"{typ} segments are created by uploading IDs (import-id-cluster-add)",
-            )
-        catalog = catalog_of(typ, spec.catalog)
+        kind = segment_kind(spec.kind, spec.catalog)
+        if kind.source is Source.IDS:
+            raise invalid("clusterType", "an ID-list segment is created by uploading its IDs")
         name = check_name(spec.name)
         display = check_display(spec.display_name if spec.display_name is not None else name)
-        sub_type = self._check(project_id, typ, spec.sub_type, spec.definition)
+        tag_values = self._check(project_id, kind, spec.tag_values, spec.definition)
         refresh_at = check_refresh_at(spec.refresh_at)
         now = t.utcnow()
         values = {
             "project_id": project_id,
             "name": name,
             "display_name": display,
-            "catalog": catalog,
-            "type": typ,
-            "sub_type": sub_type,
+            "catalog": kind.holds.value,
+            "type": kind.value,
+            "sub_type": tag_values.value if tag_values else "",
             "definition": spec.definition,
             "main_column": "",
             "upload_name": "",
@@ -72,19 +67,18 @@ class Definitions(Refreshes):
 
     def update(self, project_id: int, ref: int | str, spec: Spec, surface: str) -> Segment:
         seg = self.get(project_id, ref)
-        if seg.type in IMPORT_TYPES:
+        if seg.is_ids:
             raise invalid("clusterType", "an ID-upload segment is changed by uploading IDs")
-        typ = segment_type(spec.type or seg.type, spec.catalog or seg.catalog)
-        if typ in IMPORT_TYPES:
-            raise invalid("clusterType", f"cannot turn a segment into {typ}")
-        catalog = catalog_of(typ, spec.catalog or seg.catalog)
-        if catalog != seg.catalog:
+        kind = segment_kind(spec.kind or seg.kind, spec.catalog)
+        if kind.source is Source.IDS:
+            raise invalid("clusterType", "a segment cannot become an ID-list segment")
+        if kind.holds is not seg.catalog:
             raise invalid("clusterCatalog", "a cluster cannot become a tag, nor a tag a cluster")
         definition = spec.definition if spec.definition is not None else seg.definition
-        sub_type = self._check(project_id, typ, spec.sub_type or seg.sub_type, definition)
+        tag_values = self._check(project_id, kind, spec.tag_values or seg.tag_values, definition)
         values: dict[str, Any] = {
-            "type": typ,
-            "sub_type": sub_type,
+            "type": kind.value,
+            "sub_type": tag_values.value if tag_values else "",
             "definition": definition,
             "updated_at": t.utcnow(),
         }
@@ -113,21 +107,27 @@ class Definitions(Refreshes):
         with self.store.writer() as w:
             w.delete_segment(project_id, seg.id)
 
-    def _check(self, project_id: int, typ: str, sub_type: str | None, definition: Any) -> str:
+    def _check(
+        self, project_id: int, kind: SegmentKind, asked: TagValues | None, definition: Any
+    ) -> TagValues | None:
         """Validate a definition now (so that a bad one is refused, not accepted and failed at
-        refresh); returns the tag sub-type."""
-        if typ in SQL_TYPES:
+        refresh); returns where a tag's values come from."""
+        if kind.source is Source.SQL:
             self._ensure_columns(project_id)
-            self._run_sql(project_id, self._sql(typ, definition), "check")
-            return ""
-        if typ.startswith("tag_"):
+            self._run_sql(project_id, self._sql(kind, definition), "check")
+            return None
+        if kind.holds is TAG:
             tag = parse_tag(definition, "tagQp")
-            kind = "values" if tag.values else "first_last" if tag.first_last else "quota"
-            if sub_type and TAG_SUBTYPES.get(sub_type) is None:
-                raise invalid("subConditionTabType", f"unknown tag kind {sub_type!r}")
-            if sub_type and TAG_SUBTYPES[sub_type] != kind:
-                raise invalid("subConditionTabType", f"{sub_type} does not match the tagQp given")
+            given = (
+                TagValues.VALUES
+                if tag.values
+                else TagValues.FIRST_LAST
+                if tag.first_last
+                else TagValues.MEASURE
+            )
+            if asked is not None and asked is not given:
+                raise TagValuesMismatch(asked, given)
             self._compile(project_id, tag, self.clock())
-            return next(k for k, v in TAG_SUBTYPES.items() if v == kind)
+            return given
         self._compile(project_id, parse_cluster(definition, "qp"), self.clock())
-        return ""
+        return None

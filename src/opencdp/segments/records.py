@@ -20,31 +20,12 @@ from opencdp.errors import CdpError, Code, invalid, not_found
 from opencdp.jobs.service import Jobs
 from opencdp.meta import tables as t
 from opencdp.segments.compiler import Span
+from opencdp.segments.kinds import Holds, SegmentKind, Source, TagValues
 from opencdp.segments.sandbox import Sandbox
 from opencdp.store.base import Budget, Store
 
 KIND = "segment_refresh"
-CLUSTER, TAG = "catalog_cluster", "catalog_tag"
-CONDITION_TYPES = {
-    "cluster_by_static_condition",
-    "cluster_by_dynamic_condition",
-    "tag_by_static_condition",
-    "tag_by_dynamic_condition",
-}
-SQL_TYPES = {
-    "cluster_by_dynamic_sql",
-    "cluster_by_static_sql",
-    "tag_by_dynamic_sql",
-    "tag_by_static_sql",
-}
-IMPORT_TYPES = {"cluster_by_import", "tag_by_import"}
-UNSUPPORTED_TYPES = {"cluster_by_result"}
-TYPES = CONDITION_TYPES | SQL_TYPES | IMPORT_TYPES | UNSUPPORTED_TYPES
-TAG_SUBTYPES = {
-    "tag_condition_default": "values",
-    "tag_condition_by_firstlast_event": "first_last",
-    "tag_condition_by_quotation": "quota",
-}
+CLUSTER, TAG = Holds.CLUSTER, Holds.TAG
 NAME = re.compile(r"[A-Za-z0-9_]{1,24}")
 HHMM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 USER_ID_COLUMNS = {"user_id", "#user_id"}
@@ -59,9 +40,9 @@ class Segment:
     project_id: int
     name: str
     display_name: str
-    catalog: str
-    type: str
-    sub_type: str
+    catalog: Holds
+    kind: SegmentKind
+    tag_values: TagValues | None  # of a tag defined by conditions
     definition: Any
     main_column: str
     upload_name: str
@@ -80,15 +61,27 @@ class Segment:
 
     @classmethod
     def from_row(cls, row: Any) -> Segment:
-        return cls(**{c: getattr(row, c) for c in cls.__dataclass_fields__})
+        stored = {"catalog", "kind", "tag_values"}
+        fields = {c: getattr(row, c) for c in cls.__dataclass_fields__ if c not in stored}
+        return cls(
+            **fields,
+            catalog=Holds(row.catalog),
+            kind=SegmentKind(row.type),
+            tag_values=TagValues(row.sub_type) if row.sub_type else None,
+        )
 
     @property
     def is_tag(self) -> bool:
-        return self.catalog == TAG
+        return self.catalog is TAG
+
+    @property
+    def is_ids(self) -> bool:
+        """Its members are an uploaded list of IDs (changed by uploading, not refreshed)."""
+        return self.kind.source is Source.IDS
 
     @property
     def dynamic(self) -> bool:
-        return "_dynamic_" in self.type
+        return self.kind.daily
 
 
 @dataclass
@@ -98,13 +91,27 @@ class Spec:
 
     name: str | None = None
     display_name: str | None = None
-    catalog: str | None = None
-    type: str | None = None
-    sub_type: str | None = None
+    catalog: Holds | None = None
+    kind: SegmentKind | None = None
+    tag_values: TagValues | None = None
     definition: Any = None
     remarks: str | None = None
     refresh_at: str | None = None
     main_column: str | None = None
+
+
+class TagValuesMismatch(CdpError):
+    """The tag values asked for are not those the definition gives (each surface names
+    them in its own words)."""
+
+    def __init__(self, asked: TagValues, given: TagValues) -> None:
+        super().__init__(
+            Code.VALIDATION_FAILED,
+            f"tag_values: {asked.value} does not match the definition, which gives {given.value}",
+            "tag_values",
+        )
+        self.asked = asked
+        self.given = given
 
 
 @dataclass
@@ -153,9 +160,9 @@ class SegmentRecords:
     def search(
         self,
         project_id: int,
-        catalog: str | None = None,
+        catalog: Holds | None = None,
         name_like: str | None = None,
-        types: list[str] | None = None,
+        kinds: list[SegmentKind] | None = None,
         page: int = 1,
         size: int = 10,
     ) -> tuple[list[Segment], int]:
@@ -163,8 +170,8 @@ class SegmentRecords:
         cond = [c.project_id == project_id]
         if catalog:
             cond.append(c.catalog == catalog)
-        if types:
-            cond.append(c.type.in_(types))
+        if kinds is not None:
+            cond.append(c.type.in_([k.value for k in kinds]))
         if name_like:  # fuzzy: in the name or the display name, literally
             pattern = "%" + escape_like(name_like) + "%"
             cond.append(
@@ -202,29 +209,15 @@ class SegmentRecords:
         return int(res.rowcount)
 
 
-def segment_type(typ: str | None, catalog: str | None) -> str:
-    """The segment type asked for (a cluster or tag by static conditions when none is), or
-    the reason it cannot be made."""
-    if not typ:
-        typ = "tag_by_static_condition" if catalog == TAG else "cluster_by_static_condition"
-    if typ in UNSUPPORTED_TYPES:
-        raise CdpError(
-            Code.UNSUPPORTED,
-            f"clusterType: unsupported cluster type {typ} (it is made from an analysis "
-            "report, which this server does not have)",
-            "clusterType",
-        )
-    if typ not in TYPES:
-        raise invalid("clusterType", f"unknown cluster type {typ!r}")
-    return typ
-
-
 # ---- helpers -----------------------------------------------------------------------------
-def catalog_of(typ: str, catalog: str | None) -> str:
-    expected = TAG if typ.startswith("tag_") else CLUSTER
-    if catalog and catalog != expected:
-        raise invalid("clusterCatalog", f"{typ} belongs to {expected}, not {catalog!r}")
-    return expected
+def segment_kind(kind: SegmentKind | None, catalog: Holds | None) -> SegmentKind:
+    """The kind asked for (one of conditions, refreshed on demand, when none is), which must
+    hold what the catalog given says."""
+    if kind is None:
+        return SegmentKind.of(catalog or CLUSTER, Source.CONDITIONS)
+    if catalog is not None and kind.holds is not catalog:
+        raise invalid("kind", f"a {kind.value} segment is a {kind.holds.value}, not a {catalog}")
+    return kind
 
 
 def check_name(name: object) -> str:

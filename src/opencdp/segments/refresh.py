@@ -17,14 +17,14 @@ from opencdp.catalog.model import Schema
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.jobs.service import ACTIVE, Job, Outcome, Progress
 from opencdp.segments.compiler import Compiled, Compiler, Span
+from opencdp.segments.kinds import Holds, SegmentKind, Source
 from opencdp.segments.model import ClusterDef, TagDef, parse_cluster, parse_tag
 from opencdp.segments.records import (
-    IMPORT_TYPES,
     KIND,
-    SQL_TYPES,
+    TAG,
     Segment,
     SegmentRecords,
-    segment_type,
+    segment_kind,
     span_json,
     sql_text,
 )
@@ -45,21 +45,19 @@ class Refreshes(SegmentRecords):
         compiled.check(self.store.capabilities.sql, self.store.pattern_error)
         return compiled
 
-    def _sql(self, typ: str, definition: Any) -> SqlSegment:
-        columns = 2 if typ.startswith("tag_") else 1
+    def _sql(self, kind: SegmentKind, definition: Any) -> SqlSegment:
+        columns = 2 if kind.holds is TAG else 1
         return check_sql(sql_text(definition), columns, SANDBOX_DIALECT)
 
     def _definition(
-        self, project_id: int, typ: str, definition: Any, now: datetime
+        self, project_id: int, kind: SegmentKind, definition: Any, now: datetime
     ) -> tuple[SqlSegment | exp.Select, list[Span | None]]:
         """A definition as it reads against the catalog now: a checked SQL segment (run in
         the sandbox), or a compiled neutral tree (run by the store) with its time windows."""
-        if typ in SQL_TYPES:
-            return self._sql(typ, definition), []
+        if kind.source is Source.SQL:
+            return self._sql(kind, definition), []
         d: ClusterDef | TagDef = (
-            parse_tag(definition, "tagQp")
-            if typ.startswith("tag_")
-            else parse_cluster(definition, "qp")
+            parse_tag(definition, "tagQp") if kind.holds is TAG else parse_cluster(definition, "qp")
         )
         compiled = self._compile(project_id, d, now)
         return compiled.query, compiled.spans
@@ -101,15 +99,17 @@ class Refreshes(SegmentRecords):
         self, seg: Segment, now: datetime
     ) -> tuple[SqlSegment | exp.Select, list[Span | None]]:
         """The members query of a segment as its definition reads against the catalog now."""
-        return self._definition(seg.project_id, seg.type, seg.definition, now)
+        return self._definition(seg.project_id, seg.kind, seg.definition, now)
 
-    def preview(self, project_id: int, catalog: str, typ: str | None, definition: Any) -> int:
+    def preview(
+        self, project_id: int, catalog: Holds | None, kind: SegmentKind | None, definition: Any
+    ) -> int:
         """How many users a definition would hold now, without saving it."""
-        typ = segment_type(typ, catalog)
-        if typ in IMPORT_TYPES:
+        kind = segment_kind(kind, catalog)
+        if kind.source is Source.IDS:
             raise invalid("clusterType", "an ID-upload segment has no definition to preview")
         self.barrier()
-        query, _ = self._definition(project_id, typ, definition, self.clock())
+        query, _ = self._definition(project_id, kind, definition, self.clock())
         self._ensure_columns(project_id)
         if isinstance(query, SqlSegment):
             count = self._run_sql(project_id, query, "count")
@@ -123,7 +123,7 @@ class Refreshes(SegmentRecords):
         """Queue a refresh; one already queued or running for the segment is reported."""
         with self._lock:
             seg = self.get(project_id, ref)
-            if seg.type in IMPORT_TYPES:
+            if seg.is_ids:
                 raise invalid(
                     "clusterType", "an ID-upload segment is refreshed by uploading its IDs again"
                 )

@@ -9,10 +9,9 @@ import sqlalchemy as sa
 
 from opencdp.errors import CdpError
 from opencdp.meta import tables as t
+from opencdp.segments.kinds import DAILY_KINDS
 from opencdp.segments.records import (
-    CONDITION_TYPES,
     DEFAULT_REFRESH_AT,
-    SQL_TYPES,
     Segment,
 )
 from opencdp.segments.refresh import Refreshes
@@ -28,7 +27,7 @@ class Scheduling(Refreshes):
         with self._engine.connect() as conn:
             rows = conn.execute(
                 sa.select(t.segments).where(
-                    t.segments.c.type.in_(sorted(CONDITION_TYPES | SQL_TYPES))
+                    t.segments.c.type.in_(sorted(k.value for k in DAILY_KINDS))
                 )
             ).all()
         out = []

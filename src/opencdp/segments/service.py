@@ -2,7 +2,9 @@
 
 A segment is a *cluster* (a set of users) or a *tag* (a value per user). It is defined by
 conditions (compiled by :mod:`opencdp.segments.compiler`), by SQL (checked by
-:mod:`opencdp.segments.sqlcheck`), or by an uploaded list of IDs. Refreshing one is a job: it
+:mod:`opencdp.segments.sqlcheck`), or by an uploaded list of IDs; its
+:class:`~opencdp.segments.kinds.SegmentKind` says which, in the core's words (each surface
+translates its vendor's). Refreshing one is a job: it
 flushes what ingest has acknowledged, compiles the definition against the catalog as it is
 now, and writes the members as a new version in one store transaction, keeping the previous
 version so that entries and exits can be listed. Dynamic segments are refreshed daily by the
@@ -29,15 +31,16 @@ from opencdp.catalog.service import Catalog
 from opencdp.config import Limits
 from opencdp.jobs.service import Jobs
 from opencdp.segments.definitions import Definitions
+from opencdp.segments.kinds import Holds, SegmentKind, Source, TagValues
 from opencdp.segments.members import Members
 from opencdp.segments.records import (
     CLUSTER,
     DEFAULT_BUDGET,
-    IMPORT_TYPES,
     KIND,
     TAG,
     Segment,
     Spec,
+    TagValuesMismatch,
     UploadStats,
 )
 from opencdp.segments.sandbox import Sandbox
@@ -45,7 +48,20 @@ from opencdp.segments.scheduling import Scheduling
 from opencdp.segments.uploads import Uploads
 from opencdp.store.base import Budget, Store
 
-__all__ = ["CLUSTER", "IMPORT_TYPES", "KIND", "TAG", "Segment", "Segments", "Spec", "UploadStats"]
+__all__ = [
+    "CLUSTER",
+    "KIND",
+    "TAG",
+    "Holds",
+    "Segment",
+    "SegmentKind",
+    "Segments",
+    "Source",
+    "Spec",
+    "TagValues",
+    "TagValuesMismatch",
+    "UploadStats",
+]
 
 
 class Segments(Definitions, Scheduling, Uploads, Members):

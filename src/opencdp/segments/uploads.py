@@ -18,9 +18,9 @@ from opencdp.catalog.types import PropertyType, coerce
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.identity import normalize
 from opencdp.meta import tables as t
+from opencdp.segments.kinds import SegmentKind, Source
 from opencdp.segments.records import (
     CLUSTER,
-    IMPORT_TYPES,
     MAX_UPLOAD_ROWS,
     TAG,
     USER_ID_COLUMNS,
@@ -50,9 +50,7 @@ class Uploads(SegmentRecords):
         body: one ID per line, or ``id,tagValue`` for a tag; a header line is allowed."""
         if ref is None:
             catalog = spec.catalog or CLUSTER
-            if catalog not in (CLUSTER, TAG):
-                raise invalid("clusterCatalog", f"expected {CLUSTER} or {TAG}")
-            typ = "tag_by_import" if catalog == TAG else "cluster_by_import"
+            kind = SegmentKind.of(catalog, Source.IDS)
             if not spec.display_name:
                 raise CdpError(Code.VALIDATION_FAILED, "displayName: is required", "displayName")
             name = check_name(spec.name) if spec.name else None
@@ -64,11 +62,11 @@ class Uploads(SegmentRecords):
             seg = None
         else:
             seg = self.get(project_id, ref)
-            if seg.type not in IMPORT_TYPES:
+            if not seg.is_ids:
                 raise invalid("clusterId", f"cluster {seg.name!r} is not an ID-upload cluster")
-            catalog, typ, name, main = (
+            catalog, kind, name, main = (
                 seg.catalog,
-                seg.type,
+                seg.kind,
                 seg.name,
                 spec.main_column or seg.main_column,
             )
@@ -82,8 +80,8 @@ class Uploads(SegmentRecords):
                 "project_id": project_id,
                 "name": name or f"id{now:%Y%m%d%H%M%S%f}"[:24],
                 "display_name": check_display(spec.display_name),
-                "catalog": catalog,
-                "type": typ,
+                "catalog": catalog.value,
+                "type": kind.value,
                 "sub_type": "",
                 "definition": None,
                 "main_column": main,
@@ -227,8 +225,8 @@ class Uploads(SegmentRecords):
                 "project_id": project_id,
                 "name": name,
                 "display_name": f"Marketo list {int(list_id)}",
-                "catalog": CLUSTER,
-                "type": "cluster_by_import",
+                "catalog": CLUSTER.value,
+                "type": SegmentKind.CLUSTER_IDS.value,
                 "sub_type": "",
                 "definition": None,
                 "main_column": "listId",

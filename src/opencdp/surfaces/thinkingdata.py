@@ -9,6 +9,8 @@ errors use negative codes (``-1008`` for a missing parameter) with HTTP 200.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +25,15 @@ from opencdp import params as check
 from opencdp.catalog.model import Project
 from opencdp.errors import CdpError, Code, invalid, missing
 from opencdp.runtime import Runtime
-from opencdp.segments.service import IMPORT_TYPES, Segment, Spec
+from opencdp.segments.service import (
+    Holds,
+    Segment,
+    SegmentKind,
+    Source,
+    Spec,
+    TagValues,
+    TagValuesMismatch,
+)
 from opencdp.surfaces.uploads import read_body, surface_app, vendor_errors, wrong_method
 
 log = logging.getLogger(__name__)
@@ -31,6 +41,32 @@ SURFACE = "thinkingdata"
 PREFIXES = ("/open/",)
 MAX_CSV = 32 << 20
 MAX_PAGE_SIZE = 1000
+
+# The vendor's words for the kinds of segment (``clusterType``), what a segment is
+# (``clusterCatalog``) and where a tag's values come from (``subConditionTabType``).
+CLUSTER_TYPES: dict[str, SegmentKind] = {
+    "cluster_by_static_condition": SegmentKind.CLUSTER_CONDITIONS,
+    "cluster_by_dynamic_condition": SegmentKind.CLUSTER_CONDITIONS_DAILY,
+    "cluster_by_static_sql": SegmentKind.CLUSTER_SQL,
+    "cluster_by_dynamic_sql": SegmentKind.CLUSTER_SQL_DAILY,
+    "cluster_by_import": SegmentKind.CLUSTER_IDS,
+    "tag_by_static_condition": SegmentKind.TAG_CONDITIONS,
+    "tag_by_dynamic_condition": SegmentKind.TAG_CONDITIONS_DAILY,
+    "tag_by_static_sql": SegmentKind.TAG_SQL,
+    "tag_by_dynamic_sql": SegmentKind.TAG_SQL_DAILY,
+    "tag_by_import": SegmentKind.TAG_IDS,
+}
+TYPE_NAMES = {kind: name for name, kind in CLUSTER_TYPES.items()}
+UNSUPPORTED_TYPE = "cluster_by_result"  # made from an analysis report
+CATALOGS = {"catalog_cluster": Holds.CLUSTER, "catalog_tag": Holds.TAG}
+CATALOG_NAMES = {holds: name for name, holds in CATALOGS.items()}
+TAB_TYPES = {
+    "tag_condition_default": TagValues.VALUES,
+    "tag_condition_by_firstlast_event": TagValues.FIRST_LAST,
+    "tag_condition_by_quotation": TagValues.MEASURE,
+}
+TAB_NAMES = {values: name for name, values in TAB_TYPES.items()}
+assert set(TYPE_NAMES) == set(SegmentKind), "a kind of segment has no clusterType"
 
 # core code -> (return_code, return_message)
 ERRORS: dict[Code, tuple[int, str]] = {
@@ -124,7 +160,16 @@ class ThinkingData:
             if not body.get(name):
                 raise missing(name)
         spec = _spec(body)
-        seg = await run_in_threadpool(self.rt.segments.create, project.id, spec, SURFACE)
+        typ = _type_name(spec, body.get("clusterType"), body.get("clusterCatalog"))
+        if spec.kind is not None and spec.kind.source is Source.IDS:
+            raise invalid(
+                "clusterType",
+                f"{typ} segments are created by uploading IDs (import-id-cluster-add)",
+            )
+        _check_catalog(spec, typ, body.get("clusterCatalog"))
+        _tab_type(spec, body.get("subConditionTabType"))
+        with _tab_words():
+            seg = await run_in_threadpool(self.rt.segments.create, project.id, spec, SURFACE)
         return _ok(seg.id)
 
     async def detail(self, request: Request) -> Response:
@@ -144,7 +189,17 @@ class ThinkingData:
         ref = self._ref(request, by_name)
         spec = _spec(body)
         spec.name = None  # a segment keeps its name
-        await run_in_threadpool(self.rt.segments.update, project.id, ref, spec, SURFACE)
+        seg = await run_in_threadpool(self.rt.segments.get, project.id, ref)
+        if not seg.is_ids:  # (an ID-upload segment is refused by the core)
+            given = body.get("clusterType") or TYPE_NAMES[seg.kind]
+            catalog = body.get("clusterCatalog") or CATALOG_NAMES[seg.catalog]
+            typ = _type_name(spec, given, catalog)
+            if spec.kind is not None and spec.kind.source is Source.IDS:
+                raise invalid("clusterType", f"cannot turn a segment into {typ}")
+            _check_catalog(spec, typ, catalog)
+            _tab_type(spec, body.get("subConditionTabType"))
+        with _tab_words():
+            await run_in_threadpool(self.rt.segments.update, project.id, seg.id, spec, SURFACE)
         return _ok()
 
     async def delete(self, request: Request) -> Response:
@@ -175,13 +230,20 @@ class ThinkingData:
         ):
             raise invalid("clusterTypes", "expected a list of cluster types")
         catalog = body.get("clusterCatalog") or None
-        if catalog not in (None, "catalog_cluster", "catalog_tag"):
+        if catalog not in (None, *CATALOGS):
             raise invalid("clusterCatalog", "expected catalog_cluster or catalog_tag")
         name = body.get("clusterName") or None
         if name is not None and not isinstance(name, str):
             raise invalid("clusterName", "expected text")
+        kinds = None if types is None else [CLUSTER_TYPES[x] for x in types if x in CLUSTER_TYPES]
         segs, total = await run_in_threadpool(
-            self.rt.segments.search, project.id, catalog, name, types, page, size
+            self.rt.segments.search,
+            project.id,
+            CATALOGS[catalog] if catalog else None,
+            name,
+            kinds,
+            page,
+            size,
         )
         return _ok(
             {
@@ -238,10 +300,15 @@ class ThinkingData:
         body = await read_body(request, MAX_CSV)
         if not body.strip():
             raise missing("body")
+        catalog = None
+        if by is None:
+            catalog = CATALOGS.get(q.get("clusterCatalog") or "catalog_cluster")
+            if catalog is None:
+                raise invalid("clusterCatalog", "expected catalog_cluster or catalog_tag")
         spec = Spec(
             name=q.get("clusterName") if by is None else None,
             display_name=q.get("displayName"),
-            catalog=q.get("clusterCatalog"),
+            catalog=catalog,
             remarks=q.get("remarks"),
             main_column=q.get("mainColumnName"),
         )
@@ -258,9 +325,9 @@ class ThinkingData:
 
     def _summary(self, seg: Segment, project: Project) -> dict[str, Any]:
         return {
-            "clusterCatalog": seg.catalog,
+            "clusterCatalog": CATALOG_NAMES[seg.catalog],
             "clusterName": seg.name,
-            "clusterType": seg.type,
+            "clusterType": TYPE_NAMES[seg.kind],
             "displayName": seg.display_name,
             "historyDataStatus": 1 if seg.version >= 2 else 0,
             "id": seg.id,
@@ -280,11 +347,11 @@ class ThinkingData:
 
     def _detail(self, seg: Segment, project: Project) -> dict[str, Any]:
         out = self._summary(seg, project)
-        if seg.sub_type:
-            out["subConditionTabType"] = seg.sub_type
+        if seg.tag_values is not None:
+            out["subConditionTabType"] = TAB_NAMES[seg.tag_values]
         if seg.progress < 0:
             out["errorMsg"] = seg.message
-        if seg.type in IMPORT_TYPES:
+        if seg.is_ids:
             out["uploadStats"] = seg.upload_stats
             return out
         definition = seg.definition
@@ -329,13 +396,60 @@ def _spec(body: dict[str, Any]) -> Spec:
     return Spec(
         name=body.get("clusterName"),
         display_name=body.get("displayName"),
-        catalog=body.get("clusterCatalog") or None,
-        type=typ or None,
-        sub_type=body.get("subConditionTabType") or None,
         definition=definition,
         remarks=body.get("remarks"),
         refresh_at=body.get("refreshAt"),
     )
+
+
+def _type_name(spec: Spec, typ: str | None, catalog: str | None) -> str:
+    """Set the kind of the ``clusterType`` given (by default a static condition one of the
+    ``clusterCatalog``), and return its name, or refuse one the core has no kind for."""
+    if not typ:
+        typ = (
+            "tag_by_static_condition" if catalog == "catalog_tag" else "cluster_by_static_condition"
+        )
+    if typ == UNSUPPORTED_TYPE:
+        raise CdpError(
+            Code.UNSUPPORTED,
+            f"clusterType: unsupported cluster type {typ} (it is made from an analysis "
+            "report, which this server does not have)",
+            "clusterType",
+        )
+    spec.kind = CLUSTER_TYPES.get(typ)
+    if spec.kind is None:
+        raise invalid("clusterType", f"unknown cluster type {typ!r}")
+    return typ
+
+
+def _check_catalog(spec: Spec, typ: str, catalog: str | None) -> None:
+    """A ``clusterCatalog`` given must be the one of the ``clusterType``."""
+    assert spec.kind is not None
+    expected = CATALOG_NAMES[spec.kind.holds]
+    if catalog and catalog != expected:
+        raise invalid("clusterCatalog", f"{typ} belongs to {expected}, not {catalog!r}")
+    spec.catalog = spec.kind.holds
+
+
+def _tab_type(spec: Spec, given: str | None) -> None:
+    """The ``subConditionTabType`` of a condition tag (other kinds ignore it)."""
+    assert spec.kind is not None
+    if not given or spec.kind.holds is not Holds.TAG or spec.kind.source is not Source.CONDITIONS:
+        return
+    spec.tag_values = TAB_TYPES.get(given)
+    if spec.tag_values is None:
+        raise invalid("subConditionTabType", f"unknown tag kind {given!r}")
+
+
+@contextmanager
+def _tab_words() -> Iterator[None]:
+    """Tag values that do not match the ``tagQp``, in the vendor's words."""
+    try:
+        yield
+    except TagValuesMismatch as exc:
+        raise invalid(
+            "subConditionTabType", f"{TAB_NAMES[exc.asked]} does not match the tagQp given"
+        ) from None
 
 
 def _http_error(request: Request, status: int, detail: str) -> Response:

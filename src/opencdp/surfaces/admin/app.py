@@ -124,7 +124,7 @@ def build(rt: Runtime) -> FastAPI:
         names = [str(x) for x in first["loc"] if x not in where and not isinstance(x, int)]
         if first.get("type") == "json_invalid" or not first["loc"] or not names:
             names = [str(first["loc"][0])] if first["loc"] else ["body"]
-        field = ".".join(names)
+        field = ".".join(n or '""' for n in names)  # (a key may be empty: named as such)
         return JSONResponse(
             error_body(Code.VALIDATION_FAILED.value, f"{field}: {first['msg']}", field),
             status_code=400,

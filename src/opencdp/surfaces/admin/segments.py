@@ -11,18 +11,24 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import iterate_in_threadpool
 
 from opencdp import params as check
 from opencdp.runtime import Runtime
-from opencdp.segments.service import Segment
+from opencdp.segments.service import TAG, Segment, SegmentKind
 from opencdp.surfaces.admin.common import MAX_PAGE, After, IdPath, Limit, P, iso, job_view
 
 
 class SegmentPreview(BaseModel):
-    clusterCatalog: str = "catalog_cluster"  # the vendor's names
-    clusterType: str | None = None
+    """A definition to preview: conditions (``qp`` for a cluster, ``tagQp`` for a tag) or
+    ``sql``, of a kind (by default one of conditions, or of SQL when ``sql`` is given). Other
+    fields are refused, not ignored: a vendor's ``clusterType`` sent here would otherwise
+    preview something else than the caller meant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: SegmentKind | None = None
     qp: dict[str, Any] | None = None
     tagQp: dict[str, Any] | None = None
     sql: str | None = None
@@ -102,13 +108,13 @@ def router(rt: Runtime) -> APIRouter:
     @r.post("/projects/{ref}/segments/preview")
     async def preview_segment(project: P, body: SegmentPreview) -> dict[str, Any]:
         """How many users a definition holds now, without saving it."""
-        catalog = "catalog_tag" if body.tagQp is not None else body.clusterCatalog
+        catalog = TAG if body.tagQp is not None else None
         definition = body.tagQp if body.tagQp is not None else body.qp
+        kind = body.kind
         if body.sql is not None:
             definition = {"sql": body.sql}
-        size = await run_in_threadpool(
-            rt.segments.preview, project.id, catalog, body.clusterType, definition
-        )
+            kind = kind or SegmentKind.CLUSTER_SQL
+        size = await run_in_threadpool(rt.segments.preview, project.id, catalog, kind, definition)
         return {"size": size}
 
     @r.get("/projects/{ref}/users/{user_id}/segments")
@@ -132,8 +138,8 @@ def _segment(seg: Segment) -> dict[str, Any]:
         "id": seg.id,
         "name": seg.name,
         "display_name": seg.display_name,
-        "catalog": seg.catalog,
-        "type": seg.type,
+        "catalog": seg.catalog.value,
+        "kind": seg.kind.value,
         "progress": seg.progress,
         "message": seg.message,
         "users": seg.users_num,
