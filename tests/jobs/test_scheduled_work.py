@@ -19,6 +19,7 @@ from opencdp.ingest.records import build_record
 from opencdp.jobs.service import EXPORT, MAIN, JobLimits, Jobs
 from opencdp.meta.db import connect
 from opencdp.runtime import Runtime
+from opencdp.segments.kinds import SegmentKind
 from opencdp.segments.service import KIND as REFRESH
 from opencdp.segments.service import Spec
 
@@ -97,7 +98,8 @@ def test_a_tick_queues_at_most_a_round_of_exports(rt: Runtime) -> None:
 def test_a_due_segment_refresh_is_queued_once(rt: Runtime) -> None:
     pid = rt.catalog.create_project(f"s{time.monotonic_ns()}")[0].id
     qp = {"filts": [{"columnName": "mobile", "comparator": "notEqual", "ftv": ["0"]}]}
-    spec = Spec(name="daily", display_name="d", type="cluster_by_dynamic_condition", definition=qp)
+    daily = SegmentKind.CLUSTER_CONDITIONS_DAILY
+    spec = Spec(name="daily", display_name="d", kind=daily, definition=qp)
     seg = rt.segments.create(pid, spec, "test")
     first = rt.jobs.claim(MAIN, "w")
     assert first is not None and first.kind == REFRESH
