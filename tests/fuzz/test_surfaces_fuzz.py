@@ -350,6 +350,7 @@ MARKETO_FIELDS = {
     "charset",
     "method",
     "name",
+    "partitionName",
     "Requested resource not found",
 }
 
@@ -373,8 +374,9 @@ def marketo_answer(r: httpx.Response, sent: Any) -> dict[str, Any]:
     assert answer["requestId"] and isinstance(answer["success"], bool), r.text
     if not answer["success"]:
         (error,) = answer["errors"]
-        assert error["code"] in {"600", "601", "602", "609", "610", "612", "1003", "1016"}, r.text
-        if error["code"] in ("1003", "609"):
+        codes = {"600", "601", "602", "609", "610", "612", "1003", "1008", "1016"}
+        assert error["code"] in codes, r.text
+        if error["code"] in ("1003", "609", "1008"):
             assert names_a_field(error["message"], sent, MARKETO_FIELDS), r.text
     return answer
 
