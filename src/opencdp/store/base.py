@@ -117,6 +117,22 @@ class ImportOutcome:
     warnings: dict[int, str] = field(default_factory=dict)
 
 
+def survivors(merges: dict[int, int]) -> dict[int, int]:
+    """Each loser of ``merges`` with the survivor it ends with, following chains.
+
+    >>> survivors({3: 2, 2: 1, 5: 4})
+    {3: 1, 2: 1, 5: 4}
+    """
+    out = {}
+    for loser in merges:
+        survivor, seen = merges[loser], {loser}
+        while survivor in merges and survivor not in seen:  # (a cycle stops where it closes)
+            seen.add(survivor)
+            survivor = merges[survivor]
+        out[loser] = survivor
+    return out
+
+
 class StoreWriter(ABC):
     """One write transaction."""
 
@@ -148,7 +164,8 @@ class StoreWriter(ABC):
     ) -> None:
         """Move every loser's identities, events and properties to its survivor (loser -> survivor).
 
-        Where both have a property the most recently updated value wins."""
+        Where both have a property the most recently updated value wins. A survivor that is
+        itself a loser passes everything on to its own survivor (:func:`survivors`)."""
 
     @abstractmethod
     def upsert_profiles(

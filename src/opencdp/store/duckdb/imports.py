@@ -69,11 +69,11 @@ class ImportWrites(WriterBase):
             )
         # Which columns hold each value once (the common case: no grouping needed).
         keys = [ident(f"_k{int(k)}") for k in other_keys]
-        counts = cur.execute(
+        counts = self._one(
             "SELECT count(*), count(DISTINCT _lookup)"
             + "".join(f", count({c}) = count(DISTINCT {c})" for c in keys)
             + f" FROM {staged}"
-        ).fetchone()
+        )
         assert counts is not None
         unique = {int(k) for k, u in zip(other_keys, counts[2:], strict=True) if u}
         cur.execute(
@@ -134,10 +134,10 @@ class ImportWrites(WriterBase):
             else ("_match IS NULL" if insert_only else "TRUE")
         )
         new_rows = f"({keep}) AND _match IS NULL"
-        stats = cur.execute(
+        stats = self._one(
             f"SELECT count(*) FILTER (WHERE {keep}), count(*) FILTER (WHERE {new_rows}), "
             f"min(_row) FILTER (WHERE {new_rows}), max(_row) FILTER (WHERE {new_rows}) FROM _imp"
-        ).fetchone()
+        )
         assert stats is not None
         kept, new, lo, hi = int(stats[0]), int(stats[1]), stats[2], stats[3]
         out.imported = num_rows - len(out.failures)

@@ -199,10 +199,10 @@ class SegmentWrites(WriterBase):
             f"DELETE FROM {members} WHERE segment_id = ? AND (version < ? OR version > ?)",
             [segment_id, version - 1, version],
         )
-        row = self._cur.execute(
+        row = self._one(
             f"SELECT count(*) FROM {members} WHERE segment_id = ? AND version = ?",
             [segment_id, version],
-        ).fetchone()
+        )
         return int(row[0]) if row else 0
 
     def write_segment(

@@ -13,7 +13,7 @@ import duckdb
 import pyarrow as pa
 
 from opencdp.catalog.model import Property
-from opencdp.store.base import EventRows, ProfileRows, StoreWriter, Token
+from opencdp.store.base import EventRows, ProfileRows, StoreWriter, Token, survivors
 from opencdp.store.duckdb.connection import DuckDBBase
 from opencdp.store.duckdb.sql import ARROW_TYPES, CAPABILITIES, collection_table, ident, table
 
@@ -35,6 +35,13 @@ class WriterBase(StoreWriter):
 
     def _unstage(self, name: str) -> None:
         self._cur.unregister(name)
+
+    def _one(self, sql: str, params: list[Any] | None = None) -> Any:
+        """The first row of a statement (None without one), its result read to the end: a
+        result left unfinished on the transaction's cursor refuses the next registration of
+        an Arrow table (:meth:`_stage`)."""
+        rows = self._cur.execute(sql, params).fetchall()
+        return rows[0] if rows else None
 
     def ensure_project(self, project_id: int) -> None:
         cur = self._cur
@@ -78,18 +85,18 @@ class WriterBase(StoreWriter):
 class Writes(WriterBase):
     def allocate_user_ids(self, project_id: int, count: int, key: str | None = None) -> int:
         if key is not None:
-            held = self._cur.execute(
+            held = self._one(
                 "SELECT first_id FROM _opencdp_reserved_ids "
                 "WHERE key = ? AND project_id = ? AND count >= ?",
                 [key, project_id, count],
-            ).fetchone()
+            )
             if held is not None:
                 return int(held[0])
-        row = self._cur.execute(
+        row = self._one(
             "INSERT INTO _opencdp_user_ids VALUES (?, 1 + ?) ON CONFLICT (project_id) "
             "DO UPDATE SET next_id = next_id + EXCLUDED.next_id - 1 RETURNING next_id",
             [project_id, count],
-        ).fetchone()
+        )
         assert row is not None
         first = int(row[0]) - count
         if key is not None:
@@ -153,7 +160,8 @@ class Writes(WriterBase):
         if not merges:
             return
         cur = self._cur
-        members = {**merges, **{s: s for s in merges.values()}}
+        final = survivors(merges)
+        members = {**final, **{s: s for s in final.values()}}
         staged = self._stage(
             pa.table(
                 {
@@ -170,10 +178,10 @@ class Writes(WriterBase):
                     f"FROM {staged} AS m WHERE t.user_id = m.member AND m.member <> m.survivor"
                 )
             lists = table(project_id, "list_members")
-            survivors = f"(SELECT DISTINCT survivor FROM {staged})"
+            kept = f"(SELECT DISTINCT survivor FROM {staged})"
             cur.execute(  # a survivor on a list twice (it and a loser were both there): once
-                f"DELETE FROM {lists} WHERE user_id IN {survivors} AND rowid NOT IN "
-                f"(SELECT min(rowid) FROM {lists} WHERE user_id IN {survivors} "
+                f"DELETE FROM {lists} WHERE user_id IN {kept} AND rowid NOT IN "
+                f"(SELECT min(rowid) FROM {lists} WHERE user_id IN {kept} "
                 "GROUP BY list_id, user_id)"
             )
             seg = table(project_id, "segment_members")
@@ -183,8 +191,8 @@ class Writes(WriterBase):
                     "WHERE t.user_id = m.member AND m.member <> m.survivor"
                 )
                 cur.execute(
-                    f"DELETE FROM {seg} WHERE user_id IN {survivors} AND rowid NOT IN "
-                    f"(SELECT min(rowid) FROM {seg} WHERE user_id IN {survivors} "
+                    f"DELETE FROM {seg} WHERE user_id IN {kept} AND rowid NOT IN "
+                    f"(SELECT min(rowid) FROM {seg} WHERE user_id IN {kept} "
                     "GROUP BY segment_id, version, user_id)"
                 )
             present = [
