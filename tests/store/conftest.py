@@ -1,5 +1,9 @@
 """The store contract suite: every test runs against every store URL in :data:`STORES`.
 
+The tests reach a store through ``opencdp.store.base`` only (no engine's client, no SQL text,
+no physical table name), with the catalog's ``Property`` objects of ``kit.py``, so that a new
+engine passing them behaves as the DuckDB store does, method by method.
+
 An engine that cannot do something a test asks says so with ``@notimpl(engine, raises=Exc)``:
 the test is then a strict ``xfail`` on that engine that must raise exactly ``Exc`` (so it
 starts failing, and the mark has to go, once the engine can).

@@ -1,57 +1,40 @@
-"""The store contract: what every engine's store does, checked through the interface only
-(``opencdp.store.base``) on a real store of each engine in :data:`STORES`.
-
-Writes, merges, imports, exports, list and segment members, checkpoints and batch markers, and
-above all: every write replayed with its key (the same rows, the same batch key) changes
-nothing, which is what lets the ingest flusher and the import pipeline replay a batch after a
-crash between "store written" and "progress recorded".
+"""The store contract, replay: checkpoints and batch markers, and every write replayed with
+its key (the same rows, the same batch key) changing nothing, which is what lets the ingest
+flusher and the import pipeline replay a batch after a crash between "store written" and
+"progress recorded". The other files of this suite cover the rest of the interface by area
+(writes, merges, imports, reads, exports, segments, isolation).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 import pytest
 
-from opencdp.catalog.model import Property
-from opencdp.catalog.types import PropertyType
-from opencdp.store.base import SEGMENT_ROWS, EventRows, ProfileRows, Store, StoreWriter
+from opencdp.store.base import SEGMENT_ROWS, EventRows, Store, StoreWriter
 from tests.store.conftest import Opener
-
-P = 1  # the project
-EMAIL, MOBILE = 10, 11  # identity keys (property ids)
-CITY = Property(12, "user", "city", PropertyType.STRING)
-SCORE = Property(13, "user", "score", PropertyType.NUMBER)
-TAGS = Property(14, "user", "tags", PropertyType.LIST)
-AMOUNT = Property(20, "event", "amount", PropertyType.NUMBER)
-USER_PROPS = [
-    Property(EMAIL, "user", "email", PropertyType.STRING, True),
-    Property(MOBILE, "user", "mobile", PropertyType.STRING, True),
+from tests.store.kit import (
+    AMOUNT,
     CITY,
+    EMAIL,
+    MOBILE,
     SCORE,
+    T0,
     TAGS,
-]
-T0 = 1_700_000_000_000_000  # epoch µs
-Write = Callable[[StoreWriter], Any]
-
-
-def write(store: Store, *steps: Write) -> list[Any]:
-    with store.writer() as w:
-        w.ensure_project(P)
-        w.ensure_columns(P, [*USER_PROPS, AMOUNT])
-        return [step(w) for step in steps]
+    USER_PROPS,
+    P,
+    Write,
+    profiles,
+    values,
+    write,
+)
 
 
 def twice(store: Store, *steps: Write) -> tuple[list[Any], list[Any]]:
     """Each step in one turn, then the same steps again: a replay."""
     return write(store, *steps), write(store, *steps)
-
-
-def profiles(rows: list[tuple[int, int, dict[int, Any]]]) -> ProfileRows:
-    return ProfileRows([u for u, _, _ in rows], [t for _, t, _ in rows], [v for _, _, v in rows])
 
 
 def events(rows: list[tuple[str, int, float]]) -> EventRows:
@@ -63,11 +46,6 @@ def events(rows: list[tuple[str, int, float]]) -> EventRows:
         [u for _, u, _ in rows],
         [{AMOUNT.id: a} for _, _, a in rows],
     )
-
-
-def values(store: Store, user_id: int) -> dict[int, Any] | None:
-    row = store.profile(P, user_id, USER_PROPS)
-    return None if row is None else dict(row["values"])
 
 
 # ---- checkpoints and batch markers ------------------------------------------------------------
