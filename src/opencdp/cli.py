@@ -541,7 +541,8 @@ def export_backfill(
     data_dir: Path | None,
     as_json: bool,
 ) -> None:
-    """Re-create the missing (or failed) exports of the closed periods between two days."""
+    """Queue the missing (or failed) exports of the closed periods between two days, to be
+    written by the server's export jobs; prints how many exports were queued."""
     body = {"from": from_, "to": to, "export_type": export_type}
     path = f"/projects/{_q(ref)}/exports/backfill"
     emit(Client(url, data_dir).call("POST", path, json=body, timeout=3600), as_json)

@@ -51,6 +51,7 @@ class Settings:
     export_retention_days: int = 15  # exports older than this are purged
     export_concurrency: int = 2  # export jobs running at once (the export lane's threads)
     export_round: int = 200  # due exports queued or running as jobs at once
+    export_run_wait: float = 60.0  # seconds the admin API waits for the exports it asked for
     segment_timeout: float = 120.0  # seconds one segment query may run (preview or refresh)
     segment_memory_bytes: int = 1 << 30  # working memory one segment query may take
     limits: Limits = field(default_factory=Limits)
@@ -121,6 +122,7 @@ _ENV_TYPES: dict[str, type] = {
     "export_retention_days": int,
     "export_concurrency": int,
     "export_round": int,
+    "export_run_wait": float,
     "max_body_bytes": int,
     "max_properties": int,
     "max_string_bytes": int,

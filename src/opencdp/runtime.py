@@ -139,6 +139,9 @@ class Runtime:
             concurrency=settings.export_concurrency,
             round_size=settings.export_round,
             retry_delay=timedelta(seconds=settings.scheduler_interval),
+            jobs=jobs,
+            run_wait=timedelta(seconds=settings.export_run_wait),
+            lease=timedelta(seconds=settings.job_lease_seconds),
         )
         jobs.register(JOB_KIND, exports.run_job, lane=EXPORT)
         metrics.export_backlog.set_function(lambda: exports.backlog)

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
@@ -48,6 +51,8 @@ log = logging.getLogger(__name__)
 
 
 JOB_KIND = "export"
+SURFACE = "admin"  # the surface of the export jobs the admin API and backfill queue
+_HOST = socket.gethostname()[:60]
 
 
 def job_key(project_id: int, period: Period) -> str:
@@ -57,6 +62,15 @@ def job_key(project_id: int, period: Period) -> str:
 
 class _Stopped(Exception):
     """The server is stopping: an export being written is left to the next start."""
+
+
+class _Lost(_Stopped):
+    """The writer's claim of the export expired and another writer took the export over."""
+
+
+def _writer_id() -> str:
+    """A new id for one writer's claim of an export (host, process, a random part)."""
+    return f"{_HOST}/{os.getpid()}/{uuid.uuid4().hex[:16]}"
 
 
 Key = tuple[int, str, str, datetime]  # project id, export type, data type, period start
@@ -79,8 +93,20 @@ class Exports:
         concurrency: int = 2,
         round_size: int = 200,
         retry_delay: timedelta = timedelta(seconds=30),
+        jobs: Jobs | None = None,
+        run_wait: timedelta = timedelta(seconds=60),
+        lease: timedelta = timedelta(seconds=30),
+        lease_clock: Callable[[], datetime] = t.utcnow,
     ) -> None:
+        """``jobs``: the queue that exports written on demand go through (:meth:`request`,
+        :meth:`backfill`); ``run_wait``: how long :meth:`request` waits for its job.
+        ``lease``: how long a writer's claim of an export lasts unless renewed (it is renewed
+        while the writer writes); ``lease_clock``: naive UTC now, for claims and retry times."""
         self._engine = engine
+        self.jobs = jobs
+        self.run_wait = run_wait
+        self.lease = lease
+        self.lease_clock = lease_clock
         self.workers = workers  # threads compressing parts
         self.concurrency = max(1, concurrency)  # exports the scheduler writes at once
         self.round_size = max(1, round_size)  # due exports taken per scheduler round
@@ -98,7 +124,6 @@ class Exports:
         self.stopping = threading.Event()  # set while the server stops: rounds end early
         self._busy: set[Key] = set()  # exports being written in this process
         self._busy_cond = threading.Condition()
-        self._failed: dict[Key, float] = {}  # failed exports: when to retry (monotonic)
         self._next_job_purge = 0.0  # (monotonic)
 
     # ---- periods -------------------------------------------------------------------------
@@ -198,25 +223,131 @@ class Exports:
         self.blobs.delete_prefix(export.project_id, f"{int(export.id)}.tmp/")
         self.blobs.delete_prefix(export.project_id, self._folder(export))
 
-    # ---- running -------------------------------------------------------------------------
-    def run(self, project_id: int, period: Period, data_type: str) -> Export:
-        """Write (or rewrite, if it failed) the export of one closed period and data type."""
-        if data_type not in self.layout:
-            raise invalid("data_type", f"unknown data type {data_type!r}")
+    # ---- on demand -----------------------------------------------------------------------
+    def run(
+        self, project_id: int, period: Period, data_type: str, wait: timedelta | None = None
+    ) -> Export:
+        """Have the export of one closed period and data type written (or rewritten, if it
+        failed) by an export job; the export as stored once the job ended or ``wait`` passed
+        (see :meth:`request`)."""
+        exports, _ = self.request(project_id, period, [data_type], wait)
+        return exports[0]
+
+    def request(
+        self,
+        project_id: int,
+        period: Period,
+        data_types: list[str],
+        wait: timedelta | None = None,
+    ) -> tuple[list[Export], Job | None]:
+        """Have the missing or failed exports of one closed period among ``data_types``
+        written by a job of the ``export`` lane, the period's job as the scheduler queues it,
+        and wait for it up to ``wait`` (default ``run_wait``). Where the period's job is
+        queued or running already (whichever process queued it), that job is waited for, and
+        if a requested export is still missing or failed after it, a job is queued again.
+        Published exports are left as they are.
+
+        Returns the exports as stored then, in the order asked (one that its job has not
+        written yet is ``running``; one that the job left unwritten, ``error`` with the job's
+        message), and the job that wrote them or is writing them (None: nothing to write)."""
+        for dt in data_types:
+            if dt not in self.layout:
+                raise invalid("data_type", f"unknown data type {dt!r}")
         if period.end > naive(self.clock()):
             raise invalid("export_date", "the period is not over yet")
         if period.end <= period.start:  # its export would take the next hour's place
             raise invalid("export_date", "no such hour in the project's time zone (DST)")
+        jobs = self._queue()
         project = self.catalog.project(project_id)
-        self._export_period(project, period, [data_type], self.barrier(), stop=None)
-        export = self.find(project_id, period, data_type)
-        assert export is not None
-        return export
+        deadline = time.monotonic() + (self.run_wait if wait is None else wait).total_seconds()
+        key = job_key(project_id, period)
+        job: Job | None = None
+        mine = False  # whether ``job`` was queued here
+        while todo := self._unpublished(project_id, period, data_types):
+            if job is not None and job.done:
+                if mine:
+                    break  # what it left is stored (a failed export says why)
+                job = None  # the period's job of another caller ended: queue one for these
+            if job is None:
+                params = {"export_type": period.export_type, "label": period.label}
+                try:
+                    job = jobs.submit(
+                        project_id, JOB_KIND, SURFACE, {**params, "data_types": todo}, dedupe=key
+                    )
+                    mine = True
+                except CdpError as exc:
+                    if exc.code is not Code.BUSY:
+                        raise
+                    job, mine = jobs.holder(key), False  # the period's job, queued or running
+                    if job is None and time.monotonic() < deadline:
+                        continue  # it ended meanwhile: look again
+                    if job is None:
+                        break
+            if time.monotonic() >= deadline:
+                break
+            job = _await(jobs, job, deadline)
+        current = self._current(project_id, period, data_types)
+        missing = [dt for dt in data_types if dt not in current]
+        if missing:
+            self._record(project, period, missing, job)
+            current = self._current(project_id, period, data_types)
+        return [current[dt] for dt in data_types], job
 
+    def _queue(self) -> Jobs:
+        if self.jobs is None:
+            raise RuntimeError("exports are written on demand by export jobs: no job queue")
+        return self.jobs
+
+    def _unpublished(self, project_id: int, period: Period, data_types: list[str]) -> list[str]:
+        """Those of ``data_types`` whose export of the period is missing, failed or running,
+        each once, in the layout's order."""
+        current = self._current(project_id, period, data_types)
+        return [
+            dt
+            for dt in self.layout.names
+            if dt in data_types
+            and (dt not in current or current[dt].state in (ExportState.ERROR, ExportState.RUNNING))
+        ]
+
+    def _record(
+        self, project: Project, period: Period, data_types: list[str], job: Job | None
+    ) -> None:
+        """Store the exports of ``data_types``, which ``job`` has not written (yet): running
+        while it is queued or running (taken by any writer, as after a stop), else failed
+        with its message."""
+        now = t.utcnow()
+        if job is not None and job.done:
+            state, error = ExportState.ERROR, job.message or "the export job ended without it"
+            retry: datetime | None = self.lease_clock() + self.retry_delay
+        else:
+            state, error, retry = ExportState.RUNNING, "", None
+        for dt in data_types:
+            with contextlib.suppress(sa.exc.IntegrityError), self._engine.begin() as conn:
+                conn.execute(  # (stored meanwhile by its writer: as it is)
+                    sa.insert(t.exports).values(
+                        project_id=project.id,
+                        export_type=period.export_type,
+                        data_type=dt,
+                        period_start=period.start,
+                        period_end=period.end,
+                        state=state,
+                        error=error[:500],
+                        attempts=0,
+                        rows=0,
+                        parts=None,
+                        format=project.export_format,
+                        created_at=now,
+                        retry_after=retry,
+                    )
+                )
+
+    # ---- writing -------------------------------------------------------------------------
     @contextmanager
     def _holding(self, keys: list[Key]) -> Iterator[None]:
-        """Exclusive use of these exports within the process (the scheduler's threads, the
-        admin API, backfill): taken all at once, so two holders never wait on each other."""
+        """Exclusive use of these exports among the threads of the process (the job workers,
+        ``schedule``'s threads): taken all at once, so two holders never wait on each other.
+        A thread that waited finds the export published and leaves it; across processes the
+        claim in the metadata DB (:meth:`_claim`) keeps writers apart."""
         with self._busy_cond:
             while any(k in self._busy for k in keys):
                 self._busy_cond.wait()
@@ -254,26 +385,27 @@ class Exports:
             if not todo:
                 return 0
             if not flushed:
+                failed = 0
                 for dt in todo:
-                    export = self._claim(project.id, period, dt)
-                    self._fail(export, "ingested records could not be flushed in time")
-                return len(todo)
+                    owner = _writer_id()
+                    export = self._claim(project.id, period, dt, owner)
+                    if export is not None:  # (else published, or another writer holds it)
+                        self._fail(export, "ingested records could not be flushed in time", owner)
+                        failed += 1
+                return failed
             try:
                 counts = self._counts(project, period, todo)
             except Exception:
                 log.exception("counting the rows of %s %s failed", period.export_type, period.label)
                 counts = {}  # unknown: every export is written in full
             empty = [dt for dt in todo if counts.get(dt) == 0]
-            if empty:
-                self._publish_empty(project, period, empty, current)
-            written = len(empty)
+            written = self._publish_empty(project, period, empty, current) if empty else 0
             for dt in todo:
                 if dt in empty:
                     continue
                 if stop is not None and stop.is_set():
                     break
-                self._write_one(project.id, period, dt, stop)
-                written += 1
+                written += self._write_one(project.id, period, dt, stop)
             return written
 
     def _current(self, project_id: int, period: Period, data_types: list[str]) -> dict[str, Export]:
@@ -313,32 +445,41 @@ class Exports:
 
     def _publish_empty(
         self, project: Project, period: Period, data_types: list[str], current: dict[str, Export]
-    ) -> None:
-        """Publish exports with no rows and no parts, in one metadata transaction."""
-        now = t.utcnow()
-        c = t.exports.c
+    ) -> int:
+        """Publish exports with no rows and no parts, in one metadata transaction; one stored
+        already (failed, or interrupted) is claimed first, and left to another writer that
+        holds it. Returns how many were published."""
+        now, c = t.utcnow(), t.exports.c
+        owner = _writer_id()
+        claimed: list[Export] = []
         for dt in data_types:
-            if dt in current:  # an earlier attempt's files, if any
-                self._delete_files(current[dt])
+            if dt in current:
+                export = self._claim(project.id, period, dt, owner)
+                if export is not None:
+                    self._delete_files(export)  # an earlier attempt's files, if any
+                    claimed.append(export)
         done = {
             "state": ExportState.FINISHED,
             "error": "",
             "rows": 0,
             "parts": [],
             "finished_at": now,
+            "owner": None,
+            "lease_until": None,
+            "retry_after": None,
         }
-        with self._engine.begin() as conn:
-            for dt in data_types:
-                if dt in current:
-                    conn.execute(
+        published = 0
+        try:
+            with self._engine.begin() as conn:
+                for export in claimed:
+                    published += conn.execute(
                         sa.update(t.exports)
-                        .where(
-                            c.id == current[dt].id,
-                            c.state.in_([ExportState.ERROR, ExportState.RUNNING]),
-                        )
-                        .values(attempts=current[dt].attempts + 1, **done)
-                    )
-                else:
+                        .where(c.id == export.id, c.owner == owner)
+                        .values(**done)
+                    ).rowcount
+                for dt in data_types:
+                    if dt in current:
+                        continue
                     conn.execute(
                         sa.insert(t.exports).values(
                             project_id=project.id,
@@ -352,44 +493,114 @@ class Exports:
                             **done,
                         )
                     )
-        for dt in data_types:
-            self._failed.pop((project.id, period.export_type, dt, period.start), None)
+                    published += 1
+        except sa.exc.IntegrityError:  # another writer stored one meanwhile: look again
+            for export in claimed:
+                self._let_go(export.id, owner)
+            current = self._current(project.id, period, data_types)
+            if all(dt in current for dt in data_types):
+                return self._publish_empty(project, period, data_types, current)
+            raise
+        return published
 
     def _write_one(
         self, project_id: int, period: Period, data_type: str, stop: threading.Event | None
-    ) -> None:
-        export = self._claim(project_id, period, data_type)
-        if export.state == ExportState.FINISHED:
-            return
+    ) -> bool:
+        """Claim an export and write it; whether it was written (published or failed) here
+        (not: published already, or another writer holds it)."""
+        owner = _writer_id()
+        export = self._claim(project_id, period, data_type, owner)
+        if export is None:
+            return False
         try:
-            parts, rows = self._write(export, stop)
+            parts, rows = self._write(export, stop, owner)
+        except _Lost:
+            log.warning("export %d: its claim expired and another writer took it", export.id)
+            return False
         except _Stopped:
             log.info("export %d interrupted by the stop; written at the next start", export.id)
-            return  # left RUNNING, as after a crash: the next round writes it again
+            self._let_go(export.id, owner)  # left RUNNING and free: any writer takes it again
+            return False
         except Exception as exc:
             log.exception("export %d failed", export.id)
             # (the engine's words, with properties named as their users know them)
-            self._fail(export, self.catalog.schema(export.project_id).named(describe(exc)))
-            return
-        self._update(
+            self._fail(export, self.catalog.schema(export.project_id).named(describe(exc)), owner)
+            return True
+        published = self._update(
             export.id,
+            owner,
             state=ExportState.FINISHED,
             error="",
             rows=rows,
             parts=[p.public() for p in parts],
             finished_at=t.utcnow(),
+            owner=None,
+            lease_until=None,
+            retry_after=None,
         )
-        self._failed.pop((project_id, period.export_type, data_type, period.start), None)
+        if not published:
+            log.warning("export %d: its claim expired before it was published", export.id)
+        return published
 
-    def _fail(self, export: Export, error: str) -> None:
-        self._update(export.id, state=ExportState.ERROR, error=error[:500])
-        key = (export.project_id, export.export_type, export.data_type, export.period_start)
-        self._failed[key] = time.monotonic() + self.retry_delay.total_seconds()
+    def _fail(self, export: Export, error: str, owner: str | None = None) -> None:
+        """Mark an export failed (``owner``: only while that writer holds it); the scheduler
+        tries it again after ``retry_delay``, whichever process it runs in."""
+        self._update(
+            export.id,
+            owner,
+            state=ExportState.ERROR,
+            error=error[:500],
+            owner=None,
+            lease_until=None,
+            retry_after=self.lease_clock() + self.retry_delay,
+        )
 
-    def _claim(self, project_id: int, period: Period, data_type: str) -> Export:
-        now = t.utcnow()
-        existing = self.find(project_id, period, data_type)
-        if existing is None:
+    def _defer(self, project_id: int, period: Period, data_types: list[str]) -> None:
+        """After a fault of the metadata DB or the store: the scheduler leaves the period's
+        unpublished exports of ``data_types`` for ``retry_delay`` (if that can be stored)."""
+        c = t.exports.c
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    sa.update(t.exports)
+                    .where(
+                        c.project_id == project_id,
+                        c.export_type == period.export_type,
+                        c.period_start == period.start,
+                        c.data_type.in_(data_types),
+                        c.state.in_([ExportState.ERROR, ExportState.RUNNING]),
+                    )
+                    .values(retry_after=self.lease_clock() + self.retry_delay)
+                )
+        except Exception:  # the metadata DB failing still: tried at the next tick
+            log.exception("the retry time of exports could not be stored")
+
+    @staticmethod
+    def _claimable(now: datetime) -> sa.ColumnElement[bool]:
+        """An export a writer may take: failed, or running with no writer holding it (its
+        claim expired, or was let go at a stop)."""
+        c = t.exports.c
+        return sa.or_(
+            c.state == ExportState.ERROR,
+            sa.and_(
+                c.state == ExportState.RUNNING,
+                sa.or_(c.lease_until.is_(None), c.lease_until <= now),
+            ),
+        )
+
+    def _claim(
+        self, project_id: int, period: Period, data_type: str, owner: str | None = None
+    ) -> Export | None:
+        """Take an export for the writer ``owner`` (default: a new id) until ``lease`` from
+        now: insert it ``running``, or, in one conditional ``UPDATE``, take it where it is
+        failed or running with no writer holding it. The database applies either to one
+        writer only (a unique key; a row that no longer matches the condition is not
+        updated), so two writers, in any processes, never hold one export. Returns it as
+        claimed, or None: published already, or another writer holds it."""
+        owner = owner or _writer_id()
+        now = self.lease_clock()
+        held = {"state": ExportState.RUNNING, "owner": owner, "lease_until": now + self.lease}
+        if self.find(project_id, period, data_type) is None:
             try:
                 with self._engine.begin() as conn:
                     conn.execute(
@@ -399,24 +610,48 @@ class Exports:
                             data_type=data_type,
                             period_start=period.start,
                             period_end=period.end,
-                            state=ExportState.RUNNING,
                             error="",
                             attempts=1,
                             rows=0,
                             parts=None,
                             format=self.catalog.project(project_id).export_format,
-                            created_at=now,
+                            created_at=t.utcnow(),
+                            **held,
                         )
                     )
+                return self.find(project_id, period, data_type)
             except sa.exc.IntegrityError:
-                pass  # another worker claimed it first
-            found = self.find(project_id, period, data_type)
-            assert found is not None
-            return found
-        if existing.state in (ExportState.ERROR, ExportState.RUNNING):
-            self._update(existing.id, state=ExportState.RUNNING, attempts=existing.attempts + 1)
-            return self.get(project_id, existing.id)
-        return existing
+                pass  # stored meanwhile by another writer: taken below if it may be
+        c = t.exports.c
+        with self._engine.begin() as conn:
+            taken = conn.execute(
+                sa.update(t.exports)
+                .where(
+                    c.project_id == project_id,
+                    c.export_type == period.export_type,
+                    c.data_type == data_type,
+                    c.period_start == period.start,
+                    self._claimable(now),
+                )
+                .values(attempts=c.attempts + 1, **held)
+            ).rowcount
+        return self.find(project_id, period, data_type) if taken == 1 else None
+
+    def _renew(self, export_id: int, owner: str) -> bool:
+        """Extend ``owner``'s claim of an export by a full ``lease``; False if it is lost."""
+        c = t.exports.c
+        with self._engine.begin() as conn:
+            done = conn.execute(
+                sa.update(t.exports)
+                .where(c.id == export_id, c.owner == owner, c.state == ExportState.RUNNING)
+                .values(lease_until=self.lease_clock() + self.lease)
+            )
+        return bool(done.rowcount == 1)
+
+    def _let_go(self, export_id: int, owner: str) -> None:
+        """Give up ``owner``'s claim of an export, leaving it running: any writer takes it."""
+        with contextlib.suppress(Exception):  # (else its claim expires)
+            self._update(export_id, owner, owner=None, lease_until=None)
 
     # ---- scheduling ----------------------------------------------------------------------
     def periods(
@@ -431,18 +666,7 @@ class Exports:
         export is missing or failed: after downtime, all the missed ones."""
         now = naive(now)
         start = max(naive_utc(project.created_at), now - self.retention)
-        c = t.exports.c
-        with self._engine.connect() as conn:
-            done = {
-                (r.export_type, r.data_type, r.period_start)
-                for r in conn.execute(
-                    sa.select(c.export_type, c.data_type, c.period_start).where(
-                        c.project_id == project.id,
-                        c.state.in_([ExportState.FINISHED, ExportState.PURGED]),
-                        c.period_start >= start - timedelta(days=1),
-                    )
-                )
-            }
+        done = self._published(project.id, start)
         out = []
         for export_type in EXPORT_TYPES:
             for period in self.periods(project, export_type, start, now - self.delay):
@@ -473,15 +697,42 @@ class Exports:
             return 0
         return self._execute(due[:limit], self.stopping, True)
 
+    def _published(self, project_id: int, start: datetime) -> set[tuple[str, str, datetime]]:
+        """The published (or purged) exports of a project from about ``start`` on: export
+        type, data type and period start of each."""
+        c = t.exports.c
+        with self._engine.connect() as conn:
+            return {
+                (r.export_type, r.data_type, r.period_start)
+                for r in conn.execute(
+                    sa.select(c.export_type, c.data_type, c.period_start).where(
+                        c.project_id == project_id,
+                        c.state.in_([ExportState.FINISHED, ExportState.PURGED]),
+                        c.period_start >= start - timedelta(days=1),
+                    )
+                )
+            }
+
+    def _waiting(self) -> set[Key]:
+        """The exports that failed and wait out ``retry_delay`` (in the metadata DB: the
+        scheduler of every process leaves them)."""
+        c = t.exports.c
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(c.project_id, c.export_type, c.data_type, c.period_start).where(
+                    c.retry_after > self.lease_clock()
+                )
+            ).all()
+        return {(r.project_id, r.export_type, r.data_type, r.period_start) for r in rows}
+
     def _due_everywhere(self, now: datetime) -> list[tuple[Project, Period, str]]:
         """The due exports of every project, in the order their periods closed, but for the
         failed ones waiting out ``retry_delay``."""
-        clock = time.monotonic()
-        self._failed = {k: v for k, v in self._failed.items() if v > clock}
+        waiting = self._waiting()
         due: list[tuple[Project, Period, str]] = []
         for project in self.catalog.projects():
             for period, dt in self.due(project, now):
-                if (project.id, period.export_type, dt, period.start) not in self._failed:
+                if (project.id, period.export_type, dt, period.start) not in waiting:
                     due.append((project, period, dt))
         due.sort(key=self._closing_order)
         return due
@@ -529,18 +780,17 @@ class Exports:
         period = self.period(project, str(job.params["export_type"]), str(job.params["label"]))
         named = job.params.get("data_types", self.layout.names)
         data_types = [dt for dt in self.layout.names if dt in named]
-        if not self.barrier():
-            return Outcome(False, "ingested records could not be flushed in time; retried later")
+        flushed = self.barrier()  # (if not, the exports fail, and are tried again later)
         try:
-            written = self._export_period(project, period, data_types, True, progress.cancelled)
+            written = self._export_period(project, period, data_types, flushed, progress.cancelled)
         except Exception as exc:  # the metadata DB or the store failing: retried later
             log.exception("exports of %s %s failed", period.export_type, period.label)
-            retry = time.monotonic() + self.retry_delay.total_seconds()
-            for dt in data_types:
-                self._failed[(project.id, period.export_type, dt, period.start)] = retry
+            self._defer(project.id, period, data_types)
             return Outcome(False, describe(exc))
         if progress.cancelled.is_set():
             raise Interrupted  # (what is left is written when the job runs again)
+        if not flushed:
+            return Outcome(False, "ingested records could not be flushed in time; retried later")
         return Outcome(True, f"{written} exports written", rows_read=written)
 
     def _execute(
@@ -564,9 +814,7 @@ class Exports:
                 return self._export_period(project, period, dts, flushed, stop)
             except Exception:  # the metadata DB or the store failing: retried later
                 log.exception("exports of %s %s failed", period.export_type, period.label)
-                retry = time.monotonic() + self.retry_delay.total_seconds()
-                for dt in dts:
-                    self._failed[(project.id, period.export_type, dt, period.start)] = retry
+                self._defer(project.id, period, dts)
                 return 0
 
         if self.concurrency == 1 or len(periods) == 1:
@@ -583,32 +831,59 @@ class Exports:
     def backfill(
         self, project: Project, start: datetime, end: datetime, export_type: str | None = None
     ) -> int:
-        """Write the missing or failed exports of the closed periods in ``[start, end)``."""
+        """Queue the missing or failed exports of the closed periods in ``[start, end)``
+        (within retention, past the export delay) as export jobs, one per period, the
+        period's job as the scheduler queues it, oldest first. Returns how many exports are
+        queued: in the jobs queued here, and those of periods whose job was queued or running
+        already (an export such a job does not name is queued by the scheduler's next tick
+        after it)."""
+        jobs = self._queue()
         now = naive(self.clock())
         start = max(start, naive_utc(project.created_at), now - self.retention)
         end = min(end, now - self.delay)
+        done = self._published(project.id, start)
         todo = [
-            (project, period, dt)
+            (period, [dt for dt in self.layout.names if (et, dt, period.start) not in done])
             for et in ([export_type] if export_type else list(EXPORT_TYPES))
             for period in self.periods(project, et, start, end)
-            for dt in self.layout.names
         ]
-        todo.sort(key=self._closing_order)
-        if not todo:
-            return 0
-        return self._execute(todo, None, self.barrier())
+        todo.sort(key=lambda item: self._closing_order((project, item[0], self.layout.names[0])))
+        queued = 0
+        for period, dts in todo:
+            if not dts:
+                continue
+            params = {"export_type": period.export_type, "label": period.label, "data_types": dts}
+            try:
+                jobs.submit(
+                    project.id, JOB_KIND, SURFACE, params, dedupe=job_key(project.id, period)
+                )
+            except CdpError as exc:
+                if exc.code is not Code.BUSY:
+                    raise  # (else the period's job is queued or running already)
+            queued += len(dts)
+        return queued
 
-    def _update(self, export_id: int, **values: Any) -> None:
+    def _update(self, export_id: int, holder: str | None, /, **values: Any) -> bool:
+        """Update an export (``holder``: only while that writer holds it); whether it was."""
+        c = t.exports.c
+        where = (
+            c.id == export_id if holder is None else sa.and_(c.id == export_id, c.owner == holder)
+        )
         with self._engine.begin() as conn:
-            conn.execute(sa.update(t.exports).where(t.exports.c.id == export_id).values(**values))
+            return bool(conn.execute(sa.update(t.exports).where(where).values(**values)).rowcount)
 
-    def _write(self, export: Export, stop: threading.Event | None = None) -> tuple[list[Part], int]:
+    def _write(
+        self, export: Export, stop: threading.Event | None = None, owner: str | None = None
+    ) -> tuple[list[Part], int]:
         """Write an export's parts and manifest (each a blob, committed whole) in place of any
-        an earlier attempt left; it is published by the caller, in the metadata DB."""
+        an earlier attempt left; it is published by the caller, in the metadata DB. ``owner``:
+        the writer's claim, renewed between batches (:class:`_Lost` once another writer has
+        taken the export: its files are then the other writer's)."""
         self._delete_files(export)
         project, folder = export.project_id, self._folder(export)
         stem = f"{export.data_type}_{export.export_type}_{export.period_start:%Y%m%d%H}_UTC"
-        batches = _until(self._batches(export), stop)
+        keep = None if owner is None else _Keeper(self, export.id, owner)
+        batches = _until(self._batches(export), stop, keep)
         try:
             if export.format == "parquet":
                 parts = ParquetParts(self.blobs, project, folder, stem, self.part_bytes).write(
@@ -638,6 +913,8 @@ class Exports:
             }
             text = orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
             self.blobs.put(project, folder + "manifest.json", [text])
+        except _Lost:
+            raise
         except BaseException:
             with contextlib.suppress(Exception):
                 self._delete_files(export)
@@ -708,14 +985,45 @@ class Exports:
         )
 
 
+class _Keeper:
+    """Renews a writer's claim of an export as it writes, a third of a lease apart."""
+
+    def __init__(self, exports: Exports, export_id: int, owner: str) -> None:
+        self._exports, self._id, self._owner = exports, export_id, owner
+        self._every = exports.lease.total_seconds() / 3
+        self._next = time.monotonic() + self._every
+
+    def __call__(self) -> None:
+        if time.monotonic() < self._next:
+            return
+        if not self._exports._renew(self._id, self._owner):
+            raise _Lost
+        self._next = time.monotonic() + self._every
+
+
 def _until(
-    batches: Iterator[pa.RecordBatch], stop: threading.Event | None
+    batches: Iterator[pa.RecordBatch],
+    stop: threading.Event | None,
+    keep: Callable[[], None] | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """``batches``, raising :class:`_Stopped` between two once ``stop`` is set."""
+    """``batches``, raising :class:`_Stopped` between two once ``stop`` is set, and renewing
+    the writer's claim between two (``keep``)."""
     for batch in batches:
         if stop is not None and stop.is_set():
             raise _Stopped
+        if keep is not None:
+            keep()
         yield batch
+
+
+def _await(jobs: Jobs, job: Job, deadline: float) -> Job:
+    """``job`` once it is done, or as it is at ``deadline`` (monotonic seconds)."""
+    pause = 0.02
+    while not job.done and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.5)
+        job = jobs.get(job.project_id, job.id)
+    return job
 
 
 def _segments_refreshed(

@@ -328,6 +328,16 @@ class Jobs:
             ).all()
         return {str(r[0]) for r in rows}
 
+    def holder(self, key: str) -> Job | None:
+        """The active job with the de-duplication key ``key``, if any (whichever process
+        queued it)."""
+        c = t.jobs.c
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.jobs).where(c.dedupe_key == key, c.state.in_(ACTIVE)).limit(1)
+            ).first()
+        return None if row is None else Job.from_row(row)
+
     def purge(self, kind: str, before: datetime) -> int:
         """Delete the finished jobs of ``kind`` that finished before ``before``."""
         c = t.jobs.c

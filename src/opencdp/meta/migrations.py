@@ -124,6 +124,19 @@ def _v11_segment_kinds(conn: sa.Connection) -> None:
         )
 
 
+def _v12_export_claims(conn: sa.Connection) -> None:
+    """Exports get the claim of their writer (owner, lease_until) and a retry time, so that
+    every process sees who writes an export and when a failed one is tried again."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns("exports")}
+    timestamp = "DATETIME" if conn.dialect.name == "sqlite" else "TIMESTAMP"
+    added = {"owner": "VARCHAR(160)", "lease_until": timestamp, "retry_after": timestamp}
+    for name, ddl in added.items():
+        if name not in have:  # (a database created since has them from the table definition)
+            conn.execute(sa.text(f"ALTER TABLE exports ADD COLUMN {name} {ddl}"))
+    for index in tables.exports.indexes:
+        index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _v1_initial),
     (2, _v2_files_and_jobs),
@@ -136,6 +149,7 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (9, _v9_job_leases),
     (10, _v10_progress),
     (11, _v11_segment_kinds),
+    (12, _v12_export_claims),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -231,9 +231,15 @@ exports = sa.Table(
     sa.Column("format", sa.String(16), nullable=False, default="csv"),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("finished_at", sa.DateTime, nullable=True),
+    # The writer holding a ``running`` export (added by migration 12): its id and the end of its
+    # claim, renewed as it writes; a claim that expired (its writer died) may be taken over.
+    sa.Column("owner", sa.String(160), nullable=True),
+    sa.Column("lease_until", sa.DateTime, nullable=True),
+    sa.Column("retry_after", sa.DateTime, nullable=True),  # a failed export waits until then
     sa.UniqueConstraint(
         "project_id", "export_type", "data_type", "period_start", name="uq_export_period"
     ),
+    sa.Index("ix_exports_retry_after", "retry_after"),
 )
 
 # Progress of the ingest flusher (added by migration 10): the highest log LSN whose records the

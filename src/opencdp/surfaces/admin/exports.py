@@ -1,4 +1,5 @@
-"""Raw-data exports written on demand: one closed period, or a backfill of several."""
+"""Raw-data exports written on demand, by export jobs: one closed period, or a backfill of
+several."""
 
 from __future__ import annotations
 
@@ -55,24 +56,25 @@ def router(rt: Runtime) -> APIRouter:
 
     @r.post("/projects/{ref}/exports")
     async def run_export(project: P, body: ExportRequest) -> list[dict[str, Any]]:
-        """Write the exports of one closed period now (all data types, or those given); an
-        export already published is left as it is."""
+        """Have the exports of one closed period written now (all data types, or those given)
+        by an export job, and answer them once it ended, or as they are after
+        ``OPENCDP_EXPORT_RUN_WAIT`` (``running``), with the job's id; an export already
+        published is left as it is."""
         check.compact_time(body.export_date, "export_date")
         period = rt.exports.period(project, body.export_type, body.export_date)
         types = body.data_types or list(rt.exports.layout.names)
         for dt in types:
             if dt not in rt.exports.layout:
                 raise invalid("data_types", f"unknown data type {dt!r}")
-        out = []
-        for dt in types:
-            export = await run_in_threadpool(rt.exports.run, project.id, period, dt)
-            out.append(_export(export))
-        return out
+        exports, job = await run_in_threadpool(rt.exports.request, project.id, period, types)
+        job_id = None if job is None else job.id
+        return [{**_export(e), "job_id": job_id} for e in exports]
 
     @r.post("/projects/{ref}/exports/backfill")
     async def backfill_exports(project: P, body: BackfillRequest) -> dict[str, Any]:
-        """Write the missing or failed exports of the closed periods from ``from`` to ``to``
-        (project-local dates, ``to`` included)."""
+        """Queue export jobs writing the missing or failed exports of the closed periods from
+        ``from`` to ``to`` (project-local dates, ``to`` included); answers how many exports
+        are queued."""
         tz = project.tz
         first = datetime.combine(check.day(body.from_, "from"), datetime.min.time())
         last = datetime.combine(check.day(body.to, "to"), datetime.min.time())
@@ -80,9 +82,7 @@ def router(rt: Runtime) -> APIRouter:
             raise invalid("to", "comes before from")
         start = first.replace(tzinfo=tz).astimezone(UTC).replace(tzinfo=None)
         end = (last + timedelta(days=1)).replace(tzinfo=tz).astimezone(UTC).replace(tzinfo=None)
-        written = await run_in_threadpool(
-            rt.exports.backfill, project, start, end, body.export_type
-        )
-        return {"written": written}
+        queued = await run_in_threadpool(rt.exports.backfill, project, start, end, body.export_type)
+        return {"queued": queued}
 
     return r
