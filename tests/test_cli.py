@@ -581,12 +581,12 @@ def test_segment_commands(server: LiveServer, created: dict[str, Any], tmp_path:
 
 def test_export_backfill(server: LiveServer, created: dict[str, Any]) -> None:
     name = created["name"]
-    # A new project has no closed period yet: nothing to write, and saying so is a success.
+    # A new project has no closed period yet: nothing to queue, and saying so is a success.
     out = ok_json(
         run(server, "export", "backfill", "--project", name, "--from", "2024-01-01",
             "--to", "2024-01-02", "--json")
     )  # fmt: skip
-    assert out == {"written": 0}
+    assert out == {"queued": 0}
     err = failed(
         run(server, "export", "backfill", "--project", name, "--from", "01/02/2024", "--to", "x"),
         1, "validation_failed",

@@ -21,6 +21,7 @@ from opencdp.config import Settings
 from opencdp.exports.columns import COLUMNS, LAYOUT
 from opencdp.exports.content import Export, ExportState, ExportStatus
 from opencdp.exports.periods import EXPORT_TYPES
+from opencdp.exports.service import JOB_KIND
 from opencdp.ingest.records import build_record
 from opencdp.meta import tables as t
 from opencdp.runtime import Runtime
@@ -98,15 +99,27 @@ def test_scheduled_exports_catch_up_and_expire(rt: Runtime) -> None:
     assert exports.status(project, first, "custom_event")[0] is ExportStatus.ABSENT
 
 
-def test_backfill_writes_only_what_is_missing(rt: Runtime) -> None:
+def settle(rt: Runtime) -> None:
+    """Wait until no export job is queued or running (the runtime's workers run them)."""
+    guard = time.monotonic() + 600  # a hang guard, not a time limit
+    while rt.jobs.active_keys(JOB_KIND):
+        assert time.monotonic() < guard, "the export jobs did not end"
+        time.sleep(0.05)
+
+
+def test_backfill_queues_only_what_is_missing(rt: Runtime) -> None:
     project, _ = rt.catalog.create_project(f"b{time.monotonic_ns()}")
     events(rt, project.id, 10)
     now = datetime.now(UTC)
     rt.exports.clock = lambda: now + timedelta(days=2)
     start = now.replace(tzinfo=None) - timedelta(hours=1)
     end = (now + timedelta(days=2)).replace(tzinfo=None)
-    written = rt.exports.backfill(project, start, end, "day")
-    assert written >= len(LAYOUT.names)  # the day of the events, every data type
+    queued = rt.exports.backfill(project, start, end, "day")
+    assert queued >= len(LAYOUT.names)  # the day of the events, every data type
+    jobs = rt.jobs.list(project.id, kind=JOB_KIND)
+    assert len(jobs) == queued // len(LAYOUT.names)  # one job per period
+    assert {j.surface for j in jobs} == {"admin"}
+    settle(rt)
     assert rt.exports.backfill(project, start, end, "day") == 0  # nothing missing any more
     day = rt.exports.period(project, "day", now.astimezone(project.tz).strftime("%Y%m%d"))
     export = rt.exports.find(project.id, day, "custom_event")
@@ -327,8 +340,11 @@ def test_an_export_interrupted_by_a_crash_or_a_stop_is_published_once_later(
     exports.clock = lambda: later
     hour = exports.period(project, "hour", now.astimezone(project.tz).strftime("%Y%m%d%H"))
     # A crash mid-export: the claim is RUNNING and half-written parts lie in the temporary
-    # folder.
+    # folder. While the claim lasts no other writer takes the export; then it expires.
     crashed = exports._claim(project.id, hour, "custom_event")
+    assert crashed is not None and exports._claim(project.id, hour, "custom_event") is None
+    expired = t.utcnow() + exports.lease * 2
+    exports.lease_clock = lambda: expired
     tmp = rt.settings.data_dir / "exports" / str(project.id) / f"{crashed.id}.tmp"
     tmp.mkdir(parents=True)
     (tmp / "custom_event_part0001.csv.gz").write_bytes(b"half a part")
@@ -402,6 +418,9 @@ def test_the_scheduler_and_a_backfill_at_once_write_each_export_once(quiet: Runt
         pass
     for thread in backfills:
         thread.join()
+    settle(rt)  # the jobs the backfills queued
+    while exports.schedule(later):  # (what their periods' jobs left, if any)
+        pass
     rows = [e for e in export_rows(rt) if e.project_id in {p.id for p in projects}]
     keys = Counter((e.project_id, e.export_type, e.data_type, e.period_start) for e in rows)
     assert len(keys) > 100 and set(keys.values()) == {1}
