@@ -214,6 +214,8 @@ def test_a_closed_hour_exports_exactly_what_was_received(gio: Client, server: Se
         assert r.status_code == 200, r.text
         by_type = {e["data_type"]: e for e in r.json()}
         assert by_type["custom_event"]["rows"] == 400 and by_type["visit"]["rows"] == 200
+        # Written by one export job, the period's.
+        assert len({e["job_id"] for e in r.json()}) == 1 and r.json()[0]["job_id"] > 0
         assert by_type["user"]["rows"] == 40
         body = gio.insights(f"hour/custom_event/{gio.ai}/{hour}.json", expire=10).json()
         assert body["status"] == "FINISHED", body
@@ -253,6 +255,7 @@ def test_a_closed_hour_exports_exactly_what_was_received(gio: Client, server: Se
             headers=AUTH,
         ).json()
         assert again[0]["parts"] == by_type["custom_event"]["parts"]
+        assert again[0]["job_id"] is None  # nothing to write
         # Past retention the files are gone: NOT_EXISTS, and the links serve nothing.
         server.shift = timedelta(days=16)
         server.runtime.exports.purge()

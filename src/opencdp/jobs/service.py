@@ -16,7 +16,7 @@ state; the runner learns it lost the job (:class:`LeaseLost`, ``Progress.cancell
 stops. Nothing is re-queued at start-up: the leases of a crashed process expire.
 
 **Lanes.** Jobs run in lanes, each with its own worker threads: imports and segment refreshes
-in ``main``, under the per-project limits of :class:`JobLimits`; scheduled exports in
+in ``main``, under the per-project limits of :class:`JobLimits`; exports in
 ``export``, so that a project's imports never hold up the exports. Within a lane, the claim
 takes the job of the project with the fewest jobs running in that lane first, then the oldest.
 
