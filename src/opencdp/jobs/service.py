@@ -409,9 +409,10 @@ class Jobs:
             .where(j.c.lane == lane, claimable(j.c), running < self._lane_limit(lane))
             .order_by(running, j.c.id)
             .limit(1)
+            # PostgreSQL: concurrent claims skip a taken row. SQLite has no FOR UPDATE, and
+            # SQLAlchemy leaves it out there: its single writer lock serializes the claims.
+            .with_for_update(skip_locked=True, of=j)
         )
-        if self._engine.dialect.name == "postgresql":
-            candidate = candidate.with_for_update(skip_locked=True, of=j)
         take = sa.update(t.jobs).values(
             state=RUNNING,
             owner=owner,

@@ -63,12 +63,13 @@ def _v9_job_leases(conn: sa.Connection) -> None:
     """Jobs get a lease (owner, lease_until), a lane, a retry time, a count of lost leases and
     a de-duplication key; the catalog gets its version number."""
     have = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
+    timestamp = sa.DateTime().compile(dialect=conn.dialect)  # the database's own spelling
     added = {
         "lane": "VARCHAR(16) NOT NULL DEFAULT 'main'",
         "owner": "VARCHAR(160)",
-        "lease_until": "DATETIME" if conn.dialect.name == "sqlite" else "TIMESTAMP",
+        "lease_until": timestamp,
         "lost_leases": "INTEGER NOT NULL DEFAULT 0",
-        "run_after": "DATETIME" if conn.dialect.name == "sqlite" else "TIMESTAMP",
+        "run_after": timestamp,
         "dedupe_key": "VARCHAR(200)",
     }
     for name, ddl in added.items():
