@@ -129,7 +129,7 @@ def _v12_export_claims(conn: sa.Connection) -> None:
     """Exports get the claim of their writer (owner, lease_until) and a retry time, so that
     every process sees who writes an export and when a failed one is tried again."""
     have = {c["name"] for c in sa.inspect(conn).get_columns("exports")}
-    timestamp = "DATETIME" if conn.dialect.name == "sqlite" else "TIMESTAMP"
+    timestamp = sa.DateTime().compile(dialect=conn.dialect)  # the database's own spelling
     added = {"owner": "VARCHAR(160)", "lease_until": timestamp, "retry_after": timestamp}
     for name, ddl in added.items():
         if name not in have:  # (a database created since has them from the table definition)
