@@ -388,3 +388,25 @@ def test_admin_envelope(server: LiveServer) -> None:
     admin_error(r, 400, "validation_failed", "body")
     r = httpx.get(server.url + "/admin/v1/nothing", headers=auth)
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+
+
+def test_a_trailing_slash_is_not_found_in_the_vendors_envelope(v: Vendors) -> None:
+    """No surface redirects a path it does not serve (Starlette's default for a trailing
+    slash): the client gets the vendor's "not found"."""
+    token = v.wechat()
+    r = v.http.post("/tcb/upload/0%2F", files={"file": ("f", b"x")})
+    assert r.status_code == 404 and r.json()["errcode"] == 40097, r.text
+    r = v.http.post("/tcb/databasemigrateimport/", params={"access_token": token})
+    assert r.status_code == 404 and r.json()["errcode"] == 40097, r.text
+    r = v.http.post("/bulk/v1/leads.json/", headers=v.marketo())
+    assert r.status_code == 200 and r.headers.get("location") is None, r.text
+    assert marketo_error(r)["code"], r.text
+    r = v.td("POST", "/open/user-cluster-list/")
+    assert r["return_code"] == -1002, r
+    r = v.http.get(f"/v2/insights/day/{v.info['key']}/20240101.json/", headers=v.gio())
+    assert r.status_code == 404 and r.json()["status"] == "error", r.text
+    r = v.http.post("/api/v1/api/import/", content=b"{}")
+    assert r.status_code != 307 and r.headers.get("location") is None, r.text
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    r = v.http.get("/admin/v1/projects/", headers=auth)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text

@@ -234,11 +234,15 @@ def surface_app(
             return http_error(request, exc.status_code, str(exc.detail))
         return http_error(request, 500, "")
 
-    return Starlette(
+    app = Starlette(
         routes=list(routes),
         exception_handlers={HTTPException: on_http},
         middleware=[Middleware(Guard, internal=internal, logger=logger)],
     )
+    # A path the surface does not serve is the vendor's "not found", never a redirect to a
+    # neighbouring path (Starlette's default for a trailing slash), which no client expects.
+    app.router.redirect_slashes = False
+    return app
 
 
 def wrong_method(request: Request) -> str:

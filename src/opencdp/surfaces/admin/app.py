@@ -61,6 +61,7 @@ def build(rt: Runtime) -> FastAPI:
         docs_url="/admin/docs",
         openapi_url="/admin/openapi.json",
         redoc_url=None,
+        redirect_slashes=False,  # an unknown path is not_found, never a redirect
     )
     limits = rt.settings.limits
 
