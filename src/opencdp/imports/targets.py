@@ -507,45 +507,89 @@ class EventsTarget(_RecordTarget):
             res.failures[rows[eid]] = f"event_id: {eid!r} already exists"
 
 
-class UsersByIdentityTarget(_RecordTarget):
+class UsersByIdentityTarget(Target):
     """Profiles matched by every identity key they carry (users that turn out to be one are
-    merged), as the single-record API does with ``type: user``."""
+    merged), as the single-record API does with ``type: user``: typed column by column and
+    resolved by the store for the whole batch (:meth:`StoreWriter.resolve_profiles`)."""
 
+    batch_rows = 100_000
+    batch_bytes = 32 << 20
+    read_ahead = True
     reserved = frozenset({"_id"})
 
-    def _records(
-        self, batch: RowBatch, res: BatchResult, columns: list[Property]
-    ) -> list[tuple[int, Record]]:
-        project = self.catalog.project(self.project_id)
+    def prepare(self, batch: RowBatch) -> Prepared:
+        p = Prepared(batch)
+        p.data = self._typed(batch, p.res)
+        p.columns = p.data[1]
+        return p
+
+    def _typed(self, batch: RowBatch, res: BatchResult) -> tuple[pa.Table, list[Property]]:
+        """The batch's good rows as typed columns (each identity key's normalised values in
+        ``_k<key id>``) and its properties; a row without an identity value fails as a
+        record without one does."""
         schema = self._schema()
         props = self._columns(schema, "user", batch, {"_id"}, res)
-        columns.extend(props.values())
         schema = self._schema()
-        lists = {n for n, p in props.items() if p.type is PropertyType.LIST}
-        keep = set(props) | set(schema.identity_keys)
-        received = time.time_ns() // 1000
-        out: list[tuple[int, Record]] = []
-        for i, row in enumerate(batch.rows.to_pylist()):
-            if i in res.failures:
-                continue
-            properties = {k: v for k, v in row.items() if k in keep and v is not None}
-            doc = {"type": "user", "properties": properties}
-            record = self._build(doc, lists, project, schema, received, i, res)
-            if record is not None:
-                out.append((i, record))
-        return out
+        n = batch.rows.num_rows
+        data: dict[str, pa.Array] = {"_row": batch.row_numbers}
+        trimmed: dict[str, pa.Array] = {}
+        has_value = pa.repeat(False, n)
+        for name, prop in schema.identity_keys.items():
+            if name in batch.columns:
+                trimmed[name] = _trimmed(batch.rows.column(name).combine_chunks())
+                values = _normalize(trimmed[name], name)
+                data[f"_k{prop.id}"] = values
+                has_value = pc.or_(has_value, pc.is_valid(values))
+        keep = [n for n in batch.columns if n in props or n in schema.identity_keys]
+        for i in pc.indices_nonzero(pc.invert(has_value)).to_pylist():
+            res.failures[i] = self._no_identity(batch, keep, schema, i)
+        for name, prop in props.items():
+            column = trimmed.get(name)
+            if column is None:
+                column = batch.rows.column(name).combine_chunks()
+            data[prop.column] = coerce_column(
+                prop.type, column, name, self.limits, self.tz, res.failures, res.warnings
+            )
+        now = time.time_ns() // 1000
+        data["_touched"] = pa.repeat(pa.scalar(now, pa.timestamp("us")), n)
+        table = pa.table(data)
+        if res.failures:
+            table = table.filter(pa.array([i not in res.failures for i in range(n)]))
+        return table, list(props.values())
 
-    def _screen(self, w: StoreWriter, records: list[tuple[int, Record]], res: BatchResult) -> None:
-        known = w.lookup_identities(
-            self.project_id, list(dict.fromkeys(t for _, r in records for t in r.tokens))
-        )
-        seen: set[tuple[int, str]] = set()
-        for i, r in records:
-            if any(t in known for t in r.tokens):
-                res.failures[i] = "a profile with one of these identities already exists"
-            elif any(t in seen for t in r.tokens):
-                res.failures[i] = "repeats the identity of an earlier row of the file"
-            seen.update(r.tokens)
+    @staticmethod
+    def _no_identity(batch: RowBatch, keep: list[str], schema: Schema, i: int) -> str:
+        """Why row ``i``, which has no identity value, fails (as a record would)."""
+        row = {c: batch.rows.column(c)[i].as_py() for c in keep}
+        if all(v is None for v in row.values()):
+            return "properties: is missing or empty"
+        present = [k for k in schema.identity_keys if row.get(k) is not None]
+        if not present:
+            keys = ", ".join(schema.identity_keys)
+            return f"properties: no identity key is present (identity keys: {keys})"
+        return f"properties: identity keys {', '.join(present)} are present but all empty"
+
+    def _run(self, w: StoreWriter, p: Prepared, write: bool) -> BatchResult:
+        batch, res = p.batch, p.res
+        table, props = p.data
+        schema = self._schema()
+        keys = [k.id for n, k in schema.identity_keys.items() if n in batch.columns]
+        outcome = w.resolve_profiles(
+            self.project_id, table, keys, props,
+            list(schema.user.values()), self.insert_only, write, p.key,
+        )  # fmt: skip
+        if outcome.failures:
+            index = {n: i for i, n in enumerate(batch.row_numbers.to_pylist())}
+            for row, reason in outcome.failures.items():
+                res.failures.setdefault(index[row], reason)
+        res.imported = batch.rows.num_rows - len(res.failures)
+        return res
+
+    def apply(self, w: StoreWriter, p: Prepared) -> BatchResult:
+        return self._run(w, p, True)
+
+    def check(self, w: StoreWriter, p: Prepared) -> BatchResult:
+        return self._run(w, p, False)
 
 
 _MISSING: Any = object()  # a field a JSON document does not have (null is a value)

@@ -254,6 +254,34 @@ class StoreWriter(ABC):
         that a replay gives them the same ids.
         """
 
+    @abstractmethod
+    def resolve_profiles(
+        self,
+        project_id: int,
+        rows: Any,
+        keys: Sequence[int],
+        props: Sequence[Property],
+        user_props: Sequence[Property],
+        insert_only: bool,
+        write: bool,
+        key: str | None = None,
+    ) -> ImportOutcome:
+        """Resolve and upsert a batch of profile rows matched by every identity key, set-based,
+        as the single-record API resolves records (``docs/architecture.md``, "Identity
+        resolution").
+
+        ``rows`` is an Arrow table: ``_row`` (row number), ``_k<key id>`` for each of ``keys``
+        (the row's normalised value of that identity key, null when it has none; every row
+        has at least one), ``_touched`` and one column per property in ``props``. Rows that
+        share an identity value, directly or through a stored user, are one person; a person
+        matching no user becomes a new user (ids reserved under ``key``, the batch's), one
+        matching several stored users merges them into the lowest id (``user_props``: every user
+        property, which the merge carries over). Each person's profile
+        takes, property by property, the value of its last row that has one. Insert-only: a
+        row holding a stored value, or a value of an earlier row of the batch, fails. With
+        ``write`` False nothing is written: only the failures are reported.
+        """
+
     # ---- segments --------------------------------------------------------------------
     @abstractmethod
     def write_segment(

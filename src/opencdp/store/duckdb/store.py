@@ -12,6 +12,7 @@ from opencdp.store.base import StoreWriter
 from opencdp.store.duckdb.exports import ExportReads
 from opencdp.store.duckdb.imports import ImportWrites
 from opencdp.store.duckdb.reads import Reads
+from opencdp.store.duckdb.resolve import ResolveWrites
 from opencdp.store.duckdb.segments import SegmentReads, SegmentWrites
 from opencdp.store.duckdb.writer import Writes
 
@@ -44,5 +45,5 @@ class DuckDBStore(Reads, ExportReads, SegmentReads):
                     cur.close()
 
 
-class DuckDBWriter(ImportWrites, SegmentWrites, Writes):
+class DuckDBWriter(ImportWrites, ResolveWrites, SegmentWrites, Writes):
     """One write transaction of a :class:`DuckDBStore`."""

@@ -1,0 +1,193 @@
+"""Set-based identity resolution of a batch of profile rows matched by every identity key.
+
+The batch's identity values are the nodes of a graph whose edges join the values of one row
+and the values one stored user holds; its connected components are the people. Components are
+found by minimum-label propagation with pointer jumping, one statement over the batch's edges
+per round, until no label changes (a few rounds: pointer jumping halves chains). Everything
+is a table of the batch's size; the stored tables are only joined with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from opencdp.catalog.model import Property
+from opencdp.store.base import ImportOutcome
+from opencdp.store.duckdb.sql import ident, table
+from opencdp.store.duckdb.writer import Writes
+
+ALREADY_STORED = "a profile with one of these identities already exists"
+REPEATED = "repeats the identity of an earlier row of the file"
+
+_TEMPS = ("_rtok", "_rfail", "_rv", "_rown", "_re", "_rl", "_rl2", "_rc", "_ru", "_rsrc")
+
+
+class ResolveWrites(Writes):
+    def resolve_profiles(
+        self,
+        project_id: int,
+        rows: Any,
+        keys: Sequence[int],
+        props: Sequence[Property],
+        user_props: Sequence[Property],
+        insert_only: bool,
+        write: bool,
+        key: str | None = None,
+    ) -> ImportOutcome:
+        out = ImportOutcome()
+        if rows.num_rows == 0:
+            return out
+        self.ensure_project(project_id)
+        if write:
+            self.ensure_columns(project_id, props)
+        staged = self._stage(rows)
+        try:
+            self._tokens(project_id, staged, keys, insert_only, out)
+            if write:
+                self._resolve(project_id, staged, props, user_props, key)
+            for name in _TEMPS:
+                self._cur.execute(f"DROP TABLE IF EXISTS {name}")
+        finally:  # (after an error the transaction is rolled back, its temporary tables too)
+            self._unstage(staged)
+        out.imported = rows.num_rows - len(out.failures)
+        return out
+
+    def _tokens(
+        self,
+        project_id: int,
+        staged: str,
+        keys: Sequence[int],
+        insert_only: bool,
+        out: ImportOutcome,
+    ) -> None:
+        """``_rtok``: the (row, key, value) of every identity value of the batch's good rows;
+        ``_rv``: each distinct value once, numbered by its first row (``t``); ``_rown``: the
+        stored user of each value that has one."""
+        cur, identities = self._cur, table(project_id, "identities")
+        cur.execute(
+            "CREATE OR REPLACE TEMP TABLE _rtok AS "
+            + " UNION ALL ".join(
+                f"SELECT _row, {int(k)}::INTEGER AS key_id, {ident(f'_k{int(k)}')} AS value "
+                f"FROM {staged} WHERE {ident(f'_k{int(k)}')} IS NOT NULL"
+                for k in keys
+            )
+        )
+        if insert_only:  # a row holding a stored value, or one of an earlier row, fails
+            for (row,) in cur.execute(
+                f"SELECT DISTINCT t._row FROM _rtok t SEMI JOIN {identities} i "
+                "ON i.key_id = t.key_id AND i.value = t.value"
+            ).fetchall():
+                out.failures[int(row)] = ALREADY_STORED
+            for (row,) in cur.execute(
+                "SELECT DISTINCT t._row FROM _rtok t JOIN (SELECT key_id, value, min(_row) AS f "
+                "FROM _rtok GROUP BY key_id, value) f "
+                "ON f.key_id = t.key_id AND f.value = t.value WHERE t._row > f.f"
+            ).fetchall():
+                out.failures.setdefault(int(row), REPEATED)
+            if out.failures:
+                cur.execute(
+                    "CREATE OR REPLACE TEMP TABLE _rfail AS SELECT unnest(?::BIGINT[]) AS _row",
+                    [sorted(out.failures)],
+                )
+                cur.execute("DELETE FROM _rtok WHERE _row IN (SELECT _row FROM _rfail)")
+        cur.execute(
+            "CREATE OR REPLACE TEMP TABLE _rv AS SELECT key_id, value, min(_row) AS first, "
+            "row_number() OVER (ORDER BY min(_row), key_id, value) AS t "
+            "FROM _rtok GROUP BY key_id, value"
+        )
+        cur.execute(
+            "CREATE OR REPLACE TEMP TABLE _rown AS SELECT v.t, i.user_id FROM _rv v "
+            f"JOIN {identities} i ON i.key_id = v.key_id AND i.value = v.value"
+        )
+
+    def _components(self) -> None:
+        """``_rl``: each value's component, labelled by its smallest value number."""
+        cur = self._cur
+        # Edges: each value of a row (or of a stored user) to the row's (user's) first value,
+        # both ways.
+        cur.execute(
+            "CREATE OR REPLACE TEMP TABLE _re AS WITH star AS ("
+            "SELECT min(v.t) OVER (PARTITION BY r._row) AS a, v.t AS b FROM _rtok r "
+            "JOIN _rv v ON v.key_id = r.key_id AND v.value = r.value "
+            "UNION ALL SELECT min(t) OVER (PARTITION BY user_id), t FROM _rown) "
+            "SELECT DISTINCT a, b FROM (SELECT a, b FROM star UNION ALL SELECT b, a FROM star) "
+            "WHERE a <> b"
+        )
+        cur.execute("CREATE OR REPLACE TEMP TABLE _rl AS SELECT t, t AS l FROM _rv")
+        while True:
+            # One round: each value takes the smallest label among its neighbours and its
+            # own, then the label of that label (pointer jumping).
+            cur.execute(
+                "CREATE OR REPLACE TEMP TABLE _rl2 AS WITH p AS ("
+                "SELECT e.a AS t, min(l.l) AS m FROM _re e JOIN _rl l ON l.t = e.b GROUP BY e.a"
+                "), q AS (SELECT l.t, least(l.l, coalesce(p.m, l.l)) AS l FROM _rl l "
+                "LEFT JOIN p ON p.t = l.t) "
+                "SELECT q.t, least(q.l, j.l) AS l FROM q JOIN q j ON j.t = q.l"
+            )
+            changed = self._one(
+                "SELECT count(*) FROM _rl2 n JOIN _rl o ON o.t = n.t WHERE n.l <> o.l"
+            )
+            cur.execute("DROP TABLE _rl; ALTER TABLE _rl2 RENAME TO _rl")
+            if not changed or not changed[0]:
+                return
+
+    def _resolve(
+        self,
+        project_id: int,
+        staged: str,
+        props: Sequence[Property],
+        user_props: Sequence[Property],
+        key: str | None,
+    ) -> None:
+        cur = self._cur
+        self._components()
+        # Each component's stored users: the lowest survives, the others merge into it.
+        touched = cur.execute(
+            "SELECT DISTINCT l.l, o.user_id FROM _rown o JOIN _rl l ON l.t = o.t"
+        ).fetchall()
+        survivor: dict[int, int] = {}
+        for label, uid in touched:
+            survivor[int(label)] = min(int(uid), survivor.get(int(label), int(uid)))
+        merges = {
+            int(uid): survivor[int(label)]
+            for label, uid in touched
+            if int(uid) != survivor[int(label)]
+        }
+        if merges:
+            self.merge_users(project_id, merges, user_props)
+        # New people take ids in one allocation, in the order of their first rows.
+        cur.execute(
+            "CREATE OR REPLACE TEMP TABLE _rc AS SELECT l.l, min(v.first) AS first, "
+            "min(o.user_id) AS user_id FROM _rl l JOIN _rv v ON v.t = l.t "
+            "LEFT JOIN _rown o ON o.t = l.t GROUP BY l.l"
+        )
+        new = self._one("SELECT count(*) FROM _rc WHERE user_id IS NULL")
+        count = int(new[0]) if new else 0
+        base = self.allocate_user_ids(project_id, count, key) if count else 0
+        cur.execute(
+            "CREATE OR REPLACE TEMP TABLE _ru AS SELECT l, user_id FROM _rc "
+            "WHERE user_id IS NOT NULL UNION ALL "
+            f"SELECT l, {int(base)} - 1 + row_number() OVER (ORDER BY first) FROM _rc "
+            "WHERE user_id IS NULL"
+        )
+        # Identities: the values no user holds yet (those of merged users moved with them).
+        cur.execute(
+            f"INSERT INTO {table(project_id, 'identities')} "
+            "SELECT v.key_id, v.value, u.user_id FROM _rv v JOIN _rl l ON l.t = v.t "
+            "JOIN _ru u ON u.l = l.l ANTI JOIN _rown o ON o.t = v.t"
+        )
+        # Profiles: per person, each property's value of its last row that has one.
+        cols = [ident(p.column) for p in props]
+        picks = "".join(
+            f", arg_max(s.{c}, s._row) FILTER (WHERE s.{c} IS NOT NULL) AS {c}" for c in cols
+        )
+        cur.execute(
+            "CREATE OR REPLACE TEMP TABLE _rsrc AS WITH r AS ("
+            "SELECT DISTINCT t._row, u.user_id FROM _rtok t "
+            "JOIN _rv v ON v.key_id = t.key_id AND v.value = t.value "
+            "JOIN _rl l ON l.t = v.t JOIN _ru u ON u.l = l.l) "
+            f"SELECT r.user_id AS _uid, max(s._touched) AS _touched{picks} "
+            f"FROM {staged} s JOIN r ON r._row = s._row GROUP BY r.user_id"
+        )
+        self._merge_profiles(project_id, "_rsrc", "_uid", "_touched", props)
