@@ -60,7 +60,7 @@ class LiveServer:
             stderr=subprocess.STDOUT,
             env=self.env,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.output.read_text()[-2000:]}")

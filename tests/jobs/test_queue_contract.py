@@ -40,7 +40,7 @@ def limits(**overrides: int) -> JobLimits:
 
 
 def wait_for(check: object, what: str) -> None:
-    deadline = time.monotonic() + 60  # a hang guard, not a performance limit
+    deadline = time.monotonic() + 300  # a hang guard, not a performance limit
     while time.monotonic() < deadline:
         if callable(check) and check():
             return

@@ -418,7 +418,7 @@ def test_each_data_type_has_the_vendors_columns_filled_from_what_was_ingested(
         definition={"events": [{"eventName": "buy", "comparator": "greaterEqual", "num": "1"}]},
     )
     seg = rt.segments.create(project.id, spec, "test")
-    deadline = time.monotonic() + 60  # a hang guard: the job workers run the refresh
+    deadline = time.monotonic() + 300  # a hang guard: the job workers run the refresh
     while rt.segments.get(project.id, "buyers").progress != 100:
         assert time.monotonic() < deadline
         time.sleep(0.02)

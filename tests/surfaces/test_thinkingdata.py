@@ -64,7 +64,7 @@ class TA:
         return self.call("POST", "/open/user-cluster-add", payload)
 
     def wait(self, name: str) -> dict[str, Any]:
-        deadline = time.monotonic() + 60  # a hang guard, not a performance limit
+        deadline = time.monotonic() + 300  # a hang guard, not a performance limit
         while time.monotonic() < deadline:
             r = self.call(
                 "GET", "/open/user-cluster-refresh-progress-by-name",

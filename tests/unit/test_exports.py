@@ -187,7 +187,7 @@ def test_user_cluster_exports_hold_the_memberships_refreshed_in_the_period(rt: R
     events(rt, project.id, 20)  # 7 users (mobiles), each with a property n on their events
     qp = {"events": [{"eventName": "buy", "comparator": "greaterEqual", "num": "3"}]}
     seg = rt.segments.create(project.id, Spec(name="buyers", display_name="b", definition=qp), "t")
-    deadline = time.monotonic() + 60  # a hang guard: the job workers run the refresh
+    deadline = time.monotonic() + 300  # a hang guard: the job workers run the refresh
     while rt.segments.get(project.id, "buyers").progress != 100:
         assert time.monotonic() < deadline
         time.sleep(0.02)

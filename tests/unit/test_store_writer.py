@@ -21,7 +21,7 @@ def store(tmp_path: Path) -> DuckDBStore:
 
 
 def wait_for_waiters(lock: FairLock, count: int) -> None:
-    deadline = time.monotonic() + 60  # a hang guard, not a timing assertion
+    deadline = time.monotonic() + 300  # a hang guard, not a timing assertion
     while lock.waiting < count:
         assert time.monotonic() < deadline, "the other writer never asked"
         time.sleep(0.001)
