@@ -38,6 +38,8 @@ class ResolveWrites(Writes):
         out = ImportOutcome()
         if rows.num_rows == 0:
             return out
+        if not keys:  # (the import target fails rows without an identity value before this)
+            raise ValueError("resolving profiles needs at least one identity key column")
         self.ensure_project(project_id)
         if write:
             self.ensure_columns(project_id, props)
