@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -275,18 +276,22 @@ class Catalog:
         self.reload()
         return self.project(project_id)
 
-    def set_export_format(self, project_id: int, fmt: str) -> Project:
-        if fmt not in EXPORT_FORMATS:
-            raise invalid("export_format", f"must be one of {', '.join(EXPORT_FORMATS)}")
+    def _set_project(self, project_id: int, **values: Any) -> Project:
+        """Update columns of a project's row, with the catalog's version, and reload."""
         with self._lock, self._engine.begin() as conn:
             conn.execute(
                 sa.update(t.projects)
                 .where(t.projects.c.id == self.project(project_id).id)
-                .values(export_format=fmt)
+                .values(**values)
             )
             bump(conn)
         self.reload()
         return self.project(project_id)
+
+    def set_export_format(self, project_id: int, fmt: str) -> Project:
+        if fmt not in EXPORT_FORMATS:
+            raise invalid("export_format", f"must be one of {', '.join(EXPORT_FORMATS)}")
+        return self._set_project(project_id, export_format=fmt)
 
     def set_login_user_key(self, project_id: int, name: str | None) -> Project:
         """The user property whose value raw-data exports give as ``loginUserId`` (GrowingIO's
@@ -294,15 +299,7 @@ class Catalog:
         name = (name or "").strip() or None
         if name is not None and name not in self.schema(project_id).user:
             raise invalid("login_user_key", f"{name[:64]!r} is not a user property")
-        with self._lock, self._engine.begin() as conn:
-            conn.execute(
-                sa.update(t.projects)
-                .where(t.projects.c.id == self.project(project_id).id)
-                .values(login_user_key=name)
-            )
-            bump(conn)
-        self.reload()
-        return self.project(project_id)
+        return self._set_project(project_id, login_user_key=name)
 
     def set_wechat_envs(self, project_id: int, envs: Iterable[str]) -> Project:
         """Give a project its WeChat cloud environment ids (replacing those it had): clients
