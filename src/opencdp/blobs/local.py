@@ -36,6 +36,7 @@ from opencdp.blobs.base import (
     check_project,
     span,
 )
+from opencdp.durable import fsync_dir
 
 INCOMING = ".incoming"
 
@@ -90,7 +91,7 @@ class LocalBlobs(BlobStore):
         finally:
             os.close(fd)
         if created:  # (its folders are durable already)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         return at + len(data)
 
     # ---- reading -------------------------------------------------------------------------
@@ -230,7 +231,7 @@ class _Writer(BlobWriter):
                 except FileNotFoundError:
                     if attempt == 2:
                         raise
-            _fsync_dir(self._final.parent)
+            fsync_dir(self._final.parent)
         except BaseException:
             self.abort()
             raise
@@ -273,16 +274,8 @@ def _makedirs(folder: Path, top: Path) -> bool:
             path.mkdir(mode=0o700)
         except FileExistsError:
             continue
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     return bool(missing)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_file(mode: int) -> bool:

@@ -15,8 +15,9 @@ import contextlib
 import dataclasses
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from decimal import Decimal
 from typing import Any
 
@@ -345,20 +346,12 @@ class ProfilesTarget(Target):
         for name, prop in schema.identity_keys.items():
             if name in batch.columns and name != self.lookup:
                 data[f"_k{prop.id}"] = _normalize(identity(name), name)
-        for name, prop in props.items():
-            if prop.is_identity:
-                column = identity(name)
-            else:
-                column = batch.rows.column(name).combine_chunks()
-            data[prop.column] = coerce_column(
-                prop.type, column, name, self.limits, self.tz, res.failures, res.warnings
-            )
-        now = time.time_ns() // 1000
-        data["_touched"] = pa.repeat(pa.scalar(now, pa.timestamp("us")), n)
-        table = pa.table(data)
-        if res.failures:
-            keep = pa.array([i not in res.failures for i in range(n)])
-            table = table.filter(keep)
+        table = _profile_rows(
+            data, props, res, n, self.limits, self.tz,
+            lambda name, prop: identity(name)
+            if prop.is_identity
+            else batch.rows.column(name).combine_chunks(),
+        )  # fmt: skip
         key = None if self.lookup == USER_ID else schema.identity_keys[self.lookup].id
         others = [
             p.id for n, p in schema.identity_keys.items() if n in batch.columns and n != self.lookup
@@ -543,18 +536,12 @@ class UsersByIdentityTarget(Target):
         keep = [n for n in batch.columns if n in props or n in schema.identity_keys]
         for i in pc.indices_nonzero(pc.invert(has_value)).to_pylist():
             res.failures[i] = self._no_identity(batch, keep, schema, i)
-        for name, prop in props.items():
-            column = trimmed.get(name)
-            if column is None:
-                column = batch.rows.column(name).combine_chunks()
-            data[prop.column] = coerce_column(
-                prop.type, column, name, self.limits, self.tz, res.failures, res.warnings
-            )
-        now = time.time_ns() // 1000
-        data["_touched"] = pa.repeat(pa.scalar(now, pa.timestamp("us")), n)
-        table = pa.table(data)
-        if res.failures:
-            table = table.filter(pa.array([i not in res.failures for i in range(n)]))
+        table = _profile_rows(
+            data, props, res, n, self.limits, self.tz,
+            lambda name, _: trimmed[name]
+            if name in trimmed
+            else batch.rows.column(name).combine_chunks(),
+        )  # fmt: skip
         return table, list(props.values())
 
     @staticmethod
@@ -590,6 +577,30 @@ class UsersByIdentityTarget(Target):
 
     def check(self, w: StoreWriter, p: Prepared) -> BatchResult:
         return self._run(w, p, False)
+
+
+def _profile_rows(
+    data: dict[str, pa.Array],
+    props: dict[str, Property],
+    res: BatchResult,
+    n: int,
+    limits: Limits,
+    tz: tzinfo,
+    column: Callable[[str, Property], pa.Array],
+) -> pa.Table:
+    """A profile batch for the store: ``data`` (row numbers, identity values) with each
+    property's ``column`` typed (a value that does not fit fails its row), the time it was
+    touched, and only the rows that did not fail."""
+    for name, prop in props.items():
+        data[prop.column] = coerce_column(
+            prop.type, column(name, prop), name, limits, tz, res.failures, res.warnings
+        )
+    now = time.time_ns() // 1000
+    data["_touched"] = pa.repeat(pa.scalar(now, pa.timestamp("us")), n)
+    table = pa.table(data)
+    if res.failures:
+        table = table.filter(pa.array([i not in res.failures for i in range(n)]))
+    return table
 
 
 _MISSING: Any = object()  # a field a JSON document does not have (null is a value)

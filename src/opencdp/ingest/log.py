@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opencdp.durable import fsync_dir
 from opencdp.errors import CdpError, unavailable
 from opencdp.faults import describe
 
@@ -201,7 +202,7 @@ class DurableLog:
                 finally:
                     os.close(fd)
                 tmp.rename(copy)
-                _fsync_dir(self.quarantine)
+                fsync_dir(self.quarantine)
         except OSError as exc:
             raise RuntimeError(
                 f"the ingest log has {len(data)} damaged bytes at LSN {lsn}, and they cannot be "
@@ -246,7 +247,7 @@ class DurableLog:
     def _new_segment(self, base: int) -> None:
         fd = os.open(self._path(base), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            _fsync_dir(self.dir)  # the new file's name is durable too
+            fsync_dir(self.dir)  # the new file's name is durable too
         except OSError:
             os.close(fd)
             raise
@@ -395,11 +396,3 @@ def _resolve(futs: list[tuple[asyncio.Future[int], int]], error: BaseException |
 
 def _not_durable(error: BaseException) -> CdpError:
     return unavailable(f"the record could not be written to the ingest log ({describe(error)})")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
