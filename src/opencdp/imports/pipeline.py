@@ -392,6 +392,7 @@ class ImportRunner:
             skip_rows=skip,
             batch_bytes=self.batch_bytes or target.batch_bytes,
             max_columns=self.limits.max_properties,
+            objects=target.needs_objects,
         )
         checked = [0]  # how many columns were checked
 

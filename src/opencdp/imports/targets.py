@@ -32,7 +32,6 @@ from opencdp.catalog.types import (
     check_string,
     coerce,
     exact_number,
-    infer_type,
     public_number,
 )
 from opencdp.config import Limits
@@ -82,6 +81,9 @@ class Target(ABC):
     # The catalog table the file's columns are properties of, and the columns that are not.
     table = "user"
     reserved: frozenset[str] = frozenset()
+    # Whether prepare() reads a JSON batch's records themselves (``RowBatch.objects``), not only
+    # its text columns and their first_type.
+    needs_objects = False
 
     def __init__(
         self,
@@ -198,10 +200,10 @@ class Target(ABC):
                 continue
             if len(name) > self.limits.max_name_length or not name.strip():
                 raise invalid("file", f"column name {name[:80]!r} is not a valid property name")
-            if batch.objects is not None:
-                # JSON records: typed by their JSON values (see _first_type); a value that
-                # cannot take the type fails its row, naming the column.
-                wanted[name] = _first_type([o.get(name) for o in batch.objects])
+            if batch.json:
+                # JSON records: typed by their JSON values (see RowBatch.first_type); a value
+                # that cannot take the type fails its row, naming the column.
+                wanted[name] = batch.first_type(name)
             else:
                 wanted[name] = infer(batch.rows.column(name))
         if wanted:
@@ -623,22 +625,6 @@ def _json_type(values: Iterable[Any]) -> PropertyType:
     return PropertyType.STRING
 
 
-def _first_type(values: list[Any]) -> PropertyType:
-    """The type of a new property of JSON records: the JSON type of its first number, boolean
-    or list, which says more than text does (a batch that mixes numbers and text makes a number
-    property, so later numbers are never stored as text); else what its first text infers, as
-    in the single-record API."""
-    for v in values:
-        if v is not None and not isinstance(v, str | dict):
-            inferred = infer_type(v)
-            if inferred is not None:
-                return inferred
-    for v in values:
-        if isinstance(v, str):
-            return infer_type(v) or PropertyType.STRING
-    return PropertyType.STRING
-
-
 def json_value(value: Any, name: str, limits: Limits) -> Any:
     """A JSON value of a document as stored: the same value and JSON type, checked against the
     limits; numbers a double cannot hold exactly are refused, never rounded."""
@@ -677,6 +663,8 @@ class CollectionTarget(Target):
     A row without ``_id`` gets one made from the file's digest and the row number, so that
     importing the same file again (or resuming it) replaces rather than duplicates.
     """
+
+    needs_objects = True  # documents keep the JSON type of each value
 
     def __init__(
         self,

@@ -38,8 +38,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from opencdp.imports.readers.batch import BadRow, FileError, RowBatch, too_many_columns
-from opencdp.imports.readers.charset import bom_length, detect_charset, first_content
+from opencdp.imports.readers.charset import (
+    bom_length,
+    charset_label,
+    detect_charset,
+    first_content,
+    utf8_chunks,
+)
 from opencdp.imports.readers.delimited import BLOCK, DELIMITERS, delimited_spec, read_delimited
+from opencdp.imports.readers.jsonfast import FAST_BLOCK, read_json_lines_fast
 from opencdp.imports.readers.jsonfile import read_json
 
 FORMATS = ("csv", "tsv", "ssv", "jsonl", "json")
@@ -68,7 +75,8 @@ def read_file(
     max_columns: int = 0,
     *,
     fast: bool = True,
-    block_size: int = BLOCK,
+    block_size: int = 0,
+    objects: bool = True,
 ) -> Iterator[RowBatch]:
     """Read ``path`` as ``fmt`` in batches of ``batch_rows`` records (good or bad), each
     ending early once it holds about ``batch_bytes`` of text (0: no such bound).
@@ -76,8 +84,9 @@ def read_file(
     Records ``1..skip_rows`` are read but not yielded; numbering is that of a full read. The
     file's own problems (empty, no header, an unusable charset, more than ``max_columns``
     columns in a header) raise :class:`FileError` here; a bad record is reported in its batch
-    and reading goes on. ``fast`` and ``block_size`` choose the delimited reader's paths (the
-    slow path alone, or smaller Arrow blocks: for tests).
+    and reading goes on. A JSON batch carries its records as ``objects`` unless ``objects`` is
+    false, which lets JSON lines take the fast path. ``fast`` and ``block_size`` choose the
+    paths (the slow path alone, or smaller Arrow blocks or runs of JSON lines: for tests).
     """
     if fmt not in FORMATS:
         raise FileError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}", "format")
@@ -94,7 +103,13 @@ def read_file(
             path, DELIMITERS[fmt], charset, start, batch_rows, skip_rows, max_field_bytes, cap,
             batch_bytes, max_columns,
         )  # fmt: skip
-        return read_delimited(path, spec, fast, block_size)
+        return read_delimited(path, spec, fast, block_size or BLOCK)
+    if fmt == "jsonl" and fast and not objects:
+        chunks = utf8_chunks(path, start, charset)
+        return read_json_lines_fast(
+            chunks, cap, charset_label(charset), batch_rows, skip_rows, max_field_bytes,
+            batch_bytes, max_columns, block_size or FAST_BLOCK,
+        )  # fmt: skip
     return read_json(
         path, fmt, charset, start, content, cap, batch_rows, skip_rows, max_field_bytes,
         batch_bytes, max_columns,

@@ -8,6 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from opencdp.catalog.types import PropertyType, infer_type
 from opencdp.errors import CdpError, Code
 
 CHUNK = 1 << 20  # bytes (or characters) read at a time by the slow paths
@@ -45,6 +46,36 @@ class RowBatch:
     bad: list[BadRow]
     # JSON files: the records themselves (those of ``rows``), whose values keep their JSON types
     objects: list[dict[str, Any]] | None = None
+    # Whether the records are JSON (their values have JSON types: see first_type)
+    json: bool = False
+    # JSON records read without ``objects``: each column's first_type, worked out by the reader
+    first_types: dict[str, PropertyType] | None = None
+    # How many of ``rows`` the fast path of JSON lines (Arrow's JSON reader) read
+    fast_rows: int = 0
+
+    def first_type(self, name: str) -> PropertyType:
+        """The type of a new property of these JSON records (see :func:`first_type`)."""
+        if self.objects is not None:
+            return first_type([o.get(name) for o in self.objects])
+        if self.first_types is None:
+            raise ValueError("the batch's records are not JSON")
+        return self.first_types.get(name, PropertyType.STRING)
+
+
+def first_type(values: list[Any]) -> PropertyType:
+    """The type of a new property of JSON records: the JSON type of its first number, boolean
+    or list, which says more than text does (a batch that mixes numbers and text makes a number
+    property, so later numbers are never stored as text); else what its first text infers, as
+    in the single-record API."""
+    for v in values:
+        if v is not None and not isinstance(v, str | dict):
+            inferred = infer_type(v)
+            if inferred is not None:
+                return inferred
+    for v in values:
+        if isinstance(v, str):
+            return infer_type(v) or PropertyType.STRING
+    return PropertyType.STRING
 
 
 def too_many_columns(count: int, limit: int, more: bool = False, what: str = "columns") -> CdpError:

@@ -96,12 +96,12 @@ class _Counted:
 _Element = tuple[Any, str | None]
 
 
-def _long_digits(data: bytes | bytearray) -> bool:
+def long_digits(data: bytes | bytearray) -> bool:
     """Whether ``data`` may hold a number orjson would round (see ``long_numbers``)."""
     return ct.long_numbers(data)
 
 
-def _record(data: bytes | bytearray, label: str, exact: bool = True) -> _Element:
+def parse_record(data: bytes | bytearray, label: str, exact: bool = True) -> _Element:
     """The object in ``data`` (read exactly if it may hold a long integer), or why not."""
     try:
         value = orjson.loads(data)
@@ -113,7 +113,7 @@ def _record(data: bytes | bytearray, label: str, exact: bool = True) -> _Element
         return data, f"not valid JSON: {exc}"
     if type(value) is not dict:
         return data, "not a JSON object"
-    if exact and _long_digits(data):
+    if exact and long_digits(data):
         # (what orjson reads, json reads too; nesting json cannot follow keeps orjson's values)
         with contextlib.suppress(ValueError, RecursionError):
             value = json.loads(data, parse_float=ct.exact_float)
@@ -134,13 +134,13 @@ def _json_lines(chunks: Iterator[bytes], cap: int, label: str) -> Iterator[_Elem
             elif pending:
                 lines[0] = b"".join(pending) + lines[0]
                 if (line := lines[0]) and not line.isspace():
-                    yield _record(line, label)
+                    yield parse_record(line, label)
                 lines[0] = b""
             pending, size = [], 0
-            exact = _long_digits(chunk)
+            exact = long_digits(chunk)
             for line in lines[:-1]:
                 if line and not line.isspace():
-                    yield _record(line, label, exact)
+                    yield parse_record(line, label, exact)
         if not over:
             pending.append(lines[-1])
             size += len(lines[-1])
@@ -151,7 +151,7 @@ def _json_lines(chunks: Iterator[bytes], cap: int, label: str) -> Iterator[_Elem
     if over:
         yield last, f"record larger than {cap} bytes"
     elif last and not last.isspace():
-        yield _record(last, label)
+        yield parse_record(last, label)
 
 
 def _array_elements(chunks: Iterator[bytes], cap: int, label: str) -> Iterator[_Element]:
@@ -204,7 +204,9 @@ def _array_elements(chunks: Iterator[bytes], cap: int, label: str) -> Iterator[_
             elif c == 0x2C:
                 if len(closers) == 1:
                     yield (
-                        (prefix, too_large) if prefix is not None else _record(buf[start:i], label)
+                        (prefix, too_large)
+                        if prefix is not None
+                        else parse_record(buf[start:i], label)
                     )
                     start, prefix = pos, None
             elif c in _OPENERS:
@@ -220,7 +222,7 @@ def _array_elements(chunks: Iterator[bytes], cap: int, label: str) -> Iterator[_
                     if prefix is not None:
                         yield prefix, too_large
                     elif element.strip():  # not after a trailing comma, nor in "[]"
-                        yield _record(element, label)
+                        yield parse_record(element, label)
                     yield from _after_array(buf[pos:], chunks)
                     return
         keep = start if prefix is None else pos
@@ -238,7 +240,7 @@ def _array_elements(chunks: Iterator[bytes], cap: int, label: str) -> Iterator[_
         if in_string or len(closers) > 1:
             yield tail, "the file ends inside this element (the JSON array is not closed)"
         else:
-            yield _record(tail, label)  # a complete element: only the closing ']' is missing
+            yield parse_record(tail, label)  # a complete element: only the closing ']' is missing
 
 
 def _bulk(buf: bytearray, start: int) -> tuple[list[Any] | None, int]:
@@ -260,7 +262,7 @@ def _bulk(buf: bytearray, start: int) -> tuple[list[Any] | None, int]:
             failed = cut + 1
             end = start + (cut - start) // 2
             continue
-        if not isinstance(values, list) or _long_digits(run):
+        if not isinstance(values, list) or long_digits(run):
             break  # (orjson rounds long numbers: such elements are read one by one, exactly)
         return values, cut + 2
     return None, failed
@@ -277,7 +279,7 @@ def _after_array(rest: bytearray, chunks: Iterator[bytes]) -> Iterator[_Element]
         yield found, "unexpected data after the end of the JSON array"
 
 
-def _json_text(value: Any) -> str | None:
+def json_text(value: Any) -> str | None:
     """A JSON value as text: strings as is, anything else as its compact JSON."""
     if value is None or isinstance(value, str):
         return value
@@ -347,7 +349,20 @@ def _json_batch(
     bad: list[BadRow],
     max_field_bytes: int,
 ) -> RowBatch:
-    arrays = [_json_column([o.get(c) for o in objects]) for c in columns]
+    table, row_numbers, bad, objects = json_rows(columns, objects, numbers, bad, max_field_bytes)
+    return RowBatch(list(columns), table, row_numbers, bad, objects, json=True)
+
+
+def json_rows(
+    columns: list[str],
+    objects: list[dict[str, Any]],
+    numbers: list[int],
+    bad: list[BadRow],
+    max_field_bytes: int,
+) -> tuple[pa.Table, pa.Array, list[BadRow], list[dict[str, Any]]]:
+    """Records (numbered ``numbers``) as text columns, their row numbers, the bad rows (those
+    given, and the records with a field past ``max_field_bytes``) and the good records."""
+    arrays = [json_column([o.get(c) for o in objects]) for c in columns]
     too_large: dict[int, str] = {}  # index -> the first column too large
     for name, column in zip(columns, arrays, strict=True):
         lengths = pc.binary_length(column)
@@ -361,17 +376,17 @@ def _json_batch(
     if too_large:
         for i, name in too_large.items():
             reason = f"field {name!r} is larger than {max_field_bytes} bytes"
-            text = bad_text((_json_text(objects[i]) or "").encode())
+            text = bad_text((json_text(objects[i]) or "").encode())
             bad.append(BadRow(numbers[i], text, reason))
         keep = pa.array([i not in too_large for i in range(len(numbers))])
         table, row_numbers = table.filter(keep), row_numbers.filter(keep)
         objects = [o for i, o in enumerate(objects) if i not in too_large]
         bad.sort(key=lambda b: b.row)
-    return RowBatch(list(columns), table, row_numbers, bad, objects)
+    return table, row_numbers, bad, objects
 
 
-def _json_column(values: list[Any]) -> pa.Array:
-    """JSON values as text (see :func:`_json_text`), a column at a time where possible."""
+def json_column(values: list[Any]) -> pa.Array:
+    """JSON values as text (see :func:`json_text`), a column at a time where possible."""
     kinds = set(map(type, values))
     if kinds <= _TEXT_KINDS:
         return pa.array(values, pa.string())
@@ -383,4 +398,4 @@ def _json_column(values: list[Any]) -> pa.Array:
         else:
             column = pa.array(texts, pa.binary()).cast(pa.string())
             return pc.if_else(pc.equal(column, "null"), pa.scalar(None, pa.string()), column)
-    return pa.array([_json_text(v) for v in values], pa.string())
+    return pa.array([json_text(v) for v in values], pa.string())

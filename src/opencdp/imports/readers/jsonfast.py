@@ -1,0 +1,468 @@
+"""JSON lines read by Arrow's JSON reader, for callers that need text columns, not the records.
+
+The file is read in runs of whole lines (about ``block_size`` bytes). Arrow reads a run at once
+when byte-level checks and its own errors show that it reads it exactly as the slow path would
+(:func:`~.jsonfile.parse_record`, line by line): every line that is not blank is one object,
+starting with ``{`` and ending with ``}``, so that no value spans lines and a line with two
+values shows as one row too many; no number a double may round (``long_numbers``), no
+``NaN`` or ``Infinity`` (which Arrow takes), no escaped surrogate, valid UTF-8. Arrow refuses
+duplicate keys and a key whose JSON type changes. Values become text as the slow path makes
+them: a number Arrow holds as an integral double (an integer in a column with decimals, or
+``1.0``), and a nested value, is read again from its line with orjson. Anything else runs the
+slow path on that run: a bad line, a type change, a field past the limit, a run that would pass
+``max_columns``.
+
+Columns grow as keys appear, in first-seen order: Arrow lists a run's keys in that order. Strings
+Arrow would read as timestamps are read as strings (by an explicit schema, which also refuses a
+number where a string was). A batch carries its columns' ``first_type``: the kind of each value
+is that of its Arrow column (one per column in a run), or, from the slow path, of each value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+
+from opencdp.catalog.types import PropertyType, infer_type
+from opencdp.imports.readers.batch import (
+    TEXT_MAX,
+    BadRow,
+    RowBatch,
+    bad_text,
+    too_many_columns,
+)
+from opencdp.imports.readers.jsonfile import (
+    json_rows,
+    json_text,
+    long_digits,
+    parse_record,
+)
+
+FAST_BLOCK = 4 << 20  # bytes of whole lines Arrow reads at once
+_DEPTH = 512  # nesting past this is read by the slow path (orjson refuses past 1024)
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+# The kind of a value, for first_type: nothing to say (null, missing, an object), the JSON
+# types first_type takes first, and a string.
+_NONE, _NUMBER, _BOOL, _LIST, _TEXT = range(5)
+_TYPED = {_NUMBER: PropertyType.NUMBER, _BOOL: PropertyType.BOOL, _LIST: PropertyType.LIST}
+_Kinds: TypeAlias = int | pa.Array  # one kind for every value of a column, or one per row
+
+
+@dataclass
+class _TooLarge:
+    """A line past the cap: its first bytes."""
+
+    prefix: bytes
+
+
+@dataclass
+class _Piece:
+    """Consecutive records: the good ones as text columns (some of the columns known), the bad
+    ones, and the kind of each column's values."""
+
+    table: pa.Table
+    numbers: pa.Array
+    bad: list[BadRow]
+    kinds: dict[str, _Kinds]
+    fast: bool = False
+
+
+@dataclass
+class _State:
+    label: str
+    cap: int
+    skip_rows: int
+    max_field_bytes: int
+    max_columns: int
+    columns: list[str] = field(default_factory=list)  # every key seen, in first-seen order
+    known: set[str] = field(default_factory=set)
+    strings: set[str] = field(default_factory=set)  # columns Arrow reads as strings
+    number: int = 0  # records read
+
+
+def read_json_lines_fast(
+    chunks: Iterator[bytes],
+    cap: int,
+    label: str,
+    batch_rows: int,
+    skip_rows: int,
+    max_field_bytes: int,
+    batch_bytes: int = 0,
+    max_columns: int = 0,
+    block_size: int = FAST_BLOCK,
+) -> Iterator[RowBatch]:
+    """The records of JSON lines (``chunks``, UTF-8) in batches as :func:`read_json` gives them,
+    without the records themselves. A batch ends at ``batch_rows`` records or after the run
+    that brings the lines it read to ``batch_bytes``."""
+    st = _State(label, cap, skip_rows, max_field_bytes, max_columns)
+    pieces: list[_Piece] = []
+    held = 0
+    hi = skip_rows + batch_rows
+    for run in _runs(chunks, cap, block_size):
+        while run:
+            if isinstance(run, _TooLarge):
+                st.number += 1
+                piece = _bad_piece(st, run.prefix, f"record larger than {cap} bytes")
+                size = len(run.prefix)
+                run = b""
+            else:
+                head, run = _cut(run, hi - st.number)
+                size = len(head)
+                piece = _fast_piece(head, st) or _slow_piece(head, st)
+            if st.number <= skip_rows:
+                continue
+            if piece.table.num_rows or piece.bad:
+                pieces.append(piece)
+            held += size
+            if st.number >= hi or (batch_bytes and held >= batch_bytes):
+                if pieces:
+                    yield _row_batch(st.columns, pieces)
+                pieces, held = [], 0
+                hi = st.number + batch_rows
+    if pieces:
+        yield _row_batch(st.columns, pieces)
+
+
+def _runs(chunks: Iterator[bytes], cap: int, size: int) -> Iterator[bytes | _TooLarge]:
+    """Runs of whole lines of about ``size`` bytes (the last line may have no newline), and
+    lines past ``cap`` bytes, which are not held."""
+    pending: list[bytes] = []  # the start of a line that continues in the next chunk
+    held = 0
+    over = False
+    run: list[bytes] = []
+    run_size = 0
+    for chunk in chunks:
+        end = chunk.rfind(b"\n")
+        if end >= 0:
+            if over:
+                if run:
+                    yield b"".join(run)
+                    run, run_size = [], 0
+                yield _TooLarge(b"".join(pending))
+                body = chunk[chunk.index(b"\n") + 1 : end + 1]
+            else:
+                pending.append(chunk[: end + 1])
+                body = b"".join(pending)
+            if body:
+                run.append(body)
+                run_size += len(body)
+            pending, held, over = [], 0, False
+            if run_size >= size:
+                yield b"".join(run)
+                run, run_size = [], 0
+            chunk = chunk[end + 1 :]
+        if not over:
+            pending.append(chunk)
+            held += len(chunk)
+            if held > cap:
+                over = True
+                pending = [b"".join(pending)[:TEXT_MAX]]
+    if run:
+        yield b"".join(run)
+    if over:
+        yield _TooLarge(b"".join(pending))
+    elif pending:
+        yield b"".join(pending)
+
+
+def _cut(run: bytes, room: int) -> tuple[bytes, bytes]:
+    """``run`` cut after its ``room``-th record (a line that is not blank), and the rest."""
+    if run.count(b"\n") + 1 <= room:
+        return run, b""
+    seen = pos = 0
+    for line in run.split(b"\n"):
+        pos += len(line) + 1
+        if line and not line.isspace():
+            seen += 1
+            if seen == room:
+                break
+    return run[:pos], run[pos:]
+
+
+def _bad_piece(st: _State, raw: bytes, reason: str) -> _Piece:
+    bad = [BadRow(st.number, bad_text(raw.strip()), reason)] if st.number > st.skip_rows else []
+    return _Piece(pa.table({}), pa.array([], pa.int64()), bad, {})
+
+
+# ---- the slow path -------------------------------------------------------------------------
+
+
+def _slow_piece(run: bytes, st: _State) -> _Piece:
+    """The records of ``run`` parsed line by line."""
+    st.strings.clear()  # Arrow reads the next run with the types it finds
+    exact = long_digits(run)
+    objects: list[dict[str, Any]] = []
+    numbers: list[int] = []
+    bad: list[BadRow] = []
+    for line in run.split(b"\n"):
+        if not line or line.isspace():
+            continue
+        st.number += 1
+        value, problem = parse_record(line, st.label, exact)
+        if problem is None:
+            if not st.known.issuperset(value):
+                st.columns.extend(k for k in value if k not in st.known)
+                st.known.update(value)
+                if st.max_columns and len(st.columns) > st.max_columns:
+                    raise too_many_columns(
+                        len(st.columns), st.max_columns, True, "distinct keys in its records"
+                    )
+            if st.number > st.skip_rows:
+                objects.append(value)
+                numbers.append(st.number)
+        elif st.number > st.skip_rows:
+            bad.append(BadRow(st.number, bad_text(value.strip()), problem))
+    table, row_numbers, bad, objects = json_rows(
+        st.columns, objects, numbers, bad, st.max_field_bytes
+    )
+    kinds: dict[str, _Kinds] = {
+        c: pa.array([_kind(o.get(c)) for o in objects], pa.int8()) for c in st.columns
+    }
+    return _Piece(table, row_numbers, bad, kinds)
+
+
+def _kind(value: Any) -> int:
+    if value is None or isinstance(value, dict):
+        return _NONE
+    if isinstance(value, str):
+        return _TEXT
+    if isinstance(value, bool):
+        return _BOOL
+    if isinstance(value, list):
+        return _LIST
+    return _NUMBER  # int, float or Decimal
+
+
+# ---- the fast path -------------------------------------------------------------------------
+
+
+def _fast_piece(run: bytes, st: _State) -> _Piece | None:
+    """The records of ``run`` read by Arrow, or None where it might not read them exactly."""
+    if long_digits(run) or b"NaN" in run or b"Inf" in run:
+        return None
+    if b"\\u" in run and _SURROGATE.search(run):
+        return None
+    if b"\r" in run and run.count(b"\r") != run.count(b"\r\n"):
+        return None
+    if not run.isascii():
+        try:
+            run.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    lines = _record_lines(run)
+    if lines is None:
+        return None
+    count = len(lines)
+    if count == 0:
+        return _Piece(pa.table({}), pa.array([], pa.int64()), [], {}, True)
+    table = _arrow_table(run, [c for c in st.columns if c in st.strings])
+    if table is None or table.num_rows != count:
+        return None
+    new = [c for c in table.column_names if c not in st.known]
+    if st.max_columns and len(st.columns) + len(new) > st.max_columns:
+        return None  # the slow path finds the record that passes the limit
+    first = st.number + 1
+    drop = max(0, st.skip_rows - first + 1)
+    texts = _Texts(run, lines, drop)
+    arrays: list[pa.Array] = []
+    kinds: dict[str, _Kinds] = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        text, kind = texts.column(name, column.combine_chunks())
+        if text is None:
+            return None
+        if len(text):
+            longest = pc.max(pc.binary_length(text)).as_py()
+            if longest is not None and longest > st.max_field_bytes:
+                return None
+        arrays.append(text)
+        kinds[name] = kind
+    st.number += count
+    st.columns.extend(new)
+    st.known.update(new)
+    for name, kind in kinds.items():
+        if kind == _TEXT:
+            st.strings.add(name)
+        elif kind != _NONE:
+            st.strings.discard(name)
+    names = table.column_names
+    rows = pa.Table.from_arrays(arrays, names=names) if names else pa.table({})
+    numbers = pa.array(range(first + drop, first + count), pa.int64())
+    return _Piece(rows, numbers, [], kinds, True)
+
+
+def _record_lines(run: bytes) -> list[int] | None:
+    """The index of each record's line in ``run``; None unless each line is blank or starts
+    with ``{`` and ends with ``}`` (JSON whitespace aside)."""
+    total = run.count(b"\n") + (not run.endswith(b"\n"))
+    starts = run.startswith(b"{") + run.count(b"\n{")
+    ends = run.count(b"}\n") + run.count(b"}\r\n") + run.endswith(b"}")
+    if starts == ends == total:
+        return list(range(total))
+    found: list[int] = []
+    for i, line in enumerate(run.split(b"\n")):
+        if not line or line.isspace():
+            continue
+        body = line.strip(b" \t\r")
+        if body[:1] != b"{" or body[-1:] != b"}":
+            return None
+        found.append(i)
+    return found
+
+
+def _plain(t: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_null(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_int64(t)
+        or pa.types.is_float64(t)
+        or pa.types.is_string(t)
+        or pa.types.is_list(t)
+        or pa.types.is_struct(t)
+    )
+
+
+def _depth(t: pa.DataType) -> int:
+    depth = 0
+    while t.num_fields:
+        depth += 1
+        t = max((t.field(i).type for i in range(t.num_fields)), key=_depth)
+    return depth
+
+
+def _arrow_table(run: bytes, strings: list[str]) -> pa.Table | None:
+    """``run`` read by Arrow, ``strings`` (and any column it would read as timestamps) as
+    strings; None if Arrow cannot read it."""
+    for _ in range(2):
+        schema = pa.schema([(c, pa.string()) for c in strings]) if strings else None
+        try:
+            table = pajson.read_json(
+                pa.BufferReader(run),
+                read_options=pajson.ReadOptions(use_threads=False, block_size=len(run) + 1),
+                parse_options=pajson.ParseOptions(explicit_schema=schema),
+            )
+        except Exception:  # any problem at all: the slow path finds and reports it
+            return None
+        if any(_depth(f.type) > _DEPTH for f in table.schema):
+            return None  # orjson refuses deep nesting
+        others = [f.name for f in table.schema if not _plain(f.type)]
+        if not others:
+            return table
+        strings = strings + others
+    return None
+
+
+class _Texts:
+    """A run's Arrow columns as text, from record ``drop`` on (those before are skipped)."""
+
+    def __init__(self, run: bytes, lines: list[int], drop: int) -> None:
+        self._run = run
+        self._lines = lines
+        self._split: list[bytes] | None = None
+        self._records: dict[int, dict[str, Any]] = {}
+        self.drop = drop
+
+    def _record(self, row: int) -> dict[str, Any] | None:
+        """Record ``row`` read again from its line by orjson."""
+        record = self._records.get(row)
+        if record is None:
+            if self._split is None:
+                self._split = self._run.split(b"\n")
+            try:
+                value = orjson.loads(self._split[self._lines[row]])
+            except orjson.JSONDecodeError:
+                return None
+            if type(value) is not dict:
+                return None
+            record = self._records[row] = value
+        return record
+
+    def column(self, name: str, column: pa.Array) -> tuple[pa.Array | None, int]:
+        """The text of ``column`` (None if it cannot be made exactly), and its kind."""
+        column = column.slice(self.drop)
+        t = column.type
+        if len(column) == 0:
+            return pa.array([], pa.string()), _NONE
+        if pa.types.is_string(t):
+            return column, _TEXT
+        if pa.types.is_null(t):
+            return pa.nulls(len(column), pa.string()), _NONE
+        if pa.types.is_boolean(t) or pa.types.is_int64(t):
+            kind = _BOOL if pa.types.is_boolean(t) else _NUMBER
+            return column.cast(pa.string()), kind
+        if pa.types.is_float64(t):
+            integral = pc.equal(column, pc.floor(column)).fill_null(False)
+            rows = pc.indices_nonzero(integral).to_pylist()
+            texts: list[bytes | None] = []
+            texts.extend(orjson.dumps(column.to_pylist())[1:-1].split(b","))
+            return self._again(name, texts, rows), _NUMBER
+        # lists and objects: read again whole
+        rows = pc.indices_nonzero(pc.is_valid(column)).to_pylist()
+        nested: list[bytes | None] = [None] * len(column)
+        return self._again(name, nested, rows), _LIST if pa.types.is_list(t) else _NONE
+
+    def _again(self, name: str, texts: list[bytes | None], rows: list[int]) -> pa.Array | None:
+        for row in rows:
+            record = self._record(row + self.drop)
+            if record is None or name not in record:
+                return None
+            text = json_text(record[name])
+            texts[row] = None if text is None else text.encode()
+        column = pa.array(texts, pa.binary()).cast(pa.string())
+        return pc.if_else(pc.equal(column, "null"), pa.scalar(None, pa.string()), column)
+
+
+# ---- batches -------------------------------------------------------------------------------
+
+
+def _row_batch(columns: list[str], pieces: list[_Piece]) -> RowBatch:
+    """The pieces as one batch with every column known (null where a piece has none)."""
+    tables = []
+    for p in pieces:
+        have = set(p.table.column_names)
+        n = len(p.numbers)
+        arrays = [p.table.column(c) if c in have else pa.nulls(n, pa.string()) for c in columns]
+        tables.append(pa.Table.from_arrays(arrays, names=columns))
+    if tables:
+        table = pa.concat_tables(tables).combine_chunks()
+    else:
+        table = pa.schema([(c, pa.string()) for c in columns]).empty_table()
+    numbers = pa.concat_arrays([p.numbers for p in pieces])
+    bad = sorted((b for p in pieces for b in p.bad), key=lambda b: b.row)
+    types = {c: _first_type(c, pieces) for c in columns}
+    fast = sum(len(p.numbers) for p in pieces if p.fast)
+    return RowBatch(list(columns), table, numbers, bad, None, True, types, fast)
+
+
+def _first_type(name: str, pieces: list[_Piece]) -> PropertyType:
+    """:func:`~.batch.first_type` of a column, from the kinds of its values."""
+    text: str | None = None
+    for p in pieces:
+        kind = p.kinds.get(name, _NONE)
+        if isinstance(kind, int):
+            if kind == _NONE or (kind == _TEXT and text is not None):
+                continue
+            column = p.table.column(name)
+            valid = pc.indices_nonzero(pc.is_valid(column))
+            if len(valid) == 0:
+                continue
+            if kind != _TEXT:
+                return _TYPED[kind]
+            text = column[valid[0].as_py()].as_py()
+            continue
+        typed = pc.indices_nonzero(pc.is_in(kind, pa.array(list(_TYPED), pa.int8())))
+        if len(typed):
+            return _TYPED[kind[typed[0].as_py()].as_py()]
+        if text is None:
+            texts = pc.indices_nonzero(pc.equal(kind, _TEXT))
+            if len(texts):
+                text = p.table.column(name)[texts[0].as_py()].as_py()
+    if text is not None:
+        return infer_type(text) or PropertyType.STRING
+    return PropertyType.STRING
