@@ -118,7 +118,7 @@ def read_json_lines_fast(
                 piece = _fast_piece(head, st) or _slow_piece(head, st)
             if st.number <= skip_rows:
                 continue
-            if piece.table.num_rows or piece.bad:
+            if len(piece.numbers) or piece.bad:
                 pieces.append(piece)
             held += size
             if st.number >= hi or (batch_bytes and held >= batch_bytes):
@@ -143,7 +143,7 @@ def _runs(chunks: Iterator[bytes], cap: int, size: int) -> Iterator[bytes | _Too
         if end >= 0:
             if over:
                 if run:
-                    yield b"".join(run)
+                    yield from _split(b"".join(run), size)
                     run, run_size = [], 0
                 yield _TooLarge(b"".join(pending))
                 body = chunk[chunk.index(b"\n") + 1 : end + 1]
@@ -155,7 +155,7 @@ def _runs(chunks: Iterator[bytes], cap: int, size: int) -> Iterator[bytes | _Too
                 run_size += len(body)
             pending, held, over = [], 0, False
             if run_size >= size:
-                yield b"".join(run)
+                yield from _split(b"".join(run), size)
                 run, run_size = [], 0
             chunk = chunk[end + 1 :]
         if not over:
@@ -165,11 +165,23 @@ def _runs(chunks: Iterator[bytes], cap: int, size: int) -> Iterator[bytes | _Too
                 over = True
                 pending = [b"".join(pending)[:TEXT_MAX]]
     if run:
-        yield b"".join(run)
+        yield from _split(b"".join(run), size)
     if over:
         yield _TooLarge(b"".join(pending))
     elif pending:
         yield b"".join(pending)
+
+
+def _split(lines: bytes, size: int) -> Iterator[bytes]:
+    """Whole ``lines`` in runs of at least ``size`` bytes (but the last) cut after a newline."""
+    pos = 0
+    while len(lines) - pos > size:
+        end = lines.find(b"\n", pos + size - 1)
+        if end < 0 or end + 1 >= len(lines):
+            break
+        yield lines[pos : end + 1]
+        pos = end + 1
+    yield lines[pos:] if pos else lines
 
 
 def _cut(run: bytes, room: int) -> tuple[bytes, bytes]:
@@ -262,10 +274,11 @@ def _fast_piece(run: bytes, st: _State) -> _Piece | None:
     count = len(lines)
     if count == 0:
         return _Piece(pa.table({}), pa.array([], pa.int64()), [], {}, True)
-    table = _arrow_table(run, [c for c in st.columns if c in st.strings])
-    if table is None or table.num_rows != count:
+    read = _arrow_table(run, [c for c in st.columns if c in st.strings])
+    if read is None or read[0].num_rows != count:
         return None
-    new = [c for c in table.column_names if c not in st.known]
+    table, order = read
+    new = [c for c in order if c not in st.known]
     if st.max_columns and len(st.columns) + len(new) > st.max_columns:
         return None  # the slow path finds the record that passes the limit
     first = st.number + 1
@@ -274,7 +287,10 @@ def _fast_piece(run: bytes, st: _State) -> _Piece | None:
     arrays: list[pa.Array] = []
     kinds: dict[str, _Kinds] = {}
     for name, column in zip(table.column_names, table.columns, strict=True):
-        text, kind = texts.column(name, column.combine_chunks())
+        try:  # (Arrow may build a nested column it cannot concatenate: [[null]])
+            text, kind = texts.column(name, column.combine_chunks())
+        except pa.ArrowException:
+            return None
         if text is None:
             return None
         if len(text):
@@ -336,9 +352,10 @@ def _depth(t: pa.DataType) -> int:
     return depth
 
 
-def _arrow_table(run: bytes, strings: list[str]) -> pa.Table | None:
+def _arrow_table(run: bytes, strings: list[str]) -> tuple[pa.Table, list[str]] | None:
     """``run`` read by Arrow, ``strings`` (and any column it would read as timestamps) as
-    strings; None if Arrow cannot read it."""
+    strings, and its keys in first-seen order; None if Arrow cannot read it."""
+    order: list[str] | None = None
     for _ in range(2):
         schema = pa.schema([(c, pa.string()) for c in strings]) if strings else None
         try:
@@ -351,9 +368,11 @@ def _arrow_table(run: bytes, strings: list[str]) -> pa.Table | None:
             return None
         if any(_depth(f.type) > _DEPTH for f in table.schema):
             return None  # orjson refuses deep nesting
+        if order is None:  # (the schema's columns come first, the others as they appear)
+            order = table.column_names
         others = [f.name for f in table.schema if not _plain(f.type)]
         if not others:
-            return table
+            return table, order
         strings = strings + others
     return None
 
@@ -403,6 +422,7 @@ class _Texts:
             texts.extend(orjson.dumps(column.to_pylist())[1:-1].split(b","))
             return self._again(name, texts, rows), _NUMBER
         # lists and objects: read again whole
+        column.validate(full=True)
         rows = pc.indices_nonzero(pc.is_valid(column)).to_pylist()
         nested: list[bytes | None] = [None] * len(column)
         return self._again(name, nested, rows), _LIST if pa.types.is_list(t) else _NONE
