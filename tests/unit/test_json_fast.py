@@ -77,7 +77,8 @@ def objects(draw: st.DrawFn) -> bytes:
 bad_lines = st.sampled_from(
     [b"not json", b"[1]", b"1", b'"s"', b'{"a":1}{"a":2}', b'{"a":', b"}", b'{"a":1,}',
      b'\xef\xbb\xbf{"a":1}', b'{"a":"\xff"}', b'{"a":"\xed\xa0\x80"}', b'{"a":1} \x0b',
-     b'{"a":1}//c', b'{"a":"x\ty"}', b'{"a":1}\r{"a":2}', b'{"a":\r1}', b"  ", b"\x0b", b"", b"\t", b'{"a":"' + b"y" * 40 + b'"}']
+     b'{"a":1}//c', b'{"a":"x\ty"}', b'{"a":1}\r{"a":2}', b'{"a":\r1}',
+     b"  ", b"\x0b", b"", b"\t", b'{"a":"' + b"y" * 40 + b'"}']
 )  # fmt: skip
 
 

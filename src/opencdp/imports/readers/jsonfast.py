@@ -20,8 +20,8 @@ is that of its Arrow column (one per column in a run), or, from the slow path, o
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -47,7 +47,15 @@ from opencdp.imports.readers.jsonfile import (
 
 FAST_BLOCK = 4 << 20  # bytes of whole lines Arrow reads at once
 _DEPTH = 512  # nesting past this is read by the slow path (orjson refuses past 1024)
-_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+# What Arrow may read otherwise than the slow path (RE2 patterns): a number orjson may round
+# (as ``long_numbers`` finds them), NaN and Infinity (Arrow takes them), an escaped surrogate, a
+# carriage return that ends no line.
+_ODD = (
+    r"[:\[,][ \t\r\n]*-?[0-9](?:[0-9.]{15}|[0-9.]*[eE][+-]?[0-9]{3})"
+    r"|NaN|Inf|\\u[dD][89a-fA-F]|\r[^\n]|\r$"
+)
+# Lines that are not each an object: a line that does not start with "{" or end with "}".
+_UNSHAPED = r"^[^{]|\n[^{]|[^}\r]\n|[^}]\r\n|[^}\n]$"
 # The kind of a value, for first_type: nothing to say (null, missing, an object), the JSON
 # types first_type takes first, and a string.
 _NONE, _NUMBER, _BOOL, _LIST, _TEXT = range(5)
@@ -86,6 +94,32 @@ class _State:
     strings: set[str] = field(default_factory=set)  # columns Arrow reads as strings
     number: int = 0  # records read
 
+    def string_columns(self) -> list[str]:
+        return [c for c in self.columns if c in self.strings]
+
+
+@dataclass
+class _Scan:
+    """A run as the thread found it: Arrow's table and the run's keys in first-seen order (None
+    if Arrow cannot read it, or the bytes show it may not read it exactly), and how many lines
+    it has if each is an object (None if some are not, or are blank: see _record_lines)."""
+
+    read: tuple[pa.Table, list[str]] | None
+    lines: int | None
+
+    def sliceable(self, st: _State) -> bool:
+        """Whether its parts are read as the run (they are if no key is new: keys are columns
+        from the record where they appear, null or not, which Arrow does not tell)."""
+        read, lines = self.read, self.lines
+        if read is None or lines is None or read[0].num_rows != lines:
+            return False  # (a line with two objects, say)
+        return st.known.issuperset(read[1])
+
+    def split(self, k: int) -> tuple[_Scan, _Scan]:
+        assert self.read is not None and self.lines is not None
+        table, order = self.read
+        return _Scan((table.slice(0, k), order), k), _Scan((table.slice(k), order), self.lines - k)
+
 
 def read_json_lines_fast(
     chunks: Iterator[bytes],
@@ -100,34 +134,62 @@ def read_json_lines_fast(
 ) -> Iterator[RowBatch]:
     """The records of JSON lines (``chunks``, UTF-8) in batches as :func:`read_json` gives them,
     without the records themselves. A batch ends at ``batch_rows`` records or after the run
-    that brings the lines it read to ``batch_bytes``."""
+    that brings the lines it read to ``batch_bytes``. Each run is scanned (Arrow and the byte
+    checks, which release the GIL) in a thread, one run ahead."""
     st = _State(label, cap, skip_rows, max_field_bytes, max_columns)
     pieces: list[_Piece] = []
     held = 0
     hi = skip_rows + batch_rows
-    for run in _runs(chunks, cap, block_size):
-        while run:
-            if isinstance(run, _TooLarge):
-                st.number += 1
-                piece = _bad_piece(st, run.prefix, f"record larger than {cap} bytes")
-                size = len(run.prefix)
-                run = b""
-            else:
-                head, run = _cut(run, hi - st.number)
-                size = len(head)
-                piece = _fast_piece(head, st) or _slow_piece(head, st)
-            if st.number <= skip_rows:
-                continue
-            if len(piece.numbers) or piece.bad:
-                pieces.append(piece)
-            held += size
-            if st.number >= hi or (batch_bytes and held >= batch_bytes):
-                if pieces:
-                    yield _row_batch(st.columns, pieces)
-                pieces, held = [], 0
-                hi = st.number + batch_rows
+    with ThreadPoolExecutor(1, thread_name_prefix="json-lines") as pool:
+        for run, ahead in _ahead(_runs(chunks, cap, block_size), pool, st):
+            scan = ahead.result() if ahead is not None else None
+            while run:
+                if isinstance(run, _TooLarge):
+                    st.number += 1
+                    piece = _bad_piece(st, run.prefix, f"record larger than {cap} bytes")
+                    size = len(run.prefix)
+                    run = b""
+                else:
+                    room = hi - st.number
+                    if scan is not None and scan.lines is not None and scan.lines <= room:
+                        head, run = run, b""
+                    else:
+                        head, run = _cut(run, room)
+                    if not run:
+                        head_scan = scan or _scan(head, st.string_columns())
+                        scan = None
+                    elif scan is not None and scan.sliceable(st):
+                        head_scan, scan = scan.split(room)  # (each line a record)
+                    else:
+                        head_scan, scan = _scan(head, st.string_columns()), None
+                    size = len(head)
+                    piece = _fast_piece(head, head_scan, st) or _slow_piece(head, st)
+                if st.number <= skip_rows:
+                    continue
+                if len(piece.numbers) or piece.bad:
+                    pieces.append(piece)
+                held += size
+                if st.number >= hi or (batch_bytes and held >= batch_bytes):
+                    if pieces:
+                        yield _row_batch(st.columns, pieces)
+                    pieces, held = [], 0
+                    hi = st.number + batch_rows
     if pieces:
         yield _row_batch(st.columns, pieces)
+
+
+def _ahead(
+    runs: Iterator[bytes | _TooLarge], pool: ThreadPoolExecutor, st: _State
+) -> Iterator[tuple[bytes | _TooLarge, Future[_Scan] | None]]:
+    """Each run, with its scan started before the one of the run before is handed out."""
+    held: tuple[bytes | _TooLarge, Future[_Scan] | None] | None = None
+    for run in runs:
+        ahead = pool.submit(_scan, run, st.string_columns()) if isinstance(run, bytes) else None
+        if held is not None:
+            yield held
+        held = run, ahead
+    if held is not None:
+        yield held
 
 
 def _runs(chunks: Iterator[bytes], cap: int, size: int) -> Iterator[bytes | _TooLarge]:
@@ -255,29 +317,17 @@ def _kind(value: Any) -> int:
 # ---- the fast path -------------------------------------------------------------------------
 
 
-def _fast_piece(run: bytes, st: _State) -> _Piece | None:
+def _fast_piece(run: bytes, scan: _Scan, st: _State) -> _Piece | None:
     """The records of ``run`` read by Arrow, or None where it might not read them exactly."""
-    if long_digits(run) or b"NaN" in run or b"Inf" in run:
+    if scan.read is None:
         return None
-    if b"\\u" in run and _SURROGATE.search(run):
-        return None
-    if b"\r" in run and run.count(b"\r") != run.count(b"\r\n"):
-        return None
-    if not run.isascii():
-        try:
-            run.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    lines = _record_lines(run)
+    lines = range(scan.lines) if scan.lines is not None else _record_lines(run)
     if lines is None:
         return None
     count = len(lines)
-    if count == 0:
-        return _Piece(pa.table({}), pa.array([], pa.int64()), [], {}, True)
-    read = _arrow_table(run, [c for c in st.columns if c in st.strings])
-    if read is None or read[0].num_rows != count:
+    table, order = scan.read
+    if table.num_rows != count:
         return None
-    table, order = read
     new = [c for c in order if c not in st.known]
     if st.max_columns and len(st.columns) + len(new) > st.max_columns:
         return None  # the slow path finds the record that passes the limit
@@ -313,14 +363,27 @@ def _fast_piece(run: bytes, st: _State) -> _Piece | None:
     return _Piece(rows, numbers, [], kinds, True)
 
 
+def _scan(run: bytes, strings: list[str]) -> _Scan:
+    """Check ``run``'s bytes and read it with Arrow (``strings`` as strings)."""
+    data = pa.Array.from_buffers(
+        pa.binary(), 1, [None, pa.array([0, len(run)], pa.int32()).buffers()[1], pa.py_buffer(run)]
+    )
+    if pc.match_substring_regex(data, _ODD)[0].as_py():
+        return _Scan(None, None)
+    if not run.isascii():
+        try:
+            data.cast(pa.string())  # (checks UTF-8)
+        except pa.ArrowInvalid:
+            return _Scan(None, None)
+    lines = None
+    if not pc.match_substring_regex(data, _UNSHAPED)[0].as_py():
+        lines = pc.count_substring(data, "\n")[0].as_py() + (not run.endswith(b"\n"))
+    return _Scan(_arrow_table(run, strings), lines)
+
+
 def _record_lines(run: bytes) -> list[int] | None:
     """The index of each record's line in ``run``; None unless each line is blank or starts
     with ``{`` and ends with ``}`` (JSON whitespace aside)."""
-    total = run.count(b"\n") + (not run.endswith(b"\n"))
-    starts = run.startswith(b"{") + run.count(b"\n{")
-    ends = run.count(b"}\n") + run.count(b"}\r\n") + run.endswith(b"}")
-    if starts == ends == total:
-        return list(range(total))
     found: list[int] = []
     for i, line in enumerate(run.split(b"\n")):
         if not line or line.isspace():
@@ -380,7 +443,7 @@ def _arrow_table(run: bytes, strings: list[str]) -> tuple[pa.Table, list[str]] |
 class _Texts:
     """A run's Arrow columns as text, from record ``drop`` on (those before are skipped)."""
 
-    def __init__(self, run: bytes, lines: list[int], drop: int) -> None:
+    def __init__(self, run: bytes, lines: Sequence[int], drop: int) -> None:
         self._run = run
         self._lines = lines
         self._split: list[bytes] | None = None
