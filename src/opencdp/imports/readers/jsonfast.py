@@ -20,6 +20,7 @@ is that of its Arrow column (one per column in a run), or, from the slow path, o
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,16 +47,19 @@ from opencdp.imports.readers.jsonfile import (
 )
 
 FAST_BLOCK = 4 << 20  # bytes of whole lines Arrow reads at once
+_AHEAD = 2  # runs scanned at once, in threads, ahead of the one whose rows are being made
 _DEPTH = 512  # nesting past this is read by the slow path (orjson refuses past 1024)
 # What Arrow may read otherwise than the slow path (RE2 patterns): a number orjson may round
 # (as ``long_numbers`` finds them), NaN and Infinity (Arrow takes them), an escaped surrogate, a
 # carriage return that ends no line.
 _ODD = (
     r"[:\[,][ \t\r\n]*-?[0-9](?:[0-9.]{15}|[0-9.]*[eE][+-]?[0-9]{3})"
-    r"|NaN|Inf|\\u[dD][89a-fA-F]|\r[^\n]|\r$"
+    r"|NaN|Inf|\\u[dD][89a-fA-F]|\r[^\n]"
 )
-# Lines that are not each an object: a line that does not start with "{" or end with "}".
-_UNSHAPED = r"^[^{]|\n[^{]|[^}\r]\n|[^}]\r\n|[^}\n]$"
+# Lines that are not each an object: a line that does not start with "{" or end with "}" (the
+# run's first and last are looked at apart: anchors would slow RE2 down).
+_UNSHAPED = r"\n[^{]|[^}\r]\n|[^}]\r\n"
+_ODD_OR_UNSHAPED = f"{_ODD}|{_UNSHAPED}"
 # The kind of a value, for first_type: nothing to say (null, missing, an object), the JSON
 # types first_type takes first, and a string.
 _NONE, _NUMBER, _BOOL, _LIST, _TEXT = range(5)
@@ -135,12 +139,12 @@ def read_json_lines_fast(
     """The records of JSON lines (``chunks``, UTF-8) in batches as :func:`read_json` gives them,
     without the records themselves. A batch ends at ``batch_rows`` records or after the run
     that brings the lines it read to ``batch_bytes``. Each run is scanned (Arrow and the byte
-    checks, which release the GIL) in a thread, one run ahead."""
+    checks, which release the GIL) in a thread, a few runs ahead."""
     st = _State(label, cap, skip_rows, max_field_bytes, max_columns)
     pieces: list[_Piece] = []
     held = 0
     hi = skip_rows + batch_rows
-    with ThreadPoolExecutor(1, thread_name_prefix="json-lines") as pool:
+    with ThreadPoolExecutor(_AHEAD, thread_name_prefix="json-lines") as pool:
         for run, ahead in _ahead(_runs(chunks, cap, block_size), pool, st):
             scan = ahead.result() if ahead is not None else None
             while run:
@@ -181,15 +185,14 @@ def read_json_lines_fast(
 def _ahead(
     runs: Iterator[bytes | _TooLarge], pool: ThreadPoolExecutor, st: _State
 ) -> Iterator[tuple[bytes | _TooLarge, Future[_Scan] | None]]:
-    """Each run, with its scan started before the one of the run before is handed out."""
-    held: tuple[bytes | _TooLarge, Future[_Scan] | None] | None = None
+    """Each run, with its scan started ``_AHEAD`` runs before it is handed out."""
+    held: deque[tuple[bytes | _TooLarge, Future[_Scan] | None]] = deque()
     for run in runs:
         ahead = pool.submit(_scan, run, st.string_columns()) if isinstance(run, bytes) else None
-        if held is not None:
-            yield held
-        held = run, ahead
-    if held is not None:
-        yield held
+        held.append((run, ahead))
+        if len(held) > _AHEAD:
+            yield held.popleft()
+    yield from held
 
 
 def _runs(chunks: Iterator[bytes], cap: int, size: int) -> Iterator[bytes | _TooLarge]:
@@ -368,16 +371,19 @@ def _scan(run: bytes, strings: list[str]) -> _Scan:
     data = pa.Array.from_buffers(
         pa.binary(), 1, [None, pa.array([0, len(run)], pa.int32()).buffers()[1], pa.py_buffer(run)]
     )
-    if pc.match_substring_regex(data, _ODD)[0].as_py():
+    if run.endswith(b"\r"):
         return _Scan(None, None)
+    shaped = run.startswith(b"{") and run.endswith((b"}", b"\n"))
+    if pc.match_substring_regex(data, _ODD_OR_UNSHAPED)[0].as_py():  # (one pass, mostly)
+        if pc.match_substring_regex(data, _ODD)[0].as_py():
+            return _Scan(None, None)
+        shaped = False
     if not run.isascii():
         try:
             data.cast(pa.string())  # (checks UTF-8)
         except pa.ArrowInvalid:
             return _Scan(None, None)
-    lines = None
-    if not pc.match_substring_regex(data, _UNSHAPED)[0].as_py():
-        lines = pc.count_substring(data, "\n")[0].as_py() + (not run.endswith(b"\n"))
+    lines = run.count(b"\n") + (not run.endswith(b"\n")) if shaped else None
     return _Scan(_arrow_table(run, strings), lines)
 
 
