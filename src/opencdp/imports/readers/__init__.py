@@ -5,10 +5,11 @@ the file: a record past twice ``max_field_bytes`` (at least 1 MiB) is not held b
 and a field past ``max_field_bytes`` (in UTF-8) makes its record bad. A batch ends at
 ``batch_rows`` records, or, with ``batch_bytes``, once it holds that much text (a batch of the
 delimited reader ends at the end of the piece that passes it, a piece being at most an Arrow
-block or 1 MiB of records read slowly; one of the JSON reader at the end of the 1 MiB chunk
-that passes it). With ``max_columns``, a file with more columns is refused: a delimited file
-by its header, before any record is read (and a header larger than ``max_columns`` KiB is not
-read at all); a JSON file when its records' keys pass that many. Every record is accounted
+block or 1 MiB of records read slowly; one of the JSON reader at the end of the 1 MiB chunk,
+or on the fast path the 4 MiB run of lines, that passes it). With ``max_columns``, a file with
+more columns is refused: a delimited file by its header, before any record is read (and a
+header larger than ``max_columns`` KiB is not read at all); a JSON file when its records' keys
+pass that many. Every record is accounted
 for: it is either a row of a batch or a :class:`BadRow` of that batch, numbered from 1 (the
 header of a delimited file is not counted, nor blank lines), and a batch holds consecutive
 records, so a job can resume after the last record of a batch with ``skip_rows``.
@@ -22,14 +23,21 @@ the byte offset of every record; fields are decoded with the file's charset afte
 charsets accepted are ASCII-compatible ones, in which ``"``, delimiters and newlines are never
 part of a multibyte character.
 
-JSON lines are parsed one by one; a JSON array is split into its elements by a small scanner
-(strings skipped whole, brackets counted), and long runs of elements are parsed at once where
-that works. Values become text: a string as is, a number or a nested value as its compact JSON
-text, ``true`` and ``false``, and ``null`` as null; columns are the keys in first-seen order.
+JSON lines are parsed one by one with orjson, and a JSON array is split into its elements by a
+small scanner (strings skipped whole, brackets counted), long runs of elements parsed at once
+where that works. Values become text: a string as is, a number or a nested value as its compact
+JSON text, ``true`` and ``false``, and ``null`` as null; columns are the keys in first-seen
+order. A JSON batch is ``json``: :meth:`RowBatch.first_type` gives its columns' types by their
+JSON values, and it carries the records themselves (``objects``) unless the caller asks not to.
+Then JSON lines take a fast path, Arrow's JSON reader, on runs of whole lines (4 MiB, two at a
+time in threads), giving exactly what the slow path gives: a run Arrow might read otherwise
+(a bad line, a key whose type changes, numbers a double may round, NaN, escaped surrogates...)
+is read by the slow path, and numbers Arrow turned into integral doubles, and nested values,
+are read again from their lines (:mod:`.jsonfast`).
 
 The package's modules follow these seams: :mod:`.batch` (what every reader yields),
 :mod:`.charset`, :mod:`.delimited` (the header, and the fast and slow paths), :mod:`.records`
-(records split as ``csv`` splits them, in bounded memory) and :mod:`.jsonfile`.
+(records split as ``csv`` splits them, in bounded memory), :mod:`.jsonfile` and :mod:`.jsonfast`.
 """
 
 from __future__ import annotations

@@ -1,21 +1,23 @@
 """JSON lines read by Arrow's JSON reader, for callers that need text columns, not the records.
 
-The file is read in runs of whole lines (about ``block_size`` bytes). Arrow reads a run at once
-when byte-level checks and its own errors show that it reads it exactly as the slow path would
-(:func:`~.jsonfile.parse_record`, line by line): every line that is not blank is one object,
-starting with ``{`` and ending with ``}``, so that no value spans lines and a line with two
-values shows as one row too many; no number a double may round (``long_numbers``), no
-``NaN`` or ``Infinity`` (which Arrow takes), no escaped surrogate, valid UTF-8. Arrow refuses
+The file is read in runs of whole lines (about ``block_size`` bytes), each scanned in a thread
+(Arrow's read and one pass of RE2 over its bytes, both without the GIL), two runs ahead. Arrow's
+read of a run is used when it is exactly what the slow path (:func:`~.jsonfile.parse_record`,
+line by line) gives: every line not blank is one object, starting with ``{`` and ending with
+``}``, so that no value spans lines and a line with two values shows as a row too many; no
+number orjson may round (what ``long_numbers`` finds), no ``NaN`` or ``Infinity`` (which Arrow
+takes), no escaped surrogate, no lone carriage return, valid UTF-8. Arrow itself refuses
 duplicate keys and a key whose JSON type changes. Values become text as the slow path makes
 them: a number Arrow holds as an integral double (an integer in a column with decimals, or
-``1.0``), and a nested value, is read again from its line with orjson. Anything else runs the
-slow path on that run: a bad line, a type change, a field past the limit, a run that would pass
+``1.0``), and a nested value, is read again from its line with orjson. Anything else sends the
+run to the slow path: a bad line, a type change, a field past the limit, keys past
 ``max_columns``.
 
 Columns grow as keys appear, in first-seen order: Arrow lists a run's keys in that order. Strings
 Arrow would read as timestamps are read as strings (by an explicit schema, which also refuses a
-number where a string was). A batch carries its columns' ``first_type``: the kind of each value
-is that of its Arrow column (one per column in a run), or, from the slow path, of each value.
+number where a string was). A batch carries its columns' ``first_type``, from the kind of their
+values: that of the Arrow column (one per column in a run), or, from the slow path, each
+value's.
 """
 
 from __future__ import annotations
