@@ -46,15 +46,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from opencdp.imports.readers.batch import BadRow, FileError, RowBatch, too_many_columns
-from opencdp.imports.readers.charset import (
-    bom_length,
-    charset_label,
-    detect_charset,
-    first_content,
-    utf8_chunks,
-)
+from opencdp.imports.readers.charset import bom_length, detect_charset, first_content
 from opencdp.imports.readers.delimited import BLOCK, DELIMITERS, delimited_spec, read_delimited
-from opencdp.imports.readers.jsonfast import FAST_BLOCK, read_json_lines_fast
 from opencdp.imports.readers.jsonfile import read_json
 
 FORMATS = ("csv", "tsv", "ssv", "jsonl", "json")
@@ -112,15 +105,9 @@ def read_file(
             batch_bytes, max_columns,
         )  # fmt: skip
         return read_delimited(path, spec, fast, block_size or BLOCK)
-    if fmt == "jsonl" and fast and not objects:
-        chunks = utf8_chunks(path, start, charset)
-        return read_json_lines_fast(
-            chunks, cap, charset_label(charset), batch_rows, skip_rows, max_field_bytes,
-            batch_bytes, max_columns, block_size or FAST_BLOCK,
-        )  # fmt: skip
     return read_json(
         path, fmt, charset, start, content, cap, batch_rows, skip_rows, max_field_bytes,
-        batch_bytes, max_columns,
+        batch_bytes, max_columns, objects=objects or not fast, block_size=block_size,
     )  # fmt: skip
 
 

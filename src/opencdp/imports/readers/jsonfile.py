@@ -57,10 +57,22 @@ def read_json(
     max_field_bytes: int,
     batch_bytes: int = 0,
     max_columns: int = 0,
+    *,
+    objects: bool = True,
+    block_size: int = 0,
 ) -> Iterator[RowBatch]:
     """The records of a JSON file (``jsonl`` or ``json``, an array) in batches: from
     ``start`` (after a byte order mark), whose first non-blank byte is at ``content``; a
-    record past ``cap`` bytes is reported, not held."""
+    record past ``cap`` bytes is reported, not held. Without ``objects``, JSON lines take the
+    fast path (:mod:`.jsonfast`, in runs of ``block_size`` bytes)."""
+    if fmt == "jsonl" and not objects:
+        # (imported here: the fast path builds on this module's records and texts)
+        from opencdp.imports.readers.jsonfast import FAST_BLOCK, read_json_lines_fast
+
+        return read_json_lines_fast(
+            utf8_chunks(path, start, charset), cap, charset_label(charset), batch_rows,
+            skip_rows, max_field_bytes, batch_bytes, max_columns, block_size or FAST_BLOCK,
+        )  # fmt: skip
     chunks = _Counted(utf8_chunks(path, start, charset))
     if fmt == "jsonl":
         records = _json_lines(chunks, cap, charset_label(charset))
