@@ -135,24 +135,80 @@ def coerce_column(
         false = pc.is_in(lowered, pa.array(sorted(ct.FALSE_TEXTS)))
         _flag(values, pc.or_(true, false), problems, name, "expected a boolean")
         return pc.if_else(true, True, pc.if_else(false, False, pa.scalar(None, pa.bool_())))
-    out: list[object] = []
+    if ptype is PropertyType.DATETIME and (plain := _plain_datetimes(values, tz)) is not None:
+        # Plain values by Arrow kernels; the others one by one.
+        rest = pc.and_(pc.is_valid(values), pc.is_null(plain))
+        if not pc.any(rest).as_py():
+            return plain.cast(ARROW[ptype])
+        out: list[object] = plain.to_pylist()
+        for i in pc.indices_nonzero(rest).to_pylist():
+            out[i] = _coerce_one(ptype, values[i].as_py(), name, limits, tz, problems, i)
+        return pa.array(out, ARROW[ptype])
+    out = []
     for i, v in enumerate(values.to_pylist()):
         if v is None:
             out.append(None)
             continue
-        try:
-            if ptype is PropertyType.LIST:
-                try:
-                    parsed = orjson.loads(v)
-                except orjson.JSONDecodeError:
-                    parsed = v  # not a JSON array: coerce says what it expected
-                out.append(ct.coerce(ptype, parsed, name, limits, tz))
-            else:
-                out.append(ct.coerce(ptype, v, name, limits, tz))
-        except CdpError as exc:
-            problems.setdefault(i, exc.message)
-            out.append(None)
+        if ptype is PropertyType.LIST:
+            try:
+                parsed = orjson.loads(v)
+            except orjson.JSONDecodeError:
+                parsed = v  # not a JSON array: coerce says what it expected
+            out.append(_coerce_one(ptype, parsed, name, limits, tz, problems, i))
+        else:
+            out.append(_coerce_one(ptype, v, name, limits, tz, problems, i))
     return pa.array(out, ARROW[ptype])
+
+
+def _coerce_one(
+    ptype: PropertyType,
+    v: object,
+    name: str,
+    limits: Limits,
+    tz: tzinfo,
+    problems: Problems,
+    i: int,
+) -> object:
+    try:
+        return ct.coerce(ptype, v, name, limits, tz)
+    except CdpError as exc:
+        problems.setdefault(i, exc.message)
+        return None
+
+
+# Local date-times written exactly as 'YYYY-MM-DD HH:MM:SS' (or with a 'T'): most of every file.
+_PLAIN_DATETIME_RE = r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}$"
+
+
+def _plain_datetimes(values: pa.Array, tz: tzinfo) -> pa.Array | None:
+    """Microseconds since the epoch of the values written as 'YYYY-MM-DD HH:MM:SS' in ``tz``,
+    read with Arrow kernels; null for every other value, and for those that ``coerce`` must
+    judge: a date that does not exist (Arrow would roll it over, so each value is formatted
+    back and compared), a local time a change of offset skips (Arrow and Python place it
+    differently), one out of range. None when no value is plain, or Arrow does not know ``tz``.
+    An ambiguous local time is the earlier instant, as Python's ``fold=0`` makes it."""
+    zone_name = getattr(tz, "key", None)
+    if zone_name is None:
+        return None
+    plain = pc.fill_null(pc.match_substring_regex(values, _PLAIN_DATETIME_RE), False)
+    if not pc.any(plain).as_py():
+        return None
+    text = pc.replace_substring(pc.if_else(plain, values, pa.scalar(None, pa.string())), "T", " ")
+    local = pc.strptime(text, format="%Y-%m-%d %H:%M:%S", unit="us", error_is_null=True)
+    written = pc.utf8_slice_codeunits(pc.strftime(local, format="%Y-%m-%d %H:%M:%S"), 0, 19)
+    try:
+        early, late = (
+            pc.assume_timezone(local, timezone=zone_name, ambiguous="earliest", nonexistent=gap)
+            for gap in ("earliest", "latest")
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a zone Arrow's database lacks
+        return None
+    us = early.cast(pa.int64())
+    ok = pc.and_(
+        pc.and_(pc.equal(written, text), pc.equal(us, late.cast(pa.int64()))),
+        pc.and_(pc.greater_equal(us, ct.MIN_US), pc.less_equal(us, ct.MAX_US)),
+    )
+    return pc.if_else(pc.fill_null(ok, False), us, pa.scalar(None, pa.int64()))
 
 
 def _exact_numbers(

@@ -21,7 +21,7 @@ ALREADY_STORED = "a profile with one of these identities already exists"
 REPEATED = "repeats the identity of an earlier row of the file"
 
 _TEMPS = (
-    "_rtok", "_rfail", "_rv", "_rown", "_re", "_rl", "_rl2", "_rc", "_ru", "_rrow", "_rsrc",
+    "_rtok", "_rfail", "_rv", "_rown", "_re", "_rl", "_rl2", "_rc", "_ru", "_rrow", "_rsrc", "_rev",
 )  # fmt: skip
 
 
@@ -49,7 +49,7 @@ class ResolveWrites(Writes):
         try:
             self._tokens(project_id, staged, keys, insert_only, out)
             if write:
-                self._resolve(project_id, staged, props, user_props, key)
+                self._resolve(project_id, staged, len(keys), props, user_props, key)
             self._drop_temps()
         finally:  # (after an error the transaction is rolled back, its temporary tables too)
             self._unstage(staged)
@@ -82,7 +82,7 @@ class ResolveWrites(Writes):
                 self._screen_events(project_id, staged, out)
             if write:
                 self._tokens(project_id, staged, keys, False, out)
-                self._resolve(project_id, staged, key_props, user_props, key)
+                self._resolve(project_id, staged, len(keys), key_props, user_props, key)
                 self._write_events(project_id, staged, event_props)
             self._drop_temps()
         finally:
@@ -111,19 +111,17 @@ class ResolveWrites(Writes):
         """One event per event id: the name, time and person of its last row, each property
         from the last row that has one; upserted as the record path upserts events."""
         cols = [ident(p.column) for p in props]
-        picks = "".join(f", arg_max(s.{c}, s._row) FILTER (WHERE s.{c} IS NOT NULL)" for c in cols)
-        names = ", ".join(["event_id", "event_name", "event_time", "received_at", "user_id", *cols])
-        sets = ", ".join(
-            [f"{c} = EXCLUDED.{c}" for c in ("event_name", "event_time", "received_at", "user_id")]
-            + [f"{c} = COALESCE(EXCLUDED.{c}, {c})" for c in cols]
+        picks = "".join(
+            f", arg_max(s.{c}, s._row) FILTER (WHERE s.{c} IS NOT NULL) AS {c}" for c in cols
         )
         self._cur.execute(
-            f"INSERT INTO {table(project_id, 'events')} ({names}) "
-            "SELECT s.event_id, arg_max(s.event_name, s._row), arg_max(s.event_time, s._row), "
-            f"max(s._touched), arg_max(r.user_id, s._row){picks} "
-            f"FROM {staged} s JOIN _rrow r ON r._row = s._row GROUP BY s.event_id "
-            f"ON CONFLICT (event_id) DO UPDATE SET {sets}"
+            "CREATE OR REPLACE TEMP TABLE _rev AS SELECT s.event_id, "
+            "arg_max(s.event_name, s._row) AS event_name, "
+            "arg_max(s.event_time, s._row) AS event_time, max(s._touched) AS received_at, "
+            f"arg_max(r.user_id, s._row) AS user_id{picks} "
+            f"FROM {staged} s JOIN _rrow r ON r._row = s._row GROUP BY s.event_id"
         )
+        self._merge_events(project_id, "_rev", props)
 
     def _tokens(
         self,
@@ -173,16 +171,21 @@ class ResolveWrites(Writes):
             f"JOIN {identities} i ON i.key_id = v.key_id AND i.value = v.value"
         )
 
-    def _components(self) -> None:
-        """``_rl``: each value's component, labelled by its smallest value number."""
+    def _components(self, keys: int) -> None:
+        """``_rl``: each value's component, labelled by its smallest value number (``keys``:
+        how many identity key columns the batch has)."""
         cur = self._cur
         # Edges: each value of a row (or of a stored user) to the row's (user's) first value,
-        # both ways.
-        cur.execute(
-            "CREATE OR REPLACE TEMP TABLE _re AS WITH star AS ("
+        # both ways. (A row of a batch with one key column holds one value: no edge.)
+        rows = (
             "SELECT min(v.t) OVER (PARTITION BY r._row) AS a, v.t AS b FROM _rtok r "
-            "JOIN _rv v ON v.key_id = r.key_id AND v.value = r.value "
-            "UNION ALL SELECT min(t) OVER (PARTITION BY user_id), t FROM _rown) "
+            "JOIN _rv v ON v.key_id = r.key_id AND v.value = r.value UNION ALL "
+            if keys > 1
+            else ""
+        )
+        cur.execute(
+            f"CREATE OR REPLACE TEMP TABLE _re AS WITH star AS ({rows}"
+            "SELECT min(t) OVER (PARTITION BY user_id) AS a, t AS b FROM _rown) "
             "SELECT DISTINCT a, b FROM (SELECT a, b FROM star UNION ALL SELECT b, a FROM star) "
             "WHERE a <> b"
         )
@@ -208,12 +211,13 @@ class ResolveWrites(Writes):
         self,
         project_id: int,
         staged: str,
+        keys: int,
         props: Sequence[Property],
         user_props: Sequence[Property],
         key: str | None,
     ) -> None:
         cur = self._cur
-        self._components()
+        self._components(keys)
         # Each component's stored users: the lowest survives, the others merge into it.
         touched = cur.execute(
             "SELECT DISTINCT l.l, o.user_id FROM _rown o JOIN _rl l ON l.t = o.t"
