@@ -6,6 +6,7 @@ local times a daylight-saving change skips or repeats, the ends of the range, ot
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 from hypothesis import given, settings
@@ -24,7 +25,7 @@ LIMITS = Limits()
 # of the range, with fields that may be out of range; and a few other shapes.
 plain = st.builds(
     lambda y, mo, d, h, mi, s, sep: f"{y:04d}-{mo:02d}-{d:02d}{sep}{h:02d}:{mi:02d}:{s:02d}",
-    st.sampled_from([2024, 1, 9999, 1970, 2000]),
+    st.sampled_from([2024, 1, 9999, 1970, 1969, 2000, 2037, 2038, 2100]),
     st.sampled_from([1, 2, 3, 4, 10, 11, 12, 13]),
     st.sampled_from([1, 2, 3, 6, 7, 10, 28, 29, 30, 31, 0]),
     st.sampled_from([0, 1, 2, 3, 23, 24]),
@@ -68,6 +69,16 @@ def test_a_datetime_column_reads_as_its_values_one_by_one(
     expected, reasons = by_value(values, zone)
     assert typed.cast(pa.int64()).to_pylist() == expected
     assert problems == reasons
+
+
+def test_a_zone_arrow_does_not_know_goes_value_by_value() -> None:
+    with open("/usr/share/zoneinfo/Asia/Shanghai", "rb") as f:  # Shanghai, by another name
+        zone = ZoneInfo.from_file(f, key="Nowhere/Else")
+    values = ["2024-03-05 01:02:03", "2024-03-05 01:02:04"]
+    problems: dict[int, str] = {}
+    typed = coerce_column(PropertyType.DATETIME, pa.array(values), "t", LIMITS, zone, problems, {})
+    assert typed.cast(pa.int64()).to_pylist() == by_value(values, "Asia/Shanghai")[0]
+    assert problems == {}
 
 
 def test_the_daylight_saving_edges() -> None:

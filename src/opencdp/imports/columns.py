@@ -176,38 +176,48 @@ def _coerce_one(
         return None
 
 
-# Local date-times written exactly as 'YYYY-MM-DD HH:MM:SS' (or with a 'T'): most of every file.
-_PLAIN_DATETIME_RE = r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}$"
+# Local date-times written exactly as 'YYYY-MM-DD HH:MM:SS' (or with a 'T'), each field in its
+# range (a day past its month's end aside), from 1970 to 2037, the years whose offsets both
+# Python's and Arrow's zone databases list change by change: most of every file.
+_PLAIN_DATETIME_RE = (
+    r"^(19[7-9]\d|20[0-2]\d|203[0-7])-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[ T]([01]\d|2[0-3]):[0-5]\d:[0-5]\d$"
+)
 
 
 def _plain_datetimes(values: pa.Array, tz: tzinfo) -> pa.Array | None:
     """Microseconds since the epoch of the values written as 'YYYY-MM-DD HH:MM:SS' in ``tz``,
     read with Arrow kernels; null for every other value, and for those that ``coerce`` must
-    judge: a date that does not exist (Arrow would roll it over, so each value is formatted
-    back and compared), a local time a change of offset skips (Arrow and Python place it
-    differently), one out of range. None when no value is plain, or Arrow does not know ``tz``.
-    An ambiguous local time is the earlier instant, as Python's ``fold=0`` makes it."""
+    judge: a day past the end of its month (Arrow would roll it over into the next), a local
+    time a change of offset skips (Arrow and Python place it differently), one out of range.
+    None when no value is plain, or Arrow does not know ``tz``. An ambiguous local time is the
+    earlier instant, as Python's ``fold=0`` makes it."""
     zone_name = getattr(tz, "key", None)
     if zone_name is None:
         return None
     plain = pc.fill_null(pc.match_substring_regex(values, _PLAIN_DATETIME_RE), False)
     if not pc.any(plain).as_py():
         return None
-    text = pc.replace_substring(pc.if_else(plain, values, pa.scalar(None, pa.string())), "T", " ")
+    text = pc.if_else(plain, values, pa.scalar(None, pa.string()))
+    if pc.any(pc.match_substring(text, "T")).as_py():
+        text = pc.replace_substring(text, "T", " ")
     local = pc.strptime(text, format="%Y-%m-%d %H:%M:%S", unit="us", error_is_null=True)
-    written = pc.utf8_slice_codeunits(pc.strftime(local, format="%Y-%m-%d %H:%M:%S"), 0, 19)
+    day = pc.cast(pc.utf8_slice_codeunits(text, 8, 10), pa.int64())
     try:
-        early, late = (
-            pc.assume_timezone(local, timezone=zone_name, ambiguous="earliest", nonexistent=gap)
-            for gap in ("earliest", "latest")
-        )
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a zone Arrow's database lacks
-        return None
-    us = early.cast(pa.int64())
-    ok = pc.and_(
-        pc.and_(pc.equal(written, text), pc.equal(us, late.cast(pa.int64()))),
-        pc.and_(pc.greater_equal(us, ct.MIN_US), pc.less_equal(us, ct.MAX_US)),
-    )
+        us = pc.assume_timezone(local, timezone=zone_name, ambiguous="earliest").cast(pa.int64())
+        ok = pc.equal(pc.day(local), day)
+    except pa.ArrowInvalid:  # a local time the zone skips (those go by coerce), or no such zone
+        try:
+            early, late = (
+                pc.assume_timezone(
+                    local, timezone=zone_name, ambiguous="earliest", nonexistent=gap
+                ).cast(pa.int64())
+                for gap in ("earliest", "latest")
+            )
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+        us = early
+        ok = pc.and_(pc.equal(pc.day(local), day), pc.equal(early, late))
+    ok = pc.and_(ok, pc.and_(pc.greater_equal(us, ct.MIN_US), pc.less_equal(us, ct.MAX_US)))
     return pc.if_else(pc.fill_null(ok, False), us, pa.scalar(None, pa.int64()))
 
 
