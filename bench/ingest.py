@@ -66,6 +66,16 @@ class Server:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def reset_peak_rss(self) -> bool:
+        """Reset the process's peak RSS (``VmHWM``) to its current RSS, so that the next
+        ``peak_rss_mb`` covers what ran since (Linux: ``5`` written to ``clear_refs``). False if
+        the kernel refused: the peak then still covers the whole run."""
+        try:
+            Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+        except OSError:
+            return False
+        return True
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:

@@ -23,6 +23,7 @@ from opencdp.imports.readers import RowBatch
 from opencdp.imports.spec import IDENTITY, ImportSpec, Kind, Mode
 from opencdp.imports.targets import make_target
 from opencdp.ingest.apply import apply_records
+from opencdp.ingest.records import build_record
 from opencdp.runtime import Runtime
 from tests.unit.test_identity_batches import KEYS, build, people, project, record, rt
 
@@ -128,3 +129,131 @@ def test_a_chain_across_rows_and_a_stored_user(rt: Runtime, insert_only: bool) -
             person: ("Oslo", frozenset({"ev7"})),
             frozenset({"mobile:mobile-z"}): ("Paris", frozenset()),
         }
+
+
+# An event row: identity values, an event id from a small set (so that rows repeat one another
+# and stored events), a name, a time, and properties that may be absent.
+event_row = st.fixed_dictionaries(
+    {
+        "ids": st.lists(
+            st.tuples(st.sampled_from(KEYS), st.sampled_from("abcdef")),
+            min_size=1,
+            max_size=3,
+            unique_by=lambda x: x[0],
+        ),
+        "eid": st.sampled_from(["e1", "e2", "e3", "e4", "e5", "e6"]),
+        "name": st.sampled_from(["visit", "buy"]),
+        "day": st.integers(1, 28),
+        "amount": st.none() | st.sampled_from(["1", "2.5", "40"]),
+        "channel": st.none() | st.sampled_from(["web", "app"]),
+    }
+)
+EVENT_COLUMNS = ["event", "event_id", "create_time", "amount", "channel"]
+
+
+def event_doc(spec: dict[str, Any]) -> dict[str, Any]:
+    props: dict[str, Any] = {k: f"{k}-{v}" for k, v in spec["ids"]}
+    props.update(event_id=spec["eid"], create_time=f"2024-01-{spec['day']:02d} 03:04:05")
+    for name in ("amount", "channel"):
+        if spec[name] is not None:
+            props[name] = spec[name]
+    return {"type": "event", "event": spec["name"], "properties": props}
+
+
+def event_record(rt: Runtime, pid: int, spec: dict[str, Any], n: int) -> Any:
+    return build_record(
+        event_doc(spec), rt.catalog.project(pid), rt.catalog.schema(pid), rt.settings.limits,
+        1_700_000_000_000_000 + n,
+        lambda table, wanted: rt.catalog.ensure_properties(pid, table, wanted),
+    )  # fmt: skip
+
+
+def import_events(rt: Runtime, pid: int, rows: list[dict[str, Any]], insert_only: bool) -> Any:
+    spec = ImportSpec(Kind.EVENTS, mode=Mode.INSERT if insert_only else Mode.UPSERT)
+    target = make_target(rt.catalog, rt.settings.limits, pid, spec)
+    docs = [event_doc(r) for r in rows]
+    columns = [*KEYS, *EVENT_COLUMNS]
+    data = {
+        c: pa.array(
+            [d["event"] if c == "event" else d["properties"].get(c) for d in docs], pa.string()
+        )
+        for c in columns
+    }
+    batch = RowBatch(columns, pa.table(data), pa.array(range(1, len(rows) + 1), pa.int64()), [])
+    prepared = target.prepare(batch)
+    prepared.key = f"test:{pid}:1"
+    with rt.store.writer() as w:
+        return target.apply(w, prepared)
+
+
+def events_of(rt: Runtime, pid: int, specs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each event by id: its name, time, properties (by name) and its person's identities."""
+    schema = rt.catalog.schema(pid)
+    keys = {p.id: name for name, p in schema.identity_keys.items()}
+    names = {p.id: n for n, p in schema.event.items()}
+    out: dict[str, Any] = {}
+    users = {
+        rt.store.find_user(pid, (schema.identity_keys[k].id, f"{k}-{v}"))
+        for spec in specs
+        for k, v in spec["ids"]
+    }
+    for uid in users:
+        assert uid is not None
+        person = frozenset(f"{keys[k]}:{v}" for k, v in rt.store.identities(pid, uid))
+        for e in rt.store.latest_events(pid, uid, 10_000, list(schema.event.values())):
+            values = {names[k]: v for k, v in e["values"].items()}
+            out[e["event_id"]] = (e["event"], e["event_time"], values, person)
+    return out
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    stored=st.lists(event_row, max_size=4),
+    rows=st.lists(event_row, min_size=1, max_size=10),
+)
+def test_an_events_import_resolves_like_its_rows_as_records(
+    rt: Runtime, stored: list[dict[str, Any]], rows: list[dict[str, Any]]
+) -> None:
+    """The same people, the same events per person, and each event with the same name, time
+    and properties (re-sent ids update the event: the last row's name and time, each property
+    from the last row that has one)."""
+    as_records, as_file = project(rt), project(rt)
+    for pid in (as_records, as_file):
+        for n, spec in enumerate(stored):
+            with rt.store.writer() as w:
+                apply_records(w, rt.catalog, [event_record(rt, pid, spec, n)])
+    with rt.store.writer() as w:
+        apply_records(w, rt.catalog, [event_record(rt, as_records, spec, 100) for spec in rows])
+    res = import_events(rt, as_file, rows, insert_only=False)
+    assert (res.failures, res.imported) == ({}, len(rows))
+    everyone = stored + rows
+    assert people(rt, as_file, everyone, with_city=False) == people(
+        rt, as_records, everyone, with_city=False
+    )
+    assert events_of(rt, as_file, everyone) == events_of(rt, as_records, everyone)
+
+
+def test_an_insert_only_events_import_fails_stored_and_repeated_ids(rt: Runtime) -> None:
+    pid = project(rt)
+    base = {"name": "visit", "day": 1, "amount": None, "channel": None}
+    with rt.store.writer() as w:
+        stored = {**base, "ids": [("mobile", "a")], "eid": "e1"}
+        apply_records(w, rt.catalog, [event_record(rt, pid, stored, 0)])
+    rows = [
+        {**base, "ids": [("mobile", "b")], "eid": "e1"},  # stored
+        {**base, "ids": [("mobile", "b")], "eid": "e2"},
+        {**base, "ids": [("email", "c")], "eid": "e2", "amount": "5"},  # repeats row 2
+        {**base, "ids": [("email", "c")], "eid": "e3"},
+    ]
+    res = import_events(rt, pid, rows, insert_only=True)
+    assert res.failures == {
+        0: "event_id: 'e1' already exists",
+        2: "event_id: 'e2' repeats an earlier row of the file",
+    }
+    assert res.imported == 2
+    found = events_of(rt, pid, [stored, *rows])
+    assert sorted(found) == ["e1", "e2", "e3"]
+    assert found["e1"][3] == frozenset({"mobile:mobile-a"})  # the stored event is untouched
+    assert found["e2"][2] == {}  # the repeated row's amount was not written

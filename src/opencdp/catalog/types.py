@@ -275,8 +275,8 @@ def parse_datetime(text: str, tz: tzinfo) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-_MIN_US = parse_datetime("0001-01-02 00:00:00Z", UTC)
-_MAX_US = parse_datetime("9999-12-30 00:00:00Z", UTC)
+MIN_US = parse_datetime("0001-01-02 00:00:00Z", UTC)  # the datetimes a property takes
+MAX_US = parse_datetime("9999-12-30 00:00:00Z", UTC)
 
 
 def epoch_to_us(value: float) -> int:
@@ -286,7 +286,7 @@ def epoch_to_us(value: float) -> int:
     (1700000000000000, 1700000000123000)
     """
     us = value * 1_000 if abs(value) >= 100_000_000_000 else value * 1_000_000
-    if not math.isfinite(us) or not _MIN_US <= us <= _MAX_US:
+    if not math.isfinite(us) or not MIN_US <= us <= MAX_US:
         raise ValueError("timestamp out of range")
     return int(us)
 
@@ -356,7 +356,7 @@ def coerce(ptype: PropertyType, value: Any, name: str, limits: Limits, tz: tzinf
                 return epoch_to_us(int(value))  # epoch seconds or milliseconds, as text
             if isinstance(value, str):
                 us = parse_datetime(value, tz)
-                if not _MIN_US <= us <= _MAX_US:
+                if not MIN_US <= us <= MAX_US:
                     raise ValueError("datetime out of range")
                 return us
             if isinstance(value, int | float) and not isinstance(value, bool):

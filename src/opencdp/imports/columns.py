@@ -135,24 +135,90 @@ def coerce_column(
         false = pc.is_in(lowered, pa.array(sorted(ct.FALSE_TEXTS)))
         _flag(values, pc.or_(true, false), problems, name, "expected a boolean")
         return pc.if_else(true, True, pc.if_else(false, False, pa.scalar(None, pa.bool_())))
-    out: list[object] = []
+    if ptype is PropertyType.DATETIME and (plain := _plain_datetimes(values, tz)) is not None:
+        # Plain values by Arrow kernels; the others one by one.
+        rest = pc.and_(pc.is_valid(values), pc.is_null(plain))
+        if not pc.any(rest).as_py():
+            return plain.cast(ARROW[ptype])
+        out: list[object] = plain.to_pylist()
+        for i in pc.indices_nonzero(rest).to_pylist():
+            out[i] = _coerce_one(ptype, values[i].as_py(), name, limits, tz, problems, i)
+        return pa.array(out, ARROW[ptype])
+    out = []
     for i, v in enumerate(values.to_pylist()):
         if v is None:
             out.append(None)
             continue
-        try:
-            if ptype is PropertyType.LIST:
-                try:
-                    parsed = orjson.loads(v)
-                except orjson.JSONDecodeError:
-                    parsed = v  # not a JSON array: coerce says what it expected
-                out.append(ct.coerce(ptype, parsed, name, limits, tz))
-            else:
-                out.append(ct.coerce(ptype, v, name, limits, tz))
-        except CdpError as exc:
-            problems.setdefault(i, exc.message)
-            out.append(None)
+        if ptype is PropertyType.LIST:
+            try:
+                parsed = orjson.loads(v)
+            except orjson.JSONDecodeError:
+                parsed = v  # not a JSON array: coerce says what it expected
+            out.append(_coerce_one(ptype, parsed, name, limits, tz, problems, i))
+        else:
+            out.append(_coerce_one(ptype, v, name, limits, tz, problems, i))
     return pa.array(out, ARROW[ptype])
+
+
+def _coerce_one(
+    ptype: PropertyType,
+    v: object,
+    name: str,
+    limits: Limits,
+    tz: tzinfo,
+    problems: Problems,
+    i: int,
+) -> object:
+    try:
+        return ct.coerce(ptype, v, name, limits, tz)
+    except CdpError as exc:
+        problems.setdefault(i, exc.message)
+        return None
+
+
+# Local date-times written exactly as 'YYYY-MM-DD HH:MM:SS' (or with a 'T'), each field in its
+# range (a day past its month's end aside), from 1970 to 2037, the years whose offsets both
+# Python's and Arrow's zone databases list change by change: most of every file.
+_PLAIN_DATETIME_RE = (
+    r"^(19[7-9]\d|20[0-2]\d|203[0-7])-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[ T]([01]\d|2[0-3]):[0-5]\d:[0-5]\d$"
+)
+
+
+def _plain_datetimes(values: pa.Array, tz: tzinfo) -> pa.Array | None:
+    """Microseconds since the epoch of the values written as 'YYYY-MM-DD HH:MM:SS' in ``tz``,
+    read with Arrow kernels; null for every other value, and for those that ``coerce`` must
+    judge: a day past the end of its month (Arrow would roll it over into the next), a local
+    time a change of offset skips (Arrow and Python place it differently), one out of range.
+    None when no value is plain, or Arrow does not know ``tz``. An ambiguous local time is the
+    earlier instant, as Python's ``fold=0`` makes it."""
+    zone_name = getattr(tz, "key", None)
+    if zone_name is None:
+        return None
+    plain = pc.fill_null(pc.match_substring_regex(values, _PLAIN_DATETIME_RE), False)
+    if not pc.any(plain).as_py():
+        return None
+    text = pc.if_else(plain, values, pa.scalar(None, pa.string()))
+    if pc.any(pc.match_substring(text, "T")).as_py():
+        text = pc.replace_substring(text, "T", " ")
+    local = pc.strptime(text, format="%Y-%m-%d %H:%M:%S", unit="us", error_is_null=True)
+    day = pc.cast(pc.utf8_slice_codeunits(text, 8, 10), pa.int64())
+    try:
+        us = pc.assume_timezone(local, timezone=zone_name, ambiguous="earliest").cast(pa.int64())
+        ok = pc.equal(pc.day(local), day)
+    except pa.ArrowInvalid:  # a local time the zone skips (those go by coerce), or no such zone
+        try:
+            early, late = (
+                pc.assume_timezone(
+                    local, timezone=zone_name, ambiguous="earliest", nonexistent=gap
+                ).cast(pa.int64())
+                for gap in ("earliest", "latest")
+            )
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+        us = early
+        ok = pc.and_(pc.equal(pc.day(local), day), pc.equal(early, late))
+    ok = pc.and_(ok, pc.and_(pc.greater_equal(us, ct.MIN_US), pc.less_equal(us, ct.MAX_US)))
+    return pc.if_else(pc.fill_null(ok, False), us, pa.scalar(None, pa.int64()))
 
 
 def _exact_numbers(

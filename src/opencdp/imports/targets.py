@@ -11,7 +11,6 @@ imports submitted afterwards. An import whose key was deleted since fails, namin
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from abc import ABC, abstractmethod
@@ -25,7 +24,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from opencdp.catalog.model import Project, Property, Schema
+from opencdp.catalog.model import Property, Schema
 from opencdp.catalog.service import Catalog
 from opencdp.catalog.types import (
     PropertyType,
@@ -39,8 +38,7 @@ from opencdp.errors import CdpError, Code, invalid
 from opencdp.imports.columns import coerce_column, infer
 from opencdp.imports.readers import RowBatch, too_many_columns
 from opencdp.imports.spec import IDENTITY, USER_ID, ImportSpec, Kind, Membership
-from opencdp.ingest.apply import apply_records
-from opencdp.ingest.records import Record, build_record
+from opencdp.ingest.records import MAX_ID
 from opencdp.store.base import StoreWriter
 
 
@@ -386,120 +384,154 @@ class ProfilesTarget(Target):
         return self._run(w, p, False)
 
 
-class _RecordTarget(Target):
-    """Rows validated as single records and applied like ingested ones."""
+EVENT_NAME = ("event", "event_name")
+EVENT_RESERVED = {"event", "event_name", "event_id", "create_time", "event_time"}
+_CONTROL_CHARS = "[\\x00-\\x1f\\x7f]"
 
-    batch_rows = 20_000
-    batch_bytes = 8 << 20  # a row becomes a dict, a record and its values: Python objects
 
-    @abstractmethod
-    def _records(
-        self, batch: RowBatch, res: BatchResult, columns: list[Property]
-    ) -> list[tuple[int, Record]]:
-        """The batch's valid rows as records, with their index (failures go to ``res``, the
-        properties of the file's columns to ``columns``)."""
+class EventsTarget(Target):
+    """Events, typed column by column as the single-record API validates an event record (the
+    same checks in the same order, so a row fails with the reason its record would), and
+    resolved and upserted by the store for the whole batch (:meth:`StoreWriter.resolve_events`).
 
-    def _screen(self, w: StoreWriter, records: list[tuple[int, Record]], res: BatchResult) -> None:
-        """Insert-only: fail the rows whose key the store holds already."""
+    A row's identity key values identify its person and are set on the person's profile;
+    ``event`` (or ``event_name``) names the event, ``event_id`` identifies it, ``create_time``
+    (or ``event_time``) dates it, and the other columns are event properties.
+    """
+
+    table = "event"
+    reserved = frozenset(EVENT_RESERVED)
+    batch_rows = 250_000
+    batch_bytes = 32 << 20
+    read_ahead = True
 
     def prepare(self, batch: RowBatch) -> Prepared:
         p = Prepared(batch)
-        p.data = self._records(batch, p.res, p.columns)
+        p.data = self._typed(batch, p.res)
+        p.columns = [*p.data[1], *p.data[2]]
         return p
 
-    def _valid(self, w: StoreWriter, p: Prepared) -> list[Record]:
-        if self.insert_only:
-            self._screen(w, p.data, p.res)
-        return [r for i, r in p.data if i not in p.res.failures]
-
-    def _build(
-        self,
-        doc: dict[str, Any],
-        lists: set[str],
-        project: Project,
-        schema: Schema,
-        received: int,
-        index: int,
-        res: BatchResult,
-    ) -> Record | None:
-        """One row as a single-API record; None (and a failure) when it does not validate."""
-        properties = doc["properties"]
-        for k in lists & properties.keys():
-            with contextlib.suppress(orjson.JSONDecodeError):  # else coerce says why
-                properties[k] = orjson.loads(properties[k])
-        try:
-            return build_record(
-                doc,
-                project,
-                schema,
-                self.limits,
-                received,
-                lambda table, wanted: self.catalog.ensure_properties(
-                    self.project_id, table, wanted
-                ),
-            )
-        except CdpError as exc:
-            res.failures[index] = exc.message
-            return None
-
-    def apply(self, w: StoreWriter, p: Prepared) -> BatchResult:
-        records = self._valid(w, p)
-        if records:
-            apply_records(w, self.catalog, records)
-        p.res.imported = p.batch.rows.num_rows - len(p.res.failures)
-        return p.res
-
-    def check(self, w: StoreWriter, p: Prepared) -> BatchResult:
-        self._valid(w, p)
-        return p.res
-
-
-EVENT_NAME = ("event", "event_name")
-EVENT_RESERVED = {"event", "event_name", "event_id", "create_time", "event_time"}
-
-
-class EventsTarget(_RecordTarget):
-    table = "event"
-    reserved = frozenset(EVENT_RESERVED)
-
-    def _records(
-        self, batch: RowBatch, res: BatchResult, columns: list[Property]
-    ) -> list[tuple[int, Record]]:
-        project = self.catalog.project(self.project_id)
+    def _typed(
+        self, batch: RowBatch, res: BatchResult
+    ) -> tuple[pa.Table, list[Property], list[Property]]:
+        """The batch's good rows as typed columns, the identity key properties among its
+        columns and its event properties."""
         schema = self._schema()
         props = self._columns(schema, "event", batch, EVENT_RESERVED, res)
-        columns.extend(props.values())
-        lists = {n for n, p in props.items() if p.type is PropertyType.LIST}
         schema = self._schema()
-        received = time.time_ns() // 1000
-        records: list[tuple[int, Record]] = []
-        ignored = set(batch.columns) - set(props) - set(schema.identity_keys) - EVENT_RESERVED
-        for i, row in enumerate(batch.rows.to_pylist()):
-            if i in res.failures:
-                continue
-            name = next((row[c] for c in EVENT_NAME if row.get(c)), None)
-            properties = {k: v for k, v in row.items() if k not in ignored and v is not None}
-            if "create_time" not in properties and "event_time" in properties:
-                properties["create_time"] = properties["event_time"]
-            for k in ("event", "event_name", "event_time"):
-                properties.pop(k, None)
-            doc = {"type": "event", "event": name, "properties": properties}
-            record = self._build(doc, lists, project, schema, received, i, res)
-            if record is not None:
-                records.append((i, record))
-        # One event per event_id: a later row replaces an earlier one, or, insert-only, fails.
-        latest: dict[str, int] = {}
-        for pos, (i, r) in enumerate(records):
-            if r.event_id in latest and self.insert_only:
-                res.failures[i] = f"event_id: {r.event_id!r} repeats an earlier row of the file"
-                continue
-            latest[r.event_id] = pos
-        return [(i, r) for i, r in records if i not in res.failures]
+        n, limits, fails = batch.rows.num_rows, self.limits, res.failures
 
-    def _screen(self, w: StoreWriter, records: list[tuple[int, Record]], res: BatchResult) -> None:
-        rows = {r.event_id: i for i, r in records if i not in res.failures}
-        for eid in w.existing_event_ids(self.project_id, list(rows)):
-            res.failures[rows[eid]] = f"event_id: {eid!r} already exists"
+        def column(name: str) -> pa.Array:
+            if name in batch.columns:
+                return batch.rows.column(name).combine_chunks()
+            return pa.nulls(n, pa.string())
+
+        def fail(where: pa.Array, reason: str | Callable[[int], str]) -> None:
+            where = pc.fill_null(where, False)
+            if pc.any(where).as_py():
+                for i in pc.indices_nonzero(where).to_pylist():
+                    fails.setdefault(i, reason if isinstance(reason, str) else reason(i))
+
+        # What a record of the row would hold as its properties: nothing at all fails it.
+        held = [*props, *(k for k in schema.identity_keys if k in batch.columns)]
+        held += [c for c in ("event_id", "create_time", "event_time") if c in batch.columns]
+        anything = pa.repeat(False, n)
+        for name in held:
+            anything = pc.or_(anything, pc.is_valid(column(name)))
+        fail(pc.invert(anything), "properties: is missing or empty")
+
+        def raw_at(name: str, i: int) -> bool:
+            return bool(batch.rows.column(name)[i].is_valid)
+
+        # Its identities: at least one key present, and one of those not empty.
+        data: dict[str, pa.Array] = {"_row": batch.row_numbers}
+        trimmed: dict[str, pa.Array] = {}
+        present = pa.repeat(False, n)
+        some = pa.repeat(False, n)
+        for name, prop in schema.identity_keys.items():
+            if name in batch.columns:
+                raw = column(name)
+                trimmed[name] = _trimmed(raw)
+                data[f"_k{prop.id}"] = _normalize(trimmed[name], name)
+                present = pc.or_(present, pc.is_valid(raw))
+                some = pc.or_(some, pc.is_valid(trimmed[name]))
+        keys = ", ".join(schema.identity_keys)
+        fail(pc.invert(present), f"properties: no identity key is present (identity keys: {keys})")
+        fail(
+            pc.invert(some),
+            lambda i: (
+                "properties: identity keys "
+                + ", ".join(k for k in schema.identity_keys if k in trimmed and raw_at(k, i))
+                + " are present but all empty"
+            ),
+        )
+
+        # The event's name: the first of ``event``, ``event_name`` that is not empty.
+        first, second = column("event"), column("event_name")
+        name = pc.if_else(pc.fill_null(pc.greater(pc.utf8_length(first), 0), False), first, second)
+        fail(
+            pc.invert(
+                pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(name)), 0), False)
+            ),
+            "event: required for events: the event name as a non-empty string",
+        )
+        fail(
+            pc.or_(
+                pc.greater(pc.utf8_length(name), limits.max_name_length),
+                pc.match_substring_regex(name, _CONTROL_CHARS),
+            ),
+            f"event: at most {limits.max_name_length} printable characters",
+        )
+        data["event_name"] = name
+        # Its id.
+        raw_id = column("event_id")
+        event_id = pc.utf8_trim_whitespace(raw_id)
+        fail(pc.is_null(raw_id), "event_id: required for events")
+        fail(pc.equal(event_id, ""), "event_id: must not be empty")
+        fail(
+            pc.greater(pc.utf8_length(event_id), MAX_ID),
+            f"event_id: longer than {MAX_ID} characters",
+        )
+        data["event_id"] = event_id
+        # Its time: ``create_time``, else ``event_time``.
+        created = pc.coalesce(column("create_time"), column("event_time"))
+        fail(pc.is_null(created), "create_time: required for events")
+        data["event_time"] = coerce_column(
+            PropertyType.DATETIME, created, "create_time", limits, self.tz, fails, res.warnings
+        )
+        # The person's identity values and the event's properties, in the file's order.
+        typed = {
+            n: p
+            for n in batch.columns
+            if (p := schema.identity_keys.get(n) or props.get(n)) is not None
+        }
+        table = _profile_rows(
+            data, typed, res, n, limits, self.tz,
+            lambda name, _: trimmed[name] if name in trimmed else column(name),
+        )  # fmt: skip
+        key_props = [p for n, p in typed.items() if n in schema.identity_keys]
+        return table, key_props, list(props.values())
+
+    def _run(self, w: StoreWriter, p: Prepared, write: bool) -> BatchResult:
+        batch, res = p.batch, p.res
+        table, key_props, event_props = p.data
+        schema = self._schema()
+        outcome = w.resolve_events(
+            self.project_id, table, [k.id for k in key_props], key_props, event_props,
+            list(schema.user.values()), self.insert_only, write, p.key,
+        )  # fmt: skip
+        if outcome.failures:
+            index = {n: i for i, n in enumerate(batch.row_numbers.to_pylist())}
+            for row, reason in outcome.failures.items():
+                res.failures.setdefault(index[row], reason)
+        res.imported = batch.rows.num_rows - len(res.failures)
+        return res
+
+    def apply(self, w: StoreWriter, p: Prepared) -> BatchResult:
+        return self._run(w, p, True)
+
+    def check(self, w: StoreWriter, p: Prepared) -> BatchResult:
+        return self._run(w, p, False)
 
 
 class UsersByIdentityTarget(Target):

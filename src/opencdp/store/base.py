@@ -282,6 +282,34 @@ class StoreWriter(ABC):
         ``write`` False nothing is written: only the failures are reported.
         """
 
+    @abstractmethod
+    def resolve_events(
+        self,
+        project_id: int,
+        rows: Any,
+        keys: Sequence[int],
+        key_props: Sequence[Property],
+        event_props: Sequence[Property],
+        user_props: Sequence[Property],
+        insert_only: bool,
+        write: bool,
+        key: str | None = None,
+    ) -> ImportOutcome:
+        """Resolve and upsert a batch of event rows, set-based, as the single-record API
+        applies a batch of event records.
+
+        ``rows`` is an Arrow table: ``_row``, ``_k<key id>`` and ``_touched`` as for
+        :meth:`resolve_profiles`; one column per identity key property in ``key_props`` (the
+        values the person's profile takes, as an event record's identity values); and
+        ``event_id``, ``event_name``, ``event_time`` and one column per property in
+        ``event_props``. People are resolved as :meth:`resolve_profiles` resolves them (no row
+        fails for its identities). One event per ``event_id``: rows sharing one make one event
+        with the name, time and person of the last, each property's value from the last row
+        that has one; a stored event with that id is updated the same way (a null leaves its
+        value). Insert-only: a row whose ``event_id`` is stored, or repeats an earlier row's,
+        fails. With ``write`` False nothing is written: only the failures are reported.
+        """
+
     # ---- segments --------------------------------------------------------------------
     @abstractmethod
     def write_segment(

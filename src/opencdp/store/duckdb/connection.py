@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import duckdb
 
 from opencdp.store.base import Store
-from opencdp.store.duckdb.sql import CAPABILITIES, table
+from opencdp.store.duckdb.sql import CAPABILITIES, ident, table
 from opencdp.store.fairlock import FairLock
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class DuckDBBase(Store):
             "CREATE TABLE IF NOT EXISTS _opencdp_reserved_ids (key VARCHAR PRIMARY KEY, "
             "project_id BIGINT NOT NULL, first_id BIGINT NOT NULL, count BIGINT NOT NULL)"
         )
+        _unkey_events(conn)
         return conn
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
@@ -158,3 +159,46 @@ class DuckDBBase(Store):
     def close(self) -> None:
         with self._write_lock:
             self._conn.close()
+
+
+_UNKEYED = "events_unkeyed"
+
+
+def _unkey_events(conn: duckdb.DuckDBPyConnection) -> None:
+    """Events tables of older data directories lose their primary key, once: events are
+    upserted with a MERGE, as profiles are, which is several times faster on a table without
+    an index to maintain; ids stay unique because every write goes through the single writer
+    with sources of unique ids. Each table is copied into one without the key, with its
+    columns' types and NOT NULLs, in one transaction."""
+    if conn.execute("SELECT 1 FROM _opencdp_state WHERE name = ?", [_UNKEYED]).fetchall():
+        return
+    keyed = [
+        name
+        for (name,) in conn.execute(
+            "SELECT table_name FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY' "
+            "AND regexp_full_match(table_name, 'p[0-9]+_events')"
+        ).fetchall()
+    ]
+    conn.execute("BEGIN")
+    try:
+        for name in keyed:
+            columns = conn.execute(
+                "SELECT column_name, data_type, is_nullable FROM duckdb_columns() "
+                "WHERE table_name = ? ORDER BY column_index",
+                [name],
+            ).fetchall()
+            defs = ", ".join(
+                f"{ident(c)} {t}{'' if nullable else ' NOT NULL'}" for c, t, nullable in columns
+            )
+            old, new = ident(name), ident(f"{name}_unkeyed")
+            conn.execute(f"CREATE TABLE {new} ({defs})")
+            conn.execute(f"INSERT INTO {new} SELECT * FROM {old}")
+            conn.execute(f"DROP TABLE {old}")
+            conn.execute(f"ALTER TABLE {new} RENAME TO {old}")
+        conn.execute("INSERT INTO _opencdp_state VALUES (?, 1)", [_UNKEYED])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    if keyed:
+        log.info("store: %d events tables now without a primary key", len(keyed))

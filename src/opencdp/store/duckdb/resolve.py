@@ -20,7 +20,9 @@ from opencdp.store.duckdb.writer import Writes
 ALREADY_STORED = "a profile with one of these identities already exists"
 REPEATED = "repeats the identity of an earlier row of the file"
 
-_TEMPS = ("_rtok", "_rfail", "_rv", "_rown", "_re", "_rl", "_rl2", "_rc", "_ru", "_rsrc")
+_TEMPS = (
+    "_rtok", "_rfail", "_rv", "_rown", "_re", "_rl", "_rl2", "_rc", "_ru", "_rrow", "_rsrc", "_rev",
+)  # fmt: skip
 
 
 class ResolveWrites(Writes):
@@ -47,13 +49,79 @@ class ResolveWrites(Writes):
         try:
             self._tokens(project_id, staged, keys, insert_only, out)
             if write:
-                self._resolve(project_id, staged, props, user_props, key)
-            for name in _TEMPS:
-                self._cur.execute(f"DROP TABLE IF EXISTS {name}")
+                self._resolve(project_id, staged, len(keys), props, user_props, key)
+            self._drop_temps()
         finally:  # (after an error the transaction is rolled back, its temporary tables too)
             self._unstage(staged)
         out.imported = rows.num_rows - len(out.failures)
         return out
+
+    def resolve_events(
+        self,
+        project_id: int,
+        rows: Any,
+        keys: Sequence[int],
+        key_props: Sequence[Property],
+        event_props: Sequence[Property],
+        user_props: Sequence[Property],
+        insert_only: bool,
+        write: bool,
+        key: str | None = None,
+    ) -> ImportOutcome:
+        out = ImportOutcome()
+        if rows.num_rows == 0:
+            return out
+        if not keys:
+            raise ValueError("resolving events needs at least one identity key column")
+        self.ensure_project(project_id)
+        if write:
+            self.ensure_columns(project_id, [*key_props, *event_props])
+        staged = self._stage(rows)
+        try:
+            if insert_only:
+                self._screen_events(project_id, staged, out)
+            if write:
+                self._tokens(project_id, staged, keys, False, out)
+                self._resolve(project_id, staged, len(keys), key_props, user_props, key)
+                self._write_events(project_id, staged, event_props)
+            self._drop_temps()
+        finally:
+            self._unstage(staged)
+        out.imported = rows.num_rows - len(out.failures)
+        return out
+
+    def _drop_temps(self) -> None:
+        for name in _TEMPS:
+            self._cur.execute(f"DROP TABLE IF EXISTS {name}")
+
+    def _screen_events(self, project_id: int, staged: str, out: ImportOutcome) -> None:
+        """Insert-only: fail the rows whose event id an earlier row has, or the store holds."""
+        for row, eid in self._cur.execute(
+            f"SELECT s._row, s.event_id FROM {staged} s JOIN (SELECT event_id, min(_row) AS f "
+            f"FROM {staged} GROUP BY event_id) f ON f.event_id = s.event_id WHERE s._row > f.f"
+        ).fetchall():
+            out.failures[int(row)] = f"event_id: {eid!r} repeats an earlier row of the file"
+        for row, eid in self._cur.execute(
+            f"SELECT s._row, s.event_id FROM {staged} s "
+            f"SEMI JOIN {table(project_id, 'events')} e ON e.event_id = s.event_id"
+        ).fetchall():
+            out.failures.setdefault(int(row), f"event_id: {eid!r} already exists")
+
+    def _write_events(self, project_id: int, staged: str, props: Sequence[Property]) -> None:
+        """One event per event id: the name, time and person of its last row, each property
+        from the last row that has one; upserted as the record path upserts events."""
+        cols = [ident(p.column) for p in props]
+        picks = "".join(
+            f", arg_max(s.{c}, s._row) FILTER (WHERE s.{c} IS NOT NULL) AS {c}" for c in cols
+        )
+        self._cur.execute(
+            "CREATE OR REPLACE TEMP TABLE _rev AS SELECT s.event_id, "
+            "arg_max(s.event_name, s._row) AS event_name, "
+            "arg_max(s.event_time, s._row) AS event_time, max(s._touched) AS received_at, "
+            f"arg_max(r.user_id, s._row) AS user_id{picks} "
+            f"FROM {staged} s JOIN _rrow r ON r._row = s._row GROUP BY s.event_id"
+        )
+        self._merge_events(project_id, "_rev", props)
 
     def _tokens(
         self,
@@ -87,12 +155,12 @@ class ResolveWrites(Writes):
                 "ON f.key_id = t.key_id AND f.value = t.value WHERE t._row > f.f"
             ).fetchall():
                 out.failures.setdefault(int(row), REPEATED)
-            if out.failures:
-                cur.execute(
-                    "CREATE OR REPLACE TEMP TABLE _rfail AS SELECT unnest(?::BIGINT[]) AS _row",
-                    [sorted(out.failures)],
-                )
-                cur.execute("DELETE FROM _rtok WHERE _row IN (SELECT _row FROM _rfail)")
+        if out.failures:  # (insert-only: these rows are not written)
+            cur.execute(
+                "CREATE OR REPLACE TEMP TABLE _rfail AS SELECT unnest(?::BIGINT[]) AS _row",
+                [sorted(out.failures)],
+            )
+            cur.execute("DELETE FROM _rtok WHERE _row IN (SELECT _row FROM _rfail)")
         cur.execute(
             "CREATE OR REPLACE TEMP TABLE _rv AS SELECT key_id, value, min(_row) AS first, "
             "row_number() OVER (ORDER BY min(_row), key_id, value) AS t "
@@ -103,16 +171,21 @@ class ResolveWrites(Writes):
             f"JOIN {identities} i ON i.key_id = v.key_id AND i.value = v.value"
         )
 
-    def _components(self) -> None:
-        """``_rl``: each value's component, labelled by its smallest value number."""
+    def _components(self, keys: int) -> None:
+        """``_rl``: each value's component, labelled by its smallest value number (``keys``:
+        how many identity key columns the batch has)."""
         cur = self._cur
         # Edges: each value of a row (or of a stored user) to the row's (user's) first value,
-        # both ways.
-        cur.execute(
-            "CREATE OR REPLACE TEMP TABLE _re AS WITH star AS ("
+        # both ways. (A row of a batch with one key column holds one value: no edge.)
+        rows = (
             "SELECT min(v.t) OVER (PARTITION BY r._row) AS a, v.t AS b FROM _rtok r "
-            "JOIN _rv v ON v.key_id = r.key_id AND v.value = r.value "
-            "UNION ALL SELECT min(t) OVER (PARTITION BY user_id), t FROM _rown) "
+            "JOIN _rv v ON v.key_id = r.key_id AND v.value = r.value UNION ALL "
+            if keys > 1
+            else ""
+        )
+        cur.execute(
+            f"CREATE OR REPLACE TEMP TABLE _re AS WITH star AS ({rows}"
+            "SELECT min(t) OVER (PARTITION BY user_id) AS a, t AS b FROM _rown) "
             "SELECT DISTINCT a, b FROM (SELECT a, b FROM star UNION ALL SELECT b, a FROM star) "
             "WHERE a <> b"
         )
@@ -138,12 +211,13 @@ class ResolveWrites(Writes):
         self,
         project_id: int,
         staged: str,
+        keys: int,
         props: Sequence[Property],
         user_props: Sequence[Property],
         key: str | None,
     ) -> None:
         cur = self._cur
-        self._components()
+        self._components(keys)
         # Each component's stored users: the lowest survives, the others merge into it.
         touched = cur.execute(
             "SELECT DISTINCT l.l, o.user_id FROM _rown o JOIN _rl l ON l.t = o.t"
@@ -179,17 +253,20 @@ class ResolveWrites(Writes):
             "SELECT v.key_id, v.value, u.user_id FROM _rv v JOIN _rl l ON l.t = v.t "
             "JOIN _ru u ON u.l = l.l ANTI JOIN _rown o ON o.t = v.t"
         )
+        # ``_rrow``: each row's person.
+        cur.execute(
+            "CREATE OR REPLACE TEMP TABLE _rrow AS SELECT DISTINCT t._row, u.user_id FROM _rtok t "
+            "JOIN _rv v ON v.key_id = t.key_id AND v.value = t.value "
+            "JOIN _rl l ON l.t = v.t JOIN _ru u ON u.l = l.l"
+        )
         # Profiles: per person, each property's value of its last row that has one.
         cols = [ident(p.column) for p in props]
         picks = "".join(
             f", arg_max(s.{c}, s._row) FILTER (WHERE s.{c} IS NOT NULL) AS {c}" for c in cols
         )
         cur.execute(
-            "CREATE OR REPLACE TEMP TABLE _rsrc AS WITH r AS ("
-            "SELECT DISTINCT t._row, u.user_id FROM _rtok t "
-            "JOIN _rv v ON v.key_id = t.key_id AND v.value = t.value "
-            "JOIN _rl l ON l.t = v.t JOIN _ru u ON u.l = l.l) "
-            f"SELECT r.user_id AS _uid, max(s._touched) AS _touched{picks} "
-            f"FROM {staged} s JOIN r ON r._row = s._row GROUP BY r.user_id"
+            f"CREATE OR REPLACE TEMP TABLE _rsrc AS SELECT r.user_id AS _uid, "
+            f"max(s._touched) AS _touched{picks} "
+            f"FROM {staged} s JOIN _rrow r ON r._row = s._row GROUP BY r.user_id"
         )
         self._merge_profiles(project_id, "_rsrc", "_uid", "_touched", props)

@@ -59,7 +59,8 @@ class WriterBase(StoreWriter):
             "value VARCHAR NOT NULL, user_id BIGINT NOT NULL)"
         )
         cur.execute(
-            f"CREATE TABLE IF NOT EXISTS {events} (event_id VARCHAR PRIMARY KEY, "
+            # (no primary key: see _merge_events)
+            f"CREATE TABLE IF NOT EXISTS {events} (event_id VARCHAR NOT NULL, "
             "event_name VARCHAR NOT NULL, event_time TIMESTAMP NOT NULL, "
             "received_at TIMESTAMP NOT NULL, user_id BIGINT NOT NULL)"
         )
@@ -271,24 +272,32 @@ class Writes(WriterBase):
         }
         for p in props:
             data[p.column] = pa.array([v.get(p.id) for v in rows.values], ARROW_TYPES[p.type])
-        sets = [
-            f"{c} = EXCLUDED.{c}" for c in ("event_name", "event_time", "received_at", "user_id")
-        ] + [
-            f"{ident(p.column)} = COALESCE(EXCLUDED.{ident(p.column)}, {ident(p.column)})"
-            for p in props
-        ]
-        self._upsert(table(project_id, "events"), "event_id", pa.table(data), sets)
-
-    def _upsert(self, tbl: str, key: str, data: pa.Table, sets: list[str]) -> None:
-        staged = self._stage(data)
-        cols = ", ".join(ident(n) for n in data.column_names)
+        staged = self._stage(pa.table(data))
         try:
-            self._cur.execute(
-                f"INSERT INTO {tbl} ({cols}) SELECT {cols} FROM {staged} "
-                f"ON CONFLICT ({key}) DO UPDATE SET {', '.join(sets)}"
-            )
+            self._merge_events(project_id, staged, props)
         finally:
             self._unstage(staged)
+
+    def _merge_events(self, project_id: int, source: str, props: Sequence[Property]) -> None:
+        """Upsert events from ``source`` (one row per event id): a stored event takes the
+        name, time, person and receipt of the new one, and its non-null properties.
+
+        A MERGE, as for profiles (:meth:`_merge_profiles`): the events table has no index to
+        keep up; event ids are unique because every write goes through the single writer with
+        sources of unique ids.
+        """
+        cols = [ident(p.column) for p in props]
+        names = ["event_id", "event_name", "event_time", "received_at", "user_id", *cols]
+        sets = ", ".join(
+            [f"{c} = s.{c}" for c in ("event_name", "event_time", "received_at", "user_id")]
+            + [f"{c} = COALESCE(s.{c}, t.{c})" for c in cols]
+        )
+        self._cur.execute(
+            f"MERGE INTO {table(project_id, 'events')} AS t USING {source} AS s "
+            f"ON t.event_id = s.event_id WHEN MATCHED THEN UPDATE SET {sets} "
+            f"WHEN NOT MATCHED THEN INSERT ({', '.join(names)}) "
+            f"VALUES ({', '.join(f's.{c}' for c in names)})"
+        )
 
     def delete_users(self, project_id: int, user_ids: Sequence[int]) -> None:
         if not user_ids:
