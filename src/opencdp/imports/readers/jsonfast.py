@@ -383,7 +383,7 @@ def _scan(run: bytes, strings: list[str]) -> _Scan:
     if not run.isascii():
         try:
             data.cast(pa.string())  # (checks UTF-8)
-        except pa.ArrowInvalid:
+        except pa.ArrowException:
             return _Scan(None, None)
     lines = run.count(b"\n") + (not run.endswith(b"\n")) if shaped else None
     return _Scan(_arrow_table(run, strings), lines)
