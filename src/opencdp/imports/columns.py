@@ -180,7 +180,8 @@ def _coerce_one(
 # range (a day past its month's end aside), from 1970 to 2037, the years whose offsets both
 # Python's and Arrow's zone databases list change by change: most of every file.
 _PLAIN_DATETIME_RE = (
-    r"^(19[7-9]\d|20[0-2]\d|203[0-7])-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[ T]([01]\d|2[0-3]):[0-5]\d:[0-5]\d$"
+    r"^(19[7-9]\d|20[0-2]\d|203[0-7])-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
+    r"[ T]([01]\d|2[0-3]):[0-5]\d:[0-5]\d$"
 )
 
 
