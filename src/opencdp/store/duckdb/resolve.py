@@ -114,6 +114,20 @@ class ResolveWrites(Writes):
         picks = "".join(
             f", arg_max(s.{c}, s._row) FILTER (WHERE s.{c} IS NOT NULL) AS {c}" for c in cols
         )
+        events = table(project_id, "events")
+        fresh = self._one(
+            f"SELECT count(*) = count(DISTINCT event_id) AND NOT EXISTS (SELECT 1 FROM {staged} "
+            f"s SEMI JOIN {events} e ON e.event_id = s.event_id) FROM {staged}"
+        )
+        if fresh and fresh[0]:  # (most batches: events with ids of their own) inserted as they are
+            names = ", ".join(["event_id", "event_name", "event_time", "received_at", "user_id"])
+            self._cur.execute(
+                f"INSERT INTO {events} ({names}{''.join(f', {c}' for c in cols)}) "
+                "SELECT s.event_id, s.event_name, s.event_time, s._touched, r.user_id"
+                f"{''.join(f', s.{c}' for c in cols)} "
+                f"FROM {staged} s JOIN _rrow r ON r._row = s._row"
+            )
+            return
         self._cur.execute(
             "CREATE OR REPLACE TEMP TABLE _rev AS SELECT s.event_id, "
             "arg_max(s.event_name, s._row) AS event_name, "
@@ -219,16 +233,13 @@ class ResolveWrites(Writes):
         cur = self._cur
         self._components(keys)
         # Each component's stored users: the lowest survives, the others merge into it.
-        touched = cur.execute(
-            "SELECT DISTINCT l.l, o.user_id FROM _rown o JOIN _rl l ON l.t = o.t"
-        ).fetchall()
-        survivor: dict[int, int] = {}
-        for label, uid in touched:
-            survivor[int(label)] = min(int(uid), survivor.get(int(label), int(uid)))
         merges = {
-            int(uid): survivor[int(label)]
-            for label, uid in touched
-            if int(uid) != survivor[int(label)]
+            int(loser): int(survivor)
+            for loser, survivor in cur.execute(
+                "WITH d AS (SELECT DISTINCT l.l, o.user_id FROM _rown o JOIN _rl l ON l.t = o.t) "
+                "SELECT user_id, s FROM (SELECT user_id, min(user_id) OVER (PARTITION BY l) AS s "
+                "FROM d) WHERE user_id <> s"
+            ).fetchall()
         }
         if merges:
             self.merge_users(project_id, merges, user_props)
@@ -238,8 +249,8 @@ class ResolveWrites(Writes):
             "min(o.user_id) AS user_id FROM _rl l JOIN _rv v ON v.t = l.t "
             "LEFT JOIN _rown o ON o.t = l.t GROUP BY l.l"
         )
-        new = self._one("SELECT count(*) FROM _rc WHERE user_id IS NULL")
-        count = int(new[0]) if new else 0
+        counts = self._one("SELECT count(*) FILTER (WHERE user_id IS NULL), count(*) FROM _rc")
+        count, people = (int(counts[0]), int(counts[1])) if counts else (0, 0)
         base = self.allocate_user_ids(project_id, count, key) if count else 0
         cur.execute(
             "CREATE OR REPLACE TEMP TABLE _ru AS SELECT l, user_id FROM _rc "
@@ -269,4 +280,7 @@ class ResolveWrites(Writes):
             f"max(s._touched) AS _touched{picks} "
             f"FROM {staged} s JOIN _rrow r ON r._row = s._row GROUP BY r.user_id"
         )
-        self._merge_profiles(project_id, "_rsrc", "_uid", "_touched", props)
+        if count == people:  # nobody of the batch is stored: only new profiles
+            self._insert_profiles(project_id, "_rsrc", "_uid", "_touched", props)
+        else:
+            self._merge_profiles(project_id, "_rsrc", "_uid", "_touched", props)

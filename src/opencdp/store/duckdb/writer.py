@@ -260,6 +260,17 @@ class Writes(WriterBase):
             f"WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})"
         )
 
+    def _insert_profiles(
+        self, project_id: int, source: str, uid: str, touched: str, props: Sequence[Property]
+    ) -> None:
+        """Insert profiles from ``source`` (one row per user, none of them stored)."""
+        cols = [ident(p.column) for p in props]
+        names = ", ".join(["user_id", "created_at", "updated_at", *cols])
+        values = ", ".join([uid, touched, touched, *cols])
+        self._cur.execute(
+            f"INSERT INTO {table(project_id, 'profiles')} ({names}) SELECT {values} FROM {source}"
+        )
+
     def upsert_events(self, project_id: int, rows: EventRows, props: Sequence[Property]) -> None:
         if not rows:
             return
