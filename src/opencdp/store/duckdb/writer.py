@@ -261,14 +261,42 @@ class Writes(WriterBase):
         )
 
     def _insert_profiles(
-        self, project_id: int, source: str, uid: str, touched: str, props: Sequence[Property]
+        self,
+        project_id: int,
+        source: str,
+        uid: str,
+        touched: str,
+        props: Sequence[Property],
+        where: str = "true",
     ) -> None:
-        """Insert profiles from ``source`` (one row per user, none of them stored)."""
+        """Insert profiles from the rows of ``source`` (one per user) that ``where`` picks,
+        none of them stored."""
         cols = [ident(p.column) for p in props]
         names = ", ".join(["user_id", "created_at", "updated_at", *cols])
         values = ", ".join([uid, touched, touched, *cols])
         self._cur.execute(
-            f"INSERT INTO {table(project_id, 'profiles')} ({names}) SELECT {values} FROM {source}"
+            f"INSERT INTO {table(project_id, 'profiles')} ({names}) "
+            f"SELECT {values} FROM {source} WHERE {where}"
+        )
+
+    def _update_profiles(
+        self,
+        project_id: int,
+        source: str,
+        uid: str,
+        touched: str,
+        props: Sequence[Property],
+        where: str = "true",
+    ) -> None:
+        """Update the stored profiles of the rows of ``source`` (``s``, one per user) that
+        ``where`` picks: a null leaves a stored value."""
+        sets = ", ".join(
+            [f"updated_at = s.{touched}"]
+            + [f"{c} = COALESCE(s.{c}, t.{c})" for c in (ident(p.column) for p in props)]
+        )
+        self._cur.execute(
+            f"UPDATE {table(project_id, 'profiles')} AS t SET {sets} FROM {source} AS s "
+            f"WHERE t.user_id = s.{uid} AND {where}"
         )
 
     def upsert_events(self, project_id: int, rows: EventRows, props: Sequence[Property]) -> None:
