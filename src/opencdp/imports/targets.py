@@ -539,7 +539,7 @@ class UsersByIdentityTarget(Target):
     merged), as the single-record API does with ``type: user``: typed column by column and
     resolved by the store for the whole batch (:meth:`StoreWriter.resolve_profiles`)."""
 
-    batch_rows = 100_000
+    batch_rows = 250_000
     batch_bytes = 32 << 20
     read_ahead = True
     reserved = frozenset({"_id"})

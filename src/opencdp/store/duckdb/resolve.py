@@ -47,9 +47,13 @@ class ResolveWrites(Writes):
             self.ensure_columns(project_id, props)
         staged = self._stage(rows)
         try:
-            self._tokens(project_id, staged, keys, insert_only, out)
-            if write:
-                self._resolve(project_id, staged, len(keys), props, user_props, key)
+            if self._all_new(project_id, staged, keys):
+                if write:
+                    self._each_row_new(project_id, staged, keys, props, key)
+            else:
+                self._tokens(project_id, staged, keys, insert_only, out)
+                if write:
+                    self._resolve(project_id, staged, len(keys), props, user_props, key)
             self._drop_temps()
         finally:  # (after an error the transaction is rolled back, its temporary tables too)
             self._unstage(staged)
@@ -81,14 +85,72 @@ class ResolveWrites(Writes):
             if insert_only:
                 self._screen_events(project_id, staged, out)
             if write:
-                self._tokens(project_id, staged, keys, False, out)
-                self._resolve(project_id, staged, len(keys), key_props, user_props, key)
+                if not out.failures and self._all_new(project_id, staged, keys):
+                    self._each_row_new(project_id, staged, keys, key_props, key)
+                else:
+                    self._tokens(project_id, staged, keys, False, out)
+                    self._resolve(project_id, staged, len(keys), key_props, user_props, key)
                 self._write_events(project_id, staged, event_props)
             self._drop_temps()
         finally:
             self._unstage(staged)
         out.imported = rows.num_rows - len(out.failures)
         return out
+
+    def _all_new(self, project_id: int, staged: str, keys: Sequence[int]) -> bool:
+        """Whether every identity value of the batch is in one row only, and none is stored:
+        then each row is a person of its own, new (most batches of a first load)."""
+        identities = table(project_id, "identities")
+        columns = [(int(k), ident(f"_k{int(k)}")) for k in keys]
+
+        def stored(rows: str) -> str:
+            return " OR ".join(
+                f"EXISTS (SELECT 1 FROM {rows} s SEMI JOIN {identities} i "
+                f"ON i.key_id = {k} AND i.value = s.{c})"
+                for k, c in columns
+            )
+
+        # A batch of people the store holds (a file imported again) shows in its first rows.
+        held = self._one(f"SELECT {stored(f'(SELECT * FROM {staged} LIMIT 1000)')}")
+        if held and held[0]:
+            return False
+        unique = " AND ".join(f"count({c}) = count(DISTINCT {c})" for _, c in columns)
+        found = self._one(f"SELECT {unique} AND NOT ({stored(staged)}) FROM {staged}")
+        return bool(found and found[0])
+
+    def _each_row_new(
+        self,
+        project_id: int,
+        staged: str,
+        keys: Sequence[int],
+        props: Sequence[Property],
+        key: str | None,
+    ) -> None:
+        """Write a batch of which each row is a new person (see :meth:`_all_new`): ids in one
+        allocation in row order (as :meth:`_resolve` numbers one-row people), the identities
+        and profiles inserted as they are."""
+        cur = self._cur
+        count = self._one(f"SELECT count(*) FROM {staged}")
+        base = self.allocate_user_ids(project_id, int(count[0]) if count else 0, key)
+        cur.execute(
+            f"CREATE OR REPLACE TEMP TABLE _rrow AS SELECT _row, {int(base)} - 1 + "
+            f"row_number() OVER (ORDER BY _row) AS user_id, true AS new FROM {staged}"
+        )
+        cur.execute(
+            f"INSERT INTO {table(project_id, 'identities')} "
+            + " UNION ALL ".join(
+                f"SELECT {int(k)}::INTEGER, s.{ident(f'_k{int(k)}')}, r.user_id FROM {staged} s "
+                f"JOIN _rrow r ON r._row = s._row WHERE s.{ident(f'_k{int(k)}')} IS NOT NULL"
+                for k in keys
+            )
+        )
+        cols = [ident(p.column) for p in props]
+        names = ", ".join(["user_id", "created_at", "updated_at", *cols])
+        cur.execute(
+            f"INSERT INTO {table(project_id, 'profiles')} ({names}) "
+            f"SELECT r.user_id, s._touched, s._touched{''.join(f', s.{c}' for c in cols)} "
+            f"FROM {staged} s JOIN _rrow r ON r._row = s._row"
+        )
 
     def _drop_temps(self) -> None:
         for name in _TEMPS:
@@ -276,11 +338,19 @@ class ResolveWrites(Writes):
         picks = "".join(
             f", arg_max(s.{c}, s._row) FILTER (WHERE s.{c} IS NOT NULL) AS {c}" for c in cols
         )
-        cur.execute(
-            f"CREATE OR REPLACE TEMP TABLE _rsrc AS SELECT r.user_id AS _uid, "
-            f"any_value(r.new) AS _new, max(s._touched) AS _touched{picks} "
-            f"FROM {staged} s JOIN _rrow r ON r._row = s._row GROUP BY r.user_id"
-        )
+        one_row = self._one("SELECT count(*) = count(DISTINCT user_id) FROM _rrow")
+        if one_row and one_row[0]:  # each person has one row: its values as they are
+            cur.execute(
+                "CREATE OR REPLACE TEMP TABLE _rsrc AS SELECT r.user_id AS _uid, r.new AS _new, "
+                f"s._touched{''.join(f', s.{c}' for c in cols)} "
+                f"FROM {staged} s JOIN _rrow r ON r._row = s._row"
+            )
+        else:
+            cur.execute(
+                f"CREATE OR REPLACE TEMP TABLE _rsrc AS SELECT r.user_id AS _uid, "
+                f"any_value(r.new) AS _new, max(s._touched) AS _touched{picks} "
+                f"FROM {staged} s JOIN _rrow r ON r._row = s._row GROUP BY r.user_id"
+            )
         # New people's profiles are inserted, stored people's updated: an UPDATE and an INSERT
         # rather than one MERGE, which DuckDB runs many times slower on a table whose rows
         # were just written in bulk.
