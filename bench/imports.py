@@ -344,6 +344,7 @@ def run_events(srv: Server, peaks: Peaks, work: Path, args: argparse.Namespace) 
             headers=AUTH,
             timeout=3600,
         ).json()
+    uploaded = time.perf_counter() - started
     url = f"{srv.url}/admin/v1/projects/{project}/imports/{job['job_id']}"
     final = wait(lambda: dict(httpx.get(url, headers=AUTH).json()))
     seconds = time.perf_counter() - started
@@ -352,7 +353,8 @@ def run_events(srv: Server, peaks: Peaks, work: Path, args: argparse.Namespace) 
     baseline = statistics.median([before, after])
     rss, rss_words = peaks.end()
     print(
-        f"events JSON lines, {count:,} events ({size_mb:.0f} MB): {seconds:.1f} s, "
+        f"events JSON lines, {count:,} events ({size_mb:.0f} MB): {seconds:.1f} s "
+        f"(upload {uploaded:.1f} s), "
         f"{count / seconds:,.0f} events/s; DuckDB read_json {baseline:.2f} s "
         f"(before {before:.2f} s, after {after:.2f} s); ratio {baseline / seconds:.3f}; "
         f"{rss_words}",
@@ -362,6 +364,7 @@ def run_events(srv: Server, peaks: Peaks, work: Path, args: argparse.Namespace) 
         "events": count,
         "events_mb": round(size_mb),
         "events_seconds": round(seconds, 1),
+        "events_upload_seconds": round(uploaded, 1),
         "events_per_s": round(count / seconds),
         "events_read_json_seconds": round(baseline, 2),
         "events_read_json_before_seconds": round(before, 2),
