@@ -155,7 +155,7 @@ def _check_same(path: Path, **kw: Any) -> list[RowBatch]:
     return fast
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     data=files(),
     batch_rows=st.integers(1, 8),

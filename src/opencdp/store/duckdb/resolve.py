@@ -247,9 +247,10 @@ class ResolveWrites(Writes):
             f"JOIN {identities} i ON i.key_id = v.key_id AND i.value = v.value"
         )
 
-    def _components(self, keys: int) -> None:
+    def _components(self, keys: int) -> bool:
         """``_rl``: each value's component, labelled by its smallest value number (``keys``:
-        how many identity key columns the batch has)."""
+        how many identity key columns the batch has). False when there is no edge: every
+        value is a component of its own."""
         cur = self._cur
         # Edges: each value of a row (or of a stored user) to the row's (user's) first value,
         # both ways. (A row of a batch with one key column holds one value: no edge.)
@@ -266,6 +267,9 @@ class ResolveWrites(Writes):
             "WHERE a <> b"
         )
         cur.execute("CREATE OR REPLACE TEMP TABLE _rl AS SELECT t, t AS l FROM _rv")
+        edges = self._one("SELECT count(*) FROM _re")
+        if not edges or not edges[0]:  # every value a person of its own (one key, no merges)
+            return False
         while True:
             # One round: each value takes the smallest label among its neighbours and its
             # own, then the label of that label (pointer jumping).
@@ -281,7 +285,7 @@ class ResolveWrites(Writes):
             )
             cur.execute("DROP TABLE _rl; ALTER TABLE _rl2 RENAME TO _rl")
             if not changed or not changed[0]:
-                return
+                return True
 
     def _resolve(
         self,
@@ -293,16 +297,19 @@ class ResolveWrites(Writes):
         key: str | None,
     ) -> None:
         cur = self._cur
-        self._components(keys)
-        # Each component's stored users: the lowest survives, the others merge into it.
-        merges = {
-            int(loser): int(survivor)
-            for loser, survivor in cur.execute(
-                "WITH d AS (SELECT DISTINCT l.l, o.user_id FROM _rown o JOIN _rl l ON l.t = o.t) "
-                "SELECT user_id, s FROM (SELECT user_id, min(user_id) OVER (PARTITION BY l) AS s "
-                "FROM d) WHERE user_id <> s"
-            ).fetchall()
-        }
+        linked = self._components(keys)
+        # Each component's stored users: the lowest survives, the others merge into it. (A
+        # component of one value has one stored user at most.)
+        merges: dict[int, int] = {}
+        if linked:
+            merges = {
+                int(loser): int(survivor)
+                for loser, survivor in cur.execute(
+                    "WITH d AS (SELECT DISTINCT l.l, o.user_id FROM _rown o "
+                    "JOIN _rl l ON l.t = o.t) SELECT user_id, s FROM (SELECT user_id, "
+                    "min(user_id) OVER (PARTITION BY l) AS s FROM d) WHERE user_id <> s"
+                ).fetchall()
+            }
         if merges:
             self.merge_users(project_id, merges, user_props)
         # New people take ids in one allocation, in the order of their first rows.
@@ -328,7 +335,8 @@ class ResolveWrites(Writes):
         )
         # ``_rrow``: each row's person.
         cur.execute(
-            "CREATE OR REPLACE TEMP TABLE _rrow AS SELECT DISTINCT t._row, u.user_id, u.new "
+            f"CREATE OR REPLACE TEMP TABLE _rrow AS SELECT {'DISTINCT ' if keys > 1 else ''}"
+            "t._row, u.user_id, u.new "
             "FROM _rtok t "
             "JOIN _rv v ON v.key_id = t.key_id AND v.value = t.value "
             "JOIN _rl l ON l.t = v.t JOIN _ru u ON u.l = l.l"
