@@ -39,7 +39,7 @@ from opencdp.imports.columns import coerce_column, infer
 from opencdp.imports.readers import RowBatch, too_many_columns
 from opencdp.imports.spec import IDENTITY, USER_ID, ImportSpec, Kind, Membership
 from opencdp.ingest.records import MAX_ID
-from opencdp.store.base import StoreWriter
+from opencdp.store.base import ImportOutcome, StoreWriter
 
 
 @dataclass
@@ -384,12 +384,36 @@ class ProfilesTarget(Target):
         return self._run(w, p, False)
 
 
+class _Resolved(Target):
+    """A target whose batches the store resolves whole; its failures come back by row number."""
+
+    @abstractmethod
+    def _resolve(self, w: StoreWriter, p: Prepared, write: bool) -> ImportOutcome:
+        """The store's outcome for the batch (written with ``write``, else only checked)."""
+
+    def _run(self, w: StoreWriter, p: Prepared, write: bool) -> BatchResult:
+        batch, res = p.batch, p.res
+        outcome = self._resolve(w, p, write)
+        if outcome.failures:
+            index = {n: i for i, n in enumerate(batch.row_numbers.to_pylist())}
+            for row, reason in outcome.failures.items():
+                res.failures.setdefault(index[row], reason)
+        res.imported = batch.rows.num_rows - len(res.failures)
+        return res
+
+    def apply(self, w: StoreWriter, p: Prepared) -> BatchResult:
+        return self._run(w, p, True)
+
+    def check(self, w: StoreWriter, p: Prepared) -> BatchResult:
+        return self._run(w, p, False)
+
+
 EVENT_NAME = ("event", "event_name")
 EVENT_RESERVED = {"event", "event_name", "event_id", "create_time", "event_time"}
 _CONTROL_CHARS = "[\\x00-\\x1f\\x7f]"
 
 
-class EventsTarget(Target):
+class EventsTarget(_Resolved):
     """Events, typed column by column as the single-record API validates an event record (the
     same checks in the same order, so a row fails with the reason its record would), and
     resolved and upserted by the store for the whole batch (:meth:`StoreWriter.resolve_events`).
@@ -512,29 +536,15 @@ class EventsTarget(Target):
         key_props = [p for n, p in typed.items() if n in schema.identity_keys]
         return table, key_props, list(props.values())
 
-    def _run(self, w: StoreWriter, p: Prepared, write: bool) -> BatchResult:
-        batch, res = p.batch, p.res
+    def _resolve(self, w: StoreWriter, p: Prepared, write: bool) -> ImportOutcome:
         table, key_props, event_props = p.data
-        schema = self._schema()
-        outcome = w.resolve_events(
+        return w.resolve_events(
             self.project_id, table, [k.id for k in key_props], key_props, event_props,
-            list(schema.user.values()), self.insert_only, write, p.key,
+            list(self._schema().user.values()), self.insert_only, write, p.key,
         )  # fmt: skip
-        if outcome.failures:
-            index = {n: i for i, n in enumerate(batch.row_numbers.to_pylist())}
-            for row, reason in outcome.failures.items():
-                res.failures.setdefault(index[row], reason)
-        res.imported = batch.rows.num_rows - len(res.failures)
-        return res
-
-    def apply(self, w: StoreWriter, p: Prepared) -> BatchResult:
-        return self._run(w, p, True)
-
-    def check(self, w: StoreWriter, p: Prepared) -> BatchResult:
-        return self._run(w, p, False)
 
 
-class UsersByIdentityTarget(Target):
+class UsersByIdentityTarget(_Resolved):
     """Profiles matched by every identity key they carry (users that turn out to be one are
     merged), as the single-record API does with ``type: user``: typed column by column and
     resolved by the store for the whole batch (:meth:`StoreWriter.resolve_profiles`)."""
@@ -590,27 +600,14 @@ class UsersByIdentityTarget(Target):
             return f"properties: no identity key is present (identity keys: {keys})"
         return f"properties: identity keys {', '.join(present)} are present but all empty"
 
-    def _run(self, w: StoreWriter, p: Prepared, write: bool) -> BatchResult:
-        batch, res = p.batch, p.res
+    def _resolve(self, w: StoreWriter, p: Prepared, write: bool) -> ImportOutcome:
         table, props = p.data
         schema = self._schema()
-        keys = [k.id for n, k in schema.identity_keys.items() if n in batch.columns]
-        outcome = w.resolve_profiles(
+        keys = [k.id for n, k in schema.identity_keys.items() if n in p.batch.columns]
+        return w.resolve_profiles(
             self.project_id, table, keys, props,
             list(schema.user.values()), self.insert_only, write, p.key,
         )  # fmt: skip
-        if outcome.failures:
-            index = {n: i for i, n in enumerate(batch.row_numbers.to_pylist())}
-            for row, reason in outcome.failures.items():
-                res.failures.setdefault(index[row], reason)
-        res.imported = batch.rows.num_rows - len(res.failures)
-        return res
-
-    def apply(self, w: StoreWriter, p: Prepared) -> BatchResult:
-        return self._run(w, p, True)
-
-    def check(self, w: StoreWriter, p: Prepared) -> BatchResult:
-        return self._run(w, p, False)
 
 
 def _profile_rows(
