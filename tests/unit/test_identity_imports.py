@@ -43,11 +43,23 @@ row = st.fixed_dictionaries(
 )
 
 
+def apply_batch(
+    rt: Runtime, pid: int, spec: ImportSpec, columns: list[str], data: dict[str, pa.Array]
+) -> Any:
+    """Type ``data`` (text columns) as one batch of a file imported by ``spec``, and write it."""
+    target = make_target(rt.catalog, rt.settings.limits, pid, spec)
+    n = len(data[columns[0]])
+    batch = RowBatch(columns, pa.table(data), pa.array(range(1, n + 1), pa.int64()), [])
+    prepared = target.prepare(batch)
+    prepared.key = f"test:{pid}:1"
+    with rt.store.writer() as w:
+        return target.apply(w, prepared)
+
+
 def import_rows(rt: Runtime, pid: int, rows: list[dict[str, Any]], insert_only: bool) -> Any:
     spec = ImportSpec(
         Kind.PROFILES, lookup=IDENTITY, mode=Mode.INSERT if insert_only else Mode.UPSERT
     )
-    target = make_target(rt.catalog, rt.settings.limits, pid, spec)
     columns = [*KEYS, "city"]
     data = {
         c: pa.array(
@@ -58,11 +70,7 @@ def import_rows(rt: Runtime, pid: int, rows: list[dict[str, Any]], insert_only: 
         )
         for c in columns
     }
-    batch = RowBatch(columns, pa.table(data), pa.array(range(1, len(rows) + 1), pa.int64()), [])
-    prepared = target.prepare(batch)
-    prepared.key = f"test:{pid}:1"
-    with rt.store.writer() as w:
-        return target.apply(w, prepared)
+    return apply_batch(rt, pid, spec, columns, data)
 
 
 @settings(
@@ -170,7 +178,6 @@ def event_record(rt: Runtime, pid: int, spec: dict[str, Any], n: int) -> Any:
 
 def import_events(rt: Runtime, pid: int, rows: list[dict[str, Any]], insert_only: bool) -> Any:
     spec = ImportSpec(Kind.EVENTS, mode=Mode.INSERT if insert_only else Mode.UPSERT)
-    target = make_target(rt.catalog, rt.settings.limits, pid, spec)
     docs = [event_doc(r) for r in rows]
     columns = [*KEYS, *EVENT_COLUMNS]
     data = {
@@ -179,11 +186,7 @@ def import_events(rt: Runtime, pid: int, rows: list[dict[str, Any]], insert_only
         )
         for c in columns
     }
-    batch = RowBatch(columns, pa.table(data), pa.array(range(1, len(rows) + 1), pa.int64()), [])
-    prepared = target.prepare(batch)
-    prepared.key = f"test:{pid}:1"
-    with rt.store.writer() as w:
-        return target.apply(w, prepared)
+    return apply_batch(rt, pid, spec, columns, data)
 
 
 def events_of(rt: Runtime, pid: int, specs: list[dict[str, Any]]) -> dict[str, Any]:
