@@ -9,6 +9,9 @@ a file is a lookup key in the metadata DB. So no key reaches outside its project
 - :meth:`BlobStore.create` and :meth:`BlobStore.put` write a blob atomically: a reader sees
   the previous blob or the whole new one, never part of it, and a write that fails or a crash
   leaves nothing visible. A committed blob is durable.
+- :meth:`BlobStore.spool` writes a blob whose name is only known once it is written (an
+  upload streamed in before the request's other fields are checked): it is named as it
+  commits, and a spool never committed leaves nothing.
 - :meth:`BlobStore.open` streams a blob or a byte range of it.
 - :meth:`BlobStore.append` writes at a given offset, cutting off what followed: for files
   whose committed length is recorded elsewhere (an import's failures file, whose length
@@ -112,7 +115,10 @@ class BlobWriter(ABC):
     def write(self, data: bytes) -> int: ...
 
     @abstractmethod
-    def commit(self) -> BlobInfo: ...
+    def commit(self, project: int | None = None, key: str | None = None) -> BlobInfo:
+        """Make the blob visible, whole and durable. A spool (:meth:`BlobStore.spool`) is
+        named here, by ``project`` and ``key``; a writer of :meth:`BlobStore.create` is
+        named already and takes neither."""
 
     @abstractmethod
     def abort(self) -> None: ...
@@ -149,6 +155,10 @@ class BlobStore(ABC):
     @abstractmethod
     def create(self, project: int, key: str) -> BlobWriter:
         """A writer of the blob ``key``, replacing it (atomically) on commit."""
+
+    @abstractmethod
+    def spool(self) -> BlobWriter:
+        """A writer of a blob named when it commits (:meth:`BlobWriter.commit`)."""
 
     def put(self, project: int, key: str, chunks: Iterable[bytes]) -> BlobInfo:
         """Write the blob from ``chunks`` (atomic: an iterator that fails leaves nothing)."""

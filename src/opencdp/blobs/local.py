@@ -74,6 +74,9 @@ class LocalBlobs(BlobStore):
     def create(self, project: int, key: str) -> BlobWriter:
         return _Writer(self, self._path(project, key))
 
+    def spool(self) -> BlobWriter:
+        return _Writer(self, None)
+
     def append(self, project: int, key: str, data: bytes, at: int) -> int:
         if at < 0:
             raise BadRange(f"cannot write at {at}")
@@ -190,7 +193,7 @@ class LocalBlobs(BlobStore):
 
 
 class _Writer(BlobWriter):
-    def __init__(self, store: LocalBlobs, final: Path) -> None:
+    def __init__(self, store: LocalBlobs, final: Path | None) -> None:
         self._store, self._final = store, final
         fd, name = tempfile.mkstemp(dir=store._incoming, prefix="blob-")
         self._tmp = Path(name)
@@ -216,9 +219,14 @@ class _Writer(BlobWriter):
     def closed(self) -> bool:
         return self._done
 
-    def commit(self) -> BlobInfo:
+    def commit(self, project: int | None = None, key: str | None = None) -> BlobInfo:
         if self._done:
             raise ValueError("the blob is already committed or dropped")
+        if (project is None) != (key is None) or (project is None) == (self._final is None):
+            raise ValueError("a spool is named as it commits, a created blob is named already")
+        if project is not None and key is not None:
+            self._final = self._store._path(project, key)
+        assert self._final is not None
         top = self._store.root
         try:
             self._f.flush()

@@ -4,7 +4,9 @@ named by numbers only (``<file id>.dat``, ``job-<job id>-<kind>.csv``, per proje
 A client names a file however it likes (a WeChat ``path``, a multipart filename); that name is
 a lookup key in the metadata DB and never part of a blob key, so no name can reach outside the
 store. An upload is a blob written whole (:meth:`BlobStore.create`): it appears complete or
-not at all.
+not at all. An upload is written once: hashed and bounded as it streams in, to a spool of the
+blob store (:class:`Incoming`), which is named by its file id when the request's other fields
+have been checked (:meth:`Files.store`), or dropped.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from opencdp.blobs.base import BlobStore
+from opencdp.blobs.base import BlobStore, BlobWriter
 from opencdp.catalog import secrets
 from opencdp.errors import CdpError, Code, invalid
 from opencdp.meta import tables as t
@@ -40,6 +42,43 @@ class StoredFile:
 class FileTooLarge(CdpError):
     def __init__(self, limit: int) -> None:
         super().__init__(Code.LIMIT_EXCEEDED, f"file: larger than {limit} bytes", "file")
+
+
+class Incoming:
+    """An upload as it streams in: written to a spool of the blob store, hashed, and refused
+    (:class:`FileTooLarge`) past ``limit`` bytes. :meth:`Files.store` keeps it; :meth:`drop`
+    (or a request that fails first) leaves nothing."""
+
+    def __init__(self, blobs: BlobStore, limit: int, filename: str | None = None) -> None:
+        self.filename = filename
+        self.limit = limit
+        self.size = 0
+        self._digest = hashlib.sha256()
+        self._spool: BlobWriter | None = blobs.spool()
+
+    def write(self, chunk: bytes) -> None:
+        if self._spool is None:
+            raise ValueError("the upload is stored or dropped already")
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise FileTooLarge(self.limit)
+        self._digest.update(chunk)
+        self._spool.write(chunk)
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def keep(self, project_id: int, key: str) -> None:
+        if self._spool is None:
+            raise ValueError("the upload is stored or dropped already")
+        spool, self._spool = self._spool, None
+        spool.commit(project_id, key)
+
+    def drop(self) -> None:
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.abort()
 
 
 class Files:
@@ -110,17 +149,31 @@ class Files:
         reserved: StoredFile | None = None,
     ) -> StoredFile:
         """Store an upload streamed in ``chunks`` (at most ``limit`` bytes)."""
-        if reserved is None:
-            reserved, _ = self.reserve(project_id, name)
-        digest = hashlib.sha256()
-        size = 0
-        with self.blobs.create(reserved.project_id, reserved.key) as blob:
+        incoming = self.receive(limit, name)
+        try:
             async for chunk in chunks:
-                size += len(chunk)
-                if size > limit:
-                    raise FileTooLarge(limit)
-                digest.update(chunk)
-                blob.write(chunk)
+                incoming.write(chunk)
+            return self.store(project_id, incoming, name, reserved)
+        finally:
+            incoming.drop()
+
+    def receive(self, limit: int, filename: str | None = None) -> Incoming:
+        """An upload to stream in (:class:`Incoming`), at most ``limit`` bytes."""
+        return Incoming(self.blobs, limit, filename)
+
+    def store(
+        self,
+        project_id: int,
+        incoming: Incoming,
+        name: str | None = None,
+        reserved: StoredFile | None = None,
+    ) -> StoredFile:
+        """Keep a received upload as a file of the project, under ``name`` (else its
+        filename), or as the ``reserved`` file."""
+        if reserved is None:
+            reserved, _ = self.reserve(project_id, name or incoming.filename or "upload")
+        incoming.keep(reserved.project_id, reserved.key)
+        size, digest = incoming.size, incoming.sha256
         with self._engine.begin() as conn:
             conn.execute(
                 sa.update(t.files)
@@ -128,7 +181,7 @@ class Files:
                 .values(
                     state=STORED,
                     size=size,
-                    sha256=digest.hexdigest(),
+                    sha256=digest,
                     upload_token_hash=None,
                     stored_at=t.utcnow(),
                 )

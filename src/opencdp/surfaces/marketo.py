@@ -11,13 +11,13 @@ import dataclasses
 import logging
 import secrets as pysecrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -31,11 +31,11 @@ from opencdp.imports.targets import check_lookup_field
 from opencdp.jobs.service import COMPLETE, FAILED, QUEUED, Job
 from opencdp.runtime import Runtime
 from opencdp.surfaces.uploads import (
-    file_field,
+    Upload,
+    keep_upload,
     param,
     read_body,
-    read_form,
-    store_upload,
+    read_upload,
     surface_app,
     vendor_errors,
     wrong_method,
@@ -98,14 +98,15 @@ class Marketo:
 
     # ---- identity ------------------------------------------------------------------------
     async def token(self, request: Request) -> Response:
-        form: FormData | None = None
+        form: Mapping[str, str] | None = None
         ctype = request.headers.get("content-type", "")
         if request.method == "POST" and ctype.startswith("multipart/form-data"):
-            form = await read_form(request, MAX_TOKEN_FORM)
+            async with read_upload(request, self.rt.files, MAX_TOKEN_FORM) as upload:
+                form = upload.fields
         elif request.method == "POST" and "form" in ctype:
             raw = await read_body(request, MAX_TOKEN_FORM)
             pairs = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
-            form = FormData([(k, v) for k, v in pairs])
+            form = dict(pairs)  # (a repeated field: its last value)
         client_id = param(request, form, "client_id", "")
         client_secret = param(request, form, "client_secret", "")
         grant = param(request, form, "grant_type", "client_credentials")
@@ -130,7 +131,7 @@ class Marketo:
             }
         )
 
-    def _project(self, request: Request, form: FormData | None = None) -> Project:
+    def _project(self, request: Request, form: Mapping[str, str] | None = None) -> Project:
         given = request.headers.get("authorization", "")
         scheme, _, token = given.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -141,23 +142,25 @@ class Marketo:
         return project
 
     # ---- leads ---------------------------------------------------------------------------
-    async def _upload(self, request: Request) -> tuple[Project, FormData, str]:
+    @asynccontextmanager
+    async def _upload(self, request: Request) -> AsyncIterator[tuple[Project, Upload, str]]:
         if request.headers.get("authorization") or request.query_params.get("access_token"):
             self._project(request)  # refuse before reading the upload
-        form = await read_form(request, self.rt.settings.marketo_max_file_bytes)
-        project = self._project(request, form)
-        fmt = str(param(request, form, "format", "csv")).lower()
-        if fmt not in ("csv", "tsv", "ssv"):
-            raise invalid("format", f"must be CSV, TSV or SSV, got {fmt!r}")
-        check.word(param(request, form, "charset"), "charset")
-        return project, form, fmt
+        limit = self.rt.settings.marketo_max_file_bytes
+        async with read_upload(request, self.rt.files, limit) as upload:
+            form = upload.fields
+            project = self._project(request, form)
+            fmt = str(param(request, form, "format", "csv")).lower()
+            if fmt not in ("csv", "tsv", "ssv"):
+                raise invalid("format", f"must be CSV, TSV or SSV, got {fmt!r}")
+            check.word(param(request, form, "charset"), "charset")
+            yield project, upload, fmt
 
     async def _submit(
-        self, request: Request, project: Project, form: FormData, spec: ImportSpec
+        self, request: Request, project: Project, upload: Upload, spec: ImportSpec
     ) -> Job:
-        limit = self.rt.settings.marketo_max_file_bytes
-        stored = await store_upload(self.rt.files, project.id, file_field(form), limit)
-        spec = dataclasses.replace(spec, charset=param(request, form, "charset"))
+        stored = await keep_upload(self.rt.files, project.id, upload.incoming())
+        spec = dataclasses.replace(spec, charset=param(request, upload.fields, "charset"))
         rt = self.rt
         return await run_in_threadpool(
             submit_import, rt.jobs, rt.catalog, rt.settings.limits, rt.files, project.id, AUDIENCE,
@@ -165,55 +168,57 @@ class Marketo:
         )  # fmt: skip
 
     async def import_leads(self, request: Request) -> Response:
-        project, form, fmt = await self._upload(request)
-        partition = param(request, form, "partitionName")
-        if partition not in (None, "", DEFAULT_PARTITION):
-            # Marketo's answer for a partition the caller cannot write to.
-            name = str(partition)[:64]
-            return _error(
-                "1008",
-                f"Access denied to partition '{name}': partitionName: this instance has one "
-                f"lead partition, {DEFAULT_PARTITION!r}",
+        async with self._upload(request) as (project, upload, fmt):
+            form = upload.fields
+            partition = param(request, form, "partitionName")
+            if partition not in (None, "", DEFAULT_PARTITION):
+                # Marketo's answer for a partition the caller cannot write to.
+                name = str(partition)[:64]
+                return _error(
+                    "1008",
+                    f"Access denied to partition '{name}': partitionName: this instance has one "
+                    f"lead partition, {DEFAULT_PARTITION!r}",
+                )
+            lookup = str(param(request, form, "lookupField", "email"))
+            check_lookup_field(self.rt.catalog.schema(project.id), lookup, False, "lookupField")
+            list_id = param(request, form, "listId")
+            spec = ImportSpec(
+                Kind.PROFILES,
+                format=fmt,
+                lookup=lookup,
+                list_id=check.ident(list_id, "listId") if list_id is not None else None,
             )
-        lookup = str(param(request, form, "lookupField", "email"))
-        check_lookup_field(self.rt.catalog.schema(project.id), lookup, False, "lookupField")
-        list_id = param(request, form, "listId")
-        spec = ImportSpec(
-            Kind.PROFILES,
-            format=fmt,
-            lookup=lookup,
-            list_id=check.ident(list_id, "listId") if list_id is not None else None,
-        )
-        job = await self._submit(request, project, form, spec)
-        return _ok([{"batchId": job.id, "importId": str(job.id), "status": STATUS[job.state]}])
+            job = await self._submit(request, project, upload, spec)
+            return _ok([{"batchId": job.id, "importId": str(job.id), "status": STATUS[job.state]}])
 
     async def import_objects(self, request: Request) -> Response:
-        project, form, fmt = await self._upload(request)
-        api_name = request.path_params["api_name"]
-        cid = self.rt.catalog.collection(project.id, api_name)  # (checks the name)
-        # Records are matched on the object's declared dedupe fields (kept with the job as they
-        # are now); an object declared without any is keyed by the file's first column.
-        dedupe = self.rt.catalog.collection_dedupe(cid)
-        spec = ImportSpec(
-            Kind.DOCUMENTS,
-            format=fmt,
-            collection=api_name,
-            key_fields=tuple(dedupe),
-            first_column_key=True,
-        )
-        job = await self._submit(request, project, form, spec)
-        return _ok([{"batchId": job.id, "status": STATUS[job.state]}])
+        async with self._upload(request) as (project, upload, fmt):
+            api_name = request.path_params["api_name"]
+            cid = self.rt.catalog.collection(project.id, api_name)  # (checks the name)
+            # Records are matched on the object's declared dedupe fields (kept with the job as they
+            # are now); an object declared without any is keyed by the file's first column.
+            dedupe = self.rt.catalog.collection_dedupe(cid)
+            spec = ImportSpec(
+                Kind.DOCUMENTS,
+                format=fmt,
+                collection=api_name,
+                key_fields=tuple(dedupe),
+                first_column_key=True,
+            )
+            job = await self._submit(request, project, upload, spec)
+            return _ok([{"batchId": job.id, "status": STATUS[job.state]}])
 
     async def import_members(self, request: Request) -> Response:
-        project, form, fmt = await self._upload(request)
-        program_id = check.ident(request.path_params["program_id"], "programId")
-        status = param(request, form, "programMemberStatus")
-        if not status:
-            raise invalid("programMemberStatus", "is required")
-        membership = Membership(PROGRAM_MEMBERS, "programId", program_id, str(status))
-        spec = ImportSpec(Kind.PROFILES, format=fmt, lookup="email", membership=membership)
-        job = await self._submit(request, project, form, spec)
-        return _ok([{"batchId": job.id, "importId": str(job.id), "status": STATUS[job.state]}])
+        async with self._upload(request) as (project, upload, fmt):
+            form = upload.fields
+            program_id = check.ident(request.path_params["program_id"], "programId")
+            status = param(request, form, "programMemberStatus")
+            if not status:
+                raise invalid("programMemberStatus", "is required")
+            membership = Membership(PROGRAM_MEMBERS, "programId", program_id, str(status))
+            spec = ImportSpec(Kind.PROFILES, format=fmt, lookup="email", membership=membership)
+            job = await self._submit(request, project, upload, spec)
+            return _ok([{"batchId": job.id, "importId": str(job.id), "status": STATUS[job.state]}])
 
     def _job(self, request: Request, kind: Callable[[ImportSpec], bool]) -> Job:
         """The batch named in the path, if it is one of this kind (else: not found)."""

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.applications import Starlette
-from starlette.datastructures import FormData, UploadFile
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
@@ -18,28 +20,13 @@ from starlette.routing import BaseRoute
 
 from opencdp.errors import CdpError, Code, invalid, unavailable
 from opencdp.faults import describe, is_transient
-from opencdp.imports.files import Files, FileTooLarge, StoredFile
+from opencdp.imports.files import Files, FileTooLarge, Incoming, StoredFile
 from opencdp.surfaces.rawasgi import ASGIApp, Message, Receive, Scope, Send, header
 
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
 OVERHEAD = 64 << 10  # multipart headers and boundaries around the file
-
-
-async def read_form(request: Request, limit: int) -> FormData:
-    """The multipart form of ``request``; a body clearly over ``limit`` is refused unread."""
-    ctype = request.headers.get("content-type", "")
-    if not ctype.startswith("multipart/form-data"):
-        raise CdpError(
-            Code.INVALID_TYPE, "Content-Type: expected multipart/form-data", "Content-Type"
-        )
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit + OVERHEAD:
-        raise FileTooLarge(limit)
-    try:
-        return await request.form(max_files=8, max_fields=64)
-    except (CdpError, BodyTooLarge):
-        raise
-    except Exception as exc:  # malformed multipart
-        raise invalid("body", f"not a valid multipart form ({exc})") from None
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -56,32 +43,154 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def file_field(form: FormData, name: str = "file") -> UploadFile:
-    value = form.get(name)
-    if not isinstance(value, UploadFile):
-        raise CdpError(Code.VALIDATION_FAILED, f"{name}: a file part is required", name)
-    return value
+MAX_FIELDS = 64  # the text fields of an upload's form
+MAX_FIELD = 1 << 20  # bytes of one text field
 
 
-async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
-    while chunk := await upload.read(1 << 20):
-        yield chunk
+class Upload:
+    """A multipart upload read in one pass: its text fields, and its ``file`` part, written
+    to the files store's spool as it streamed in (:class:`Incoming`), not yet kept."""
+
+    def __init__(self, fields: dict[str, str], file: Incoming | None) -> None:
+        self.fields = fields
+        self.file = file
+
+    def incoming(self, name: str = "file") -> Incoming:
+        if self.file is None:
+            raise CdpError(Code.VALIDATION_FAILED, f"{name}: a file part is required", name)
+        return self.file
 
 
-async def store_upload(
+class _FormReader:
+    """The callbacks of a multipart parser: the part named ``file`` (with a filename) goes to
+    the spool, every other part is a text field (some clients send every field as a file
+    part). A form over the bounds of its fields is invalid."""
+
+    def __init__(self, files: Files, limit: int) -> None:
+        self.files, self.limit = files, limit
+        self.fields: dict[str, str] = {}
+        self.file: Incoming | None = None
+        self.ended = False
+        self._header = self._value = b""
+        self._disposition = b""
+        self._name = ""
+        self._data: bytearray | None = None  # a text field's bytes (None: the file part)
+        self._count = 0  # text fields so far
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {
+            "on_part_begin": self.part_begin,
+            "on_header_field": self.header_field,
+            "on_header_value": self.header_value,
+            "on_header_end": self.header_end,
+            "on_headers_finished": self.headers_finished,
+            "on_part_data": self.part_data,
+            "on_part_end": self.part_end,
+            "on_end": self.end,
+        }
+
+    def part_begin(self) -> None:
+        self._disposition = b""
+
+    def header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header += data[start:end]
+
+    def header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def header_end(self) -> None:
+        if self._header.lower() == b"content-disposition":
+            self._disposition = self._value
+        self._header = self._value = b""
+
+    def headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        if b"name" not in options:
+            raise invalid("body", "a part of the multipart form has no name")
+        self._name = _text(options[b"name"])
+        if self._name == "file" and b"filename" in options:
+            if self.file is not None:
+                raise invalid("file", "the form has more than one file part")
+            self.file = self.files.receive(self.limit, _text(options[b"filename"]))
+            self._data = None
+            return
+        self._count += 1
+        if self._count > MAX_FIELDS:
+            raise invalid("body", f"the form has more than {MAX_FIELDS} fields")
+        self._data = bytearray()
+
+    def part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._data is None:
+            assert self.file is not None
+            self.file.write(data[start:end])
+            return
+        if len(self._data) + end - start > MAX_FIELD:
+            raise invalid(self._name, f"a form field longer than {MAX_FIELD} bytes")
+        self._data += data[start:end]
+
+    def part_end(self) -> None:
+        if self._data is not None:
+            self.fields[self._name] = _text(bytes(self._data))  # (repeated: the last)
+
+    def end(self) -> None:
+        self.ended = True
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+@asynccontextmanager
+async def read_upload(request: Request, files: Files, limit: int) -> AsyncIterator[Upload]:
+    """The multipart upload of ``request`` (:class:`Upload`), its file part at most ``limit``
+    bytes. A body clearly over the limit is refused unread; one that streams past it, is
+    not a well-formed multipart form, or ends before its closing boundary is refused. The
+    file is written once, as it streams in; whatever the ``with`` block does not keep
+    (:func:`keep_upload`) is dropped when it ends."""
+    ctype, options = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data":
+        raise CdpError(
+            Code.INVALID_TYPE, "Content-Type: expected multipart/form-data", "Content-Type"
+        )
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit + OVERHEAD:
+        raise FileTooLarge(limit)
+    if not options.get(b"boundary"):
+        raise invalid("Content-Type", "a multipart form needs a boundary")
+    form = _FormReader(files, limit)
+    try:
+        try:
+            parser = MultipartParser(options[b"boundary"], form.callbacks())
+            async for chunk in request.stream():
+                parser.write(chunk)
+            parser.finalize()
+        except (CdpError, BodyTooLarge, ClientDisconnect):
+            raise
+        except OSError:
+            raise  # the spool's disk (a passing fault: the handler says so)
+        except Exception as exc:
+            raise invalid("body", f"not a valid multipart form ({exc})") from None
+        if not form.ended:
+            raise invalid("body", "the multipart form ends before its closing boundary")
+        yield Upload(form.fields, form.file)
+    finally:
+        if form.file is not None:
+            form.file.drop()
+
+
+async def keep_upload(
     files: Files,
     project_id: int,
-    upload: UploadFile,
-    limit: int,
+    incoming: Incoming,
     name: str | None = None,
     reserved: StoredFile | None = None,
 ) -> StoredFile:
-    return await files.write(
-        project_id, name or upload.filename or "upload", _chunks(upload), limit, reserved
-    )
+    """Keep a received upload as a file of the project (:meth:`Files.store`: made durable off
+    the event loop)."""
+    return await run_in_threadpool(files.store, project_id, incoming, name, reserved)
 
 
-def param(request: Request, form: FormData | None, name: str, default: Any = None) -> Any:
+def param(request: Request, form: Mapping[str, Any] | None, name: str, default: Any = None) -> Any:
     """A parameter from the query string or, failing that, a form field."""
     value = request.query_params.get(name)
     if value is None and form is not None:

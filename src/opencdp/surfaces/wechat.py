@@ -21,7 +21,6 @@ from typing import Any
 import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -35,10 +34,9 @@ from opencdp.ingest.records import parse_json
 from opencdp.jobs.service import COMPLETE, FAILED, QUEUED, Job
 from opencdp.runtime import Runtime
 from opencdp.surfaces.uploads import (
-    file_field,
+    keep_upload,
     read_body,
-    read_form,
-    store_upload,
+    read_upload,
     surface_app,
     vendor_errors,
     wrong_method,
@@ -97,15 +95,6 @@ def _error(code: int, message: str) -> JSONResponse:
 envelope = vendor_errors(ERRORS, _error, log)
 
 
-async def _text(value: object) -> str:
-    """A form field's text; some clients send every field as a file part."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, UploadFile):
-        return (await value.read(4096)).decode("utf-8", "replace")
-    return ""
-
-
 class WeChat:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -162,31 +151,24 @@ class WeChat:
 
     async def upload_target(self, request: Request) -> Response:
         file_id = check.ident(request.path_params["file_id"], "file_id")
-        form = await read_form(request, self.rt.settings.max_upload_bytes)
-        token = await _text(form.get("x-cos-security-token"))
-        reserved = self.rt.files.pending_for_token(token) if token else None
-        if reserved is None or reserved.id != file_id:
-            # Object storage answers 403 here; clients check the HTTP status of this upload.
-            return JSONResponse(
-                {"errcode": 40001, "errmsg": "invalid credential: unknown or used upload token"},
-                403,
+        async with read_upload(request, self.rt.files, self.rt.settings.max_upload_bytes) as up:
+            token = up.fields.get("x-cos-security-token", "")
+            reserved = self.rt.files.pending_for_token(token) if token else None
+            if reserved is None or reserved.id != file_id:
+                # Object storage answers 403 here; clients check the HTTP status of an upload.
+                errmsg = "invalid credential: unknown or used upload token"
+                return JSONResponse({"errcode": 40001, "errmsg": errmsg}, 403)
+            q = request.query_params
+            self.rt.catalog.check_link(
+                "upload",
+                str(reserved.project_id),
+                str(reserved.id),
+                expires=q.get("expires", ""),
+                signature=q.get("sign", ""),
             )
-        q = request.query_params
-        self.rt.catalog.check_link(
-            "upload",
-            str(reserved.project_id),
-            str(reserved.id),
-            expires=q.get("expires", ""),
-            signature=q.get("sign", ""),
-        )
-        await store_upload(
-            self.rt.files,
-            reserved.project_id,
-            file_field(form),
-            self.rt.settings.max_upload_bytes,
-            name=reserved.name,
-            reserved=reserved,
-        )
+            await keep_upload(
+                self.rt.files, reserved.project_id, up.incoming(), reserved.name, reserved
+            )
         return Response(status_code=204)
 
     async def start_import(self, request: Request) -> Response:

@@ -18,7 +18,7 @@ from opencdp.imports.spec import ImportSpec, Kind, Mode
 from opencdp.imports.targets import check_lookup_field
 from opencdp.runtime import Runtime
 from opencdp.surfaces.admin.common import IdPath, P, job_view
-from opencdp.surfaces.uploads import file_field, param, read_form, store_upload
+from opencdp.surfaces.uploads import keep_upload, param, read_upload
 
 INTO = {"users": Kind.PROFILES, "events": Kind.EVENTS, "collection": Kind.DOCUMENTS}
 MODES = tuple(m.value for m in Mode)
@@ -55,29 +55,28 @@ def router(rt: Runtime) -> APIRouter:
     @r.post("/projects/{ref}/imports", status_code=202, openapi_extra=IMPORT_FORM)
     async def start_import(project: P, request: Request) -> dict[str, Any]:
         """Queue a bulk import of an uploaded file (multipart ``file``, and the fields)."""
-        form = await read_form(request, rt.settings.max_upload_bytes)
-        into = str(param(request, form, "into", "users"))
-        fmt = str(param(request, form, "format", "csv")).lower()
-        mode = str(param(request, form, "mode", "upsert")).lower()
-        if into not in INTO:
-            raise invalid("into", f"must be one of {', '.join(INTO)}, got {into!r}")
-        if fmt not in FORMATS:
-            raise invalid("format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
-        if mode not in MODES:
-            raise invalid("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
-        kind = INTO[into]
-        lookup = str(param(request, form, "lookup_field", "email"))
-        if kind is Kind.PROFILES:
-            check_lookup_field(rt.catalog.schema(project.id), lookup, mode == Mode.INSERT)
-        collection = None
-        if kind is Kind.DOCUMENTS:  # documents keyed by their _id
-            collection = check.text(param(request, form, "collection"), "collection", True)
-            rt.catalog.collection(project.id, collection)  # checks the name
-        stop = check.flag(param(request, form, "stop_on_error"), "stop_on_error")
-        charset = check.word(param(request, form, "charset"), "charset")
-        stored = await store_upload(
-            rt.files, project.id, file_field(form), rt.settings.max_upload_bytes
-        )
+        async with read_upload(request, rt.files, rt.settings.max_upload_bytes) as upload:
+            form = upload.fields
+            into = str(param(request, form, "into", "users"))
+            fmt = str(param(request, form, "format", "csv")).lower()
+            mode = str(param(request, form, "mode", "upsert")).lower()
+            if into not in INTO:
+                raise invalid("into", f"must be one of {', '.join(INTO)}, got {into!r}")
+            if fmt not in FORMATS:
+                raise invalid("format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
+            if mode not in MODES:
+                raise invalid("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
+            kind = INTO[into]
+            lookup = str(param(request, form, "lookup_field", "email"))
+            if kind is Kind.PROFILES:
+                check_lookup_field(rt.catalog.schema(project.id), lookup, mode == Mode.INSERT)
+            collection = None
+            if kind is Kind.DOCUMENTS:  # documents keyed by their _id
+                collection = check.text(param(request, form, "collection"), "collection", True)
+                rt.catalog.collection(project.id, collection)  # checks the name
+            stop = check.flag(param(request, form, "stop_on_error"), "stop_on_error")
+            charset = check.word(param(request, form, "charset"), "charset")
+            stored = await keep_upload(rt.files, project.id, upload.incoming())
         spec = ImportSpec(
             kind,
             format=fmt,
