@@ -16,6 +16,7 @@ from opencdp.catalog import types as ct
 from opencdp.catalog.types import PropertyType
 from opencdp.config import Limits
 from opencdp.errors import CdpError
+from opencdp.imports import columns as cols
 from opencdp.imports.columns import coerce_column
 
 ZONES = ["UTC", "Asia/Shanghai", "America/New_York", "Europe/London", "Australia/Lord_Howe"]
@@ -69,6 +70,27 @@ def test_a_datetime_column_reads_as_its_values_one_by_one(
     expected, reasons = by_value(values, zone)
     assert typed.cast(pa.int64()).to_pylist() == expected
     assert problems == reasons
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    values=st.lists(st.none() | plain | other, min_size=1, max_size=12),
+    zone=st.sampled_from(ZONES),
+)
+def test_a_long_column_of_repeated_datetimes_reads_as_its_values(
+    values: list[str | None], zone: str
+) -> None:
+    """A column long enough, whose values repeat, is read one distinct value at a time."""
+    times = -(-(2 * cols._SAMPLE) // len(values))
+    problems: dict[int, str] = {}
+    typed = coerce_column(
+        PropertyType.DATETIME, pa.array(values * times, pa.string()), "t", LIMITS,
+        ct.zone(zone), problems, {},
+    )  # fmt: skip
+    expected, reasons = by_value(values, zone)
+    assert typed.cast(pa.int64()).to_pylist() == expected * times
+    n = len(values)
+    assert problems == {k * n + i: r for k in range(times) for i, r in reasons.items()}
 
 
 def test_a_zone_arrow_does_not_know_goes_value_by_value() -> None:

@@ -25,6 +25,9 @@ scalars = st.one_of(
     st.sampled_from([0, -1, 2**53, 2**53 + 1, 2**63, -(2**63) - 1, 10**20, 123456789012345]),
     st.floats(allow_nan=False, allow_infinity=False, width=32),
     st.sampled_from([1.0, -0.0, 0.5, 1e5, 1.5e-7, 1e22, 0.1 + 0.2, 36.0, 107.35]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    # where Arrow and orjson switch between plain and exponent notation
+    st.sampled_from([1e-4, 9.99e-5, 1.2345e-4, 1e15 + 0.5, 9999999999999998.0, 1e16, 1.5e16]),
     st.text(max_size=6),
     st.sampled_from(["2024-03-05 12:41:00", "2024-01-01", "12.5", "007", "null", "x\ny", "é中"]),
 )
@@ -32,7 +35,8 @@ numbers = st.one_of(
     st.none(),
     st.integers(-(10**6), 10**6),
     st.floats(allow_nan=False, allow_infinity=False, width=32),
-    st.sampled_from([1.0, -0.0, 1e5, 0.5, 36.0]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([1.0, -0.0, 1e5, 0.5, 36.0, 1.2345e-4, 9.99e-5, 1e15 + 0.5]),
 )
 values = st.recursive(
     scalars,

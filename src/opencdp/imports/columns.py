@@ -185,6 +185,14 @@ _PLAIN_DATETIME_RE = (
 )
 
 
+_SAMPLE = 1 << 16  # the values whose repeats tell whether to read each distinct value once
+
+
+def _repeats(sample: pa.Array) -> bool:
+    """Whether a quarter of the values of ``sample`` repeat earlier ones."""
+    return len(sample.dictionary_encode().dictionary) * 4 <= len(sample) * 3
+
+
 def _plain_datetimes(values: pa.Array, tz: tzinfo) -> pa.Array | None:
     """Microseconds since the epoch of the values written as 'YYYY-MM-DD HH:MM:SS' in ``tz``,
     read with Arrow kernels; null for every other value, and for those that ``coerce`` must
@@ -195,6 +203,11 @@ def _plain_datetimes(values: pa.Array, tz: tzinfo) -> pa.Array | None:
     zone_name = getattr(tz, "key", None)
     if zone_name is None:
         return None
+    if len(values) >= 2 * _SAMPLE and _repeats(values.slice(0, _SAMPLE)):
+        # Times that repeat (to the minute, the day) are each read once.
+        encoded = values.dictionary_encode()
+        once = _plain_datetimes(encoded.dictionary, tz)
+        return None if once is None else once.take(encoded.indices)
     plain = pc.fill_null(pc.match_substring_regex(values, _PLAIN_DATETIME_RE), False)
     if not pc.any(plain).as_py():
         return None

@@ -425,8 +425,10 @@ class EventsTarget(_Resolved):
 
     table = "event"
     reserved = frozenset(EVENT_RESERVED)
-    batch_rows = 250_000
-    batch_bytes = 32 << 20
+    # Large batches: a batch's cost is mostly per person it names (resolved, profile
+    # updated), and the same people come back in every batch of an events file.
+    batch_rows = 1_000_000
+    batch_bytes = 128 << 20
     read_ahead = True
 
     def prepare(self, batch: RowBatch) -> Prepared:

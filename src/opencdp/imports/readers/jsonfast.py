@@ -39,6 +39,7 @@ from opencdp.imports.readers.batch import (
     BadRow,
     RowBatch,
     bad_text,
+    numbers,
     too_many_columns,
 )
 from opencdp.imports.readers.jsonfile import (
@@ -49,6 +50,8 @@ from opencdp.imports.readers.jsonfile import (
 )
 
 FAST_BLOCK = 4 << 20  # bytes of whole lines Arrow reads at once
+# Doubles below this magnitude the record path writes with an exponent, Arrow without.
+_PLAIN_MIN = 1e-4
 _AHEAD = 2  # runs scanned at once, in threads, ahead of the one whose rows are being made
 _DEPTH = 512  # nesting past this is read by the slow path (orjson refuses past 1024)
 # What Arrow may read otherwise than the slow path (RE2 patterns): a number orjson may round
@@ -67,6 +70,7 @@ _ODD_OR_UNSHAPED = f"{_ODD}|{_UNSHAPED}"
 _NONE, _NUMBER, _BOOL, _LIST, _TEXT = range(5)
 _TYPED = {_NUMBER: PropertyType.NUMBER, _BOOL: PropertyType.BOOL, _LIST: PropertyType.LIST}
 _Kinds: TypeAlias = int | pa.Array  # one kind for every value of a column, or one per row
+_Text: TypeAlias = tuple[pa.Array, int, int]  # a column's text, kind, longest value in bytes
 
 
 @dataclass
@@ -112,6 +116,9 @@ class _Scan:
 
     read: tuple[pa.Table, list[str]] | None
     lines: int | None
+    # Each column of ``read`` as text, with its kind and its longest value in bytes (made in
+    # the thread too); None where a column cannot be made exactly.
+    texts: list[_Text] | None = None
 
     def sliceable(self, st: _State) -> bool:
         """Whether its parts are read as the run (they are if no key is new: keys are columns
@@ -124,7 +131,15 @@ class _Scan:
     def split(self, k: int) -> tuple[_Scan, _Scan]:
         assert self.read is not None and self.lines is not None
         table, order = self.read
-        return _Scan((table.slice(0, k), order), k), _Scan((table.slice(k), order), self.lines - k)
+        head: list[_Text] | None = None
+        tail: list[_Text] | None = None
+        if self.texts is not None:
+            head = [(t.slice(0, k), kind, longest) for t, kind, longest in self.texts]
+            tail = [(t.slice(k), kind, longest) for t, kind, longest in self.texts]
+        return (
+            _Scan((table.slice(0, k), order), k, head),
+            _Scan((table.slice(k), order), self.lines - k, tail),
+        )
 
 
 def read_json_lines_fast(
@@ -324,36 +339,22 @@ def _kind(value: Any) -> int:
 
 def _fast_piece(run: bytes, scan: _Scan, st: _State) -> _Piece | None:
     """The records of ``run`` read by Arrow, or None where it might not read them exactly."""
-    if scan.read is None:
+    if scan.read is None or scan.texts is None:
         return None
-    lines = range(scan.lines) if scan.lines is not None else _record_lines(run)
-    if lines is None:
-        return None
-    count = len(lines)
     table, order = scan.read
-    if table.num_rows != count:
-        return None
+    # (a table without columns keeps its row count when sliced: the scan's lines count)
+    count = scan.lines if scan.lines is not None else table.num_rows
     new = [c for c in order if c not in st.known]
     if st.max_columns and len(st.columns) + len(new) > st.max_columns:
         return None  # the slow path finds the record that passes the limit
+    if any(longest > st.max_field_bytes for _, _, longest in scan.texts):
+        return None
     first = st.number + 1
     drop = max(0, st.skip_rows - first + 1)
-    texts = _Texts(run, lines, drop)
-    arrays: list[pa.Array] = []
-    kinds: dict[str, _Kinds] = {}
-    for name, column in zip(table.column_names, table.columns, strict=True):
-        try:  # (Arrow may build a nested column it cannot concatenate: [[null]])
-            text, kind = texts.column(name, column.combine_chunks())
-        except pa.ArrowException:
-            return None
-        if text is None:
-            return None
-        if len(text):
-            longest = pc.max(pc.binary_length(text)).as_py()
-            if longest is not None and longest > st.max_field_bytes:
-                return None
-        arrays.append(text)
-        kinds[name] = kind
+    arrays = [text.slice(drop) for text, _, _ in scan.texts]
+    kinds: dict[str, _Kinds] = {
+        name: kind for name, (_, kind, _) in zip(table.column_names, scan.texts, strict=True)
+    }
     st.number += count
     st.columns.extend(new)
     st.known.update(new)
@@ -364,8 +365,32 @@ def _fast_piece(run: bytes, scan: _Scan, st: _State) -> _Piece | None:
             st.strings.discard(name)
     names = table.column_names
     rows = pa.Table.from_arrays(arrays, names=names) if names else pa.table({})
-    numbers = pa.array(range(first + drop, first + count), pa.int64())
-    return _Piece(rows, numbers, [], kinds, True)
+    return _Piece(rows, numbers(first + drop, count - drop), [], kinds, True)
+
+
+def _column_texts(
+    run: bytes, read: tuple[pa.Table, list[str]] | None, lines: int | None
+) -> list[_Text] | None:
+    """Each column of ``read`` as text (see :class:`_Texts`), if every one can be made and
+    each record of ``run`` is a row."""
+    if read is None:
+        return None
+    rows = range(lines) if lines is not None else _record_lines(run)
+    table = read[0]
+    if rows is None or table.num_rows != len(rows):
+        return None
+    texts = _Texts(run, rows)
+    out: list[_Text] = []
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        try:  # (Arrow may build a nested column it cannot concatenate: [[null]])
+            text, kind = texts.column(name, column.combine_chunks())
+        except pa.ArrowException:
+            return None
+        if text is None:
+            return None
+        longest = pc.max(pc.binary_length(text)).as_py() if len(text) else None
+        out.append((text, kind, longest or 0))
+    return out
 
 
 def _scan(run: bytes, strings: list[str]) -> _Scan:
@@ -386,7 +411,8 @@ def _scan(run: bytes, strings: list[str]) -> _Scan:
         except pa.ArrowException:
             return _Scan(None, None)
     lines = run.count(b"\n") + (not run.endswith(b"\n")) if shaped else None
-    return _Scan(_arrow_table(run, strings), lines)
+    read = _arrow_table(run, strings)
+    return _Scan(read, lines, _column_texts(run, read, lines))
 
 
 def _record_lines(run: bytes) -> list[int] | None:
@@ -449,14 +475,14 @@ def _arrow_table(run: bytes, strings: list[str]) -> tuple[pa.Table, list[str]] |
 
 
 class _Texts:
-    """A run's Arrow columns as text, from record ``drop`` on (those before are skipped)."""
+    """A run's Arrow columns as text: the values Arrow may write otherwise than the record
+    path are read again from their lines (``lines``: the line of each record)."""
 
-    def __init__(self, run: bytes, lines: Sequence[int], drop: int) -> None:
+    def __init__(self, run: bytes, lines: Sequence[int]) -> None:
         self._run = run
         self._lines = lines
         self._split: list[bytes] | None = None
         self._records: dict[int, dict[str, Any]] = {}
-        self.drop = drop
 
     def _record(self, row: int) -> dict[str, Any] | None:
         """Record ``row`` read again from its line by orjson."""
@@ -475,7 +501,6 @@ class _Texts:
 
     def column(self, name: str, column: pa.Array) -> tuple[pa.Array | None, int]:
         """The text of ``column`` (None if it cannot be made exactly), and its kind."""
-        column = column.slice(self.drop)
         t = column.type
         if len(column) == 0:
             return pa.array([], pa.string()), _NONE
@@ -487,26 +512,34 @@ class _Texts:
             kind = _BOOL if pa.types.is_boolean(t) else _NUMBER
             return column.cast(pa.string()), kind
         if pa.types.is_float64(t):
-            integral = pc.equal(column, pc.floor(column)).fill_null(False)
-            rows = pc.indices_nonzero(integral).to_pylist()
-            texts: list[bytes | None] = []
-            texts.extend(orjson.dumps(column.to_pylist())[1:-1].split(b","))
-            return self._again(name, texts, rows), _NUMBER
+            # Arrow writes a double as the shortest text that reads back to it, as the record
+            # path does, but for integral values (``12`` was written ``12`` or ``12.0``: read
+            # again from the line; every double from 2**53 up is one) and where either writes
+            # an exponent.
+            text = column.cast(pa.string())
+            odd = pc.or_(
+                pc.or_(pc.equal(column, pc.floor(column)), pc.match_substring(text, "e")),
+                pc.less(pc.abs(column), _PLAIN_MIN),
+            ).fill_null(False)
+            return self._again(name, text, odd), _NUMBER
         # lists and objects: read again whole
         column.validate(full=True)
-        rows = pc.indices_nonzero(pc.is_valid(column)).to_pylist()
-        nested: list[bytes | None] = [None] * len(column)
-        return self._again(name, nested, rows), _LIST if pa.types.is_list(t) else _NONE
+        nested = pa.nulls(len(column), pa.string())
+        kind = _LIST if pa.types.is_list(t) else _NONE
+        return self._again(name, nested, pc.is_valid(column)), kind
 
-    def _again(self, name: str, texts: list[bytes | None], rows: list[int]) -> pa.Array | None:
-        for row in rows:
-            record = self._record(row + self.drop)
+    def _again(self, name: str, text: pa.Array, rows: pa.Array) -> pa.Array | None:
+        """``text`` with the values of the ``rows`` (a mask) read again from their lines."""
+        found = pc.indices_nonzero(rows).to_pylist()
+        if not found:
+            return text
+        texts: list[str | None] = []
+        for row in found:
+            record = self._record(row)
             if record is None or name not in record:
                 return None
-            text = json_text(record[name])
-            texts[row] = None if text is None else text.encode()
-        column = pa.array(texts, pa.binary()).cast(pa.string())
-        return pc.if_else(pc.equal(column, "null"), pa.scalar(None, pa.string()), column)
+            texts.append(json_text(record[name]))
+        return pc.replace_with_mask(text, rows, pa.array(texts, pa.string()))
 
 
 # ---- batches -------------------------------------------------------------------------------
