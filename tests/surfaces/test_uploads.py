@@ -5,8 +5,6 @@ an oversized field) leaves no file behind, in the store or in its spool."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
 import uuid
 from pathlib import Path
@@ -51,11 +49,7 @@ def post(server: LiveServer, project: str, body: bytes, boundary: str) -> httpx.
 def blobs(server: LiveServer) -> dict[str, bytes]:
     """Every file of the files store, by path (the spool's too)."""
     root = server.data_dir / "files"
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in root.rglob("*")
-        if p.is_file() and not p.name.endswith(".lock")
-    }
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def wait(server: LiveServer, project: str, job_id: int) -> dict[str, Any]:
@@ -134,10 +128,40 @@ def test_a_spool_of_an_interrupted_upload_is_cleared_on_start(tmp_path: Path) ->
     finally:
         srv.stop()
     left = spool / "blob-left-by-a-crash"
-    left.write_bytes(hashlib.sha256(b"x").digest())
-    os.utime(left)
+    left.write_bytes(b"the first bytes of an upload")
     srv = LiveServer(tmp_path / "data").start()
     try:
         assert not left.exists()
     finally:
         srv.stop()
+
+
+def test_the_wechat_upload_target_refuses_a_cut_body_and_keeps_its_token(
+    server: LiveServer,
+) -> None:
+    """An upload that ends before its closing boundary is refused (HTTP 400, as object
+    storage does) and leaves no file; its one-time token still takes the whole upload."""
+    from tests.surfaces.test_wechat import Wx
+
+    wx = Wx(server, server.new_project(f"wx{uuid.uuid4().hex[:8]}"))
+    link = wx.post("/tcb/uploadfile", {"env": wx.env, "path": "cut.csv"})
+    before = blobs(server)
+    boundary = uuid.uuid4().hex
+    parts: list[tuple[str, bytes, str | None]] = [
+        ("x-cos-security-token", link["token"].encode(), None),
+        ("file", CSV, "cut.csv"),
+    ]
+    cut = httpx.post(
+        link["url"],
+        content=multipart(parts, boundary, close=False),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert cut.status_code == 400 and "closing boundary" in cut.json()["errmsg"], cut.text
+    assert blobs(server) == before
+    whole = httpx.post(
+        link["url"],
+        content=multipart(parts, boundary),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert whole.status_code == 204, whole.text
+    assert [v for k, v in blobs(server).items() if k not in before] == [CSV]
