@@ -296,6 +296,60 @@ class ResolveWrites(Writes):
         user_props: Sequence[Property],
         key: str | None,
     ) -> None:
+        if self._each_row_stored():
+            count, stored = 0, True
+        else:
+            count, stored = self._people(project_id, keys, user_props, key)
+        # Profiles: per person, each property's value of its last row that has one.
+        cur = self._cur
+        cols = [ident(p.column) for p in props]
+        picks = "".join(
+            f", arg_max(s.{c}, s._row) FILTER (WHERE s.{c} IS NOT NULL) AS {c}" for c in cols
+        )
+        one_row = self._one("SELECT count(*) = count(DISTINCT user_id) FROM _rrow")
+        if one_row and one_row[0]:  # each person has one row: its values as they are
+            cur.execute(
+                "CREATE OR REPLACE TEMP TABLE _rsrc AS SELECT r.user_id AS _uid, r.new AS _new, "
+                f"s._touched{''.join(f', s.{c}' for c in cols)} "
+                f"FROM {staged} s JOIN _rrow r ON r._row = s._row"
+            )
+        else:
+            cur.execute(
+                f"CREATE OR REPLACE TEMP TABLE _rsrc AS SELECT r.user_id AS _uid, "
+                f"any_value(r.new) AS _new, max(s._touched) AS _touched{picks} "
+                f"FROM {staged} s JOIN _rrow r ON r._row = s._row GROUP BY r.user_id"
+            )
+        # New people's profiles are inserted, stored people's updated: an UPDATE and an INSERT
+        # rather than one MERGE, which DuckDB runs many times slower on a table whose rows
+        # were just written in bulk.
+        if count:
+            self._insert_profiles(project_id, "_rsrc", "_uid", "_touched", props, "_new")
+        if stored:
+            self._update_profiles(project_id, "_rsrc", "_uid", "_touched", props, "NOT s._new")
+
+    def _each_row_stored(self) -> bool:
+        """Whether every value of the batch is held by a stored user, and the values of each
+        row by one: then each row is that user's (a file imported again), no value links two
+        people and nobody is new, so the graph has nothing to find. ``_rrow``: each row's
+        user."""
+        held = self._one("SELECT (SELECT count(*) FROM _rown) = (SELECT count(*) FROM _rv)")
+        if not held or not held[0]:
+            return False
+        self._cur.execute(
+            "CREATE OR REPLACE TEMP TABLE _rrow AS SELECT t._row, min(o.user_id) AS user_id, "
+            "false AS new, min(o.user_id) = max(o.user_id) AS one FROM _rtok t "
+            "JOIN _rv v ON v.key_id = t.key_id AND v.value = t.value "
+            "JOIN _rown o ON o.t = v.t GROUP BY t._row"
+        )
+        one = self._one("SELECT bool_and(one) FROM _rrow")
+        return bool(one and one[0])
+
+    def _people(
+        self, project_id: int, keys: int, user_props: Sequence[Property], key: str | None
+    ) -> tuple[int, bool]:
+        """Resolve the batch's people through its graph: merge the stored users a person
+        joins, allocate the new people's ids, link the new values. ``_rrow``: each row's
+        person. Returns how many people are new, and whether any is stored."""
         cur = self._cur
         linked = self._components(keys)
         # Each component's stored users: the lowest survives, the others merge into it. (A
@@ -341,28 +395,4 @@ class ResolveWrites(Writes):
             "JOIN _rv v ON v.key_id = t.key_id AND v.value = t.value "
             "JOIN _rl l ON l.t = v.t JOIN _ru u ON u.l = l.l"
         )
-        # Profiles: per person, each property's value of its last row that has one.
-        cols = [ident(p.column) for p in props]
-        picks = "".join(
-            f", arg_max(s.{c}, s._row) FILTER (WHERE s.{c} IS NOT NULL) AS {c}" for c in cols
-        )
-        one_row = self._one("SELECT count(*) = count(DISTINCT user_id) FROM _rrow")
-        if one_row and one_row[0]:  # each person has one row: its values as they are
-            cur.execute(
-                "CREATE OR REPLACE TEMP TABLE _rsrc AS SELECT r.user_id AS _uid, r.new AS _new, "
-                f"s._touched{''.join(f', s.{c}' for c in cols)} "
-                f"FROM {staged} s JOIN _rrow r ON r._row = s._row"
-            )
-        else:
-            cur.execute(
-                f"CREATE OR REPLACE TEMP TABLE _rsrc AS SELECT r.user_id AS _uid, "
-                f"any_value(r.new) AS _new, max(s._touched) AS _touched{picks} "
-                f"FROM {staged} s JOIN _rrow r ON r._row = s._row GROUP BY r.user_id"
-            )
-        # New people's profiles are inserted, stored people's updated: an UPDATE and an INSERT
-        # rather than one MERGE, which DuckDB runs many times slower on a table whose rows
-        # were just written in bulk.
-        if count:
-            self._insert_profiles(project_id, "_rsrc", "_uid", "_touched", props, "_new")
-        if count < people:
-            self._update_profiles(project_id, "_rsrc", "_uid", "_touched", props, "NOT s._new")
+        return count, count < people
