@@ -81,7 +81,7 @@ def test_a_long_column_of_repeated_datetimes_reads_as_its_values(
     values: list[str | None], zone: str
 ) -> None:
     """A column long enough, whose values repeat, is read one distinct value at a time."""
-    times = -(-(2 * cols._SAMPLE) // len(values))
+    times = -(-(2 * cols._REPEAT_SAMPLE) // len(values))
     problems: dict[int, str] = {}
     typed = coerce_column(
         PropertyType.DATETIME, pa.array(values * times, pa.string()), "t", LIMITS,

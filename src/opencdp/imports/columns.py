@@ -185,7 +185,7 @@ _PLAIN_DATETIME_RE = (
 )
 
 
-_SAMPLE = 1 << 16  # the values whose repeats tell whether to read each distinct value once
+_REPEAT_SAMPLE = 1 << 16  # the values whose repeats tell whether to read each distinct value once
 
 
 def _repeats(sample: pa.Array) -> bool:
@@ -203,7 +203,7 @@ def _plain_datetimes(values: pa.Array, tz: tzinfo) -> pa.Array | None:
     zone_name = getattr(tz, "key", None)
     if zone_name is None:
         return None
-    if len(values) >= 2 * _SAMPLE and _repeats(values.slice(0, _SAMPLE)):
+    if len(values) >= 2 * _REPEAT_SAMPLE and _repeats(values.slice(0, _REPEAT_SAMPLE)):
         # Times that repeat (to the minute, the day) are each read once.
         encoded = values.dictionary_encode()
         once = _plain_datetimes(encoded.dictionary, tz)
