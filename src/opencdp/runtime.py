@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets as pysecrets
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-
-import pyarrow as pa
 
 from opencdp import datadir
 from opencdp.blobs import open_blobs
@@ -40,20 +37,6 @@ log = logging.getLogger("opencdp")
 CATCH_UP_TICK = 1.0  # seconds between scheduler ticks while due exports wait for a job
 
 
-def use_jemalloc() -> None:
-    """Arrow's buffers from jemalloc, unless ``ARROW_DEFAULT_MEMORY_POOL`` names a pool. The
-    wheel's default, mimalloc, gives the pages of the large buffers of a bulk import back and
-    takes them again batch after batch: a 3M-event import took 8.6-9.2 s with it (3.2-4.0 s
-    of it in the kernel), 7.3 s with jemalloc (1.7 s)."""
-    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-        return
-    try:
-        pool = pa.jemalloc_memory_pool()
-    except NotImplementedError:  # a pyarrow built without it
-        return
-    pa.set_memory_pool(pool)
-
-
 @dataclass
 class Runtime:
     settings: Settings
@@ -73,7 +56,6 @@ class Runtime:
 
     @classmethod
     def open(cls, settings: Settings) -> Runtime:
-        use_jemalloc()
         datadir.prepare(settings)
         engine = connect(settings.meta_url_resolved)
         server_key = datadir.server_key(settings, engine)
