@@ -231,6 +231,23 @@ class WeChat:
         return seconds, uploaded
 
 
+def show_round(r: int, seconds: float, uploaded: float, baseline: float, name: str) -> None:
+    print(
+        f"  round {r + 1}: import {seconds:.2f} s (upload {uploaded:.2f} s), "
+        f"{name} {baseline:.2f} s, ratio {baseline / seconds:.3f}",
+        flush=True,
+    )
+
+
+def medians(rounds: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    """The medians of the rounds' (import, upload, baseline) seconds."""
+    return (
+        statistics.median(s for s, _, _ in rounds),
+        statistics.median(u for _, u, _ in rounds),
+        statistics.median(b for _, _, b in rounds),
+    )
+
+
 def run_marketo(
     srv: Server, peaks: Peaks, csv_path: Path, work: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -283,11 +300,7 @@ def run_wechat(
         seconds, uploaded = wx.import_users(csv_path, args.rows)
         baseline = read_csv_baseline(csv_path, work)
         rounds.append((seconds, uploaded, baseline))
-        print(
-            f"  round {r + 1}: import {seconds:.2f} s (upload {uploaded:.2f} s), "
-            f"read_csv {baseline:.2f} s, ratio {baseline / seconds:.2f}",
-            flush=True,
-        )
+        show_round(r, seconds, uploaded, baseline, "read_csv")
     assert wx is not None
     # The same file again into the last round's project: every row matches a stored person.
     re_seconds, re_uploaded = wx.import_users(csv_path, args.rows)
@@ -297,10 +310,8 @@ def run_wechat(
         f"read_csv {re_baseline:.2f} s, ratio {re_baseline / re_seconds:.2f}",
         flush=True,
     )
-    seconds = statistics.median(s for s, _, _ in rounds)
-    uploaded = statistics.median(u for _, u, _ in rounds)
+    seconds, uploaded, baseline = medians(rounds)
     # The re-import is compared with the median of every baseline of this case.
-    baseline = statistics.median(b for _, _, b in rounds)
     all_baselines = statistics.median([*(b for _, _, b in rounds), re_baseline])
     rss, rss_words = peaks.end()
     print(
@@ -363,14 +374,8 @@ def run_events(srv: Server, peaks: Peaks, work: Path, args: argparse.Namespace) 
         after = read_json_baseline(ev_path, work)
         baseline = statistics.median([before, after])
         rounds.append((seconds, uploaded, baseline))
-        print(
-            f"  round {r + 1}: import {seconds:.2f} s (upload {uploaded:.2f} s), "
-            f"read_json {baseline:.2f} s, ratio {baseline / seconds:.3f}",
-            flush=True,
-        )
-    seconds = statistics.median(s for s, _, _ in rounds)
-    uploaded = statistics.median(u for _, u, _ in rounds)
-    baseline = statistics.median(b for _, _, b in rounds)
+        show_round(r, seconds, uploaded, baseline, "read_json")
+    seconds, uploaded, baseline = medians(rounds)
     rss, rss_words = peaks.end()
     print(
         f"events JSON lines, {count:,} events ({size_mb:.0f} MB), median of {args.rounds}: "

@@ -5,15 +5,14 @@ an oversized field) leaves no file behind, in the store or in its spool."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.liveserver import ADMIN_TOKEN, LiveServer
+from tests.surfaces.test_imports import wait
 
 CSV = b"email,city\n" + b"".join(b"u%d@x.com,C%d\n" % (i, i % 7) for i in range(2000))
 
@@ -50,16 +49,6 @@ def blobs(server: LiveServer) -> dict[str, bytes]:
     """Every file of the files store, by path (the spool's too)."""
     root = server.data_dir / "files"
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-
-def wait(server: LiveServer, project: str, job_id: int) -> dict[str, Any]:
-    deadline = time.monotonic() + 300  # a hang guard, not a performance limit
-    while time.monotonic() < deadline:
-        job = server.admin("GET", f"/projects/{project}/imports/{job_id}").json()
-        if job["state"] in ("complete", "failed"):
-            return dict(job)
-        time.sleep(0.05)
-    raise AssertionError("the import never finished")
 
 
 @pytest.mark.parametrize("fields_first", [True, False])
