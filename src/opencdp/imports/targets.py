@@ -282,7 +282,38 @@ def _normalize(trimmed: pa.Array, key: str) -> pa.Array:
     return pc.utf8_lower(trimmed) if "email" in key.lower() else trimmed
 
 
-class ProfilesTarget(Target):
+class _Resolved(Target):
+    """A target whose batches the store writes whole; its failures and warnings come back by
+    row number."""
+
+    @abstractmethod
+    def _resolve(self, w: StoreWriter, p: Prepared, write: bool) -> ImportOutcome:
+        """The store's outcome for the batch (written with ``write``, else only checked)."""
+
+    def _imported(self, p: Prepared, outcome: ImportOutcome) -> int:
+        """The rows imported: the batch's but those that failed, here or in the store."""
+        return int(p.batch.rows.num_rows) - len(p.res.failures)
+
+    def _run(self, w: StoreWriter, p: Prepared, write: bool) -> BatchResult:
+        batch, res = p.batch, p.res
+        outcome = self._resolve(w, p, write)
+        if outcome.failures or outcome.warnings:
+            index = {n: i for i, n in enumerate(batch.row_numbers.to_pylist())}
+            for row, reason in outcome.failures.items():
+                res.failures.setdefault(index[row], reason)
+            for row, reason in outcome.warnings.items():
+                res.warnings.setdefault(index[row], reason)
+        res.imported = self._imported(p, outcome)
+        return res
+
+    def apply(self, w: StoreWriter, p: Prepared) -> BatchResult:
+        return self._run(w, p, True)
+
+    def check(self, w: StoreWriter, p: Prepared) -> BatchResult:
+        return self._run(w, p, False)
+
+
+class ProfilesTarget(_Resolved):
     batch_rows = 250_000
     batch_bytes = 32 << 20
     read_ahead = True
@@ -358,54 +389,15 @@ class ProfilesTarget(Target):
         ]
         return table, list(props.values()), key, others
 
-    def _run(self, w: StoreWriter, p: Prepared, write: bool) -> BatchResult:
-        batch, res = p.batch, p.res
+    def _resolve(self, w: StoreWriter, p: Prepared, write: bool) -> ImportOutcome:
         table, props, key, others = p.data
-        outcome = w.import_profiles(
+        return w.import_profiles(
             self.project_id, table, key, others, props, self.insert_only, write, self.list_id,
             p.key,
         )  # fmt: skip
-        index = (
-            {n: i for i, n in enumerate(batch.row_numbers.to_pylist())}
-            if outcome.failures or outcome.warnings
-            else {}
-        )
-        for row, reason in outcome.failures.items():
-            res.failures.setdefault(index[row], reason)
-        for row, reason in outcome.warnings.items():
-            res.warnings.setdefault(index[row], reason)
-        res.imported = outcome.imported
-        return res
 
-    def apply(self, w: StoreWriter, p: Prepared) -> BatchResult:
-        return self._run(w, p, True)
-
-    def check(self, w: StoreWriter, p: Prepared) -> BatchResult:
-        return self._run(w, p, False)
-
-
-class _Resolved(Target):
-    """A target whose batches the store resolves whole; its failures come back by row number."""
-
-    @abstractmethod
-    def _resolve(self, w: StoreWriter, p: Prepared, write: bool) -> ImportOutcome:
-        """The store's outcome for the batch (written with ``write``, else only checked)."""
-
-    def _run(self, w: StoreWriter, p: Prepared, write: bool) -> BatchResult:
-        batch, res = p.batch, p.res
-        outcome = self._resolve(w, p, write)
-        if outcome.failures:
-            index = {n: i for i, n in enumerate(batch.row_numbers.to_pylist())}
-            for row, reason in outcome.failures.items():
-                res.failures.setdefault(index[row], reason)
-        res.imported = batch.rows.num_rows - len(res.failures)
-        return res
-
-    def apply(self, w: StoreWriter, p: Prepared) -> BatchResult:
-        return self._run(w, p, True)
-
-    def check(self, w: StoreWriter, p: Prepared) -> BatchResult:
-        return self._run(w, p, False)
+    def _imported(self, p: Prepared, outcome: ImportOutcome) -> int:
+        return outcome.imported
 
 
 EVENT_NAME = ("event", "event_name")
