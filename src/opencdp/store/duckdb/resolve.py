@@ -144,13 +144,8 @@ class ResolveWrites(Writes):
                 for k in keys
             )
         )
-        cols = [ident(p.column) for p in props]
-        names = ", ".join(["user_id", "created_at", "updated_at", *cols])
-        cur.execute(
-            f"INSERT INTO {table(project_id, 'profiles')} ({names}) "
-            f"SELECT r.user_id, s._touched, s._touched{''.join(f', s.{c}' for c in cols)} "
-            f"FROM {staged} s JOIN _rrow r ON r._row = s._row"
-        )
+        rows = f"(SELECT r.user_id AS _uid, s.* FROM {staged} s JOIN _rrow r ON r._row = s._row)"
+        self._insert_profiles(project_id, rows, "_uid", "_touched", props)
 
     def _drop_temps(self) -> None:
         for name in _TEMPS:
