@@ -26,7 +26,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class LiveServer:
+class Clients:
+    """What a test asks of a server over HTTP, whichever way it runs (``url``)."""
+
+    url: str
+
+    def admin(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", **kw.pop("headers", {})}
+        return httpx.request(
+            method, self.url + "/admin/v1" + path, headers=headers, timeout=30, **kw
+        )
+
+    def new_project(self, name: str, **fields: Any) -> dict[str, Any]:
+        resp = self.admin("POST", "/projects", json={"name": name, **fields})
+        assert resp.status_code == 201, resp.text
+        return dict(resp.json())
+
+    def profile(self, project: str, **params: Any) -> httpx.Response:
+        return self.admin("GET", f"/projects/{project}/profiles", params=params)
+
+
+class LiveServer(Clients):
     def __init__(self, data_dir: Path, port: int | None = None, **env: str) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
@@ -106,23 +126,8 @@ class LiveServer:
                 self.proc.kill()
                 self.proc.wait()
 
-    # ---- clients ---------------------------------------------------------------------------
-    def admin(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", **kw.pop("headers", {})}
-        return httpx.request(
-            method, self.url + "/admin/v1" + path, headers=headers, timeout=30, **kw
-        )
 
-    def new_project(self, name: str, **fields: Any) -> dict[str, Any]:
-        resp = self.admin("POST", "/projects", json={"name": name, **fields})
-        assert resp.status_code == 201, resp.text
-        return dict(resp.json())
-
-    def profile(self, project: str, **params: Any) -> httpx.Response:
-        return self.admin("GET", f"/projects/{project}/profiles", params=params)
-
-
-class InProcessServer:
+class InProcessServer(Clients):
     """A real OpenCDP server in this process (uvicorn on loopback, in a thread): for tests that
     reach into its runtime while it serves (move its clock, take its storage away)."""
 

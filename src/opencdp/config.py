@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,13 @@ class Settings:
     port: int = 8600
     meta_url: str = ""  # default: sqlite in the data dir
     store_url: str = ""  # default: duckdb in the data dir
+    # Files (uploads, failure files, exports): default the data dir; s3://bucket/prefix for an
+    # object store, at ``s3_endpoint_url`` when it is not AWS (credentials: the AWS variables).
+    blob_url: str = ""
+    s3_endpoint_url: str = ""
+    # Export download links: presigned by the object store (True) or served by OpenCDP's own
+    # signed links (False: for an object store the clients cannot reach).
+    s3_presigned_links: bool = True
     flush_interval: float = 0.2  # seconds between flushes of the ingest log into the store
     flush_max_records: int = 20_000  # a flush starts early once this many records wait
     log_segment_bytes: int = 64 << 20
@@ -69,10 +77,6 @@ class Settings:
         return self.data_dir / "log"
 
     @property
-    def files_dir(self) -> Path:
-        return self.data_dir / "files"
-
-    @property
     def admin_token_path(self) -> Path:
         return self.data_dir / "admin_token"
 
@@ -94,12 +98,25 @@ class Settings:
         return replace(self, limits=limits, **top)
 
 
-_ENV_TYPES: dict[str, type] = {
+def _flag(raw: str) -> bool:
+    """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``, any case."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a yes/no value: {raw!r}")
+
+
+_ENV_TYPES: dict[str, Callable[[str], Any]] = {
     "data_dir": Path,
     "host": str,
     "port": int,
     "meta_url": str,
     "store_url": str,
+    "blob_url": str,
+    "s3_endpoint_url": str,
+    "s3_presigned_links": _flag,
     "flush_interval": float,
     "flush_max_records": int,
     "log_segment_bytes": int,

@@ -86,7 +86,7 @@ class Runtime:
         metrics.backlog.set_function(lambda: ingest.pending)
         metrics.dead_letters.set_function(lambda: ingest.flusher.failures)
         metrics.flush_stalls.set_function(lambda: ingest.flusher.stalls)
-        files = Files(engine, open_blobs(settings.files_dir))
+        files = Files(engine, open_blobs(settings, "files"))
         jobs = Jobs(
             engine,
             JobLimits(
@@ -131,7 +131,7 @@ class Runtime:
             catalog,
             store,
             ingest.barrier,
-            open_blobs(settings.data_dir / "exports"),
+            open_blobs(settings, "exports"),
             columns.LAYOUT,
             part_bytes=settings.export_part_bytes,
             delay=timedelta(seconds=settings.export_delay),

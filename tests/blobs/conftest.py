@@ -10,6 +10,8 @@ import pytest
 
 from opencdp.blobs.base import BlobStore
 from opencdp.blobs.local import LocalBlobs
+from opencdp.blobs.s3 import S3Blobs, S3Location, client
+from tests.engines import new_bucket, s3_endpoint
 
 Factory = Callable[[Path], BlobStore]
 
@@ -18,7 +20,13 @@ def local(tmp: Path) -> BlobStore:
     return LocalBlobs(tmp / "blobs")
 
 
-FACTORIES: list[Factory] = [local]
+def s3(tmp: Path) -> BlobStore:
+    """A prefix of a fresh bucket on the tests' moto server."""
+    endpoint = s3_endpoint()
+    return S3Blobs(client(endpoint), S3Location.parse(f"s3://{new_bucket()}/deploy"), tmp / "s3")
+
+
+FACTORIES: list[Factory] = [local, s3]
 
 
 @pytest.fixture(params=FACTORIES, ids=lambda f: f.__name__)

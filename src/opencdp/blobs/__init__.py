@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from opencdp.blobs.base import BlobStore
 from opencdp.blobs.local import LocalBlobs
+from opencdp.config import Settings
+
+AREAS = ("files", "exports")
 
 
-def open_blobs(root: Path) -> BlobStore:
-    """The blob store of one area of the data directory (``files``, ``exports``)."""
-    return LocalBlobs(root)
+def open_blobs(settings: Settings, area: str) -> BlobStore:
+    """The blob store of one area (:data:`AREAS`) of a deployment's files: a folder of the data
+    directory, or a prefix of the object store that ``blob_url`` names (S3)."""
+    if area not in AREAS:
+        raise ValueError(f"no blob area {area!r}")
+    if not settings.blob_url:
+        return LocalBlobs(settings.data_dir / area)
+    from opencdp.blobs import s3
+
+    where = s3.S3Location.parse(settings.blob_url).within(area)
+    return s3.S3Blobs(
+        s3.client(settings.s3_endpoint_url or None),
+        where,
+        settings.data_dir / "tmp" / "blobs" / area,
+        presigned=settings.s3_presigned_links,
+    )

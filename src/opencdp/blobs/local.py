@@ -12,12 +12,9 @@ with ``.``, so ``.incoming`` is no project's. A write on a full disk fails with 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
@@ -36,6 +33,7 @@ from opencdp.blobs.base import (
     check_project,
     span,
 )
+from opencdp.blobs.scratch import ScratchFile, clean
 from opencdp.durable import fsync_dir
 
 INCOMING = ".incoming"
@@ -46,23 +44,7 @@ class LocalBlobs(BlobStore):
         self.root = root
         self._incoming = root / INCOMING
         self._incoming.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._clean()
-
-    def _clean(self) -> None:
-        """Delete the temporary files of writes a crash interrupted (no writer holds their
-        lock any more)."""
-        for entry in os.scandir(self._incoming):
-            try:
-                fd = os.open(entry.path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # being written, by this or another process
-            finally:
-                os.close(fd)
-            Path(entry.path).unlink(missing_ok=True)
+        clean(self._incoming)
 
     def _path(self, project: int, key: str) -> Path:
         return self.root.joinpath(*blob_path_parts(project, key))
@@ -195,15 +177,9 @@ class LocalBlobs(BlobStore):
 class _Writer(BlobWriter):
     def __init__(self, store: LocalBlobs, final: Path | None) -> None:
         self._store, self._final = store, final
-        fd, name = tempfile.mkstemp(dir=store._incoming, prefix="blob-")
-        self._tmp = Path(name)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (a crash releases it)
-            self._f: BinaryIO = os.fdopen(fd, "wb")
-        except BaseException:
-            os.close(fd)
-            self._tmp.unlink(missing_ok=True)
-            raise
+        self._scratch = ScratchFile(store._incoming)
+        self._tmp = self._scratch.path
+        self._f = self._scratch.file
         self.size = 0
         self._done = False
 
@@ -252,9 +228,7 @@ class _Writer(BlobWriter):
         if self._done:
             return
         self._done = True
-        with contextlib.suppress(OSError):  # (a full disk refusing the last buffered bytes)
-            self._f.close()
-        self._tmp.unlink(missing_ok=True)
+        self._scratch.drop()
 
 
 def _stream(f: BinaryIO, first: int, last: int, chunk: int) -> Iterator[bytes]:

@@ -1,0 +1,138 @@
+"""A server whose files live in an S3-compatible object store (moto's server on loopback):
+uploads, failure files and exports go to the bucket, nothing to the server's disk, and every
+surface that hands out files still does: Marketo's failure files, WeChat's upload target and
+error file, GrowingIO's download links (presigned by the object store, or served by the
+server)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from opencdp.blobs.s3 import client
+from tests.engines import new_bucket, s3_endpoint
+from tests.surfaces.test_growingio import AUTH, Client, Server, local_hour
+from tests.surfaces.test_marketo import Mkto
+from tests.surfaces.test_wechat import Wx
+
+
+def s3_server(data_dir: Path, **settings: Any) -> Server:
+    bucket = new_bucket()
+    srv = Server(
+        data_dir,
+        blob_url=f"s3://{bucket}/deploy",
+        s3_endpoint_url=s3_endpoint(),
+        export_part_bytes=4_000,
+        **settings,
+    )
+    srv.bucket = bucket  # type: ignore[attr-defined]
+    return srv
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = s3_server(tmp_path_factory.mktemp("s3srv") / "data")
+    yield srv
+    srv.stop()
+
+
+def objects(server: Server, prefix: str) -> dict[str, int]:
+    s3 = client(s3_endpoint())
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=server.bucket,  # type: ignore[attr-defined]
+        Prefix=prefix,
+    )
+    return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}
+
+
+def test_marketo_files_and_failures_live_in_the_bucket(server: Server) -> None:
+    mk = Mkto(server, server.new_project("mk_s3"))  # type: ignore[arg-type]
+    mk.run("email,score\nfirst@x.com,1\n")  # score is now a number property
+    st = mk.run("email,score\nok1@x.com,2\nbad@x.com,lots\nok2@x.com,4\n")
+    assert (st["status"], st["numOfLeadsProcessed"], st["numOfRowsFailed"]) == ("Complete", 2, 1)
+    lines = mk.failures(st["batchId"]).splitlines()
+    assert lines[0] == "email,score,Import Failure Reason"
+    assert lines[1].startswith("bad@x.com,lots,") and "row 2" in lines[1]
+    project = mk.info["project_id"]
+    held = objects(server, f"deploy/files/{project}/")
+    assert len(held) == 3  # the two uploads and the failures file
+    assert not (server.settings.data_dir / "files").exists()  # nothing on the server's disk
+    assert mk.profile(key="email", value="ok2@x.com")["properties"]["score"] == 4.0
+
+
+def test_wechat_uploads_import_from_the_bucket(server: Server) -> None:
+    wx = Wx(server, server.new_project("wx_s3"))  # type: ignore[arg-type]
+    st = wx.run("users", "u.csv", "mobile,email,level\n13800000000,a@x.com,1\n,,2\n")
+    assert (st["status"], st["record_success"], st["record_fail"]) == ("success", 1, 1)
+    assert "row 2" in httpx.get(st["file_url"]).text
+    prof = server.profile(wx.info["name"], key="email", value="a@x.com").json()
+    assert prof["properties"]["level"] == 1.0
+
+
+def export_hour(gio: Client, server: Server) -> tuple[str, list[dict[str, Any]]]:
+    """Send 300 events now and export their hour: (the hour, the admin API's exports)."""
+    received = datetime.now(UTC)
+    for i in range(300):
+        gio.send({"type": "event", "event": "pay",
+                  "properties": {"event_id": f"s{i}", "mobile": f"1{i % 30:010d}",
+                                 "amount": i, "create_time": "2024-01-02 03:04:05"}})  # fmt: skip
+    hour = local_hour(received)
+    server.shift = timedelta(hours=2)
+    r = httpx.post(
+        f"{server.url}/admin/v1/projects/{gio.info['name']}/exports",
+        json={"export_type": "hour", "export_date": hour, "data_types": ["custom_event"]},
+        headers=AUTH,
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    return hour, r.json()
+
+
+def check_links(gio: Client, hour: str, exports: list[dict[str, Any]]) -> list[str]:
+    """Every link serves its part whole (size and SHA-256 as recorded) and in ranges; the
+    parts hold the 300 events."""
+    body = gio.insights(f"hour/custom_event/{gio.ai}/{hour}.json", expire=10).json()
+    assert body["status"] == "FINISHED", body
+    links: list[str] = body["downloadLinks"]
+    (export,) = exports
+    assert len(links) == len(export["parts"]) > 1
+    rows = 0
+    for part, link in zip(export["parts"], links, strict=True):
+        data = httpx.get(link).content
+        assert len(data) == part["bytes"] and hashlib.sha256(data).hexdigest() == part["sha256"]
+        tail = httpx.get(link, headers={"Range": "bytes=10-"})
+        assert tail.status_code == 206 and tail.content == data[10:]
+        rows += len(gzip.decompress(data).decode().splitlines()) - 1  # (a header each)
+    assert rows == export["rows"] == 300
+    return links
+
+
+def test_growingio_links_are_presigned_by_the_object_store(server: Server) -> None:
+    gio = Client(server)
+    try:
+        hour, exports = export_hour(gio, server)
+        links = check_links(gio, hour, exports)
+        assert all(link.startswith(s3_endpoint()) and "X-Amz-Signature=" in link for link in links)
+        assert objects(server, f"deploy/exports/{gio.info['project_id']}/")
+        assert not (server.settings.data_dir / "exports").exists()
+    finally:
+        server.shift = timedelta(0)
+
+
+def test_growingio_links_are_served_by_the_server_when_not_presigned(tmp_path: Path) -> None:
+    srv = s3_server(tmp_path / "data", s3_presigned_links=False)
+    try:
+        gio = Client(srv)
+        hour, exports = export_hour(gio, srv)
+        links = check_links(gio, hour, exports)
+        assert all(link.startswith(f"{srv.url}/v2/download/") for link in links)
+        assert httpx.get(links[0].replace("expires=", "expires=1")).status_code == 401
+    finally:
+        srv.stop()
