@@ -62,3 +62,14 @@ def project(server: LiveServer) -> Iterator[Project]:
 @pytest.fixture
 def fresh_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def meta_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh metadata DB on each engine it runs on: a SQLite file, or a database of its own on
+    the tests' PostgreSQL cluster (:mod:`tests.engines`)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'meta.db'}"
+    from tests.engines import new_database
+
+    return new_database()

@@ -5,12 +5,17 @@ PostgreSQL cluster. Each test works in a bucket (or database) of its own."""
 from __future__ import annotations
 
 import atexit
+import glob
 import itertools
 import os
+import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +25,8 @@ from tests.liveserver import free_port
 _lock = threading.Lock()
 _moto: dict[str, Any] = {}
 _buckets = itertools.count(1)
+_pg: dict[str, Any] = {}
+_databases = itertools.count(1)
 
 # moto accepts any credentials; boto3 wants some (and a region) to sign with.
 S3_ENV = {
@@ -76,3 +83,73 @@ def new_bucket() -> str:
     name = f"opencdp-test-{os.getpid()}-{next(_buckets)}"
     client(s3_endpoint()).create_bucket(Bucket=name)
     return name
+
+
+# ---- PostgreSQL ------------------------------------------------------------------------------
+
+
+def pg_bin(name: str) -> str:
+    """A PostgreSQL program: on the PATH, or where Debian's packages put it."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        path = os.path.join(folder, name)
+        if os.access(path, os.X_OK):
+            return path
+    raise RuntimeError(f"PostgreSQL's {name} is not installed (see .ci/run)")
+
+
+def _as_postgres(*argv: str) -> None:
+    """Run a PostgreSQL program as the ``postgres`` user (initdb refuses root)."""
+    command = " ".join(shlex.quote(a) for a in argv)
+    if os.geteuid() == 0:
+        subprocess.run(["su", "postgres", "-s", "/bin/sh", "-c", command], check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+    else:
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+
+
+def postgres_url() -> str:
+    """The URL of this process's PostgreSQL cluster (its ``postgres`` database), started on
+    first use: a fresh cluster on a free loopback port, with fsync off (test speed only),
+    stopped and deleted when the process exits."""
+    with _lock:
+        if "url" not in _pg:
+            folder = Path(tempfile.mkdtemp(prefix="opencdp-pg-"))
+            if os.geteuid() == 0:
+                shutil.chown(folder, "postgres", "postgres")
+            data, port = folder / "data", free_port()
+            _as_postgres(pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+                         "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")  # fmt: skip
+            options = (
+                f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            )
+            _as_postgres(pg_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"),
+                         "-w", "-o", options, "start")  # fmt: skip
+            atexit.register(_stop_postgres, data, folder)
+            _pg["url"] = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        return str(_pg["url"])
+
+
+def _stop_postgres(data: Path, folder: Path) -> None:
+    try:
+        _as_postgres(pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def new_database() -> str:
+    """A fresh, empty database on the cluster: its SQLAlchemy URL."""
+    import sqlalchemy as sa
+
+    url = postgres_url()
+    name = f"t_{os.getpid()}_{next(_databases)}"
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return url.rsplit("/", 1)[0] + "/" + name

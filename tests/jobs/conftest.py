@@ -1,8 +1,8 @@
 """The job queue's implementations, each a ``Backend``: the contract tests run on every one.
 
 A backend is a metadata DB URL for a fresh database (so that other processes can open it too)
-and the options of the queue on it. A PostgreSQL backend joins ``BACKENDS`` with a URL of a
-database of its own per test.
+and the options of the queue on it: SQLite files, and a database of its own per test on the
+tests' PostgreSQL cluster (:mod:`tests.engines`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from opencdp.catalog.service import Catalog
 from opencdp.jobs.service import JobLimits, Jobs
 from opencdp.meta.db import connect
+from tests.engines import new_database
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,15 @@ class Backend:
     returning: bool | None  # None: as the database supports
 
     def url(self, tmp_path: Path) -> str:
+        if self.name.startswith("postgresql"):
+            return new_database()
         return f"sqlite:///{tmp_path / 'meta.db'}"
 
 
 BACKENDS = [
     Backend("sqlite", None),  # one UPDATE … RETURNING
     Backend("sqlite-conditional-update", False),  # a read, then an UPDATE checked by rowcount
+    Backend("postgresql", None),  # UPDATE … RETURNING over SELECT … FOR UPDATE SKIP LOCKED
 ]
 
 

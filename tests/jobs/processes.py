@@ -38,3 +38,47 @@ def submit_keys(url: str, project_id: int, keys: list[str], start: Any, out: Any
             queued.append(jobs.submit(project_id, "scheduled", "test", {}, dedupe=key).id)
     engine.dispose()
     out.put(queued)
+
+
+def claim_and_count(
+    url: str, returning: bool | None, per_project: int, start: Any, out: Any
+) -> None:
+    """Claim jobs under a per-project limit of ``per_project`` running jobs; after each claim
+    count the project's running jobs, then finish the job. Put the largest count on ``out``."""
+    import sqlalchemy as sa
+
+    from opencdp.meta import tables as t
+
+    engine = connect(url)
+    jobs = Jobs(engine, JobLimits(concurrent_per_project=per_project), returning=returning)
+    owner = f"process-{os.getpid()}"
+    most = 0
+    start.wait()
+    while (job := jobs.claim(MAIN, owner)) is not None:
+        with engine.connect() as conn:
+            running = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(t.jobs)
+                .where(t.jobs.c.project_id == job.project_id, t.jobs.c.state == "running")
+            ).scalar_one()
+        most = max(most, running)
+        assert jobs.finish(job.id, owner, Outcome(True, "done"))
+    engine.dispose()
+    out.put(most)
+
+
+def submit_many(url: str, project_id: int, count: int, limit: int, start: Any, out: Any) -> None:
+    """Submit ``count`` jobs under a queue limit of ``limit`` per project; put the number the
+    queue took on ``out``."""
+    from opencdp.errors import CdpError
+
+    engine = connect(url)
+    jobs = Jobs(engine, JobLimits(queued_per_project=limit))
+    taken = 0
+    start.wait()
+    for _ in range(count):
+        with contextlib.suppress(CdpError):  # busy: the queue is full
+            jobs.submit(project_id, "work", "test", {})
+            taken += 1
+    engine.dispose()
+    out.put(taken)

@@ -82,7 +82,7 @@ def elsewhere(
         rt.catalog,
         rt.store,
         barrier or rt.ingest.barrier,
-        open_blobs(rt.settings.data_dir / "exports"),
+        open_blobs(rt.settings, "exports"),
         LAYOUT,
         part_bytes=2_000,
         clock=rt.exports.clock,

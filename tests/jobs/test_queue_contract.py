@@ -73,6 +73,38 @@ def test_a_claim_is_atomic_across_processes(queue: Queue) -> None:
     assert {(r.state, r.attempts, r.lost_leases) for r in rows} == {("complete", 1, 0)}
 
 
+def run_processes(target: object, *args: object) -> list[object]:
+    """Run ``target(*args, start, out)`` in two processes started together; what each put."""
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Barrier(2), ctx.Queue()
+    workers = [ctx.Process(target=target, args=(*args, start, out)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    results = [out.get(timeout=300) for _ in workers]  # (a hang guard)
+    for w in workers:
+        w.join()
+        assert w.exitcode == 0
+    return results
+
+
+def test_the_running_limit_holds_across_processes(queue: Queue) -> None:
+    jobs = queue.jobs(limits())
+    for _ in range(150):
+        jobs.submit(queue.projects[0], "work", "test", {})
+    # Each process claims, counts the project's running jobs, finishes, claims again: with a
+    # limit of one, no count may ever see two, however the claims interleave.
+    most = run_processes(processes.claim_and_count, queue.url, queue.backend.returning, 1)
+    assert max(most) == 1  # type: ignore[type-var]
+    assert {r.state for r in job_rows(queue.engine)} == {"complete"}
+
+
+def test_the_queue_limit_holds_across_processes(queue: Queue) -> None:
+    taken = run_processes(processes.submit_many, queue.url, queue.projects[2], 40, 25)
+    assert sum(taken) == 25  # type: ignore[arg-type]
+    rows = job_rows(queue.engine)
+    assert len([r for r in rows if r.project_id == queue.projects[2]]) == 25
+
+
 def test_a_claim_takes_queued_jobs_oldest_first_and_marks_them_owned(queue: Queue) -> None:
     jobs = queue.jobs(limits())
     first = jobs.submit(queue.projects[0], "work", "test", {"n": 1})

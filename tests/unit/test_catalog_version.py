@@ -1,10 +1,10 @@
 """The catalog's snapshot follows changes made by another process (here: a second Catalog over
-connections of its own, on the same metadata DB file), within ``refresh_seconds``."""
+connections of its own, on the same metadata DB: SQLite and PostgreSQL), within
+``refresh_seconds``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -27,9 +27,8 @@ class Ticks:
 
 
 @pytest.fixture
-def engines(tmp_path: Path) -> Iterator[tuple[sa.Engine, sa.Engine]]:
-    url = f"sqlite:///{tmp_path / 'meta.db'}"
-    one, two = connect(url), connect(url)
+def engines(meta_url: str) -> Iterator[tuple[sa.Engine, sa.Engine]]:
+    one, two = connect(meta_url), connect(meta_url)
     yield one, two
     one.dispose()
     two.dispose()

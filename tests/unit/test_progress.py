@@ -18,8 +18,8 @@ from opencdp.store import open_store
 from tests.crashdriver import build
 
 
-def test_the_ingest_lsn_only_moves_forward(tmp_path: Path) -> None:
-    progress = ProgressLog(connect(f"sqlite:///{tmp_path / 'meta.db'}"))
+def test_the_ingest_lsn_only_moves_forward(meta_url: str) -> None:
+    progress = ProgressLog(connect(meta_url))
     assert progress.ingest_lsn() == 0
     progress.record_ingest(100)
     progress.record_ingest(40)  # a late, smaller one
@@ -29,8 +29,8 @@ def test_the_ingest_lsn_only_moves_forward(tmp_path: Path) -> None:
     assert progress.ingest_lsn("another log") == 0
 
 
-def test_batches_are_recorded_once_and_the_last_one_is_the_state(tmp_path: Path) -> None:
-    progress = ProgressLog(connect(f"sqlite:///{tmp_path / 'meta.db'}"))
+def test_batches_are_recorded_once_and_the_last_one_is_the_state(meta_url: str) -> None:
+    progress = ProgressLog(connect(meta_url))
     assert progress.last_batch(7) == BatchRecord()
     one = BatchRecord(1, 4, 3, 1, 0, 40, 0)
     progress.record_batch(7, one)

@@ -55,6 +55,22 @@ ACTIVE = (QUEUED, RUNNING)
 MAIN, EXPORT = "main", "export"  # lanes
 LANES = (MAIN, EXPORT)
 MIN_RETRY_DELAY, MAX_RETRY_DELAY = 1.0, 60.0
+# PostgreSQL advisory lock scopes (first key): job claims of a lane, submissions of a project.
+_CLAIMS, _SUBMITS = 0x4F43_4C41, 0x4F43_5355
+
+
+def serialize(conn: sa.Connection, scope: int, key: int) -> None:
+    """Hold a lock on ``(scope, key)`` until ``conn``'s transaction ends, where the database
+    needs one to make a check and the write it allows one step: PostgreSQL (a transaction-level
+    advisory lock; under READ COMMITTED two transactions would both pass a count and both
+    write). SQLite's single writer lock does it already."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(CAST(:scope AS integer), CAST(:key AS integer))"),
+            {"scope": scope, "key": key & 0x7FFF_FFFF},
+        )
+
+
 IDLE_POLL = 1.0  # seconds a worker waits before looking again (jobs of other processes)
 
 
@@ -268,11 +284,13 @@ class Jobs:
             if limit is not None:
                 source = source.where(active < limit)
             with self._engine.begin() as conn:
+                serialize(conn, _SUBMITS, int(values["project_id"]))
                 row = conn.execute(
                     sa.insert(t.jobs).from_select(list(values), source).returning(c.id)
                 ).first()
             return None if row is None else int(row[0])
         with self._submit_lock, self._engine.begin() as conn:
+            serialize(conn, _SUBMITS, int(values["project_id"]))
             if limit is not None and conn.execute(sa.select(active)).scalar_one() >= limit:
                 return None
             key = conn.execute(sa.insert(t.jobs).values(**values)).inserted_primary_key
@@ -378,7 +396,10 @@ class Jobs:
             RETURNING jobs.*
 
         SQLite runs the statement under its single writer lock, so two processes never take
-        one job (SQLite has no ``FOR UPDATE``: it is left out there). Without RETURNING, the
+        one job (SQLite has no ``FOR UPDATE``: it is left out there). PostgreSQL runs it after
+        taking the lane's advisory lock (:func:`serialize`): ``SKIP LOCKED`` alone keeps two
+        claims off one row, but under READ COMMITTED both would count the same running jobs
+        and pass the project's limit together. Without RETURNING, the
         candidate is taken by an ``UPDATE`` conditional on it still being claimable; a row
         count of 0 means another worker took it first. Either way the candidate query runs
         once as a plain read before: when there is nothing to take (an idle worker's poll),
@@ -428,6 +449,8 @@ class Jobs:
         if found is None:
             return None
         with self._engine.begin() as conn:
+            # (the count of running jobs and the claim it allows, one step across processes)
+            serialize(conn, _CLAIMS, LANES.index(lane))
             if self.returning:
                 row = conn.execute(
                     take.where(c.id == candidate.scalar_subquery()).returning(*t.jobs.c)

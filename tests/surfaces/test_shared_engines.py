@@ -1,8 +1,9 @@
-"""A server whose files live in an S3-compatible object store (moto's server on loopback):
-uploads, failure files and exports go to the bucket, nothing to the server's disk, and every
-surface that hands out files still does: Marketo's failure files, WeChat's upload target and
-error file, GrowingIO's download links (presigned by the object store, or served by the
-server)."""
+"""A server on the shared engines: its metadata, jobs and progress in PostgreSQL (a database of
+the tests' cluster) and its files in an S3-compatible object store (moto's server on
+loopback). Uploads, failure files and exports go to the bucket, nothing to the server's disk,
+and every surface that hands out files still does: Marketo's failure files, WeChat's upload
+target and error file, GrowingIO's download links (presigned by the object store, or served by
+the server)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from opencdp.blobs.s3 import client
-from tests.engines import new_bucket, s3_endpoint
+from tests.engines import new_bucket, new_database, s3_endpoint
 from tests.surfaces.test_growingio import AUTH, Client, Server, local_hour
 from tests.surfaces.test_marketo import Mkto
 from tests.surfaces.test_wechat import Wx
@@ -27,6 +28,7 @@ def s3_server(data_dir: Path, **settings: Any) -> Server:
     bucket = new_bucket()
     srv = Server(
         data_dir,
+        meta_url=new_database(),
         blob_url=f"s3://{bucket}/deploy",
         s3_endpoint_url=s3_endpoint(),
         export_part_bytes=4_000,
@@ -63,7 +65,8 @@ def test_marketo_files_and_failures_live_in_the_bucket(server: Server) -> None:
     project = mk.info["project_id"]
     held = objects(server, f"deploy/files/{project}/")
     assert len(held) == 3  # the two uploads and the failures file
-    assert not (server.settings.data_dir / "files").exists()  # nothing on the server's disk
+    data_dir = server.settings.data_dir
+    assert not (data_dir / "files").exists() and not (data_dir / "meta.db").exists()
     assert mk.profile(key="email", value="ok2@x.com")["properties"]["score"] == 4.0
 
 
