@@ -40,7 +40,11 @@ class Settings:
     flush_interval: float = 0.2  # seconds between flushes of the ingest log into the store
     flush_max_records: int = 20_000  # a flush starts early once this many records wait
     log_segment_bytes: int = 64 << 20
-    admin_token: str | None = None
+    admin_token: str | None = field(default=None, repr=False)
+    # The key client secrets and signed links derive from (64 hex digits or base64 of 32
+    # bytes): what the processes of a scaled-out deployment share. Default: secret.key in the
+    # data dir (embedded), or kept in a shared metadata DB.
+    secret_key: str = field(default="", repr=False)
     import_concurrency: int = 2  # import jobs running at once per project
     import_queue: int = 10  # import jobs queued or running per project
     job_workers: int = 2  # worker threads for imports and segment refreshes
@@ -121,6 +125,7 @@ _ENV_TYPES: dict[str, Callable[[str], Any]] = {
     "flush_max_records": int,
     "log_segment_bytes": int,
     "admin_token": str,
+    "secret_key": str,
     "import_concurrency": int,
     "import_queue": int,
     "job_workers": int,

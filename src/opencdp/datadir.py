@@ -16,6 +16,8 @@ existing data directory are tightened at start.
 
 from __future__ import annotations
 
+import base64
+import hmac
 import logging
 import os
 import secrets
@@ -69,7 +71,63 @@ def prepare(settings: Settings) -> None:
 
 def server_key(settings: Settings, engine: sa.Engine) -> bytes:
     """The server key, exactly as it was created (every client secret and signed link is
-    derived from it); created with a new deployment only."""
+    derived from it); created with a new deployment only.
+
+    It comes from ``OPENCDP_SECRET_KEY`` when given (what every process of a deployment
+    shares), else from the data directory's ``secret.key`` (the embedded default), else, for a
+    shared metadata DB, from the metadata DB itself. Whichever it is, its fingerprint is kept
+    in the metadata DB: a process given another deployment's key, or a key that changed, is
+    refused rather than left to fail every credential."""
+    given = parse_key(settings.secret_key) if settings.secret_key else None
+    if given is not None:
+        key = given
+        path = settings.secret_key_path
+        if path.exists() and path.read_bytes() != given:
+            raise DataDirError(
+                f"OPENCDP_SECRET_KEY is not the key in {path}, which this deployment's client "
+                "secrets and links were made with. Give that key, or remove the variable."
+            )
+    elif not settings.meta_url:
+        key = _key_file(settings, engine)
+    else:
+        key = _kept_key(engine)
+    check = hmac.new(key, b"opencdp key check", "sha256").digest()
+    with engine.begin() as conn:
+        kept = conn.execute(
+            sa.select(t.deployment_keys.c.value).where(t.deployment_keys.c.name == "key_check")
+        ).scalar()
+        if kept is None:
+            conn.execute(sa.insert(t.deployment_keys).values(name="key_check", value=check))
+        elif not hmac.compare_digest(bytes(kept), check):
+            raise DataDirError(
+                "the server key is not this deployment's: the metadata DB's client secrets and "
+                "links were made with another. Give the deployment's OPENCDP_SECRET_KEY."
+            )
+    return key
+
+
+def parse_key(text: str) -> bytes:
+    """A server key given as text: 64 hexadecimal digits, or 32 bytes in base64."""
+    text = text.strip()
+    try:
+        key = (
+            bytes.fromhex(text)
+            if len(text) == 2 * KEY_BYTES
+            else base64.b64decode(
+                text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True
+            )
+        )
+    except ValueError:
+        key = b""
+    if len(key) != KEY_BYTES:
+        raise DataDirError(
+            f"OPENCDP_SECRET_KEY must be {KEY_BYTES} random bytes, as 64 hexadecimal digits "
+            "or in base64 (for example: python -c 'import secrets; print(secrets.token_hex(32))')"
+        )
+    return key
+
+
+def _key_file(settings: Settings, engine: sa.Engine) -> bytes:
     path = settings.secret_key_path
     try:
         key = path.read_bytes()
@@ -87,6 +145,29 @@ def server_key(settings: Settings, engine: sa.Engine) -> bytes:
             f"{path} holds {len(key)} bytes, not the {KEY_BYTES} of a server key: it is "
             "damaged. Restore it from a backup."
         )
+    return key
+
+
+def _kept_key(engine: sa.Engine) -> bytes:
+    """The key kept in a shared metadata DB, made with the deployment (by the first process
+    to start: the caller holds the start-up lock)."""
+    with engine.begin() as conn:
+        kept = conn.execute(
+            sa.select(t.deployment_keys.c.value).where(t.deployment_keys.c.name == "server_key")
+        ).scalar()
+        if kept is not None:
+            return bytes(kept)
+        if conn.execute(sa.select(t.deployment_keys.c.name)).first() is not None:
+            raise DataDirError(
+                "this deployment's server key is not in the metadata DB: it was given to its "
+                "processes by OPENCDP_SECRET_KEY. Give it to this one too."
+            )
+        key = secrets.token_bytes(KEY_BYTES)
+        conn.execute(sa.insert(t.deployment_keys).values(name="server_key", value=key))
+    log.warning(
+        "the server key is kept in the metadata DB; give it to every process as "
+        "OPENCDP_SECRET_KEY instead, so that a copy of the database alone cannot sign links"
+    )
     return key
 
 

@@ -24,7 +24,7 @@ from opencdp.imports.pipeline import ImportRunner
 from opencdp.ingest.apply import Applied
 from opencdp.ingest.service import IngestService
 from opencdp.jobs.service import EXPORT, JobLimits, Jobs
-from opencdp.meta.db import connect
+from opencdp.meta.db import connect, starting
 from opencdp.meta.progress import ProgressLog
 from opencdp.metrics import Metrics
 from opencdp.segments.sandbox import Sandbox
@@ -58,7 +58,8 @@ class Runtime:
     def open(cls, settings: Settings) -> Runtime:
         datadir.prepare(settings)
         engine = connect(settings.meta_url_resolved)
-        server_key = datadir.server_key(settings, engine)
+        with starting(engine):
+            server_key = datadir.server_key(settings, engine)
         catalog = Catalog(
             engine,
             server_key,
@@ -69,7 +70,8 @@ class Runtime:
         store = open_store(settings.store_url_resolved)
         progress = ProgressLog(engine)
         try:
-            datadir.check_deployment(engine, store)
+            with starting(engine):
+                datadir.check_deployment(engine, store)
             progress.adopt_store_checkpoints(store)
         except Exception:
             store.close()
@@ -162,8 +164,13 @@ class Runtime:
     def start(self, announce: bool = True) -> None:
         self.ingest.start()
         self.jobs.start()
-        if not self.catalog.projects():
-            project, creds = self.catalog.create_project("default")
+        created = None
+        with starting(self.catalog.engine):  # (one default project, whoever starts first)
+            self.catalog.reload()
+            if not self.catalog.projects():
+                created = self.catalog.create_project("default")
+        if created is not None:
+            project, creds = created
             if announce:
                 _say(
                     "Created project 'default' (shown once; rotate with "
@@ -220,6 +227,11 @@ class Runtime:
 def _admin_token(settings: Settings) -> str:
     if settings.admin_token:
         return settings.admin_token
+    if settings.meta_url:
+        raise datadir.DataDirError(
+            "a deployment on a shared metadata DB (OPENCDP_META_URL) takes its admin token from "
+            "OPENCDP_ADMIN_TOKEN, the same for every process: set it"
+        )
     token = "adm_" + pysecrets.token_urlsafe(32)
     return read_or_create_private(settings.admin_token_path, token).decode()
 

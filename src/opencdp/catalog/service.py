@@ -145,6 +145,11 @@ class Catalog:
             self._td_apps = td_apps
 
     @property
+    def engine(self) -> sa.Engine:
+        """The metadata DB."""
+        return self._engine
+
+    @property
     def version(self) -> int:
         """The catalog version the snapshot was loaded at."""
         return self._version

@@ -138,6 +138,10 @@ def _v12_export_claims(conn: sa.Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _v13_deployment_keys(conn: sa.Connection) -> None:
+    tables.deployment_keys.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _v1_initial),
     (2, _v2_files_and_jobs),
@@ -151,6 +155,7 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (10, _v10_progress),
     (11, _v11_segment_kinds),
     (12, _v12_export_claims),
+    (13, _v13_deployment_keys),
 ]
 
 LATEST = MIGRATIONS[-1][0]

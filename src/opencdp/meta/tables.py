@@ -29,6 +29,17 @@ deployment = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
 
+# The deployment's keys by name: ``key_check``, a fingerprint of the server key (every process
+# must derive client secrets and sign links with the same key: one given another is refused),
+# and ``server_key`` itself where no process has it otherwise (a shared metadata DB and no
+# OPENCDP_SECRET_KEY; see opencdp.datadir).
+deployment_keys = sa.Table(
+    "deployment_keys",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+)
+
 projects = sa.Table(
     "projects",
     metadata,
