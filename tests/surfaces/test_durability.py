@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.engines import new_database
 from tests.liveserver import LiveServer
 
 
@@ -106,3 +107,36 @@ def test_restart_after_clean_shutdown_keeps_everything(fresh_dir: Path) -> None:
     # The old secret still works after a restart.
     assert _send_all(srv.url, info["api_token"], 200, 1) == ["ev-200"]
     srv.stop()
+
+
+def test_on_the_shared_queue_a_killed_servers_records_are_applied_by_the_next(
+    tmp_path: Path,
+) -> None:
+    """A deployment on PostgreSQL acknowledges a record once it is in its queue there: a server
+    killed with records acknowledged and not yet in the store loses none, and a server on
+    another machine (a data directory of its own) applies them, each once."""
+    shared = {
+        "OPENCDP_META_URL": new_database(),
+        "OPENCDP_STORE_URL": f"duckdb:///{tmp_path / 'store.duckdb'}",
+        "OPENCDP_SECRET_KEY": "cd" * 32,
+    }
+    srv = LiveServer(tmp_path / "one", OPENCDP_FLUSH_INTERVAL="30", **shared).start()
+    info = srv.new_project("shared")
+    with cf.ThreadPoolExecutor(8) as pool:
+        futures = [
+            pool.submit(_send_all, srv.url, info["api_token"], n * 1000, 100) for n in range(8)
+        ]
+        acked = [eid for f in futures for eid in f.result()]
+    assert len(acked) == 800
+    assert srv.admin("GET", "/projects/shared/stats").json()["pending"] > 0
+    srv.kill()
+    assert not (tmp_path / "one" / "log").exists() or not any((tmp_path / "one" / "log").iterdir())
+
+    other = LiveServer(tmp_path / "two", OPENCDP_FLUSH_INTERVAL="0.05", **shared).start()
+    deadline = time.monotonic() + 120  # a hang guard, not a performance limit
+    while (stats := other.admin("GET", "/projects/shared/stats").json())["pending"]:
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.05)
+    assert stats["events"] == len(acked)
+    other.stop()
+    assert other.stored_event_ids(info["project_id"]) == set(acked)

@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -77,7 +78,7 @@ class Flusher:
         progress: ProgressLog,
         interval: float,
         max_records: int,
-        dead_letter: Path,
+        dead_letter: Path | Callable[[list[dict[str, Any]]], None],
         on_applied: Callable[[int], None] = lambda lsn: None,
         on_batch: Callable[[Applied, float], None] = lambda stats, seconds: None,
         health: Health | None = None,
@@ -120,6 +121,16 @@ class Flusher:
     def stalled(self) -> str | None:
         """Why the store is not taking records now, or None."""
         return self.health.problems().get(COMPONENT)
+
+    def resync(self) -> int:
+        """Drop the records waiting and read the progress again (another process may have
+        applied records meanwhile: a shared queue's new leader); the applied LSN."""
+        with self._cond:
+            self._queue = []
+            self.applied_lsn = self.progress.ingest_lsn()
+            self.store_lsn = max(self.store.checkpoint(STORE_INGEST_LSN), self.applied_lsn)
+            self._received_lsn = self.applied_lsn
+            return self.applied_lsn
 
     # ---- replay at start-up --------------------------------------------------------------
     def apply_now(self, entries: list[tuple[int, Record]]) -> None:
@@ -313,18 +324,25 @@ class Flusher:
             for record in records
         ]
         try:
-            self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.dead_letter, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, b"".join(orjson.dumps(line) + b"\n" for line in lines))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            if callable(self.dead_letter):  # (a shared queue keeps them in the metadata DB)
+                self.dead_letter(lines)
+            else:
+                self._dead_letter_file(self.dead_letter, lines)
         except Exception as fault:  # cannot keep it yet: nothing moves until it can
             if is_transient(fault, self.store):
                 raise Stalled(i, fault) from fault
             raise
         self.failures += 1
+
+    @staticmethod
+    def _dead_letter_file(path: Path, lines: list[dict[str, Any]]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, b"".join(orjson.dumps(line) + b"\n" for line in lines))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _done(self, end: int) -> None:
         with self._cond:

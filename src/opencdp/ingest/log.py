@@ -117,7 +117,108 @@ class _Batch:
     error: BaseException | None = None
 
 
-class DurableLog:
+class GroupCommit:
+    """Group commit: appends wait in a batch that one writer thread makes durable at once
+    (:meth:`_persist`), then the callers are told, one wake-up per event loop. A batch that
+    fails fails each of its callers with the reason; the next batch tries again."""
+
+    def __init__(self, on_write: OnWrite = lambda problem: None) -> None:
+        self._on_write = on_write
+        self._cond = threading.Condition()
+        self._batch = _Batch()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._on_durable: OnDurable = lambda entries: None
+
+    def _persist(self, payloads: list[bytes]) -> list[int]:
+        """Make the frames durable, in order; the end LSN of each."""
+        raise NotImplementedError
+
+    def _failed(self) -> None:
+        """After a failed :meth:`_persist`: undo what it may have left."""
+
+    def start(self, on_durable: OnDurable) -> None:
+        self._on_durable = on_durable
+        self._thread = threading.Thread(target=self._run, name="ingest-log", daemon=True)
+        self._thread.start()
+
+    def append_async(self, payload: bytes, item: Any) -> asyncio.Future[int]:
+        """Queue a frame; the future resolves to its end LSN once it is durable."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        self._enqueue(payload, item, (loop, fut))
+        return fut
+
+    def append_wait(self, payload: bytes, item: Any, timeout: float | None = None) -> int:
+        """Append from a plain thread and wait until durable; returns the end LSN."""
+        b, index = self._enqueue(payload, item, None)
+        if not b.done.wait(timeout):
+            raise TimeoutError("ingest log write timed out")
+        if b.error is not None:
+            raise _not_durable(b.error) from b.error
+        return b.lsns[index]
+
+    def _enqueue(
+        self,
+        payload: bytes,
+        item: Any,
+        waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[int]] | None,
+    ) -> tuple[_Batch, int]:
+        """Add a frame to the batch the writer takes next; returns that batch and its index."""
+        if not payload:
+            raise ValueError("an empty payload cannot be logged")
+        with self._cond:
+            if self._closing:
+                raise unavailable("the server is stopping")
+            b = self._batch
+            index = len(b.payloads)
+            b.payloads.append(payload)
+            b.items.append(item)
+            if waiter is not None:
+                b.futures.append((*waiter, index))
+            self._cond.notify()
+        return b, index
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._batch.payloads and not self._closing:
+                    self._cond.wait()
+                batch, self._batch = self._batch, _Batch()
+                closing = self._closing
+            if batch.payloads:
+                self._write(batch)
+            if closing and not batch.payloads:
+                return
+
+    def _write(self, batch: _Batch) -> None:
+        entries: list[tuple[int, Any]] = []
+        try:
+            batch.lsns = self._persist(batch.payloads)
+            entries = list(zip(batch.lsns, batch.items, strict=True))
+        except BaseException as exc:  # the callers must hear of it; the process goes on
+            log.error("ingest log write failed: %s", exc)
+            batch.error = exc
+            entries = []
+            self._failed()
+        if entries:  # the flusher has them before any caller is told (read-your-writes)
+            try:
+                self._on_durable(entries)
+            except Exception:  # durable all the same: a restart replays them
+                log.exception("handing durable records to the flusher failed")
+        batch.done.set()
+        _complete(batch, entries)
+        self._on_write(None if batch.error is None else describe(batch.error))
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+
+class DurableLog(GroupCommit):
     def __init__(
         self,
         directory: Path,
@@ -130,16 +231,11 @@ class DurableLog:
         self.quarantine = quarantine or self.dir.parent / "quarantine"
         self.segment_bytes = segment_bytes
         self.damage: list[Damage] = []  # found by the last replay
-        self._on_write = on_write
+        super().__init__(on_write)
         self._repair = False  # a failed write could not be cut back yet
-        self._cond = threading.Condition()
-        self._batch = _Batch()
-        self._closing = False
-        self._thread: threading.Thread | None = None
         self._fd = -1
         self._base = 0  # LSN at which the open segment starts
         self._size = 0  # bytes in the open segment
-        self._on_durable: OnDurable = lambda entries: None
 
     # ---- opening and replay --------------------------------------------------------------
     def _segments(self) -> list[int]:
@@ -263,97 +359,34 @@ class DurableLog:
     def start(self, on_durable: OnDurable) -> None:
         if self._fd < 0:
             raise RuntimeError("replay() the log before starting it")
-        self._on_durable = on_durable
-        self._thread = threading.Thread(target=self._run, name="ingest-log", daemon=True)
-        self._thread.start()
+        super().start(on_durable)
 
-    def append_async(self, payload: bytes, item: Any) -> asyncio.Future[int]:
-        """Queue a frame; the future resolves to its end LSN once it is durable."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
-        self._enqueue(payload, item, (loop, fut))
-        return fut
+    def _persist(self, payloads: list[bytes]) -> list[int]:
+        if self._repair:  # cut back what a failed write left, before anything else
+            os.ftruncate(self._fd, self._size)
+            self._repair = False
+        if self._size >= self.segment_bytes:
+            self._new_segment(self.end_lsn)
+        frames, lsns = [], []
+        lsn = self.end_lsn
+        for payload in payloads:
+            f = frame(payload)
+            frames.append(f)
+            lsn += len(f)
+            lsns.append(lsn)
+        data = memoryview(b"".join(frames))
+        while data:
+            written = os.write(self._fd, data)
+            data = data[written:]
+        os.fdatasync(self._fd)
+        self._size = lsn - self._base
+        return lsns
 
-    def append_wait(self, payload: bytes, item: Any, timeout: float | None = None) -> int:
-        """Append from a plain thread and wait until durable; returns the end LSN."""
-        b, index = self._enqueue(payload, item, None)
-        if not b.done.wait(timeout):
-            raise TimeoutError("ingest log write timed out")
-        if b.error is not None:
-            raise _not_durable(b.error) from b.error
-        return b.lsns[index]
-
-    def _enqueue(
-        self,
-        payload: bytes,
-        item: Any,
-        waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[int]] | None,
-    ) -> tuple[_Batch, int]:
-        """Add a frame to the batch the writer takes next; returns that batch and its index."""
-        if not payload:
-            raise ValueError("an empty payload cannot be logged")
-        with self._cond:
-            if self._closing:
-                raise unavailable("the server is stopping")
-            b = self._batch
-            index = len(b.payloads)
-            b.payloads.append(payload)
-            b.items.append(item)
-            if waiter is not None:
-                b.futures.append((*waiter, index))
-            self._cond.notify()
-        return b, index
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._batch.payloads and not self._closing:
-                    self._cond.wait()
-                batch, self._batch = self._batch, _Batch()
-                closing = self._closing
-            if batch.payloads:
-                self._write(batch)
-            if closing and not batch.payloads:
-                return
-
-    def _write(self, batch: _Batch) -> None:
-        entries: list[tuple[int, Any]] = []
-        try:
-            if self._repair:  # cut back what a failed write left, before anything else
-                os.ftruncate(self._fd, self._size)
-                self._repair = False
-            if self._size >= self.segment_bytes:
-                self._new_segment(self.end_lsn)
-            frames = []
-            lsn = self.end_lsn
-            for payload, item in zip(batch.payloads, batch.items, strict=True):
-                f = frame(payload)
-                frames.append(f)
-                lsn += len(f)
-                entries.append((lsn, item))
-            data = memoryview(b"".join(frames))
-            while data:
-                written = os.write(self._fd, data)
-                data = data[written:]
-            os.fdatasync(self._fd)
-            self._size = lsn - self._base
-            batch.lsns = [end for end, _ in entries]
-        except BaseException as exc:  # the callers must hear of it; the process goes on
-            log.error("ingest log write failed: %s", exc)
-            batch.error = exc
-            entries = []
-            self._repair = True
-            with contextlib.suppress(OSError):  # cut the partial write off, or try next time
-                os.ftruncate(self._fd, self._size)
-                self._repair = False
-        if entries:  # the flusher has them before any caller is told (read-your-writes)
-            try:
-                self._on_durable(entries)
-            except Exception:  # durable all the same: a restart replays them
-                log.exception("handing durable records to the flusher failed")
-        batch.done.set()
-        _complete(batch, entries)
-        self._on_write(None if batch.error is None else describe(batch.error))
+    def _failed(self) -> None:
+        self._repair = True
+        with contextlib.suppress(OSError):  # cut the partial write off, or try next time
+            os.ftruncate(self._fd, self._size)
+            self._repair = False
 
     # ---- cleanup -------------------------------------------------------------------------
     def release(self, applied: int) -> None:
@@ -364,11 +397,7 @@ class DurableLog:
                 self._path(base).unlink(missing_ok=True)
 
     def close(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join()
+        super().close()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

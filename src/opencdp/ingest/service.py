@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from opencdp.catalog.service import Catalog
@@ -16,6 +17,7 @@ from opencdp.ingest.apply import Applied
 from opencdp.ingest.flusher import Flusher
 from opencdp.ingest.log import DurableLog
 from opencdp.ingest.records import Record
+from opencdp.ingest.shared import SharedLog, Tailer
 from opencdp.meta.progress import ProgressLog
 from opencdp.store.base import Store
 
@@ -41,24 +43,44 @@ class IngestService:
     ) -> None:
         self.catalog = catalog
         self.store = store
+        self.progress = progress
         self.health = health or Health()
-        self.log = DurableLog(
-            settings.log_dir,
-            settings.log_segment_bytes,
-            quarantine=settings.data_dir / "quarantine",
-            on_write=self._log_written,
-        )
+        # A deployment on PostgreSQL acknowledges records once they are in its queue there;
+        # the embedded one, once they are in the log of the data directory.
+        self.shared: SharedLog | None = None
+        self.tailer: Tailer | None = None
+        self.log: DurableLog | SharedLog
+        dead_letter: Path | Callable[[list[dict[str, Any]]], None]
+        if progress.engine.dialect.name == "postgresql":
+            self.log = self.shared = SharedLog(progress.engine, on_write=self._log_written)
+            dead_letter = self.shared.dead_letter
+        else:
+            self.log = DurableLog(
+                settings.log_dir,
+                settings.log_segment_bytes,
+                quarantine=settings.data_dir / "quarantine",
+                on_write=self._log_written,
+            )
+            dead_letter = settings.data_dir / "dead-letter.jsonl"
         self.flusher = Flusher(
             store,
             catalog,
             progress,
             interval=settings.flush_interval,
             max_records=settings.flush_max_records,
-            dead_letter=settings.data_dir / "dead-letter.jsonl",
+            dead_letter=dead_letter,
             on_applied=self.log.release,
             on_batch=on_batch or (lambda stats, seconds: None),
             health=self.health,
         )
+        if self.shared is not None:
+            self.tailer = Tailer(
+                self.shared,
+                feed=self._feed,
+                become_leader=self.flusher.resync,
+                room=lambda: self.flusher.backlog < 2 * self.flusher.max_records,
+                interval=settings.flush_interval,
+            )
         self.replayed = 0
         self._started = False
         self.health.probe(DAMAGE_COMPONENT, self.log.quarantined)
@@ -66,7 +88,16 @@ class IngestService:
 
     def start(self) -> None:
         """Replay what the recorded progress does not cover, then accept new records (what
-        the store holds already of it is recorded, not applied again)."""
+        the store holds already of it is recorded, not applied again). On a shared queue the
+        leader's reader does the replaying, whichever process leads."""
+        if self.shared is not None and self.tailer is not None:
+            self.shared.open(at_least=self.flusher.store_lsn)
+            self.shared.start(lambda entries: self.tailer.nudge() if self.tailer else None)
+            self.flusher.start()
+            self.tailer.start()
+            self._started = True
+            return
+        assert isinstance(self.log, DurableLog)
         started = time.perf_counter()
         entries = self._decoded(self.log.replay(self.flusher.applied_lsn))
         chunk: list[tuple[int, Record]] = []
@@ -89,6 +120,12 @@ class IngestService:
         self.log.start(self._durable)
         self.flusher.start()
         self._started = True
+
+    def _feed(self, frames: list[tuple[int, bytes]]) -> None:
+        """(The shared queue's reader, in the leading process) frames for the flusher."""
+        entries = list(self._decoded(iter(frames)))
+        if entries:
+            self.flusher.enqueue(entries)
 
     def _decoded(self, frames: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, Record]]:
         for lsn, payload in frames:
@@ -128,7 +165,7 @@ class IngestService:
     async def submit(self, record: Record) -> int:
         """Make ``record`` durable; returns once it survives a crash."""
         waited = 0.0
-        while self.flusher.backlog > MAX_BACKLOG:
+        while self.pending > MAX_BACKLOG:
             self._check_backlog(waited)
             await asyncio.sleep(0.01)
             waited += 0.01
@@ -138,7 +175,7 @@ class IngestService:
         """Make ``records`` durable together, in one log frame: after a crash all of them are
         there or none is (a torn frame is never replayed). Returns once they survive a crash."""
         waited = 0.0
-        while self.flusher.backlog > MAX_BACKLOG:
+        while self.pending > MAX_BACKLOG:
             self._check_backlog(waited)
             await asyncio.sleep(0.01)
             waited += 0.01
@@ -147,7 +184,7 @@ class IngestService:
     def submit_wait(self, record: Record) -> int:
         """:meth:`submit` for plain threads."""
         waited = 0.0
-        while self.flusher.backlog > MAX_BACKLOG:
+        while self.pending > MAX_BACKLOG:
             self._check_backlog(waited)
             time.sleep(0.01)
             waited += 0.01
@@ -156,19 +193,26 @@ class IngestService:
     def _check_backlog(self, waited: float) -> None:
         stalled = self.flusher.stalled
         if stalled is not None:
-            raise unavailable(f"{self.flusher.backlog} records wait for the store: {stalled}")
+            raise unavailable(f"{self.pending} records wait for the store: {stalled}")
         if waited >= BACKLOG_WAIT:
-            raise unavailable(
-                f"{self.flusher.backlog} records wait for the store, which is not keeping up"
-            )
+            raise unavailable(f"{self.pending} records wait for the store, which is not keeping up")
 
     @property
     def pending(self) -> int:
+        """Records acknowledged and not yet in the store (a shared queue's: every
+        process's)."""
+        if self.shared is not None:
+            return self.shared.pending(self.progress)
         return self.flusher.backlog
 
     def barrier(self, timeout: float = 30.0) -> bool:
+        """Wait until the store holds every record acknowledged now; False on timeout."""
+        if self.shared is not None and self.tailer is not None:
+            return self.shared.barrier(self.progress, timeout, self.tailer.nudge)
         return self.flusher.barrier(timeout)
 
     def stop(self) -> None:
+        if self.tailer is not None:
+            self.tailer.stop()
         self.log.close()
         self.flusher.stop()

@@ -142,6 +142,11 @@ def _v13_deployment_keys(conn: sa.Connection) -> None:
     tables.deployment_keys.create(conn, checkfirst=True)
 
 
+def _v14_ingest_queue(conn: sa.Connection) -> None:
+    for table in (tables.ingest_head, tables.ingest_queue, tables.ingest_dead_letters):
+        table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _v1_initial),
     (2, _v2_files_and_jobs),
@@ -156,6 +161,7 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (11, _v11_segment_kinds),
     (12, _v12_export_claims),
     (13, _v13_deployment_keys),
+    (14, _v14_ingest_queue),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -264,6 +264,34 @@ ingest_progress = sa.Table(
     sa.Column("updated_at", sa.DateTime, nullable=False),
 )
 
+# The ingest queue of a deployment on PostgreSQL (see opencdp.ingest.shared): the frames
+# acknowledged and not yet applied, under LSNs handed out by the head row; and the records the
+# store refused, kept where every process sees them.
+ingest_head = sa.Table(
+    "ingest_head",
+    metadata,
+    sa.Column("stream", sa.String(64), primary_key=True),
+    sa.Column("lsn", sa.BigInteger, nullable=False),
+)
+
+ingest_queue = sa.Table(
+    "ingest_queue",
+    metadata,
+    sa.Column("lsn", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+ingest_dead_letters = sa.Table(
+    "ingest_dead_letters",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("lsn", sa.BigInteger, nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("record", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
 # The batches of an import job (added by migration 10), recorded after the store holds each
 # one: the last row of the file it covers, the job's counters after it, and the lengths of the
 # failures and warnings files then (what a resumed job cuts them back to). The job resumes

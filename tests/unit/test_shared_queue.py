@@ -1,0 +1,165 @@
+"""The ingest queue of a deployment on PostgreSQL (opencdp.ingest.shared): LSNs committed in
+order by every process, one leader moving the queue into the store and another taking over
+when it stops, a barrier that waits for whichever process applies, and records the store
+refuses kept in the metadata DB."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from opencdp.config import Settings
+from opencdp.ingest.records import build_record
+from opencdp.ingest.shared import SharedLog
+from opencdp.meta import tables as t
+from opencdp.meta.db import connect
+from opencdp.runtime import Runtime
+from tests.engines import new_database
+
+
+def append_many(url: str, count: int, start: Any, out: Any) -> None:
+    """(Another process) append ``count`` frames from four threads; put the LSNs on ``out``."""
+    queue = SharedLog(connect(url))
+    queue.start(lambda entries: None)
+    lsns: list[int] = []
+    lock = threading.Lock()
+    start.wait()
+
+    def run(n: int) -> None:
+        for i in range(count // 4):
+            lsn = queue.append_wait(f"{n}:{i}".encode(), None)
+            with lock:
+                lsns.append(lsn)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    queue.close()
+    out.put(lsns)
+
+
+def test_frames_are_committed_in_lsn_order_by_every_process() -> None:
+    url = new_database()
+    reader = SharedLog(connect(url))
+    reader.open()
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Barrier(3), ctx.Queue()
+    procs = [ctx.Process(target=append_many, args=(url, 1200, start, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    start.wait()
+    # A reader following the LSNs while both processes append never sees one before all the
+    # ones below it: a frame that commits late would be skipped for good.
+    after, seen, deadline = 0, 0, time.monotonic() + 300  # (a hang guard)
+    while seen < 2400 and time.monotonic() < deadline:
+        frames = reader.read(after, limit=500)
+        assert [lsn for lsn, _ in frames] == list(range(after + 1, after + 1 + len(frames)))
+        if frames:
+            after, seen = frames[-1][0], seen + len(frames)
+    given = [out.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    lsns = sorted(lsn for one in given for lsn in one)
+    assert lsns == list(range(1, 2401)) and seen == 2400
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "meta_url": new_database(),
+        "store_url": f"duckdb:///{tmp_path / 'shared.duckdb'}",
+        "admin_token": "adm_shared_" + "x" * 24,
+        "secret_key": "ab" * 32,
+        "job_workers": 0,
+        "flush_interval": 0.05,
+    }
+
+
+@pytest.fixture
+def runtimes() -> Iterator[list[Runtime]]:
+    opened: list[Runtime] = []
+    yield opened
+    for rt in opened:
+        if rt.started:
+            rt.stop()
+
+
+def start(tmp_path: Path, name: str, shared: dict[str, Any], opened: list[Runtime]) -> Runtime:
+    rt = Runtime.open(Settings(data_dir=tmp_path / name, **shared))
+    rt.start(announce=False)
+    opened.append(rt)
+    return rt
+
+
+def send(rt: Runtime, pid: int, first: int, count: int, **props: Any) -> None:
+    for i in range(first, first + count):
+        doc = {"type": "event", "event": "pay",
+               "properties": {"event_id": f"e{i}", "mobile": f"1{i % 7:010d}",
+                              "create_time": "2024-01-02 03:04:05", **props}}  # fmt: skip
+        rt.ingest.submit_wait(build_record(
+            doc, rt.catalog.project(pid), rt.catalog.schema(pid), rt.settings.limits,
+            time.time_ns() // 1000,
+            lambda table, wanted: rt.catalog.ensure_properties(pid, table, wanted),
+        ))  # fmt: skip
+
+
+def wait_for(check: Any, what: str) -> None:
+    deadline = time.monotonic() + 120  # a hang guard, not a performance limit
+    while not check():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.02)
+
+
+def test_one_leader_applies_what_every_process_acknowledges_and_another_takes_over(
+    tmp_path: Path, shared: dict[str, Any], runtimes: list[Runtime]
+) -> None:
+    one = start(tmp_path, "one", shared, runtimes)
+    wait_for(lambda: one.ingest.tailer is not None and one.ingest.tailer.leader, "a leader")
+    two = start(tmp_path, "two", shared, runtimes)
+    pid = one.catalog.create_project("shop")[0].id
+    two.catalog.reload()
+    send(two, pid, 0, 300)  # acknowledged by the process that does not lead
+    assert two.ingest.tailer is not None and not two.ingest.tailer.leader
+    assert two.ingest.barrier(timeout=120)  # waits for the leader to apply them
+    assert one.store.counts(pid)["events"] == 300
+    assert two.ingest.pending == 0
+    with one.ingest.progress.engine.connect() as conn:  # applied: gone from the queue
+        assert conn.execute(sa.select(sa.func.count()).select_from(t.ingest_queue)).scalar() == 0
+    one.stop()  # the leader goes: the other takes over from the recorded progress
+    send(two, pid, 300, 200)
+    assert two.ingest.barrier(timeout=120)
+    assert two.ingest.tailer.leader
+    assert two.store.counts(pid)["events"] == 500
+
+
+def test_records_the_store_refuses_are_kept_in_the_metadata_db(
+    tmp_path: Path, shared: dict[str, Any], runtimes: list[Runtime]
+) -> None:
+    rt = start(tmp_path, "one", shared, runtimes)
+    pid = rt.catalog.create_project("shop")[0].id
+    refuse = rt.store.writer
+
+    def refusing() -> Any:
+        raise ValueError("not for this store")  # (a fault of the data, not a passing one)
+
+    rt.store.writer = refusing  # type: ignore[method-assign]
+    try:
+        send(rt, pid, 0, 3)
+        wait_for(lambda: rt.ingest.flusher.failures >= 3, "three dead letters")
+    finally:
+        rt.store.writer = refuse  # type: ignore[method-assign]
+    with rt.ingest.progress.engine.connect() as conn:
+        kept = conn.execute(sa.select(t.ingest_dead_letters)).all()
+    assert len(kept) == 3 and all("not for this store" in row.error for row in kept)
+    assert {row.record for row in kept} and all('"e' in row.record for row in kept)
+    assert rt.ingest.barrier(timeout=120)  # nothing waits: the queue moved past them
