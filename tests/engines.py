@@ -153,3 +153,15 @@ def new_database() -> str:
     finally:
         engine.dispose()
     return url.rsplit("/", 1)[0] + "/" + name
+
+
+def shared_deployment(folder: Path, **more: Any) -> dict[str, Any]:
+    """The settings the processes of one deployment share, for runtimes in one test process:
+    a fresh PostgreSQL metadata DB, a store in ``folder``, the admin token; no job workers."""
+    return {
+        "meta_url": new_database(),
+        "store_url": f"duckdb:///{folder / 'shared.duckdb'}",
+        "admin_token": "adm_shared_" + "x" * 24,
+        "job_workers": 0,
+        **more,
+    }

@@ -38,7 +38,7 @@ def test_a_write_cut_by_a_crash_leaves_nothing(tmp_path: Path) -> None:
         "from opencdp.blobs.local import LocalBlobs\n"
         "w = LocalBlobs(Path(sys.argv[1])).create(1, 'half')\n"
         "w.write(b'x' * 100000)\n"
-        "w._f.flush()\n"
+        "w.flush()\n"
         "os._exit(9)\n"
     )
     done = subprocess.run([sys.executable, "-c", crash, str(root)], check=False)

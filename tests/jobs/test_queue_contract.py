@@ -52,21 +52,8 @@ def wait_for(check: object, what: str) -> None:
 def test_a_claim_is_atomic_across_processes(queue: Queue) -> None:
     jobs = queue.jobs(limits())
     ids = {jobs.submit(queue.projects[i % 3], "work", "test", {}).id for i in range(200)}
-    ctx = multiprocessing.get_context("spawn")
-    start, out = ctx.Barrier(2), ctx.Queue()
-    workers = [
-        ctx.Process(
-            target=processes.claim_all, args=(queue.url, queue.backend.returning, start, out)
-        )
-        for _ in range(2)
-    ]
-    for w in workers:
-        w.start()
-    claimed = [out.get(timeout=300) for _ in workers]  # (a hang guard)
-    for w in workers:
-        w.join()
-        assert w.exitcode == 0
-    every = [i for one in claimed for i in one]
+    claimed = run_processes(processes.claim_all, queue.url, queue.backend.returning)
+    every = [i for one in claimed for i in one]  # type: ignore[attr-defined]
     assert len(every) == len(set(every)) == 200  # no job claimed twice
     assert set(every) == ids  # and every job claimed
     rows = job_rows(queue.engine)
@@ -350,22 +337,8 @@ def test_work_with_a_key_is_not_queued_twice_until_done(queue: Queue) -> None:
 
 def test_work_with_a_key_is_queued_once_across_processes(queue: Queue) -> None:
     keys = [f"period:{i}" for i in range(60)]
-    ctx = multiprocessing.get_context("spawn")
-    start, out = ctx.Barrier(2), ctx.Queue()
-    workers = [
-        ctx.Process(
-            target=processes.submit_keys,
-            args=(queue.url, queue.projects[1], keys, start, out),
-        )
-        for _ in range(2)
-    ]
-    for w in workers:
-        w.start()
-    queued = [out.get(timeout=300) for _ in workers]  # (a hang guard)
-    for w in workers:
-        w.join()
-        assert w.exitcode == 0
-    assert sum(map(len, queued)) == len(keys)
+    queued = run_processes(processes.submit_keys, queue.url, queue.projects[1], keys)
+    assert sum(map(len, queued)) == len(keys)  # type: ignore[arg-type]
     rows = job_rows(queue.engine)
     assert sorted(r.dedupe_key for r in rows) == sorted(keys)
 

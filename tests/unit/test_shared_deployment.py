@@ -18,18 +18,13 @@ import pytest
 from opencdp import datadir
 from opencdp.config import Settings
 from opencdp.runtime import Runtime
-from tests.engines import new_database
+from tests.engines import shared_deployment
 
 
 @pytest.fixture
 def shared(tmp_path: Path) -> dict[str, Any]:
     """What the processes of one deployment share: the metadata DB and the analytic store."""
-    return {
-        "meta_url": new_database(),
-        "store_url": f"duckdb:///{tmp_path / 'shared.duckdb'}",
-        "admin_token": "adm_shared_" + "x" * 24,
-        "job_workers": 0,
-    }
+    return shared_deployment(tmp_path)
 
 
 @pytest.fixture

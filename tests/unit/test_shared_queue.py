@@ -21,7 +21,7 @@ from opencdp.ingest.shared import SharedLog
 from opencdp.meta import tables as t
 from opencdp.meta.db import connect
 from opencdp.runtime import Runtime
-from tests.engines import new_database
+from tests.engines import new_database, shared_deployment
 
 
 def append_many(url: str, count: int, start: Any, out: Any) -> None:
@@ -75,14 +75,7 @@ def test_frames_are_committed_in_lsn_order_by_every_process() -> None:
 
 @pytest.fixture
 def shared(tmp_path: Path) -> dict[str, Any]:
-    return {
-        "meta_url": new_database(),
-        "store_url": f"duckdb:///{tmp_path / 'shared.duckdb'}",
-        "admin_token": "adm_shared_" + "x" * 24,
-        "secret_key": "ab" * 32,
-        "job_workers": 0,
-        "flush_interval": 0.05,
-    }
+    return shared_deployment(tmp_path, secret_key="ab" * 32, flush_interval=0.05)
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from opencdp.blobs.base import (
     check_project,
     span,
 )
-from opencdp.blobs.scratch import ScratchFile, clean
+from opencdp.blobs.scratch import ScratchWriter, clean
 from opencdp.durable import fsync_dir
 
 INCOMING = ".incoming"
@@ -174,61 +174,27 @@ class LocalBlobs(BlobStore):
         yield path
 
 
-class _Writer(BlobWriter):
+class _Writer(ScratchWriter):
     def __init__(self, store: LocalBlobs, final: Path | None) -> None:
-        self._store, self._final = store, final
-        self._scratch = ScratchFile(store._incoming)
-        self._tmp = self._scratch.path
-        self._f = self._scratch.file
-        self.size = 0
-        self._done = False
+        super().__init__(store._incoming, None if final is None else str(final))
+        self._store = store
 
-    def write(self, data: bytes) -> int:
-        n = self._f.write(data)
-        self.size += len(data)
-        return n
+    def _named(self, project: int, key: str) -> str:
+        return str(self._store._path(project, key))
 
-    def flush(self) -> None:
-        self._f.flush()
-
-    @property
-    def closed(self) -> bool:
-        return self._done
-
-    def commit(self, project: int | None = None, key: str | None = None) -> BlobInfo:
-        if self._done:
-            raise ValueError("the blob is already committed or dropped")
-        if (project is None) != (key is None) or (project is None) == (self._final is None):
-            raise ValueError("a spool is named as it commits, a created blob is named already")
-        if project is not None and key is not None:
-            self._final = self._store._path(project, key)
-        assert self._final is not None
-        top = self._store.root
-        try:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            for attempt in range(3):  # (a delete may remove an emptied folder meanwhile)
-                _makedirs(self._final.parent, top)
-                try:
-                    os.replace(self._tmp, self._final)
-                    break
-                except FileNotFoundError:
-                    if attempt == 2:
-                        raise
-            fsync_dir(self._final.parent)
-        except BaseException:
-            self.abort()
-            raise
-        self._done = True
-        self._f.close()
-        rel = self._final.relative_to(top).parts[1:]
-        return BlobInfo("/".join(rel), self.size)
-
-    def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._scratch.drop()
+    def _publish(self, name: str) -> BlobInfo:
+        final, top = Path(name), self._store.root
+        os.fsync(self._scratch.file.fileno())
+        for attempt in range(3):  # (a delete may remove an emptied folder meanwhile)
+            _makedirs(final.parent, top)
+            try:
+                os.replace(self._scratch.path, final)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        fsync_dir(final.parent)
+        return BlobInfo("/".join(final.relative_to(top).parts[1:]), self.size)
 
 
 def _stream(f: BinaryIO, first: int, last: int, chunk: int) -> Iterator[bytes]:

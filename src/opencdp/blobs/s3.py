@@ -47,7 +47,7 @@ from opencdp.blobs.base import (
     check_prefix,
     span,
 )
-from opencdp.blobs.scratch import ScratchFile, clean
+from opencdp.blobs.scratch import ScratchFile, ScratchWriter, clean
 
 MIN_PART = 5 << 20  # S3's smallest part of a multipart upload (all but the last)
 MAX_COPY_PART = 4 << 30  # at most this much of the old blob per copied part (S3 allows 5 GiB)
@@ -330,45 +330,14 @@ class S3Blobs(BlobStore):
             scratch.drop()
 
 
-class _Writer(BlobWriter):
+class _Writer(ScratchWriter):
     def __init__(self, store: S3Blobs, name: str | None) -> None:
-        self._store, self._name = store, name
-        self._scratch = ScratchFile(store._scratch)
-        self.size = 0
-        self._done = False
+        super().__init__(store._scratch, name)
+        self._store = store
 
-    def write(self, data: bytes) -> int:
-        n = self._scratch.file.write(data)
-        self.size += len(data)
-        return n
+    def _named(self, project: int, key: str) -> str:
+        return self._store._name(project, key)
 
-    def flush(self) -> None:
-        self._scratch.file.flush()
-
-    @property
-    def closed(self) -> bool:
-        return self._done
-
-    def commit(self, project: int | None = None, key: str | None = None) -> BlobInfo:
-        if self._done:
-            raise ValueError("the blob is already committed or dropped")
-        if (project is None) != (key is None) or (project is None) == (self._name is None):
-            raise ValueError("a spool is named as it commits, a created blob is named already")
-        if project is not None and key is not None:
-            self._name = self._store._name(project, key)
-        assert self._name is not None
-        try:
-            self._scratch.file.flush()
-            self._store._upload(self._scratch.path, self._name)
-        except BaseException:
-            self.abort()
-            raise
-        self._done = True
-        self._scratch.drop()
-        return BlobInfo(self._name[len(self._store.prefix) :].partition("/")[2], self.size)
-
-    def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._scratch.drop()
+    def _publish(self, name: str) -> BlobInfo:
+        self._store._upload(self._scratch.path, name)
+        return BlobInfo(name[len(self._store.prefix) :].partition("/")[2], self.size)
