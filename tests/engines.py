@@ -5,6 +5,7 @@ PostgreSQL cluster. Each test works in a bucket (or database) of its own."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import itertools
 import os
@@ -110,49 +111,74 @@ def _as_postgres(*argv: str) -> None:
         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
 
 
+class PostgresCluster:
+    """A PostgreSQL cluster of the tests: a fresh data directory run as the ``postgres`` user on
+    a free loopback port, with fsync and synchronous commit off (test speed only) unless
+    ``durable``. :meth:`stop` (immediate: a crash) and :meth:`start` take it away and bring it
+    back on the same port; only a durable cluster keeps every commit across that."""
+
+    def __init__(self, durable: bool = False) -> None:
+        self.durable = durable
+        self.folder = Path(tempfile.mkdtemp(prefix="opencdp-pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres", "postgres")
+        self.data, self.port = self.folder / "data", free_port()
+        _as_postgres(pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                     "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")  # fmt: skip
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self.start()
+        atexit.register(self.remove)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        options += " -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        _as_postgres(pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "log"),
+                     "-w", "-o", options, "start")  # fmt: skip
+
+    def stop(self) -> None:
+        _as_postgres(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def remove(self) -> None:
+        if not self.folder.exists():
+            return
+        if (self.data / "postmaster.pid").exists():
+            with contextlib.suppress(subprocess.CalledProcessError):
+                self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def new_database(self) -> str:
+        """A fresh, empty database on the cluster: its SQLAlchemy URL."""
+        import sqlalchemy as sa
+
+        name = f"t_{os.getpid()}_{next(_databases)}"
+        engine = sa.create_engine(self.url, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        finally:
+            engine.dispose()
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
+
 def postgres_url() -> str:
     """The URL of this process's PostgreSQL cluster (its ``postgres`` database), started on
-    first use: a fresh cluster on a free loopback port, with fsync off (test speed only),
-    stopped and deleted when the process exits."""
+    first use, stopped and deleted when the process exits."""
+    return _cluster().url
+
+
+def _cluster() -> PostgresCluster:
     with _lock:
-        if "url" not in _pg:
-            folder = Path(tempfile.mkdtemp(prefix="opencdp-pg-"))
-            if os.geteuid() == 0:
-                shutil.chown(folder, "postgres", "postgres")
-            data, port = folder / "data", free_port()
-            _as_postgres(pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                         "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")  # fmt: skip
-            options = (
-                f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-            )
-            _as_postgres(pg_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"),
-                         "-w", "-o", options, "start")  # fmt: skip
-            atexit.register(_stop_postgres, data, folder)
-            _pg["url"] = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-        return str(_pg["url"])
-
-
-def _stop_postgres(data: Path, folder: Path) -> None:
-    try:
-        _as_postgres(pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if "cluster" not in _pg:
+            _pg["cluster"] = PostgresCluster()
+        cluster: PostgresCluster = _pg["cluster"]
+        return cluster
 
 
 def new_database() -> str:
-    """A fresh, empty database on the cluster: its SQLAlchemy URL."""
-    import sqlalchemy as sa
-
-    url = postgres_url()
-    name = f"t_{os.getpid()}_{next(_databases)}"
-    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    finally:
-        engine.dispose()
-    return url.rsplit("/", 1)[0] + "/" + name
+    """A fresh, empty database on the tests' cluster: its SQLAlchemy URL."""
+    return _cluster().new_database()
 
 
 def shared_deployment(folder: Path, **more: Any) -> dict[str, Any]:

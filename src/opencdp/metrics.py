@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from opencdp.health import Health
 
 # The components whose state ``opencdp_degraded`` always reports (0 or 1).
-COMPONENTS = ("ingest_log", "ingest_log_damage", "flusher", "store")
+COMPONENTS = ("ingest_log", "ingest_log_damage", "ingest_queue", "flusher", "store")
 
 
 class Metrics:

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.engines import PostgresCluster
 from tests.liveserver import LiveServer
 from tests.surfaces.test_marketo import Mkto
 
@@ -263,3 +264,46 @@ def _data_files(data: Path) -> dict[str, object]:
                 for table in ("projects", "credentials", "properties", "deployment")
             ]
     return out
+
+
+def test_a_metadata_db_outage_refuses_records_and_recovers_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A deployment on PostgreSQL acknowledges a record once its queue there holds it: while
+    PostgreSQL is away, records are refused (and say so), health says why, nothing hangs; once
+    it is back, records are taken again and every one acknowledged is stored once. (PostgreSQL
+    itself crashes here, so it runs durable: fsync and synchronous commit on.)"""
+    cluster = PostgresCluster(durable=True)
+    srv = LiveServer(
+        tmp_path / "data",
+        OPENCDP_META_URL=cluster.new_database(),
+        OPENCDP_SECRET_KEY="ef" * 32,
+    ).start()
+    try:
+        info = srv.new_project("outage")
+        secret = info["api_token"]
+        ok = [i for i in range(10) if acked(send(srv, secret, i))]
+        assert len(ok) == 10
+        cluster.stop()
+        for i in range(10, 20):
+            resp = send(srv, secret, i)
+            assert resp.status_code == 503, resp.text
+            assert resp.json()["errcode"] == 10000
+            assert "nothing was stored" in resp.json()["errmsg"], resp.text
+        assert httpx.get(srv.url + "/health", timeout=10).status_code == 503
+        assert "ingest_log" in health(srv)["problems"]  # (the admin API answers all the same)
+        wait_for(lambda: "ingest_queue" in health(srv)["problems"], "the queue reported away")
+        assert degraded_gauge(srv, "ingest_queue") == 1.0
+
+        cluster.start()
+        wait_for(lambda: acked(send(srv, secret, 20)), "a record taken again")
+        ok.append(20)
+        ok += [i for i in range(21, 30) if acked(send(srv, secret, i))]
+        assert ok == [*range(10), *range(20, 30)]
+        wait_for(lambda: health(srv)["status"] == "ok", "health back to ok")
+        assert degraded_gauge(srv, "ingest_queue") == 0.0
+        wait_for(lambda: stored_events(srv, "outage") == len(ok), "every acknowledged record")
+    finally:
+        srv.stop()
+        cluster.remove()
+    assert srv.stored_event_ids(info["project_id"]) == {f"ev-{i}" for i in ok}

@@ -100,6 +100,7 @@ class Flusher:
         self.applied_lsn = progress.ingest_lsn()
         self.store_lsn = max(store.checkpoint(STORE_INGEST_LSN), self.applied_lsn)
         self._barrier_waiting = 0
+        self._generation = 0  # moves when the queue is replaced (resync)
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.failures = 0  # records dead-lettered
@@ -127,6 +128,7 @@ class Flusher:
         applied records meanwhile: a shared queue's new leader); the applied LSN."""
         with self._cond:
             self._queue = []
+            self._generation += 1  # (a batch being applied must not cut the new queue)
             self.applied_lsn = self.progress.ingest_lsn()
             self.store_lsn = max(self.store.checkpoint(STORE_INGEST_LSN), self.applied_lsn)
             self._received_lsn = self.applied_lsn
@@ -206,12 +208,14 @@ class Flusher:
                 if self._stopping:
                     return
                 batch = self._queue[: whole_frames(self._queue, self.max_records)]
+                generation = self._generation
             try:
                 self._apply(batch)
             except Stalled as exc:
                 self.stalls += 1
                 with self._cond:
-                    del self._queue[: exc.applied]
+                    if generation == self._generation:
+                        del self._queue[: exc.applied]
                 backoff = min(max(backoff * 2, MIN_BACKOFF), MAX_BACKOFF)
                 log.warning(
                     "store refused a batch (%s); %d records wait, retrying in %.2fs",
@@ -224,7 +228,8 @@ class Flusher:
                 )
                 continue
             with self._cond:
-                del self._queue[: len(batch)]
+                if generation == self._generation:  # (else the queue was read afresh)
+                    del self._queue[: len(batch)]
             if backoff:
                 log.info("store writes again; the backlog is being applied")
             backoff = 0.0

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 MAX_BACKLOG = 200_000
 BACKLOG_WAIT = 10.0
 LOG_COMPONENT, DAMAGE_COMPONENT, FLUSHER_COMPONENT = "ingest_log", "ingest_log_damage", "flusher"
+QUEUE_COMPONENT = "ingest_queue"  # a shared queue the process cannot read
 
 
 class IngestService:
@@ -77,9 +78,10 @@ class IngestService:
             self.tailer = Tailer(
                 self.shared,
                 feed=self._feed,
-                become_leader=self.flusher.resync,
+                become_leader=self._lead,
                 room=lambda: self.flusher.backlog < 2 * self.flusher.max_records,
                 interval=settings.flush_interval,
+                report=self._queue_reached,
             )
         self.replayed = 0
         self._started = False
@@ -121,6 +123,15 @@ class IngestService:
         self.flusher.start()
         self._started = True
 
+    def _lead(self) -> int:
+        """(The shared queue's reader, as this process becomes the leader) read the progress
+        afresh; LSNs to come start above what the store holds (a metadata DB restored from an
+        older backup would hand out LSNs the store's marker covers). The LSN to read after."""
+        applied = self.flusher.resync()
+        assert self.shared is not None
+        self.shared.open(at_least=self.flusher.store_lsn)
+        return applied
+
     def _feed(self, frames: list[tuple[int, bytes]]) -> None:
         """(The shared queue's reader, in the leading process) frames for the flusher."""
         entries = list(self._decoded(iter(frames)))
@@ -156,6 +167,12 @@ class IngestService:
             self.health.fail(
                 LOG_COMPONENT, f"cannot write to the ingest log ({problem}); records are refused"
             )
+
+    def _queue_reached(self, problem: str | None) -> None:
+        if problem is None:
+            self.health.ok(QUEUE_COMPONENT)
+        else:
+            self.health.fail(QUEUE_COMPONENT, problem)
 
     def _flusher_stopped(self) -> str | None:
         if self._started and not self.flusher.alive:

@@ -31,6 +31,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from opencdp.faults import describe
 from opencdp.ingest.log import GroupCommit, OnWrite
 from opencdp.meta import tables as t
 from opencdp.meta.progress import INGEST, ProgressLog
@@ -141,7 +142,10 @@ class SharedLog(GroupCommit):
         when, count = self._pending
         now = time.monotonic()
         if now - when >= _PENDING_EVERY:
-            count = max(0, self.head() - progress.ingest_lsn())
+            try:
+                count = max(0, self.head() - progress.ingest_lsn())
+            except Exception:  # the metadata DB is away (health says so): the last count
+                return count
             self._pending = (now, count)
         return count
 
@@ -171,12 +175,15 @@ class Tailer:
         become_leader: Callable[[], int],
         room: Callable[[], bool],
         interval: float,
+        report: Callable[[str | None], None] = lambda problem: None,
     ) -> None:
         self.queue = queue
         self.feed = feed
         self.become_leader = become_leader  # resynchronise; returns the LSN to read after
         self.room = room  # whether the flusher takes more now
         self.interval = interval
+        self.report = report  # None: the queue can be read; else why not
+        self.problem: str | None = None
         self.leader = False
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -206,18 +213,25 @@ class Tailer:
                         after = self.become_leader()
                 else:
                     self._alive()
-                if self.leader and self.room():
-                    frames = self.queue.read(after)
-                    if frames:
-                        self.feed(frames)
-                        after = frames[-1][0]
-                        if len(frames) == READ_FRAMES:
-                            continue  # more wait: no pause
+                frames = self.queue.read(after) if self.leader and self.room() else []
+                if frames:
+                    self.feed(frames)
+                    after = frames[-1][0]
+                self._reached(None)
+                if len(frames) == READ_FRAMES:
+                    continue  # more wait: no pause
             except Exception as exc:  # the metadata DB went away: lead again once it is back
                 log.warning("the ingest queue's reader lost the metadata DB: %s", exc)
                 self._let_go()
+                self._reached(f"cannot reach the ingest queue in the metadata DB ({describe(exc)})")
             self._wake.wait(self.interval)
             self._wake.clear()
+
+    def _reached(self, problem: str | None) -> None:
+        """Report whether the queue can be read, when that changes."""
+        if problem != self.problem:
+            self.problem = problem
+            self.report(problem)
 
     def _lead(self) -> bool:
         """Try to take the leader's lock (on a connection kept while leading)."""
