@@ -156,3 +156,31 @@ def test_records_the_store_refuses_are_kept_in_the_metadata_db(
     assert len(kept) == 3 and all("not for this store" in row.error for row in kept)
     assert {row.record for row in kept} and all('"e' in row.record for row in kept)
     assert rt.ingest.barrier(timeout=120)  # nothing waits: the queue moved past them
+
+
+def test_a_batch_in_flight_does_not_cut_the_queue_a_resync_replaced(tmp_path: Path) -> None:
+    """A process becoming the leader again reads the queue afresh while its flusher may be
+    applying an older batch: that batch, once done, must not cut records off the new queue."""
+    rt = Runtime.open(Settings(data_dir=tmp_path / "data", job_workers=0, flush_interval=0.01))
+    rt.start(announce=False)
+    try:
+        pid = rt.catalog.create_project("shop")[0].id
+        inside, release = threading.Event(), threading.Event()
+        writer = rt.store.writer
+
+        def held() -> Any:
+            if not release.is_set():
+                inside.set()
+                release.wait()
+            return writer()
+
+        rt.store.writer = held  # type: ignore[method-assign]
+        send(rt, pid, 0, 1)  # its batch is taken, then held inside the store
+        wait_for(inside.is_set, "a batch in flight")
+        rt.ingest.flusher.resync()
+        send(rt, pid, 1, 3)  # the queue read afresh
+        release.set()
+        assert rt.ingest.barrier(timeout=120)
+        assert rt.store.counts(pid)["events"] == 4  # none cut off
+    finally:
+        rt.stop()
