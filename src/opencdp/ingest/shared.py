@@ -80,12 +80,14 @@ class SharedLog(GroupCommit):
                 .returning(head.lsn)
             ).scalar_one()
             first = int(end) - count + 1
+            # (one statement whatever the batch's size: the frames as two arrays)
             conn.execute(
-                sa.insert(t.ingest_queue),
-                [
-                    {"lsn": first + i, "payload": p, "created_at": now}
-                    for i, p in enumerate(payloads)
-                ],
+                sa.text(
+                    "INSERT INTO ingest_queue (lsn, payload, created_at) "
+                    "SELECT generate_series(CAST(:first AS bigint), CAST(:last AS bigint)), "
+                    "unnest(CAST(:payloads AS bytea[])), CAST(:now AS timestamp)"
+                ),
+                {"first": first, "last": int(end), "payloads": payloads, "now": now},
             )
         return [first + i for i in range(count)]
 
