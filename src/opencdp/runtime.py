@@ -88,7 +88,7 @@ class Runtime:
         metrics.backlog.set_function(lambda: ingest.pending)
         metrics.dead_letters.set_function(lambda: ingest.flusher.failures)
         metrics.flush_stalls.set_function(lambda: ingest.flusher.stalls)
-        files = Files(engine, open_blobs(settings, "files"))
+        files = Files(engine, open_blobs(settings, "files", health))
         jobs = Jobs(
             engine,
             JobLimits(
@@ -133,7 +133,7 @@ class Runtime:
             catalog,
             store,
             ingest.barrier,
-            open_blobs(settings, "exports"),
+            open_blobs(settings, "exports", health),
             columns.LAYOUT,
             part_bytes=settings.export_part_bytes,
             delay=timedelta(seconds=settings.export_delay),

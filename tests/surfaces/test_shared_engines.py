@@ -139,3 +139,32 @@ def test_growingio_links_are_served_by_the_server_when_not_presigned(tmp_path: P
         assert httpx.get(links[0].replace("expires=", "expires=1")).status_code == 401
     finally:
         srv.stop()
+
+
+def test_an_object_store_that_does_not_answer_is_reported_and_recovered_from(
+    tmp_path: Path,
+) -> None:
+    """Files go to a bucket that is not there (as an unreachable or refusing object store
+    would): an upload is refused in its surface's envelope, saying why; health names the
+    object store; once the bucket exists, uploads go through and health is ok again."""
+    bucket = f"later-{tmp_path.name[-20:].lower().replace('_', '-')}"
+    srv = Server(
+        tmp_path / "data",
+        blob_url=f"s3://{bucket}/deploy",
+        s3_endpoint_url=s3_endpoint(),
+    )
+    try:
+        mk = Mkto(srv, srv.new_project("mk_away"))  # type: ignore[arg-type]
+        body = mk.upload("email,firstName\na@example.com,A\n")
+        assert body["success"] is False and body["errors"][0]["code"] == "611", body
+        assert "NoSuchBucket" in body["errors"][0]["message"], body
+        assert httpx.get(srv.url + "/health").status_code == 503
+        problems = srv.admin("GET", "/health").json()["problems"]
+        assert "NoSuchBucket" in problems["object_store_files"], problems
+
+        client(s3_endpoint()).create_bucket(Bucket=bucket)
+        st = mk.run("email,firstName\na@example.com,A\n")
+        assert (st["status"], st["numOfLeadsProcessed"]) == ("Complete", 1), st
+        assert httpx.get(srv.url + "/health").json()["status"] == "ok"
+    finally:
+        srv.stop()

@@ -108,14 +108,22 @@ def _reported(method: Callable[_P, _T]) -> Callable[_P, _T]:
 
     @functools.wraps(method)
     def call(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        with _failures():
+        store = args[0]
+        assert isinstance(store, S3Blobs)
+        with _failures(store):
             return method(*args, **kwargs)
 
     return call
 
 
+# Errors about one request (a blob replaced meanwhile, a range), not the object store's state.
+_ABOUT_THE_REQUEST = ("PreconditionFailed", "InvalidRange", *_MISSING)
+
+
 @contextmanager
-def _failures() -> Iterator[None]:
+def _failures(store: S3Blobs) -> Iterator[None]:
+    """Raise the object store's failures as :class:`ObjectStoreError`, and tell ``store``'s
+    reporter whether the object store answers (when that changes)."""
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -124,12 +132,18 @@ def _failures() -> Iterator[None]:
     except (ClientError, BotoCoreError, Boto3Error) as exc:
         # (boto3's managed transfers raise their own error from the client's)
         cause = exc.__context__ if isinstance(exc, Boto3Error) else exc
+        code = ""
         if isinstance(cause, ClientError):
             error = (getattr(cause, "response", None) or {}).get("Error", {})
-            words = f"{error.get('Code', '?')} {str(error.get('Message', ''))[:200]}".rstrip()
+            code = str(error.get("Code", "?"))
+            words = f"{code} {str(error.get('Message', ''))[:200]}".rstrip()
         else:
             words = str(exc)[:200]
-        raise ObjectStoreError(f"object store: {words}") from exc
+        problem = f"object store: {words}"
+        if code not in _ABOUT_THE_REQUEST:
+            store.answered(problem)
+        raise ObjectStoreError(problem) from exc
+    store.answered(None)
 
 
 def _missing(exc: Exception) -> bool:
@@ -145,8 +159,11 @@ class S3Blobs(BlobStore):
         scratch: Path,
         part_bytes: int = 64 << 20,
         presigned: bool = True,
+        report: Callable[[str | None], None] = lambda problem: None,
     ) -> None:
         self.s3 = s3
+        self.report = report  # whether the object store answers: None, or why not
+        self._problem: str | None = None
         self.presigned = presigned  # False: no URLs of its own (the server serves its blobs)
         self.part_bytes = max(MIN_PART, part_bytes)  # uploads larger than this go in parts
         self.bucket = where.bucket
@@ -154,6 +171,12 @@ class S3Blobs(BlobStore):
         self._scratch = scratch
         scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
         clean(scratch)
+
+    def answered(self, problem: str | None) -> None:
+        """Report whether the object store answers, when that changes (health)."""
+        if problem != self._problem:
+            self._problem = problem
+            self.report(problem)
 
     def _name(self, project: int, key: str) -> str:
         return self.prefix + "/".join(blob_path_parts(project, key))
@@ -249,7 +272,7 @@ class S3Blobs(BlobStore):
     def _stream(self, name: str, etag: str, first: int, last: int, chunk: int) -> Iterator[bytes]:
         if last <= first:
             return
-        with _failures():
+        with _failures(self):
             got = self.s3.get_object(
                 Bucket=self.bucket, Key=name, Range=f"bytes={first}-{last - 1}", IfMatch=etag
             )
