@@ -6,6 +6,7 @@ import concurrent.futures as cf
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -66,6 +67,18 @@ def test_every_acknowledged_record_survives_sigkill(fresh_dir: Path) -> None:
 
 def test_kill_during_load_loses_no_acknowledged_record(fresh_dir: Path) -> None:
     srv = LiveServer(fresh_dir, OPENCDP_FLUSH_INTERVAL="0.1").start()
+    info, acked = _kill_under_load(srv)
+    srv = LiveServer(fresh_dir, port=srv.port).start()
+    srv.stop()
+    stored = srv.stored_event_ids(info["project_id"])
+    assert set(acked) <= stored
+    # Replays never duplicate: each event id is stored once (it is the primary key).
+    assert len(stored) >= len(acked)
+
+
+def _kill_under_load(srv: LiveServer) -> tuple[dict[str, Any], list[str]]:
+    """Eight clients send to a new project of ``srv``, which is killed while they do: (the
+    project, the event ids acknowledged)."""
     info = srv.new_project("midflight")
     stop = threading.Event()
     with cf.ThreadPoolExecutor(8) as pool:
@@ -73,19 +86,13 @@ def test_kill_during_load_loses_no_acknowledged_record(fresh_dir: Path) -> None:
             pool.submit(_send_all, srv.url, info["api_token"], n * 100_000, 100_000, stop)
             for n in range(8)
         ]
-        # Kill while eight clients are still sending.
         try:
             _wait_and_kill(srv)
         finally:
             stop.set()
         acked = [eid for f in futures for eid in f.result()]
     assert acked
-    srv = LiveServer(fresh_dir, port=srv.port).start()
-    srv.stop()
-    stored = srv.stored_event_ids(info["project_id"])
-    assert set(acked) <= stored
-    # Replays never duplicate: each event id is stored once (it is the primary key).
-    assert len(stored) >= len(acked)
+    return info, acked
 
 
 def _wait_and_kill(srv: LiveServer) -> None:
@@ -153,20 +160,7 @@ def test_on_the_shared_queue_a_kill_during_load_loses_and_repeats_nothing(
         "OPENCDP_SECRET_KEY": "cd" * 32,
         "OPENCDP_FLUSH_INTERVAL": "0.1",
     }
-    srv = LiveServer(tmp_path / "one", **shared).start()
-    info = srv.new_project("midflight")
-    stop = threading.Event()
-    with cf.ThreadPoolExecutor(8) as pool:
-        futures = [
-            pool.submit(_send_all, srv.url, info["api_token"], n * 100_000, 100_000, stop)
-            for n in range(8)
-        ]
-        try:
-            _wait_and_kill(srv)
-        finally:
-            stop.set()
-        acked = [eid for f in futures for eid in f.result()]
-    assert acked
+    info, acked = _kill_under_load(LiveServer(tmp_path / "one", **shared).start())
     other = LiveServer(tmp_path / "two", **shared).start()
     deadline = time.monotonic() + 120  # a hang guard, not a performance limit
     while other.admin("GET", "/projects/midflight/stats").json()["pending"]:
