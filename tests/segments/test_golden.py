@@ -1,8 +1,10 @@
-"""Golden SQL: every comparator, analysis and tag kind, rendered for DuckDB and ClickHouse.
+"""Golden SQL: every comparator, analysis and tag kind, rendered for DuckDB, ClickHouse and
+PostgreSQL.
 
-Each case's compiled tree is rendered by both dialect tables and compared with the text under
-``golden/<case>.sql``; both renderings are then run against empty tables of the project's
-columns on DuckDB and on ClickHouse (chdb), so that a golden text that does not run on its
+Each case's compiled tree is rendered by each dialect table and compared with the text under
+``golden/<case>.sql``; each rendering is then run against empty tables of the project's
+columns on its engine (DuckDB, ClickHouse through chdb, and the tests' PostgreSQL cluster, with
+the columns a segment query sees there), so that a golden text that does not run on its
 engine fails here (whether it selects the right users is the reference suite's job). After a
 deliberate change, ``OPENCDP_UPDATE_GOLDEN=1`` rewrites the files; review the diff.
 """
@@ -10,11 +12,13 @@ deliberate change, ``OPENCDP_UPDATE_GOLDEN=1`` rewrites the files; review the di
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import psycopg
 import pytest
 
 from opencdp.catalog.model import Property, Schema
@@ -31,12 +35,13 @@ from opencdp.segments.model import (
 from opencdp.store import tree
 from opencdp.store.clickhouse.sql import CAPABILITIES as CLICKHOUSE
 from opencdp.store.duckdb.sql import CAPABILITIES as DUCKDB
+from opencdp.store.postgres.sql import CAPABILITIES as POSTGRES
 from tests import clickhouse
 
 Json = dict[str, Any]
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("OPENCDP_UPDATE_GOLDEN") == "1"
-ENGINES = {"duckdb": DUCKDB, "clickhouse": CLICKHOUSE}
+ENGINES = {"duckdb": DUCKDB, "clickhouse": CLICKHOUSE, "postgresql": POSTGRES}
 TABLES = {tree.USERS: "p1_profiles", tree.EVENTS: "p1_events", tree.LISTS: "p1_list_members"}
 NOW = datetime(2020, 1, 10, 2, 51, tzinfo=UTC)  # 2020-01-10 10:51 in Shanghai
 
@@ -248,7 +253,7 @@ BUILTIN_EVENT = [
 
 
 def _columns(engine: str, props: dict[str, Property], builtin: list[Any]) -> list[tuple[str, str]]:
-    own = [(n, duck if engine == "duckdb" else ch) for n, _, duck, ch in builtin]
+    own = [(n, ch if engine == "clickhouse" else duck) for n, _, duck, ch in builtin]
     types = ENGINES[engine].column_types
     return own + [(p.column, types[p.type]) for p in props.values()]
 
@@ -272,14 +277,30 @@ def chdb() -> None:
     clickhouse.create("p1_events", _columns("clickhouse", EVENT, BUILTIN_EVENT))
 
 
+@pytest.fixture(scope="module")
+def pg() -> Iterator[psycopg.Connection[Any]]:
+    from tests.engines import new_database
+
+    url = new_database().replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as con:
+        for table, props, builtin in (
+            ("p1_profiles", USER, BUILTIN_USER),
+            ("p1_events", EVENT, BUILTIN_EVENT),
+        ):
+            cols = ", ".join(f"{n} {t}" for n, t in _columns("postgresql", props, builtin))
+            con.execute(f"CREATE TABLE {table} ({cols})")
+        yield con
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_golden_sql_runs_on_its_engine(
-    name: str, duck: duckdb.DuckDBPyConnection, chdb: None
+    name: str, duck: duckdb.DuckDBPyConnection, chdb: None, pg: psycopg.Connection[Any]
 ) -> None:
     c = compiled(name)
     assert duck.execute(c.sql(DUCKDB.sql, TABLES)).fetchall() == []
     clickhouse.database("segments_golden")
     assert clickhouse.query(c.sql(CLICKHOUSE.sql, TABLES)) == []
+    assert pg.execute(c.sql(POSTGRES.sql, TABLES)).fetchall() == []
 
 
 def test_an_operation_a_dialect_lacks_is_refused_by_name() -> None:

@@ -19,10 +19,12 @@ import pytest
 from opencdp.store import open_store
 from opencdp.store.base import Store
 
-# engine -> store URL template ({dir}: the test's directory). A ClickHouse (chdb) entry joins
-# this list.
+# engine -> store URL template ({dir}: the test's directory; {database}: a database of its own
+# on the tests' PostgreSQL cluster, :mod:`tests.engines`). A ClickHouse (chdb) entry joins this
+# list.
 STORES: dict[str, str] = {
     "duckdb": "duckdb:///{dir}/store.duckdb",
+    "postgresql": "{database}",
 }
 
 Opener = Callable[[], Store]
@@ -61,9 +63,15 @@ def engine(request: pytest.FixtureRequest) -> str:
 def open_again(engine: str, tmp_path: Path) -> Iterator[Opener]:
     """Opens the test's store (again: the same data), closing every store it opened."""
     opened: list[Store] = []
+    template = STORES[engine]
+    database = ""
+    if "{database}" in template:
+        from tests.engines import new_database
+
+        database = new_database()
 
     def opener() -> Store:
-        store = open_store(STORES[engine].format(dir=tmp_path))
+        store = open_store(template.format(dir=tmp_path, database=database))
         opened.append(store)
         return store
 

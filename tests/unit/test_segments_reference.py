@@ -3,9 +3,11 @@
 The reference below restates the semantics of ``opencdp.segments`` (the module docstring of
 ``compiler.py`` and the docstrings of ``model.py``) directly over the vendor's condition JSON,
 without the models or SQL. Hypothesis draws small worlds (users, events, a project timezone and
-"now") and definitions; the compiled query, rendered for each engine, runs on DuckDB and on
-ClickHouse (chdb, its engine in-process) over the same rows, and must select exactly the users
-(or tag values) the reference computes on both.
+"now") and definitions; the compiled query, rendered for each engine, runs on DuckDB, on
+ClickHouse (chdb, its engine in-process) and on the PostgreSQL store (written and queried through
+the store's interface, so its properties' ``jsonb`` and the CTEs of the logical tables are
+exercised) over the same rows, and must select exactly the users (or tag values) the reference
+computes on each.
 
 Where the reference has to choose (the documented semantics leave room), the choice is noted
 where it is made.
@@ -32,6 +34,8 @@ from opencdp.catalog.types import zone
 from opencdp.errors import CdpError, Code
 from opencdp.segments.compiler import Compiled, Compiler, Span
 from opencdp.segments.model import parse_cluster, parse_tag
+from opencdp.store import open_store
+from opencdp.store.base import Budget, EventRows, ProfileRows, Store
 from opencdp.store.clickhouse.sql import CAPABILITIES as CLICKHOUSE
 from opencdp.store.duckdb.sql import CAPABILITIES as DUCKDB
 from opencdp.store.tree import EVENTS as EVENTS_TABLE
@@ -43,7 +47,7 @@ Json = dict[str, Any]
 # ---- the project ---------------------------------------------------------------------------
 
 TABLES = {USERS_TABLE: "p1_profiles", EVENTS_TABLE: "p1_events"}
-ENGINES = ["duckdb", "clickhouse"]
+ENGINES = ["duckdb", "clickhouse", "postgresql"]
 
 # name -> (type, attribute of User / Event, property id)
 USER_PROPS: dict[str, tuple[T, str, int]] = {
@@ -442,8 +446,63 @@ def load_clickhouse(world: World) -> None:
     clickhouse.fill("p1_events", events)
 
 
+_PG: list[Store] = []
+_pg_projects = itertools.count(1)
+_BUDGET = Budget(seconds=60.0, memory_bytes=1 << 30)
+
+
+def load_postgres(world: World) -> int:
+    """The world written into a new project of the PostgreSQL store, through its writer; the
+    project's id."""
+    if not _PG:
+        from tests.engines import new_database
+
+        _PG.append(open_store(new_database()))
+    store, project = _PG[0], next(_pg_projects)
+    user_props = [SCHEMA.user[n] for n in USER_PROPS]
+    event_props = [SCHEMA.event[n] for n in EVENT_PROPS]
+    epoch = datetime(1970, 1, 1)
+
+    def us(t: datetime) -> int:
+        return (t - epoch) // timedelta(microseconds=1)
+
+    def values(obj: Any, props: dict[str, tuple[T, str, int]]) -> dict[int, Any]:
+        out = {pid: getattr(obj, attr) for _, attr, pid in props.values()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    with store.writer() as w:
+        w.ensure_project(project)
+        w.ensure_columns(project, [*user_props, *event_props])
+        w.upsert_profiles(
+            project,
+            ProfileRows(
+                [u.id for u in world.users],
+                [0] * len(world.users),
+                [values(u, USER_PROPS) for u in world.users],
+            ),
+            user_props,
+        )
+        w.upsert_events(
+            project,
+            EventRows(
+                [e.id for e in world.events],
+                [e.name for e in world.events],
+                [us(e.time) for e in world.events],
+                [0] * len(world.events),
+                [e.user_id for e in world.events],
+                [values(e, EVENT_PROPS) for e in world.events],
+            ),
+            event_props,
+        )
+    return project
+
+
 def run(compiled: Compiled, world: World, engine: str = "duckdb") -> list[tuple[int, str | None]]:
     rows: list[tuple[int, str | None]]
+    if engine == "postgresql":
+        project = load_postgres(world)
+        got = _PG[0].segment_rows(project, compiled.query, _BUDGET)
+        return [(r["user_id"], r["tag_value"]) for r in got.to_pylist()]
     if engine == "clickhouse":
         load_clickhouse(world)
         rows = clickhouse.query(compiled.sql(CLICKHOUSE.sql, TABLES))  # type: ignore[assignment]

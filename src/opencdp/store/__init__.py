@@ -1,4 +1,5 @@
-"""The analytic store: events, profiles, identities (DuckDB embedded; ClickHouse at scale)."""
+"""The analytic store: events, profiles, identities (DuckDB embedded; PostgreSQL shared by many
+processes)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,18 @@ from opencdp.store.base import Store
 
 
 def open_store(url: str) -> Store:
-    """Open the store named by ``url`` (``duckdb:///path/to/file.duckdb``)."""
+    """Open the store named by ``url``: ``duckdb:///path/to/file.duckdb``, or
+    ``postgresql+psycopg://user:password@host:port/database``."""
     scheme, _, rest = url.partition("://")
     if scheme == "duckdb":
         from opencdp.store.duckdb import DuckDBStore
 
         # As in SQLAlchemy URLs: duckdb:///relative, duckdb:////absolute, duckdb:///:memory:.
         return DuckDBStore(rest[1:] if rest.startswith("/") else rest)
-    raise ValueError(f"unsupported store URL scheme {scheme!r} (supported: duckdb)")
+    if scheme in ("postgresql", "postgresql+psycopg"):
+        from opencdp.store.postgres import PostgresStore
+
+        return PostgresStore(f"postgresql+psycopg://{rest}")
+    raise ValueError(
+        f"unsupported store URL scheme {scheme!r} (supported: duckdb, postgresql+psycopg)"
+    )

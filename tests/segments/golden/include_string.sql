@@ -2,3 +2,5 @@
 SELECT user_id, CAST(NULL AS TEXT) AS tag_value FROM "p1_profiles" WHERE ((STRPOS(p_2, '%_') > 0))
 -- clickhouse
 SELECT user_id, CAST(NULL AS Nullable(String)) AS tag_value FROM "p1_profiles" WHERE ((POSITION(p_2, '%_') > 0))
+-- postgresql
+SELECT user_id, CAST(NULL AS VARCHAR) AS tag_value FROM "p1_profiles" WHERE ((POSITION('%_' IN p_2) > 0))

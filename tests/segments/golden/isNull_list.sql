@@ -2,3 +2,5 @@
 SELECT user_id, CAST(NULL AS TEXT) AS tag_value FROM "p1_profiles" WHERE ((p_5 IS NULL OR LENGTH(p_5) = 0))
 -- clickhouse
 SELECT user_id, CAST(NULL AS Nullable(String)) AS tag_value FROM "p1_profiles" WHERE ((p_5 IS NULL OR length(p_5) = 0))
+-- postgresql
+SELECT user_id, CAST(NULL AS VARCHAR) AS tag_value FROM "p1_profiles" WHERE ((p_5 IS NULL OR JSONB_ARRAY_LENGTH(p_5) = 0))
