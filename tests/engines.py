@@ -183,10 +183,12 @@ def new_database() -> str:
 
 def shared_deployment(folder: Path, **more: Any) -> dict[str, Any]:
     """The settings the processes of one deployment share, for runtimes in one test process:
-    a fresh PostgreSQL metadata DB, a store in ``folder``, the admin token; no job workers."""
+    a fresh PostgreSQL database holding both the metadata and the analytic store, the admin
+    token; no job workers. (``folder``: where a test keeps files of its own.)"""
+    database = new_database()
     return {
-        "meta_url": new_database(),
-        "store_url": f"duckdb:///{folder / 'shared.duckdb'}",
+        "meta_url": database,
+        "store_url": database,
         "admin_token": "adm_shared_" + "x" * 24,
         "job_workers": 0,
         **more,

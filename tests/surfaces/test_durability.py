@@ -122,9 +122,10 @@ def test_on_the_shared_queue_a_killed_servers_records_are_applied_by_the_next(
     """A deployment on PostgreSQL acknowledges a record once it is in its queue there: a server
     killed with records acknowledged and not yet in the store loses none, and a server on
     another machine (a data directory of its own) applies them, each once."""
+    database = new_database()
     shared = {
-        "OPENCDP_META_URL": new_database(),
-        "OPENCDP_STORE_URL": f"duckdb:///{tmp_path / 'store.duckdb'}",
+        "OPENCDP_META_URL": database,
+        "OPENCDP_STORE_URL": database,
         "OPENCDP_SECRET_KEY": "cd" * 32,
     }
     srv = LiveServer(tmp_path / "one", OPENCDP_FLUSH_INTERVAL="30", **shared).start()
@@ -154,9 +155,10 @@ def test_on_the_shared_queue_a_kill_during_load_loses_and_repeats_nothing(
 ) -> None:
     """kill -9 of a server on the shared queue while eight clients send: every record it
     acknowledged is stored, each once, by the server that follows (another data directory)."""
+    database = new_database()
     shared = {
-        "OPENCDP_META_URL": new_database(),
-        "OPENCDP_STORE_URL": f"duckdb:///{tmp_path / 'store.duckdb'}",
+        "OPENCDP_META_URL": database,
+        "OPENCDP_STORE_URL": database,
         "OPENCDP_SECRET_KEY": "cd" * 32,
         "OPENCDP_FLUSH_INTERVAL": "0.1",
     }

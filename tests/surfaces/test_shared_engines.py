@@ -1,5 +1,5 @@
-"""A server on the shared engines: its metadata, jobs and progress in PostgreSQL (a database of
-the tests' cluster) and its files in an S3-compatible object store (moto's server on
+"""A server on the shared engines: its metadata, jobs, progress and analytic store in PostgreSQL
+(one database of the tests' cluster) and its files in an S3-compatible object store (moto's server on
 loopback). Uploads, failure files and exports go to the bucket, nothing to the server's disk,
 and every surface that hands out files still does: Marketo's failure files, WeChat's upload
 target and error file, GrowingIO's download links (presigned by the object store, or served by
@@ -25,10 +25,11 @@ from tests.surfaces.test_wechat import Wx
 
 
 def s3_server(data_dir: Path, **settings: Any) -> Server:
-    bucket = new_bucket()
+    bucket, database = new_bucket(), new_database()
     srv = Server(
         data_dir,
-        meta_url=new_database(),
+        meta_url=database,
+        store_url=database,
         blob_url=f"s3://{bucket}/deploy",
         s3_endpoint_url=s3_endpoint(),
         export_part_bytes=4_000,

@@ -29,10 +29,18 @@ _names = itertools.count(1)
 _clock = itertools.count(1_700_000_000_000_000, 1_000)
 
 
-@pytest.fixture(scope="module")
-def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+@pytest.fixture(scope="module", params=["duckdb", "postgresql"])
+def rt(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Runtime]:
+    """A runtime on the embedded store, and one on the PostgreSQL store."""
     data = tmp_path_factory.mktemp("batches") / "data"
-    runtime = Runtime.open(Settings(data_dir=data, job_workers=0))
+    store = {}
+    if request.param == "postgresql":
+        from tests.engines import new_database
+
+        store["store_url"] = new_database()
+    runtime = Runtime.open(Settings(data_dir=data, job_workers=0, **store))
     yield runtime
     runtime.stop()
 
