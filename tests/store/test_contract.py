@@ -7,6 +7,8 @@ flusher and the import pipeline replay a batch after a crash between "store writ
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,6 +61,37 @@ def test_checkpoints_are_kept_across_opens(store: Store, open_again: Opener) -> 
     store.close()
     again = open_again()
     assert (again.checkpoint("deployment"), again.checkpoint("ingest_lsn")) == (7, 250)
+
+
+def test_a_checkpoint_read_for_update_holds_the_next_turn_until_the_commit(
+    store: Store,
+) -> None:
+    """Two overlapping writers of one stream: the second reads the marker the first
+    committed, never the value the first read."""
+    with store.writer() as w:
+        assert w.checkpoint_for_update("ingest_lsn") == 0
+        w.set_checkpoint("ingest_lsn", 5)
+    read: list[int] = []
+    first_holds, second_started = threading.Event(), threading.Event()
+
+    def second() -> None:
+        first_holds.wait()
+        second_started.set()
+        with store.writer() as w2:
+            read.append(w2.checkpoint_for_update("ingest_lsn"))
+            w2.set_checkpoint("ingest_lsn", read[-1] + 1)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with store.writer() as w:
+        assert w.checkpoint_for_update("ingest_lsn") == 5
+        first_holds.set()
+        second_started.wait()
+        time.sleep(0.2)  # (the second turn is waiting now, or will ask after the commit)
+        assert read == []
+        w.set_checkpoint("ingest_lsn", 9)
+    thread.join()
+    assert read == [9] and store.checkpoint("ingest_lsn") == 10
 
 
 def test_a_batch_outcome_is_read_back_by_its_key_and_forgotten_by_prefix(store: Store) -> None:

@@ -1,9 +1,9 @@
-"""A server on the shared engines: its metadata, jobs, progress and analytic store in PostgreSQL
-(one database of the tests' cluster) and its files in an S3-compatible object store (moto's server on
-loopback). Uploads, failure files and exports go to the bucket, nothing to the server's disk,
-and every surface that hands out files still does: Marketo's failure files, WeChat's upload
-target and error file, GrowingIO's download links (presigned by the object store, or served by
-the server)."""
+"""A server on the shared engines: its metadata, jobs, progress and analytic store in
+PostgreSQL (one database of the tests' cluster) and its files in an S3-compatible object store
+(moto's server on loopback). Uploads, failure files and exports go to the bucket, nothing to
+the server's disk, and every surface that hands out files still does: Marketo's failure files,
+WeChat's upload target and error file, GrowingIO's download links (presigned by the object
+store, or served by the server)."""
 
 from __future__ import annotations
 

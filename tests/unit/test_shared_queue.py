@@ -16,10 +16,12 @@ import pytest
 import sqlalchemy as sa
 
 from opencdp.config import Settings
+from opencdp.ingest.flusher import Flusher
 from opencdp.ingest.records import build_record
 from opencdp.ingest.shared import SharedLog
 from opencdp.meta import tables as t
 from opencdp.meta.db import connect
+from opencdp.meta.progress import STORE_INGEST_LSN
 from opencdp.runtime import Runtime
 from tests.engines import new_database, shared_deployment
 
@@ -184,3 +186,36 @@ def test_a_batch_in_flight_does_not_cut_the_queue_a_resync_replaced(tmp_path: Pa
         assert rt.store.counts(pid)["events"] == 4  # none cut off
     finally:
         rt.stop()
+
+
+def test_a_replaced_leader_still_holding_a_batch_never_writes_it_over_newer_records(
+    tmp_path: Path, shared: dict[str, Any], runtimes: list[Runtime]
+) -> None:
+    """A leader that lost its lock may still be applying a batch when the next leader has
+    applied it and more. Whichever writes second reads the store's marker under a lock and
+    leaves out what the store holds: the newer value stays."""
+    rt = Runtime.open(Settings(data_dir=tmp_path / "one", **shared))
+    runtimes.append(rt)
+    pid = rt.catalog.create_project("overlap")[0].id
+
+    def user(city: str, at: int) -> Any:
+        doc = {"type": "user", "properties": {"mobile": "13800000000", "city": city}}
+        return build_record(
+            doc, rt.catalog.project(pid), rt.catalog.schema(pid), rt.settings.limits, at,
+            lambda table, wanted: rt.catalog.ensure_properties(pid, table, wanted),
+        )  # fmt: skip
+
+    entries = [(1, user("A", 1)), (2, user("B", 2)), (3, user("C", 3))]
+
+    def flusher() -> Flusher:
+        return Flusher(rt.store, rt.catalog, rt.ingest.progress, 1.0, 100, tmp_path / "dead")
+
+    replaced, leader = flusher(), flusher()  # (both read the store's marker now: 0)
+    leader.apply_now(entries)
+    replaced.apply_now(entries[:2])  # its batch in flight when it lost the lock
+    schema = rt.catalog.schema(pid)
+    uid = rt.store.find_user(pid, (schema.identity_keys["mobile"].id, "13800000000"))
+    assert uid is not None
+    profile = rt.store.profile(pid, uid, [schema.user["city"]])
+    assert profile is not None and profile["values"] == {schema.user["city"].id: "C"}
+    assert rt.store.checkpoint(STORE_INGEST_LSN) == 3

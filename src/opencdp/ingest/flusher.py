@@ -260,7 +260,7 @@ class Flusher:
         stats = Applied()
         if todo:
             try:
-                stats = self._write([r for _, r in todo], end)
+                stats = self._write(todo, end)
             except Exception as exc:
                 if is_transient(exc, self.store):
                     raise Stalled(0, exc) from exc
@@ -269,16 +269,25 @@ class Flusher:
         self._record(end, 0)
         self.on_batch(stats, time.perf_counter() - started)
 
-    def _write(self, records: list[Record], end: int) -> Applied:
-        """Write the records and move the store's marker to ``end``: together where the store
-        has transactions, else the marker after the rows."""
+    def _write(self, entries: list[tuple[int, Record]], end: int) -> Applied:
+        """Write the entries and move the store's marker to ``end``: together where the store
+        has transactions, else the marker after the rows.
+
+        With transactions the marker is read first, held to the commit
+        (:meth:`StoreWriter.checkpoint_for_update`), and the entries at or below it are left
+        out: on a shared queue a new leader and the one it replaced may both hold a batch
+        for a moment, and whichever writes second finds the first's marker and writes only
+        what is above it (never an older value over a newer one)."""
         if self.store.capabilities.transactions:
             with self.store.writer() as w:
-                stats = apply_records(w, self.catalog, records)
+                held = w.checkpoint_for_update(STORE_INGEST_LSN)
+                todo = [r for lsn, r in entries if lsn > held]
+                stats = apply_records(w, self.catalog, todo) if todo else Applied()
+                end = max(end, held)
                 w.set_checkpoint(STORE_INGEST_LSN, end)
         else:
             with self.store.writer() as w:
-                stats = apply_records(w, self.catalog, records)
+                stats = apply_records(w, self.catalog, [r for _, r in entries])
             with self.store.writer() as w:
                 w.set_checkpoint(STORE_INGEST_LSN, end)
         self.store_lsn = end
@@ -307,7 +316,7 @@ class Flusher:
             n = whole_frames(batch[i:], 1)
             records = [r for _, r in batch[i : i + n]]
             try:
-                stats = self._write(records, lsn)
+                stats = self._write(batch[i : i + n], lsn)
                 total.records += stats.records
                 total.events += stats.events
                 total.profiles += stats.profiles

@@ -203,6 +203,14 @@ class StoreWriter(ABC):
         marker of a stream of batches (the highest ingest LSN the store holds)."""
 
     @abstractmethod
+    def checkpoint_for_update(self, name: str) -> int:
+        """The number kept under ``name`` (0 if none), read in this turn and, where several
+        processes write to the store, held until the turn ends: another turn asking for it
+        waits and then reads what this one set. A stream's writer that may overlap with
+        another (a shared queue's new leader and the one it replaced) reads its marker so
+        and skips what the store holds already."""
+
+    @abstractmethod
     def record_batch(self, key: str, outcome: bytes) -> None:
         """Keep a batch's outcome under its key: written in the transaction of the batch's
         rows where the engine has transactions, else after them. A batch replayed after a crash

@@ -471,6 +471,11 @@ class Writes(WriterBase):
             [name, value],
         )
 
+    def checkpoint_for_update(self, name: str) -> int:
+        # (the single writer: no other turn runs until this one ends)
+        row = self._one("SELECT value FROM _opencdp_state WHERE name = ?", [name])
+        return int(row[0]) if row else 0
+
     def record_batch(self, key: str, outcome: bytes) -> None:
         self._cur.execute(
             "INSERT INTO _opencdp_batches VALUES (?, ?) "

@@ -447,6 +447,13 @@ class Writes(WriterBase):
             [name, value],
         )
 
+    def checkpoint_for_update(self, name: str) -> int:
+        # The row, created if missing, is locked until the turn ends (another turn waits for
+        # it, then reads the value this one committed).
+        self._x("INSERT INTO _opencdp_state VALUES (%s, 0) ON CONFLICT (name) DO NOTHING", [name])
+        row = self._one("SELECT value FROM _opencdp_state WHERE name = %s FOR UPDATE", [name])
+        return int(row[0])
+
     def record_batch(self, key: str, outcome: bytes) -> None:
         self._x(
             "INSERT INTO _opencdp_batches VALUES (%s, %s) "
