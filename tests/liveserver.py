@@ -34,7 +34,7 @@ class Clients:
     def admin(self, method: str, path: str, **kw: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", **kw.pop("headers", {})}
         return httpx.request(
-            method, self.url + "/admin/v1" + path, headers=headers, timeout=30, **kw
+            method, self.url + "/admin/v1" + path, headers=headers, **{"timeout": 30, **kw}
         )
 
     def new_project(self, name: str, **fields: Any) -> dict[str, Any]:

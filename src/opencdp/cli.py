@@ -36,12 +36,20 @@ def main() -> None:
 @click.option("--port", type=int, default=None, help="Port to listen on [8600].")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="[./data]")
 @click.option("--flush-interval", type=float, default=None, help="Seconds between store flushes.")
+@click.option(
+    "--workers/--no-workers",
+    default=None,
+    help="Also apply the ingest queue and run jobs and the scheduler in this process [yes]. "
+    "--no-workers: a server of a deployment on shared engines whose `opencdp worker` "
+    "processes do that.",
+)
 @click.option("--log-level", default="info", show_default=True)
 def serve(
     host: str | None,
     port: int | None,
     data_dir: Path | None,
     flush_interval: float | None,
+    workers: bool | None,
     log_level: str,
 ) -> None:
     """Start the server (DuckDB + SQLite in the data dir unless configured otherwise)."""
@@ -49,11 +57,13 @@ def serve(
 
     from opencdp.app import create_app
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    _logging(log_level)
     settings = from_env().with_overrides(
-        host=host, port=port, data_dir=data_dir, flush_interval=flush_interval
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        flush_interval=flush_interval,
+        serve_workers=workers,
     )
     app = create_app(settings)
     # Cyclic GC passes over the objects of thousands of in-flight records stall the event loop
@@ -76,6 +86,52 @@ def serve(
         http="auto",
         timeout_graceful_shutdown=10,
     )
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="[./data]")
+@click.option("--flush-interval", type=float, default=None, help="Seconds between store flushes.")
+@click.option("--log-level", default="info", show_default=True)
+def worker(data_dir: Path | None, flush_interval: float | None, log_level: str) -> None:
+    """Do a scaled-out deployment's work, with no HTTP: apply the ingest queue (the process
+    holding the queue's lock), run import, refresh and export jobs, and the scheduler. Needs the
+    shared engines (OPENCDP_META_URL and OPENCDP_STORE_URL on PostgreSQL); run any number."""
+    import signal
+    import threading
+
+    from opencdp.datadir import DataDirError
+    from opencdp.runtime import Runtime
+
+    _logging(log_level)
+    settings = from_env().with_overrides(data_dir=data_dir, flush_interval=flush_interval)
+    if not (settings.shared_meta and settings.shared_store):
+        fail(
+            "invalid_setting",
+            "opencdp worker works for a deployment on shared engines: set OPENCDP_META_URL "
+            "and OPENCDP_STORE_URL to PostgreSQL (postgresql+psycopg://…); the embedded "
+            "server runs its workers itself",
+        )
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    try:
+        runtime = Runtime.open(settings)
+    except DataDirError as exc:
+        fail("invalid_setting", str(exc))
+    runtime.start(announce=False, work=True)
+    click.echo(f"OpenCDP {__version__} worker (pid {os.getpid()}) started")
+    try:
+        while not done.wait(1.0):
+            pass
+    finally:
+        runtime.stop()
+        click.echo("OpenCDP worker stopped")
 
 
 # ---- admin client ------------------------------------------------------------------------

@@ -48,6 +48,10 @@ class Settings:
     import_concurrency: int = 2  # import jobs running at once per project
     import_queue: int = 10  # import jobs queued or running per project
     job_workers: int = 2  # worker threads for imports and segment refreshes
+    # Whether ``opencdp serve`` also does the work (applies the ingest queue, runs jobs and the
+    # scheduler). Off only for the servers of a deployment on shared engines whose
+    # ``opencdp worker`` processes do it.
+    serve_workers: bool = True
     job_lease_seconds: float = 30.0  # a running job's lease; a dead worker's job waits this long
     job_heartbeat_seconds: float = 10.0  # how often a live worker renews its leases
     job_max_lost: int = 3  # a job whose lease expires this many times (its worker died) fails
@@ -75,6 +79,15 @@ class Settings:
     @property
     def store_url_resolved(self) -> str:
         return self.store_url or f"duckdb:///{(self.data_dir / 'store.duckdb').resolve()}"
+
+    @property
+    def shared_store(self) -> bool:
+        """Whether the analytic store is one that several processes share (PostgreSQL)."""
+        return self.store_url_resolved.startswith(("postgresql://", "postgresql+psycopg://"))
+
+    @property
+    def shared_meta(self) -> bool:
+        return self.meta_url_resolved.startswith(("postgresql://", "postgresql+psycopg://"))
 
     @property
     def log_dir(self) -> Path:
@@ -121,6 +134,7 @@ _ENV_TYPES: dict[str, Callable[[str], Any]] = {
     "blob_url": str,
     "s3_endpoint_url": str,
     "s3_presigned_links": _flag,
+    "serve_workers": _flag,
     "flush_interval": float,
     "flush_max_records": int,
     "log_segment_bytes": int,

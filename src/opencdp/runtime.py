@@ -53,6 +53,7 @@ class Runtime:
     started: bool = False
     _ticker: threading.Event = field(default_factory=threading.Event)
     _scheduler: threading.Thread | None = None
+    works: bool = True  # (whether this process applies the queue, runs jobs and the scheduler)
 
     @classmethod
     def open(cls, settings: Settings) -> Runtime:
@@ -161,9 +162,21 @@ class Runtime:
             health=health,
         )
 
-    def start(self, announce: bool = True) -> None:
-        self.ingest.start()
-        self.jobs.start()
+    def start(self, announce: bool = True, work: bool | None = None) -> None:
+        """Start serving: with ``work`` (default: the setting ``serve_workers``) also
+        apply the ingest queue, run jobs and the scheduler; without it (a server of a
+        deployment whose ``opencdp worker`` processes do that) only take records and requests.
+        """
+        self.works = self.settings.serve_workers if work is None else work
+        if not self.works and not self.settings.shared_store:
+            raise ValueError(
+                "a server without in-process workers needs a store that several processes "
+                "share (OPENCDP_STORE_URL=postgresql+psycopg://…); the embedded store is "
+                "written by its own server only"
+            )
+        self.ingest.start(lead=self.works)
+        if self.works:
+            self.jobs.start()
         created = None
         with starting(self.catalog.engine):  # (one default project, whoever starts first)
             self.catalog.reload()
@@ -186,8 +199,9 @@ class Runtime:
             _say(f"Admin token in {self.settings.admin_token_path}")
         self._ticker.clear()
         self.exports.stopping.clear()
-        self._scheduler = threading.Thread(target=self._schedule, name="scheduler", daemon=True)
-        self._scheduler.start()
+        if self.works:
+            self._scheduler = threading.Thread(target=self._schedule, name="scheduler", daemon=True)
+            self._scheduler.start()
         self.started = True
 
     def _schedule(self) -> None:

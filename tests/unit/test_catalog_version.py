@@ -107,3 +107,18 @@ def test_a_snapshot_is_never_replaced_by_an_older_one(
     two._version = one.version + 1  # (as if a newer snapshot had been swapped in meanwhile)
     two.reload()
     assert "city" in two.schema(project.id).user
+
+
+def test_a_project_asked_for_by_id_is_looked_up_at_once_when_the_snapshot_lacks_it(
+    engines: tuple[sa.Engine, sa.Engine],
+) -> None:
+    """A job or a queued record names a project another process created a moment ago: the
+    catalog checks again at once instead of answering "no such project" until its next check."""
+    writer = Catalog(engines[0], KEY)
+    reader = Catalog(engines[1], KEY, refresh_seconds=3600.0, monotonic=Ticks())
+    assert reader.projects() == []
+    project, _ = writer.create_project("new")
+    assert reader.project(project.id) == project
+    assert reader.schema(project.id).project_id == project.id
+    with pytest.raises(Exception, match="project"):
+        reader.project(project.id + 100)

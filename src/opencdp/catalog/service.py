@@ -154,12 +154,15 @@ class Catalog:
         """The catalog version the snapshot was loaded at."""
         return self._version
 
-    def refresh(self) -> None:
+    def refresh(self, now_: bool = False) -> None:
         """Reload the snapshot if the stored version moved (another process changed the
-        catalog); checked at most every ``refresh_seconds``, by one thread at a time. A
-        metadata DB that cannot be read keeps the snapshot as it is."""
+        catalog); checked at most every ``refresh_seconds``, by one thread at a time (with
+        ``now_``: at once, waiting for a check under way). A metadata DB that cannot be read
+        keeps the snapshot as it is."""
         now = self._monotonic()
-        if now < self._next_check or not self._checking.acquire(blocking=False):
+        if now_:
+            self._checking.acquire()
+        elif now < self._next_check or not self._checking.acquire(blocking=False):
             return
         try:
             self._next_check = now + self.refresh_seconds
@@ -352,7 +355,12 @@ class Catalog:
         return sorted(self._projects.values(), key=lambda p: p.id)
 
     def project(self, project_id: int) -> Project:
+        """A project by id. One this snapshot does not hold is looked up again at once: the
+        id came from somewhere (a job, a queued record) and another process may have created
+        the project since the last check."""
         self.refresh()
+        if project_id not in self._projects:
+            self.refresh(now_=True)
         try:
             return self._projects[project_id]
         except KeyError:
@@ -616,6 +624,8 @@ class Catalog:
     # ---- schema --------------------------------------------------------------------------
     def schema(self, project_id: int) -> Schema:
         self.refresh()
+        if project_id not in self._schemas:  # (as for project())
+            self.refresh(now_=True)
         try:
             return self._schemas[project_id]
         except KeyError:

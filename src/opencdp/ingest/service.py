@@ -88,17 +88,24 @@ class IngestService:
         self.health.probe(DAMAGE_COMPONENT, self.log.quarantined)
         self.health.probe(FLUSHER_COMPONENT, self._flusher_stopped)
 
-    def start(self) -> None:
+    def start(self, lead: bool = True) -> None:
         """Replay what the recorded progress does not cover, then accept new records (what
         the store holds already of it is recorded, not applied again). On a shared queue the
-        leader's reader does the replaying, whichever process leads."""
+        leader's reader does the replaying, whichever process leads; with ``lead`` False this
+        process only appends (a server whose work ``opencdp worker`` processes do) and never
+        stands to lead."""
         if self.shared is not None and self.tailer is not None:
             self.shared.open(at_least=self.flusher.store_lsn)
+            if not lead:
+                self.shared.start(lambda entries: None)
+                return
             self.shared.start(lambda entries: self.tailer.nudge() if self.tailer else None)
             self.flusher.start()
             self.tailer.start()
             self._started = True
             return
+        if not lead:
+            raise ValueError("the ingest log of a data directory is applied by its own server")
         assert isinstance(self.log, DurableLog)
         started = time.perf_counter()
         entries = self._decoded(self.log.replay(self.flusher.applied_lsn))
