@@ -1,6 +1,6 @@
 """``make bench``: every benchmark, each against a baseline measured in the same run.
 
-    python -m bench.run [--only ingest|imports|segments|exports|catchup] [-- benchmark options]
+    python -m bench.run [--only ingest|imports|segments|exports|catchup|scaled] [-- benchmark options]
 
 Figures go to stdout and to ``bench/out/*.json``; BENCHMARKS.md records them with the command.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import catchup, exports, imports, ingest, segments
+from bench import catchup, exports, imports, ingest, scaled, segments
 
 SUITES = {
     "ingest": ingest.main,
@@ -18,6 +18,7 @@ SUITES = {
     "segments": segments.main,
     "exports": exports.main,
     "catchup": catchup.main,
+    "scaled": scaled.main,
 }
 
 
