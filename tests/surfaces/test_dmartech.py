@@ -303,3 +303,11 @@ def test_get_is_not_an_import(project: Project) -> None:
     resp = project.http.get("/api/v1/api/import", params={"secret": project.secret})
     assert resp.status_code == 405
     assert errcode(resp) != 0
+
+
+def test_the_embedded_store_keeps_text_with_u0000(project: Project) -> None:
+    """(A PostgreSQL store cannot: tests/surfaces/test_shared_engines.py.)"""
+    r = project.event("n1", os="a\x00b", mobile="13800000001")
+    assert r.json()["errcode"] == 0, r.text
+    prof = project.profile(key="mobile", value="13800000001").json()
+    assert prof["latest_events"][0]["properties"]["os"] == "a\x00b"

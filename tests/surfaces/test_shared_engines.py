@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from opencdp.blobs.s3 import client
+from tests.conftest import Project
 from tests.engines import new_bucket, new_database, s3_endpoint
 from tests.surfaces.test_growingio import AUTH, Client, Server, local_hour
 from tests.surfaces.test_marketo import Mkto
@@ -169,3 +170,26 @@ def test_an_object_store_that_does_not_answer_is_reported_and_recovered_from(
         assert httpx.get(srv.url + "/health").json()["status"] == "ok"
     finally:
         srv.stop()
+
+
+def test_text_the_store_cannot_keep_is_refused_before_it_is_acknowledged(server: Server) -> None:
+    """PostgreSQL's text cannot hold U+0000: a record with it is refused with the vendor's
+    validation error (never acknowledged and then dead-lettered); the embedded store keeps it."""
+    info = server.new_project("nul")
+    p = Project(server, info)  # type: ignore[arg-type]
+    r = p.event("n1", os="a\x00b", mobile="13800000000")
+    assert (r.status_code, r.json()["errcode"]) == (400, 20003), r.text
+    assert "U+0000" in r.json()["errmsg"] and "properties" in r.json()["errmsg"]
+    assert p.event("n2", os="ab", mobile="13800000000").json()["errcode"] == 0
+    assert server.runtime.ingest.barrier()
+    assert server.admin("GET", "/projects/nul/stats").json()["events"] == 1
+    assert server.runtime.ingest.flusher.failures == 0  # (nothing dead-lettered)
+
+
+def test_an_imported_row_the_store_cannot_keep_fails_alone(server: Server) -> None:
+    mk = Mkto(server, server.new_project("mk_nul"))  # type: ignore[arg-type]
+    st = mk.run("email,city\nok1@x.com,Paris\nbad@x.com,Ro\x00me\nok2@x.com,Oslo\n")
+    assert (st["status"], st["numOfLeadsProcessed"], st["numOfRowsFailed"]) == ("Complete", 2, 1)
+    lines = mk.failures(st["batchId"]).splitlines()
+    assert "bad@x.com,Ro\\u0000me" in lines[1] and "U+0000" in lines[1], lines
+    assert mk.profile(key="email", value="ok2@x.com")["properties"]["city"] == "Oslo"

@@ -49,6 +49,7 @@ from opencdp.imports.readers import (
     read_file,
     read_header,
 )
+from opencdp.imports.readers.batch import without_text
 from opencdp.imports.spec import ImportSpec
 from opencdp.imports.targets import BatchResult, Prepared, Target, identity_keys, make_target
 from opencdp.jobs.service import Interrupted, Job, Jobs, Outcome, Progress
@@ -58,6 +59,8 @@ from opencdp.store.base import Store
 FAILURE_COLUMN = "Import Failure Reason"
 WARNING_COLUMN = "Import Warning Reason"
 _COUNTERS = ("imported", "failed", "warnings", "failures_bytes", "warnings_bytes")
+# Why a record fails where the store's text cannot hold U+0000 (PostgreSQL).
+NUL_REASON = "a value holds the character U+0000, which this deployment's store ({}) cannot keep"
 
 
 def submit_import(
@@ -404,6 +407,9 @@ class ImportRunner:
             if len(batch.columns) != checked[0]:
                 target.check_columns(batch.columns)
                 checked[0] = len(batch.columns)
+            if not self.store.capabilities.text_nul:
+                reason = NUL_REASON.format(self.store.capabilities.name)
+                batch = without_text(batch, "\x00", reason)
             return target.prepare(batch)
 
         if not target.read_ahead:

@@ -54,6 +54,15 @@ class Record:
     # OVERWRITE replaces them all, FIRST keeps the stored one and drops this one.
     event_mode: str = ""
 
+    def holds_nul(self) -> bool:
+        """Whether any text of the record (a name, an id, an identity value, a property's
+        value or list item) holds the character U+0000."""
+        texts: list[Any] = [self.event_name, self.event_id, *(v for _, v in self.tokens)]
+        for values in (self.user_values, self.event_values):
+            for v in values.values():
+                texts += v if isinstance(v, list) else [v]
+        return any(isinstance(t, str) and "\x00" in t for t in texts)
+
     def _fields(self) -> list[Any]:
         out = [
             self.kind,

@@ -11,7 +11,7 @@ from typing import Any
 
 from opencdp.catalog.service import Catalog
 from opencdp.config import Settings
-from opencdp.errors import unavailable
+from opencdp.errors import invalid, unavailable
 from opencdp.health import Health
 from opencdp.ingest.apply import Applied
 from opencdp.ingest.flusher import Flusher
@@ -186,8 +186,22 @@ class IngestService:
             return "the ingest flusher is not running"
         return None
 
+    def _storable(self, records: list[Record]) -> None:
+        """Refuse, before it is acknowledged, what the store could not keep: text with the
+        character U+0000 where the store's text cannot hold it (PostgreSQL)."""
+        if self.store.capabilities.text_nul:
+            return
+        for record in records:
+            if record.holds_nul():
+                raise invalid(
+                    "properties",
+                    "text holds the character U+0000, which this deployment's store "
+                    f"({self.store.capabilities.name}) cannot keep",
+                )
+
     async def submit(self, record: Record) -> int:
         """Make ``record`` durable; returns once it survives a crash."""
+        self._storable([record])
         waited = 0.0
         while self.pending > MAX_BACKLOG:
             self._check_backlog(waited)
@@ -198,6 +212,7 @@ class IngestService:
     async def submit_batch(self, records: list[Record]) -> int:
         """Make ``records`` durable together, in one log frame: after a crash all of them are
         there or none is (a torn frame is never replayed). Returns once they survive a crash."""
+        self._storable(records)
         waited = 0.0
         while self.pending > MAX_BACKLOG:
             self._check_backlog(waited)
@@ -207,6 +222,7 @@ class IngestService:
 
     def submit_wait(self, record: Record) -> int:
         """:meth:`submit` for plain threads."""
+        self._storable([record])
         waited = 0.0
         while self.pending > MAX_BACKLOG:
             self._check_backlog(waited)

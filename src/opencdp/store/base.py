@@ -56,6 +56,9 @@ class Capabilities:
     # Store columns added in one write turn: an import adds a file's new columns a few turns
     # at a time before the batch that needs them.
     columns_per_transaction: int = 64
+    # Whether text may hold the character U+0000 (PostgreSQL's cannot): where it may not, a
+    # record holding one is refused before it is acknowledged, and an imported row fails.
+    text_nul: bool = True
 
 
 @dataclass(frozen=True)

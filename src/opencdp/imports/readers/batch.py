@@ -106,3 +106,38 @@ def bad_text(raw: bytes | bytearray, charset: str = "utf-8") -> str:
 def text_schema(columns: list[str]) -> pa.Schema:
     """A batch's schema: one string column per name."""
     return pa.schema([(c, pa.string()) for c in columns])
+
+
+def without_text(batch: RowBatch, char: str, reason: str) -> RowBatch:
+    """The batch without its records that hold ``char`` in any value: those become bad rows
+    with ``reason``, their values joined by commas with the character written as ``\\uXXXX``
+    (a store whose text cannot hold the character fails them rather than the whole batch)."""
+    if batch.rows.num_rows == 0:
+        return batch
+    held = None
+    for column in batch.rows.columns:
+        has = pc.fill_null(pc.match_substring(column, char), False)
+        held = has if held is None else pc.or_(held, has)
+    if held is None or not pc.any(held).as_py():
+        return batch
+    keep = pc.invert(held)
+    bad = list(batch.bad)
+    numbers = batch.row_numbers.to_pylist()
+    for i in pc.indices_nonzero(held).to_pylist():
+        values = [v or "" for v in batch.rows.slice(i, 1).to_pylist()[0].values()]
+        shown = ",".join(values).replace(char, f"\\u{ord(char):04x}")  # (visible)
+        bad.append(BadRow(numbers[i], shown[:65536], reason))
+    bad.sort(key=lambda b: b.row)
+    objects = batch.objects
+    if objects is not None:
+        objects = [o for o, k in zip(objects, keep.to_pylist(), strict=True) if k]
+    return RowBatch(
+        batch.columns,
+        batch.rows.filter(keep),
+        batch.row_numbers.filter(keep),
+        bad,
+        objects=objects,
+        json=batch.json,
+        first_types=batch.first_types,
+        fast_rows=batch.fast_rows,
+    )

@@ -122,6 +122,7 @@ CAPABILITIES = Capabilities(
     isolation="tables",
     # A new property is a row of _opencdp_columns: no DDL, no limit worth a turn of its own.
     columns_per_transaction=10_000,
+    text_nul=False,
 )
 
 # The largest magnitude below which every integer is a double: exported as an integer.
