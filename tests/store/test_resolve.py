@@ -5,11 +5,13 @@ insert-only failures."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import pyarrow as pa
 
 from opencdp.store.base import ImportOutcome, Store, StoreWriter
+from tests.store.conftest import Opener
 from tests.store.kit import (
     CITY,
     EMAIL,
@@ -137,3 +139,33 @@ def test_new_people_keep_their_ids_when_the_batch_is_replayed(store: Store) -> N
         w.resolve_profiles(P, rows, [EMAIL, MOBILE], PROPS, USER_PROPS, False, True, "job:7")
         again = w.lookup_identities(P, [(EMAIL, "a@x"), (EMAIL, "b@x")])
     assert first == again and len(set(first.values())) == 2
+
+
+def test_turns_resolving_the_same_new_values_at_once_make_one_user_of_each(
+    store: Store, open_again: Opener
+) -> None:
+    """Four writers (two opened stores: two processes, where the engine allows it) resolve
+    the same new identity values at once; every turn succeeds and each value has one user."""
+    stores = [store, store] if store.capabilities.name == "duckdb" else [store, open_again()]
+    rows = batch(["a@x", "b@x", None], ["m1", None, "m1"], ["A", "B", "C"])
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def turn(s: Store, n: int) -> None:
+        start.wait()
+        try:
+            write(s, lambda w: w.resolve_profiles(
+                P, rows, [EMAIL, MOBILE], PROPS, USER_PROPS, False, True, f"job-{n}:0"
+            ))  # fmt: skip
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=turn, args=(stores[n % 2], n)) for n in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    users = {store.find_user(P, t) for t in [(EMAIL, "a@x"), (EMAIL, "b@x"), (MOBILE, "m1")]}
+    assert len(users) == 2 and None not in users  # a@x and m1 are one person, b@x another
+    assert store.counts(P)["profiles"] == 2
