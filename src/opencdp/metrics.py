@@ -7,7 +7,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from opencdp.health import Health
 
 # The components whose state ``opencdp_degraded`` always reports (0 or 1).
-COMPONENTS = ("ingest_log", "ingest_log_damage", "ingest_queue", "flusher", "store")
+COMPONENTS = (
+    "ingest_log", "ingest_log_damage", "ingest_queue", "ingest_applied", "flusher", "store",
+)  # fmt: skip
 
 
 class Metrics:

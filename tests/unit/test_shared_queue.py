@@ -219,3 +219,24 @@ def test_a_replaced_leader_still_holding_a_batch_never_writes_it_over_newer_reco
     profile = rt.store.profile(pid, uid, [schema.user["city"]])
     assert profile is not None and profile["values"] == {schema.user["city"].id: "C"}
     assert rt.store.checkpoint(STORE_INGEST_LSN) == 3
+
+
+def test_health_says_so_when_no_process_applies_the_queue(
+    tmp_path: Path, shared: dict[str, Any], runtimes: list[Runtime], monkeypatch: Any
+) -> None:
+    """A server without workers takes records; while no process applies them, its health
+    names the queue after a while (all workers down); once a worker runs, it is ok again."""
+    from opencdp.ingest import service
+
+    monkeypatch.setattr(service, "QUEUE_STALL_SECONDS", 0.3)
+    server = Runtime.open(Settings(data_dir=tmp_path / "server", **shared))
+    server.start(announce=False, work=False)
+    runtimes.append(server)
+    pid = server.catalog.create_project("idle")[0].id
+    send(server, pid, 0, 3)
+    assert "ingest_applied" not in server.health.problems()  # (not yet: the first look)
+    wait_for(lambda: "ingest_applied" in server.health.problems(), "the stall reported")
+    assert "opencdp worker" in server.health.problems()["ingest_applied"]
+    start(tmp_path, "worker", shared, runtimes)
+    wait_for(lambda: server.ingest.pending == 0, "the worker applied the queue")
+    assert "ingest_applied" not in server.health.problems()

@@ -30,6 +30,10 @@ MAX_BACKLOG = 200_000
 BACKLOG_WAIT = 10.0
 LOG_COMPONENT, DAMAGE_COMPONENT, FLUSHER_COMPONENT = "ingest_log", "ingest_log_damage", "flusher"
 QUEUE_COMPONENT = "ingest_queue"  # a shared queue the process cannot read
+APPLIED_COMPONENT = "ingest_applied"  # a shared queue no process applies
+# Seconds that records may wait in a shared queue while no process applies any, before health
+# says so (a deployment whose workers are all down, or whose servers run without workers).
+QUEUE_STALL_SECONDS = 60.0
 
 
 class IngestService:
@@ -87,6 +91,9 @@ class IngestService:
         self._started = False
         self.health.probe(DAMAGE_COMPONENT, self.log.quarantined)
         self.health.probe(FLUSHER_COMPONENT, self._flusher_stopped)
+        self._applied_seen = (-1, 0.0)  # (the applied LSN seen, since when)
+        if self.shared is not None:
+            self.health.probe(APPLIED_COMPONENT, self._queue_unapplied)
 
     def start(self, lead: bool = True) -> None:
         """Replay what the recorded progress does not cover, then accept new records (what
@@ -180,6 +187,25 @@ class IngestService:
             self.health.ok(QUEUE_COMPONENT)
         else:
             self.health.fail(QUEUE_COMPONENT, problem)
+
+    def _queue_unapplied(self) -> str | None:
+        """Why the shared queue is not being applied: records wait and the applied LSN has
+        not moved for ``QUEUE_STALL_SECONDS`` (whichever process should apply them)."""
+        try:
+            applied, pending = self.progress.ingest_lsn(), self.pending
+        except Exception:  # (the metadata DB away: ingest_queue and ingest_log say so)
+            return None
+        now = time.monotonic()
+        seen, since = self._applied_seen
+        if pending == 0 or applied != seen:
+            self._applied_seen = (applied, now)
+            return None
+        if now - since < QUEUE_STALL_SECONDS:
+            return None
+        return (
+            f"{pending} acknowledged records wait in the ingest queue and no process has "
+            f"applied any for {now - since:.0f} s (is an `opencdp worker` running?)"
+        )
 
     def _flusher_stopped(self) -> str | None:
         if self._started and not self.flusher.alive:
