@@ -180,6 +180,7 @@ def marketo_import(url: str, name: str, csv_path: Path, rows: int) -> tuple[floa
             headers=auth,
         ).json()
     uploaded = time.perf_counter() - started
+    assert body.get("success"), body
     batch = body["result"][0]["batchId"]
     st = wait(
         lambda: http.get(f"/bulk/v1/leads/batch/{batch}.json", headers=auth).json()["result"][0]

@@ -1,6 +1,7 @@
 """``make bench``: every benchmark, each against a baseline measured in the same run.
 
-    python -m bench.run [--only ingest|imports|segments|exports|catchup|scaled] [-- benchmark options]
+    python -m bench.run [--only ingest|imports|segments|exports|catchup|scaled]
+                        [-- benchmark options]
 
 Figures go to stdout and to ``bench/out/*.json``; BENCHMARKS.md records them with the command.
 """
