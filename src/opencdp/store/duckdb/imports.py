@@ -4,47 +4,18 @@ statements."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from opencdp.catalog.model import Property
 from opencdp.store.base import ImportOutcome
 from opencdp.store.duckdb.sql import ident, table
 from opencdp.store.duckdb.writer import WriterBase
+from opencdp.store.setbased import SetBasedWrites
 
 
-class ImportWrites(WriterBase):
-    def import_profiles(
-        self,
-        project_id: int,
-        rows: Any,
-        lookup_key: int | None,
-        other_keys: Sequence[int],
-        props: Sequence[Property],
-        insert_only: bool,
-        write: bool,
-        list_id: int | None = None,
-        key: str | None = None,
-    ) -> ImportOutcome:
-        out = ImportOutcome()
-        if rows.num_rows == 0:
-            return out
-        self.ensure_project(project_id)
-        if write:
-            self.ensure_columns(project_id, props)
-        cur = self._cur
-        staged = self._stage(rows)
-        try:
-            unique = self._import_matches(
-                project_id, staged, lookup_key, other_keys, insert_only, out
-            )
-            return self._import_write(
-                project_id, rows.num_rows, lookup_key, other_keys, unique, props,
-                insert_only, write, list_id, out, key,
-            )  # fmt: skip
-        finally:
-            cur.execute("DROP VIEW IF EXISTS _imp")
-            cur.execute("DROP TABLE IF EXISTS _matched; DROP TABLE IF EXISTS _picked")
-            self._unstage(staged)
+class ImportWrites(WriterBase, SetBasedWrites):
+    def _drop_import_temps(self, other_keys: Sequence[int]) -> None:
+        self._cur.execute("DROP VIEW IF EXISTS _imp")
+        self._cur.execute("DROP TABLE IF EXISTS _matched; DROP TABLE IF EXISTS _picked")
 
     def _import_matches(
         self,

@@ -10,12 +10,12 @@ is a table of the batch's size; the stored tables are only joined with it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from opencdp.catalog.model import Property
 from opencdp.store.base import ImportOutcome
 from opencdp.store.duckdb.sql import ident, table
 from opencdp.store.duckdb.writer import Writes
+from opencdp.store.setbased import SetBasedWrites
 
 ALREADY_STORED = "a profile with one of these identities already exists"
 REPEATED = "repeats the identity of an earlier row of the file"
@@ -25,78 +25,7 @@ _TEMPS = (
 )  # fmt: skip
 
 
-class ResolveWrites(Writes):
-    def resolve_profiles(
-        self,
-        project_id: int,
-        rows: Any,
-        keys: Sequence[int],
-        props: Sequence[Property],
-        user_props: Sequence[Property],
-        insert_only: bool,
-        write: bool,
-        key: str | None = None,
-    ) -> ImportOutcome:
-        out = ImportOutcome()
-        if rows.num_rows == 0:
-            return out
-        if not keys:  # (the import target fails rows without an identity value before this)
-            raise ValueError("resolving profiles needs at least one identity key column")
-        self.ensure_project(project_id)
-        if write:
-            self.ensure_columns(project_id, props)
-        staged = self._stage(rows)
-        try:
-            if self._all_new(project_id, staged, keys):
-                if write:
-                    self._each_row_new(project_id, staged, keys, props, key)
-            else:
-                self._tokens(project_id, staged, keys, insert_only, out)
-                if write:
-                    self._resolve(project_id, staged, len(keys), props, user_props, key)
-            self._drop_temps()
-        finally:  # (after an error the transaction is rolled back, its temporary tables too)
-            self._unstage(staged)
-        out.imported = rows.num_rows - len(out.failures)
-        return out
-
-    def resolve_events(
-        self,
-        project_id: int,
-        rows: Any,
-        keys: Sequence[int],
-        key_props: Sequence[Property],
-        event_props: Sequence[Property],
-        user_props: Sequence[Property],
-        insert_only: bool,
-        write: bool,
-        key: str | None = None,
-    ) -> ImportOutcome:
-        out = ImportOutcome()
-        if rows.num_rows == 0:
-            return out
-        if not keys:
-            raise ValueError("resolving events needs at least one identity key column")
-        self.ensure_project(project_id)
-        if write:
-            self.ensure_columns(project_id, [*key_props, *event_props])
-        staged = self._stage(rows)
-        try:
-            if insert_only:
-                self._screen_events(project_id, staged, out)
-            if write:
-                if not out.failures and self._all_new(project_id, staged, keys):
-                    self._each_row_new(project_id, staged, keys, key_props, key)
-                else:
-                    self._tokens(project_id, staged, keys, False, out)
-                    self._resolve(project_id, staged, len(keys), key_props, user_props, key)
-                self._write_events(project_id, staged, event_props)
-            self._drop_temps()
-        finally:
-            self._unstage(staged)
-        out.imported = rows.num_rows - len(out.failures)
-        return out
-
+class ResolveWrites(Writes, SetBasedWrites):
     def _all_new(self, project_id: int, staged: str, keys: Sequence[int]) -> bool:
         """Whether every identity value of the batch is in one row only, and none is stored:
         then each row is a person of its own, new (most batches of a first load)."""

@@ -4,50 +4,22 @@ statements (the DuckDB store's steps, in PostgreSQL's SQL)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from opencdp.catalog.model import Property
 from opencdp.store.base import ImportOutcome
 from opencdp.store.names import ident, table
 from opencdp.store.postgres.sql import props_object
 from opencdp.store.postgres.writer import WriterBase
+from opencdp.store.setbased import SetBasedWrites
 
 _TEMPS = ("_imp", "_matched", "_picked")
 
 
-class ImportWrites(WriterBase):
-    def import_profiles(
-        self,
-        project_id: int,
-        rows: Any,
-        lookup_key: int | None,
-        other_keys: Sequence[int],
-        props: Sequence[Property],
-        insert_only: bool,
-        write: bool,
-        list_id: int | None = None,
-        key: str | None = None,
-    ) -> ImportOutcome:
-        out = ImportOutcome()
-        if rows.num_rows == 0:
-            return out
-        self.ensure_project(project_id)
-        if write:
-            self.ensure_columns(project_id, props)
-        staged = self._stage(rows)
-        try:
-            unique = self._import_matches(
-                project_id, staged, lookup_key, other_keys, insert_only, out
-            )
-            return self._import_write(
-                project_id, rows.num_rows, lookup_key, other_keys, unique, props,
-                insert_only, write, list_id, out, key,
-            )  # fmt: skip
-        finally:
-            for name in (*_TEMPS, *(f"_held{int(k)}" for k in other_keys),
-                         *(f"_link{int(k)}" for k in other_keys)):  # fmt: skip
-                self._x(f"DROP TABLE IF EXISTS {ident(name)}")
-            self._unstage(staged)
+class ImportWrites(WriterBase, SetBasedWrites):
+    def _drop_import_temps(self, other_keys: Sequence[int]) -> None:
+        held = [f"_held{int(k)}" for k in other_keys] + [f"_link{int(k)}" for k in other_keys]
+        for name in (*_TEMPS, *held):
+            self._x(f"DROP TABLE IF EXISTS {ident(name)}")
 
     def _import_matches(
         self,

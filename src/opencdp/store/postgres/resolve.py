@@ -10,7 +10,6 @@ of its rows' ``props`` objects in row order (a later key replaces an earlier one
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from opencdp.catalog.model import Property
 from opencdp.store.base import ImportOutcome
@@ -18,6 +17,7 @@ from opencdp.store.duckdb.resolve import ALREADY_STORED, REPEATED
 from opencdp.store.names import ident, table
 from opencdp.store.postgres.sql import props_object
 from opencdp.store.postgres.writer import Writes
+from opencdp.store.setbased import SetBasedWrites
 
 _TEMPS = ("_rtok", "_rv", "_rown", "_re", "_rl", "_rl2", "_rc", "_ru", "_rrow", "_rsrc", "_rev")
 
@@ -32,78 +32,7 @@ def _latest(obj: str, rows: str, group: str, order: str) -> str:
     )
 
 
-class ResolveWrites(Writes):
-    def resolve_profiles(
-        self,
-        project_id: int,
-        rows: Any,
-        keys: Sequence[int],
-        props: Sequence[Property],
-        user_props: Sequence[Property],
-        insert_only: bool,
-        write: bool,
-        key: str | None = None,
-    ) -> ImportOutcome:
-        out = ImportOutcome()
-        if rows.num_rows == 0:
-            return out
-        if not keys:  # (the import target fails rows without an identity value before this)
-            raise ValueError("resolving profiles needs at least one identity key column")
-        self.ensure_project(project_id)
-        if write:
-            self.ensure_columns(project_id, props)
-        staged = self._stage(rows)
-        try:
-            if self._all_new(project_id, staged, keys):
-                if write:
-                    self._each_row_new(project_id, staged, keys, props, key)
-            else:
-                self._tokens(project_id, staged, keys, insert_only, out)
-                if write:
-                    self._resolve(project_id, staged, len(keys), props, user_props, key)
-        finally:
-            self._drop_temps()
-            self._unstage(staged)
-        out.imported = rows.num_rows - len(out.failures)
-        return out
-
-    def resolve_events(
-        self,
-        project_id: int,
-        rows: Any,
-        keys: Sequence[int],
-        key_props: Sequence[Property],
-        event_props: Sequence[Property],
-        user_props: Sequence[Property],
-        insert_only: bool,
-        write: bool,
-        key: str | None = None,
-    ) -> ImportOutcome:
-        out = ImportOutcome()
-        if rows.num_rows == 0:
-            return out
-        if not keys:
-            raise ValueError("resolving events needs at least one identity key column")
-        self.ensure_project(project_id)
-        if write:
-            self.ensure_columns(project_id, [*key_props, *event_props])
-        staged = self._stage(rows)
-        try:
-            if insert_only:
-                self._screen_events(project_id, staged, out)
-            if write:
-                if not out.failures and self._all_new(project_id, staged, keys):
-                    self._each_row_new(project_id, staged, keys, key_props, key)
-                else:
-                    self._tokens(project_id, staged, keys, False, out)
-                    self._resolve(project_id, staged, len(keys), key_props, user_props, key)
-                self._write_events(project_id, staged, event_props)
-        finally:
-            self._drop_temps()
-            self._unstage(staged)
-        out.imported = rows.num_rows - len(out.failures)
-        return out
-
+class ResolveWrites(Writes, SetBasedWrites):
     def _drop_temps(self) -> None:
         for name in _TEMPS:
             self._x(f"DROP TABLE IF EXISTS {ident(name)}")
