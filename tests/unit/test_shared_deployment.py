@@ -108,3 +108,22 @@ def test_an_embedded_deployment_given_a_key_other_than_its_file_is_refused(
     opened.clear()
     with pytest.raises(datadir.DataDirError, match="not the key in"):
         process(tmp_path, "data", opened, job_workers=0, secret_key=secrets.token_hex(32))
+
+
+def test_a_definition_naming_a_property_another_process_just_created_is_compiled(
+    tmp_path: Path, shared: dict[str, Any], opened: list[Runtime]
+) -> None:
+    """The property came with another process's records a moment ago: this process's catalog
+    snapshot (checked every hour here) does not hold it yet, and is checked again at once
+    instead of refusing the definition as naming an unknown property."""
+    from opencdp.catalog.types import PropertyType
+
+    one = process(tmp_path, "one", opened, secret_key="ab" * 32, **shared)
+    two = process(
+        tmp_path, "two", opened, secret_key="ab" * 32, catalog_refresh_seconds=3600.0, **shared
+    )
+    project, _ = one.catalog.create_project("fresh")
+    two.catalog.project(project.id)  # (its snapshot now holds the project, not the property)
+    one.catalog.ensure_properties(project.id, "user", {"tier": PropertyType.NUMBER})
+    qp = {"filts": [{"columnName": "tier", "comparator": "equal", "ftv": ["3"]}]}
+    assert two.segments.preview(project.id, None, None, qp) == 0

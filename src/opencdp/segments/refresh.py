@@ -38,7 +38,21 @@ class Refreshes(SegmentRecords):
     # ---- compiling and running -----------------------------------------------------------
     def _compile(self, project_id: int, d: ClusterDef | TagDef, now: datetime) -> Compiled:
         """Compile a definition, and refuse what the store cannot run: an operation its
-        dialect lacks, a regular expression its engine cannot compile."""
+        dialect lacks, a regular expression its engine cannot compile.
+
+        A definition refused by this process's catalog snapshot is judged once more against
+        the stored catalog if that moved: a property another process created a moment ago
+        (its records, an import on a worker) is not unknown here for the snapshot's delay."""
+        try:
+            return self._compiled(project_id, d, now)
+        except CdpError:
+            seen = self.catalog.version
+            self.catalog.refresh(now_=True)
+            if self.catalog.version == seen:
+                raise
+            return self._compiled(project_id, d, now)
+
+    def _compiled(self, project_id: int, d: ClusterDef | TagDef, now: datetime) -> Compiled:
         project = self.catalog.project(project_id)
         compiler = Compiler(self.catalog.schema(project_id), project.tz, now)
         compiled = compiler.tag(d) if isinstance(d, TagDef) else compiler.cluster(d)
