@@ -781,6 +781,9 @@ class Exports:
         named = job.params.get("data_types", self.layout.names)
         data_types = [dt for dt in self.layout.names if dt in named]
         flushed = self.barrier()  # (if not, the exports fail, and are tried again later)
+        # The properties the exports name are the catalog's as stored now, not as this
+        # process's snapshot last saw them (another process may have added one a moment ago).
+        self.catalog.refresh(now_=True)
         try:
             written = self._export_period(project, period, data_types, flushed, progress.cancelled)
         except Exception as exc:  # the metadata DB or the store failing: retried later
