@@ -240,3 +240,19 @@ def test_health_says_so_when_no_process_applies_the_queue(
     start(tmp_path, "worker", shared, runtimes)
     wait_for(lambda: server.ingest.pending == 0, "the worker applied the queue")
     assert "ingest_applied" not in server.health.problems()
+
+
+def test_a_frame_is_dead_lettered_once_whichever_leader_meets_it_again() -> None:
+    """A frame set aside is not covered by the recorded progress, so the next leader meets it
+    again: its lines are kept once."""
+    queue = SharedLog(connect(new_database()))
+    frame = [{"lsn": 7, "error": "not a record", "record": "x"},
+             {"lsn": 7, "error": "not a record", "record": "y"}]  # fmt: skip
+    queue.dead_letter(frame)
+    queue.dead_letter(frame)  # (the next leader)
+    queue.dead_letter([{"lsn": 8, "error": "refused", "record": "z"}])
+    with queue.engine.connect() as conn:
+        kept = conn.execute(
+            sa.select(t.ingest_dead_letters.c.lsn, t.ingest_dead_letters.c.record)
+        ).all()
+    assert sorted(kept) == [(7, "x"), (7, "y"), (8, "z")]

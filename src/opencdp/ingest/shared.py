@@ -38,6 +38,7 @@ from opencdp.meta.progress import INGEST, ProgressLog
 
 log = logging.getLogger(__name__)
 
+_DEAD_LETTERS = (0x4F43_4951, 2)  # the advisory lock of a process keeping dead letters
 _LEADER = (0x4F43_4951, 1)  # the advisory lock of the process that moves frames into the store
 _PENDING_EVERY = 0.25  # seconds a count of the frames not yet applied is reused
 READ_FRAMES = 2000  # frames the leader reads at a time
@@ -112,21 +113,32 @@ class SharedLog(GroupCommit):
         self.dead_letter([{"lsn": lsn, "error": reason, "record": record}])
 
     def dead_letter(self, lines: list[dict[str, Any]]) -> None:
-        """Keep records the store refuses, in the metadata DB where every process sees them."""
+        """Keep records the store refuses, in the metadata DB where every process sees them.
+
+        A frame is dead-lettered whole, once: the lines of a frame (an LSN) already kept are
+        not kept again (a frame set aside is not covered by progress, so the next leader meets
+        it again)."""
         now = t.utcnow()
+        dead = t.ingest_dead_letters.c
         with self.engine.begin() as conn:
-            conn.execute(
-                sa.insert(t.ingest_dead_letters),
-                [
-                    {
-                        "lsn": int(line["lsn"]),
-                        "error": str(line["error"])[:2000],
-                        "record": str(line["record"]),
-                        "created_at": now,
-                    }
-                    for line in lines
-                ],
+            conn.execute(  # (two leaders overlapping for a moment: one at a time)
+                sa.text("SELECT pg_advisory_xact_lock(:a, :b)"),
+                {"a": _DEAD_LETTERS[0], "b": _DEAD_LETTERS[1]},
             )
+            lsns = sorted({int(line["lsn"]) for line in lines})
+            kept = set(conn.execute(sa.select(dead.lsn).where(dead.lsn.in_(lsns))).scalars())
+            rows = [
+                {
+                    "lsn": int(line["lsn"]),
+                    "error": str(line["error"])[:2000],
+                    "record": str(line["record"]),
+                    "created_at": now,
+                }
+                for line in lines
+                if int(line["lsn"]) not in kept
+            ]
+            if rows:
+                conn.execute(sa.insert(t.ingest_dead_letters), rows)
 
     def quarantined(self) -> str | None:
         return None  # (nothing is cut from the queue: frames are whole rows)
