@@ -256,3 +256,28 @@ def test_a_frame_is_dead_lettered_once_whichever_leader_meets_it_again() -> None
             sa.select(t.ingest_dead_letters.c.lsn, t.ingest_dead_letters.c.record)
         ).all()
     assert sorted(kept) == [(7, "x"), (7, "y"), (8, "z")]
+
+
+def test_the_leader_applies_values_of_properties_its_catalog_has_not_seen_yet(
+    tmp_path: Path, shared: dict[str, Any], runtimes: list[Runtime]
+) -> None:
+    """A server creates a property with the records that carry it; the process applying them
+    (its catalog checked every hour here) has not seen the property yet: it looks again
+    rather than dropping the values."""
+    leader = Runtime.open(
+        Settings(data_dir=tmp_path / "leader", **{**shared, "catalog_refresh_seconds": 3600.0})
+    )
+    runtimes.append(leader)
+    server = Runtime.open(Settings(data_dir=tmp_path / "server", **shared))
+    runtimes.append(server)
+    pid = server.catalog.create_project("late")[0].id
+    leader.catalog.project(pid)  # (its snapshot holds the project, not the property to come)
+    leader.start(announce=False)
+    server.start(announce=False, work=False)
+    send(server, pid, 0, 2, coupon="SPRING")  # a new event property, created by the server
+    assert server.ingest.barrier(timeout=120)
+    schema = server.catalog.schema(pid)
+    uid = leader.store.find_user(pid, (schema.identity_keys["mobile"].id, f"1{0:010d}"))
+    assert uid is not None
+    (event,) = [e for e in leader.store.latest_events(pid, uid, 10, [schema.event["coupon"]])]
+    assert event["values"] == {schema.event["coupon"].id: "SPRING"}

@@ -48,6 +48,12 @@ def apply_records(w: StoreWriter, catalog: Catalog, records: Sequence[Record]) -
         by_project.setdefault(r.project_id, []).append(r)
     for pid, recs in by_project.items():
         schema = catalog.schema(pid)
+        named = {k for r in recs for k in (*r.user_values, *r.event_values)}
+        if not named <= schema.by_id.keys():
+            # Records another process validated, against properties it created a moment ago:
+            # this process's snapshot is looked at again rather than their values dropped.
+            catalog.refresh(now_=True)
+            schema = catalog.schema(pid)
         w.ensure_project(pid)
         run: list[Record] = []
         for r in recs:
@@ -67,7 +73,7 @@ def _props(schema: Schema, ids: set[int]) -> list[Property]:
     out = []
     for pid in sorted(ids):
         prop = schema.by_id.get(pid)
-        if prop is None:  # cannot happen for records validated against this catalog
+        if prop is None:  # (a property removed from the catalog since the record came)
             log.error("record refers to unknown property id %d; value dropped", pid)
             continue
         out.append(prop)
