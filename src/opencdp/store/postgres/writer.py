@@ -27,6 +27,10 @@ from opencdp.store.postgres.connection import PostgresBase
 from opencdp.store.postgres.sql import PROJECT_WRITES, decode_all, key, props_object
 
 _COPY_ROWS = 65_536  # rows per CSV chunk copied in
+# Temporary tables of at least this many rows get statistics for the statements joining them
+# (an import batch); a flush's few hundred rows are planned well enough without, and skip the
+# cost on every flush.
+ANALYZE_ROWS = 10_000
 
 
 def _column(arr: pa.ChunkedArray | pa.Array) -> tuple[pa.ChunkedArray | pa.Array, str]:
@@ -77,8 +81,9 @@ class WriterBase(StoreWriter):
     def _temp(self, name: str, select: str, params: Sequence[Any] | None = None) -> None:
         """(Re)create the temporary table ``name`` (generated) from a query; gone at commit."""
         self._x(f"DROP TABLE IF EXISTS {ident(name)}")
-        self._x(f"CREATE TEMP TABLE {ident(name)} ON COMMIT DROP AS {select}", params)
-        self._x(f"ANALYZE {ident(name)}")
+        rows = self._x(f"CREATE TEMP TABLE {ident(name)} ON COMMIT DROP AS {select}", params)
+        if rows.rowcount >= ANALYZE_ROWS:
+            self._x(f"ANALYZE {ident(name)}")
 
     def _stage(self, data: pa.Table) -> str:
         """Copy an Arrow table into a fresh temporary table; its (generated) name."""
@@ -98,7 +103,8 @@ class WriterBase(StoreWriter):
                     buf = io.BytesIO()
                     pacsv.write_csv(batch, buf, options)
                     copy.write(buf.getbuffer())
-            self._x(f"ANALYZE {ident(name)}")
+            if data.num_rows >= ANALYZE_ROWS:
+                self._x(f"ANALYZE {ident(name)}")
         return name
 
     def _unstage(self, name: str) -> None:
