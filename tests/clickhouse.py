@@ -19,13 +19,20 @@ import sqlglot.expressions as exp
 from chdb import session as chdb_session
 
 _SESSION: list[chdb_session.Session] = []
+_PATH: list[str] = []
+
+
+def path() -> str:
+    """The process's chdb data path (every test's ClickHouse store is a database there)."""
+    if not _PATH:
+        _PATH.append(tempfile.mkdtemp(prefix="opencdp-chdb-"))
+        atexit.register(shutil.rmtree, _PATH[0], ignore_errors=True)
+    return _PATH[0]
 
 
 def session() -> chdb_session.Session:
     if not _SESSION:
-        path = tempfile.mkdtemp(prefix="opencdp-chdb-")
-        atexit.register(shutil.rmtree, path, ignore_errors=True)
-        s = chdb_session.Session(path)
+        s = chdb_session.Session(path())
         s.query("SET session_timezone = 'UTC'")
         _SESSION.append(s)
     return _SESSION[0]

@@ -101,7 +101,8 @@ def _logging(level: str) -> None:
 def worker(data_dir: Path | None, flush_interval: float | None, log_level: str) -> None:
     """Do a scaled-out deployment's work, with no HTTP: apply the ingest queue (the process
     holding the queue's lock), run import, refresh and export jobs, and the scheduler. Needs the
-    shared engines (OPENCDP_META_URL and OPENCDP_STORE_URL on PostgreSQL); run any number."""
+    shared engines (OPENCDP_META_URL on PostgreSQL, OPENCDP_STORE_URL on PostgreSQL or a
+    ClickHouse server); run any number."""
     import signal
     import threading
 
@@ -114,8 +115,8 @@ def worker(data_dir: Path | None, flush_interval: float | None, log_level: str) 
         fail(
             "invalid_setting",
             "opencdp worker works for a deployment on shared engines: set OPENCDP_META_URL "
-            "and OPENCDP_STORE_URL to PostgreSQL (postgresql+psycopg://…); the embedded "
-            "server runs its workers itself",
+            "to PostgreSQL (postgresql+psycopg://…) and OPENCDP_STORE_URL to PostgreSQL or a "
+            "ClickHouse server (clickhouse://…); the embedded server runs its workers itself",
         )
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

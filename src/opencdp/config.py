@@ -82,8 +82,18 @@ class Settings:
 
     @property
     def shared_store(self) -> bool:
-        """Whether the analytic store is one that several processes share (PostgreSQL)."""
-        return self.store_url_resolved.startswith(("postgresql://", "postgresql+psycopg://"))
+        """Whether the analytic store is one that several processes share (PostgreSQL, a
+        ClickHouse server; not chdb, ClickHouse's engine inside one process)."""
+        return self.store_url_resolved.startswith(
+            ("postgresql://", "postgresql+psycopg://", "clickhouse://", "clickhouses://")
+        )
+
+    @property
+    def store_locks(self) -> str | None:
+        """Where a ClickHouse store's writers take their locks: the metadata database when it
+        is shared (PostgreSQL), else this process."""
+        clickhouse = self.store_url_resolved.startswith(("clickhouse://", "clickhouses://"))
+        return self.meta_url_resolved if clickhouse and self.shared_meta else None
 
     @property
     def shared_meta(self) -> bool:

@@ -68,7 +68,7 @@ class Runtime:
             refresh_seconds=settings.catalog_refresh_seconds,
         )
         datadir.check_store(settings, engine)
-        store = open_store(settings.store_url_resolved)
+        store = open_store(settings.store_url_resolved, settings.store_locks)
         progress = ProgressLog(engine)
         try:
             with starting(engine):
@@ -171,8 +171,8 @@ class Runtime:
         if not self.works and not self.settings.shared_store:
             raise ValueError(
                 "a server without in-process workers needs a store that several processes "
-                "share (OPENCDP_STORE_URL=postgresql+psycopg://…); the embedded store is "
-                "written by its own server only"
+                "share (OPENCDP_STORE_URL=postgresql+psycopg://… or clickhouse://…); the "
+                "embedded store is written by its own server only"
             )
         self.ingest.start(lead=self.works)
         if self.works:

@@ -11,6 +11,7 @@ starts failing, and the mark has to go, once the engine can).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 
 from opencdp.store import open_store
 from opencdp.store.base import Store
+from tests.clickhouse import path as chdb_path
 
 # engine -> store URL template ({dir}: the test's directory; {database}: a database of its own
 # on the tests' PostgreSQL cluster, :mod:`tests.engines`). A ClickHouse (chdb) entry joins this
@@ -25,9 +27,16 @@ from opencdp.store.base import Store
 STORES: dict[str, str] = {
     "duckdb": "duckdb:///{dir}/store.duckdb",
     "postgresql": "{database}",
+    "clickhouse": "chdb://{chdb}?database={name}",
 }
 
 Opener = Callable[[], Store]
+
+
+def _name(path: Path) -> str:
+    """A database of the test's own (chdb holds one data path per process: every test's
+    ClickHouse store is a database there)."""
+    return "t" + hashlib.sha256(str(path).encode()).hexdigest()[:16]
 
 
 def notimpl(engine: str, raises: type[BaseException]) -> pytest.MarkDecorator:
@@ -71,7 +80,9 @@ def open_again(engine: str, tmp_path: Path) -> Iterator[Opener]:
         database = new_database()
 
     def opener() -> Store:
-        store = open_store(template.format(dir=tmp_path, database=database))
+        store = open_store(
+            template.format(dir=tmp_path, database=database, name=_name(tmp_path), chdb=chdb_path())
+        )
         opened.append(store)
         return store
 

@@ -4,10 +4,10 @@ The reference below restates the semantics of ``opencdp.segments`` (the module d
 ``compiler.py`` and the docstrings of ``model.py``) directly over the vendor's condition JSON,
 without the models or SQL. Hypothesis draws small worlds (users, events, a project timezone and
 "now") and definitions; the compiled query, rendered for each engine, runs on DuckDB, on
-ClickHouse (chdb, its engine in-process) and on the PostgreSQL store (written and queried through
-the store's interface, so its properties' ``jsonb`` and the CTEs of the logical tables are
-exercised) over the same rows, and must select exactly the users (or tag values) the reference
-computes on each.
+the ClickHouse store (on chdb, its engine in-process) and on the PostgreSQL store (both written
+and queried through the store's interface, so their physical models, PostgreSQL's ``jsonb`` and
+ClickHouse's versioned rows, and the CTEs of the logical tables are exercised) over the same
+rows, and must select exactly the users (or tag values) the reference computes on each.
 
 Where the reference has to choose (the documented semantics leave room), the choice is noted
 where it is made.
@@ -420,7 +420,6 @@ def load(world: World) -> duckdb.DuckDBPyConnection:
 
 # The same columns in ClickHouse, typed as the ClickHouse store types them.
 CH_TYPES = CLICKHOUSE.column_types
-CH_PROFILES = [("user_id", "Int64"), *((f"p_{i}", CH_TYPES[t]) for t, _, i in USER_PROPS.values())]
 CH_EVENTS = [
     ("event_id", "String"),
     ("event_name", "String"),
@@ -428,37 +427,28 @@ CH_EVENTS = [
     ("user_id", "Int64"),
     *((f"p_{i}", CH_TYPES[t]) for t, _, i in EVENT_PROPS.values()),
 ]
-_CH_READY: list[bool] = []
-
-
-def load_clickhouse(world: World) -> None:
-    """The world as the same two tables in ClickHouse (a list is never null there: none is an
-    empty list, which definitions read as no value either way)."""
-    if not _CH_READY:
-        clickhouse.database("segments_reference")
-        clickhouse.create("p1_profiles", CH_PROFILES)
-        clickhouse.create("p1_events", CH_EVENTS)
-        _CH_READY.append(True)
-    clickhouse.database("segments_reference")
-    users = [[u.id, u.level, u.name, u.vip, u.seen, list(u.tags or ())] for u in world.users]
-    events = [[e.id, e.name, e.time, e.user_id, e.amount, e.os] for e in world.events]
-    clickhouse.fill("p1_profiles", users)
-    clickhouse.fill("p1_events", events)
-
-
-_PG: list[Store] = []
-_pg_projects = itertools.count(1)
+_STORES: dict[str, Store] = {}
+_projects = itertools.count(1)
 _BUDGET = Budget(seconds=60.0, memory_bytes=1 << 30)
 
 
-def load_postgres(world: World) -> int:
-    """The world written into a new project of the PostgreSQL store, through its writer; the
-    project's id."""
-    if not _PG:
-        from tests.engines import new_database
+def store_of(engine: str) -> Store:
+    """The engine's analytic store, one for the whole run (each world is a project of it)."""
+    if engine not in _STORES:
+        if engine == "postgresql":
+            from tests.engines import new_database
 
-        _PG.append(open_store(new_database()))
-    store, project = _PG[0], next(_pg_projects)
+            _STORES[engine] = open_store(new_database())
+        else:
+            url = f"chdb://{clickhouse.path()}?database=segments_reference_store"
+            _STORES[engine] = open_store(url)
+    return _STORES[engine]
+
+
+def load_store(world: World, engine: str) -> int:
+    """The world written into a new project of the engine's store, through its writer; the
+    project's id."""
+    store, project = store_of(engine), next(_projects)
     user_props = [SCHEMA.user[n] for n in USER_PROPS]
     event_props = [SCHEMA.event[n] for n in EVENT_PROPS]
     epoch = datetime(1970, 1, 1)
@@ -499,14 +489,10 @@ def load_postgres(world: World) -> int:
 
 def run(compiled: Compiled, world: World, engine: str = "duckdb") -> list[tuple[int, str | None]]:
     rows: list[tuple[int, str | None]]
-    if engine == "postgresql":
-        project = load_postgres(world)
-        got = _PG[0].segment_rows(project, compiled.query, _BUDGET)
+    if engine in ("postgresql", "clickhouse"):
+        project = load_store(world, engine)
+        got = store_of(engine).segment_rows(project, compiled.query, _BUDGET)
         return [(r["user_id"], r["tag_value"]) for r in got.to_pylist()]
-    if engine == "clickhouse":
-        load_clickhouse(world)
-        rows = clickhouse.query(compiled.sql(CLICKHOUSE.sql, TABLES))  # type: ignore[assignment]
-        return rows
     rows = load(world).execute(compiled.sql(DUCKDB.sql, TABLES)).fetchall()
     return rows
 

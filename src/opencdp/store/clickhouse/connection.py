@@ -1,0 +1,257 @@
+"""The ClickHouse store's plumbing: clients (clickhouse-connect, over HTTP to a server or
+in-process through chdb, the same API either way), the store's tables, which property columns
+exist, and how ClickHouse's errors read.
+
+A client is a session (its temporary tables are its own): a write turn holds one for the
+whole turn; each read takes one from the pool. Every query of a project's rows runs with
+``additional_table_filters`` naming that project for every table the store has, so that a
+query missing its ``project_id`` condition still reads only the project's rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
+
+from opencdp.catalog.model import Property
+from opencdp.store.base import Store
+from opencdp.store.clickhouse.locks import LocalLocks, Locks, PostgresLocks
+from opencdp.store.clickhouse.sql import CAPABILITIES, FINAL, PROJECT_TABLES, PROP_TABLES, TABLES
+from opencdp.store.names import ident
+
+log = logging.getLogger(__name__)
+
+# Every session: times in UTC; an outer join's missing side is NULL (as in standard SQL);
+# an insert is never dropped as a repeat of an earlier block (a replayed batch that deleted
+# its rows writes them again); deletes and mutations are done when their statement returns;
+# a name in a condition is the table's column, as in standard SQL, not an expression of the
+# select list given that name (a ``* REPLACE`` still is: its conditions name ``t.column``).
+SESSION = {
+    "prefer_column_name_to_alias": 1,
+    "session_timezone": "UTC",
+    "join_use_nulls": 1,
+    "insert_deduplicate": 0,
+    "async_insert": 0,
+    "lightweight_deletes_sync": 2,
+    "mutations_sync": 2,
+}
+
+# Error codes of passing conditions: memory, disk, parts not merged yet, too many queries,
+# I/O, network, a replica or Keeper unavailable, a read-only table (Keeper session lost).
+_TRANSIENT_CODES = {
+    3, 74, 75, 76, 159, 202, 209, 210, 236, 241, 242, 243, 252, 319, 394, 425, 999, 1000,
+}  # fmt: skip
+_CODE = re.compile(r"Code: (\d+)")
+
+
+def error_code(exc: BaseException) -> int | None:
+    m = _CODE.search(str(exc))
+    return int(m.group(1)) if m else None
+
+
+def transient_error(exc: BaseException) -> bool:
+    if isinstance(exc, OperationalError | OSError | MemoryError):
+        return True
+    if isinstance(exc, ClickHouseError):
+        code = error_code(exc)
+        return code is None or code in _TRANSIENT_CODES
+    return False
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    text = re.sub(r"^.*?DB::Exception: ", "", text, flags=re.S)
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _connect(url: str) -> tuple[dict[str, Any], str]:
+    """clickhouse-connect's arguments for a store URL, and the store's database."""
+    parts = urlsplit(url)
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    if parts.scheme == "chdb":
+        return {"dsn": f"chdb://{parts.netloc}{parts.path}"}, options.get("database", "opencdp")
+    args: dict[str, Any] = {
+        "host": parts.hostname or "localhost",
+        "port": parts.port or (8443 if parts.scheme == "clickhouses" else 8123),
+        "username": unquote(parts.username or "default"),
+        "password": unquote(parts.password or ""),
+        "secure": parts.scheme == "clickhouses",
+    }
+    return args, parts.path.strip("/") or "opencdp"
+
+
+class ClickHouseBase(Store):
+    """What every part of the ClickHouse store shares."""
+
+    capabilities = CAPABILITIES
+
+    def __init__(self, url: str, locks_url: str | None = None, pool_size: int = 8) -> None:
+        self._args, database = _connect(url)
+        self.db = ident(database)  # (an operator's name, checked as a generated one is)
+        self.database = database
+        self._pool: queue.LifoQueue[Client] = queue.LifoQueue()
+        self._pool_size = pool_size
+        self._columns: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+        floor = 0
+        with self._client() as c:
+            c.command(f"CREATE DATABASE IF NOT EXISTS {self.db}")
+            for name, (columns, engine) in TABLES.items():
+                c.command(
+                    f"CREATE TABLE IF NOT EXISTS {self.t(name)} ({columns}) ENGINE = {engine}"
+                )
+            self._load_columns(c)
+            if locks_url is None:
+                floor = max(
+                    int(c.query(f"SELECT max(_version) FROM {self.t(name)}").result_rows[0][0])
+                    for name, (columns, _) in TABLES.items()
+                    if "_version" in columns
+                )
+        self.locks: Locks = (
+            PostgresLocks(locks_url)
+            if locks_url
+            else LocalLocks.of(f"{sorted(self._args.items())}/{database}", floor)
+        )
+
+    def t(self, name: str) -> str:
+        """A table of the store, qualified by its database."""
+        return f"{self.db}.{ident(name)}"
+
+    def final(self, name: str, alias: str = "") -> str:
+        """A table as its reads see it: its latest versions where it keeps versions."""
+        named = f"{self.t(name)} AS {ident(alias)}" if alias else self.t(name)
+        return f"{named} FINAL" if name in FINAL else named
+
+    def scoped(self, project_id: int) -> dict[str, Any]:
+        """The settings of a query of ``project_id``'s rows: every table of projects shows
+        only that project's rows to it (whatever its own conditions say)."""
+        pid = int(project_id)
+        filters = {f"{self.database}.{name}": f"project_id = {pid}" for name in PROJECT_TABLES}
+        return {"additional_table_filters": filters}
+
+    # ---- clients ------------------------------------------------------------------------
+    @contextmanager
+    def _client(self) -> Iterator[Client]:
+        try:
+            c = self._pool.get_nowait()
+        except queue.Empty:
+            c = clickhouse_connect.get_client(**self._args, settings=SESSION)
+        ok = False
+        try:
+            yield c
+            ok = True
+        finally:
+            if ok and self._pool.qsize() < self._pool_size:
+                self._pool.put(c)
+            else:
+                with contextlib.suppress(Exception):
+                    c.close()
+
+    def transient(self, exc: BaseException) -> bool:
+        return transient_error(exc)
+
+    # ---- property columns ---------------------------------------------------------------
+    def _load_columns(self, c: Client) -> None:
+        rows = c.query(
+            "SELECT table, name FROM system.columns WHERE database = {db:String} "
+            "AND table IN ('profiles', 'events')",
+            parameters={"db": self.database},
+        ).result_rows
+        found: dict[str, set[str]] = {"profiles": set(), "events": set()}
+        for tbl, name in rows:
+            found[tbl].add(name)
+        with self._lock:
+            self._columns = found
+
+    def has_columns(self, c: Client, table: str, names: Iterable[str]) -> set[str]:
+        """Those of ``names`` that are columns of ``table`` (a miss is looked up again:
+        another process may have added it)."""
+        names = set(names)
+        if not names <= self._columns.get(table, set()):
+            self._load_columns(c)
+        return names & self._columns.get(table, set())
+
+    def added(self, table: str, names: Iterable[str]) -> None:
+        with self._lock:
+            self._columns.setdefault(table, set()).update(names)
+
+    def present(self, c: Client, props: Iterable[Property]) -> list[Property]:
+        """Those of ``props`` that have a column."""
+        props = list(props)
+        have: set[str] = set()
+        for kind, tbl in PROP_TABLES.items():
+            have |= self.has_columns(c, tbl, (p.column for p in props if p.table == kind))
+        return [p for p in props if p.column in have]
+
+    # ---- events, as their users are now --------------------------------------------------
+    def events_source(self, c: Client, project_id: int, alias: str = "e") -> tuple[str, str]:
+        """The project's events (``FROM`` clause, alias ``alias``) and SQL for each event's
+        user as it is now: a merged user's events are its survivor's (``overrides``). A
+        project that never merged users reads its events as they are."""
+        pid, a = int(project_id), ident(alias)
+        source = f"{self.t('events')} AS {a}"
+        merged = c.query(
+            f"SELECT 1 FROM {self.t('overrides')} WHERE project_id = {pid} LIMIT 1",
+            settings=self.scoped(pid),
+        ).result_rows
+        if not merged:
+            return source, f"{a}.user_id"
+        source += (
+            f" LEFT JOIN (SELECT old_user_id, user_id FROM {self.final('overrides')} "
+            f"WHERE project_id = {pid}) AS _o ON _o.old_user_id = {a}.user_id"
+        )
+        return source, f"ifNull(_o.user_id, {a}.user_id)"
+
+    def own_users(self, project_id: int, user_ids: Iterable[int]) -> str:
+        """SQL: the user ids written on the events that are now those of ``user_ids``: each
+        one's own, unless it was merged into another, and those of the users merged into it."""
+        pid, ids = int(project_id), sorted({int(u) for u in user_ids})
+        overrides, listed = self.final("overrides"), f"(SELECT arrayJoin({ids}))"
+        return (
+            f"(SELECT arrayJoin({ids}) AS u WHERE u NOT IN (SELECT old_user_id FROM {overrides} "
+            f"WHERE project_id = {pid} AND old_user_id IN {listed}) "
+            f"UNION ALL SELECT old_user_id FROM {overrides} WHERE project_id = {pid} "
+            f"AND user_id IN {listed})"
+        )
+
+    # ---- the store's own rows -----------------------------------------------------------
+    def checkpoint(self, name: str) -> int:
+        with self._client() as c:
+            rows = c.query(
+                f"SELECT value FROM {self.final('_opencdp_state')} WHERE name = {{n:String}}",
+                parameters={"n": name},
+            ).result_rows
+        return int(rows[0][0]) if rows else 0
+
+    def batch_outcome(self, key: str) -> bytes | None:
+        with self._client() as c:
+            rows = c.query(
+                f"SELECT hex(outcome) FROM {self.final('_opencdp_batches')} "
+                "WHERE key = {k:String}",
+                parameters={"k": key},
+            ).result_rows
+        return bytes.fromhex(rows[0][0]) if rows else None
+
+    def close(self) -> None:
+        while True:
+            try:
+                c = self._pool.get_nowait()
+            except queue.Empty:
+                break
+            with contextlib.suppress(Exception):
+                c.close()
+        self.locks.close()
+
+
+__all__ = ["ClickHouseBase", "DatabaseError", "error_code", "first_line", "transient_error"]
