@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint format bench lock clean
+.PHONY: install run test test-chdb lint format bench lock clean
 
 install: $(STAMP)
 
@@ -19,6 +19,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The live-server tests again, every server's analytic store on ClickHouse (chdb).
+test-chdb: install
+	OPENCDP_TEST_STORE=chdb $(BIN)/python -m pytest -q tests/surfaces
 
 lint: install
 	$(BIN)/ruff check src tests bench

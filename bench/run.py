@@ -1,6 +1,6 @@
 """``make bench``: every benchmark, each against a baseline measured in the same run.
 
-    python -m bench.run [--only ingest|imports|segments|exports|catchup|scaled]
+    python -m bench.run [--only ingest|imports|segments|exports|catchup|scaled|clickhouse]
                         [-- benchmark options]
 
 Figures go to stdout and to ``bench/out/*.json``; BENCHMARKS.md records them with the command.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import catchup, exports, imports, ingest, scaled, segments
+from bench import catchup, clickhouse, exports, imports, ingest, scaled, segments
 
 SUITES = {
     "ingest": ingest.main,
@@ -20,6 +20,7 @@ SUITES = {
     "exports": exports.main,
     "catchup": catchup.main,
     "scaled": scaled.main,
+    "clickhouse": clickhouse.main,
 }
 
 

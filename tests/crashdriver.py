@@ -4,12 +4,17 @@ open the same data directory again.
 
 ``python -m tests.crashdriver <data dir> send``: start (replaying what the log holds), send
 :data:`RECORDS` through the ingest service (one of them a batch of records in one log frame),
-and flush them. ``... recover``: start and stop.
+and flush them. ``... recover``: start and stop. ``... state``: start, print what the store
+holds of the people (JSON), and stop.
+
+The store is the tests' store for live servers (``OPENCDP_TEST_STORE``): with ``chdb``, the
+ClickHouse store, whose flush writes its rows before its marker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +22,9 @@ from typing import Any
 from opencdp.config import Settings
 from opencdp.ingest.records import Record
 from opencdp.ingest.thinkingdata import build_record
+from opencdp.meta.progress import STORE_INGEST_LSN
 from opencdp.runtime import Runtime
+from tests.liveserver import TEST_STORE
 
 PROJECT = "crash"
 ADDS = 12  # user_add n=1 records for account "a"
@@ -25,7 +32,8 @@ ADDS = 12  # user_add n=1 records for account "a"
 
 def settings(data_dir: Path) -> Settings:
     # Nothing flushes on its own: the flush happens when the driver asks for it.
-    return Settings(data_dir=data_dir, job_workers=0, flush_interval=3600)
+    store = f"chdb://{data_dir / 'chdb'}" if TEST_STORE == "chdb" else ""
+    return Settings(data_dir=data_dir, job_workers=0, flush_interval=3600, store_url=store)
 
 
 def docs() -> list[dict[str, Any]]:
@@ -76,12 +84,34 @@ def send(rt: Runtime) -> None:
     assert rt.ingest.barrier(timeout=120)
 
 
+def state(rt: Runtime) -> dict[str, Any]:
+    """What the store holds of the people, and whether its marker and the recorded progress
+    cover the whole log."""
+    pid = project(rt)
+    schema = rt.catalog.schema(pid)
+    key = schema.identity_keys["#account_id"]
+    people: dict[str, Any] = {}
+    for person in "ab":
+        uid = rt.store.find_user(pid, (key.id, person))
+        assert uid is not None
+        row = rt.store.profile(pid, uid, list(schema.user.values()))
+        assert row is not None
+        people[person] = {schema.by_id[k].name: v for k, v in row["values"].items()}
+        people[person]["events"] = rt.store.event_count(pid, uid)
+    lsn = rt.ingest.flusher.applied_lsn
+    people["covered"] = lsn == rt.ingest.log.end_lsn == rt.store.checkpoint(STORE_INGEST_LSN)
+    people["counts"] = rt.store.counts(pid)
+    return people
+
+
 def main(data_dir: str, step: str) -> None:
     rt = Runtime.open(settings(Path(data_dir)))
     rt.start(announce=False)
     try:
         if step == "send":
             send(rt)
+        elif step == "state":
+            print(json.dumps(state(rt)))
     finally:
         rt.stop()
 

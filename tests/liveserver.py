@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,12 @@ import httpx
 from opencdp.store import open_store
 
 ADMIN_TOKEN = "adm_test_" + "x" * 24
+# The analytic store of the live servers the tests start without naming one: "duckdb" (the
+# embedded default) or "chdb" (the ClickHouse store on ClickHouse's engine in the server's
+# process, a data path per server): ``OPENCDP_TEST_STORE=chdb make test-chdb``.
+TEST_STORE = os.environ.get("OPENCDP_TEST_STORE", "duckdb")
+if TEST_STORE not in ("duckdb", "chdb"):
+    raise RuntimeError(f"OPENCDP_TEST_STORE={TEST_STORE!r}: duckdb or chdb")
 
 
 def free_port() -> int:
@@ -57,6 +64,8 @@ class LiveServer(Clients):
             "OPENCDP_FLUSH_INTERVAL": "0.05",
             **env,
         }
+        if TEST_STORE == "chdb" and not self.env.get("OPENCDP_STORE_URL"):
+            self.env["OPENCDP_STORE_URL"] = f"chdb://{data_dir / 'chdb'}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.output = data_dir.parent / f"server-{self.port}.log"
 
@@ -102,7 +111,24 @@ class LiveServer(Clients):
         """The ids of the events the store holds for a project, read through the store
         interface (the server must be stopped: an embedded store has one process)."""
         assert self.proc is None or self.proc.poll() is not None, "stop the server first"
-        store = open_store(self.store_url)
+        if self.store_url.startswith("chdb:"):  # (chdb opens one data path per process)
+            script = (
+                "import json, sys; from tests.liveserver import LiveServer; "
+                "print(json.dumps(sorted(LiveServer.read_event_ids(sys.argv[1], "
+                "int(sys.argv[2])))))"
+            )
+            out = subprocess.run(
+                [sys.executable, "-c", script, self.store_url, str(project_id)],
+                check=True,
+                capture_output=True,
+                env=self.env,
+            )
+            return set(json.loads(out.stdout))
+        return self.read_event_ids(self.store_url, project_id)
+
+    @staticmethod
+    def read_event_ids(url: str, project_id: int) -> set[str]:
+        store = open_store(url)
         try:
             batches = store.export_events(
                 project_id, [], datetime(1, 1, 2), datetime(9999, 12, 30), None, None

@@ -172,6 +172,22 @@ class Client:
         return data
 
 
+@main.command("clickhouse-ddl")
+@click.option("--database", default="opencdp", show_default=True)
+@click.option("--cluster", required=True, help="The cluster's name in the servers' config.")
+def clickhouse_ddl(database: str, cluster: str) -> None:
+    """Print the ClickHouse store's schema for a cluster (replicated tables on every shard
+    behind Distributed tables), to run once before the first server starts; then set
+    OPENCDP_STORE_URL=clickhouse://…/DATABASE?cluster=CLUSTER."""
+    from opencdp.store.clickhouse.sql import cluster_ddl
+
+    try:
+        statements = cluster_ddl(database, cluster)
+    except ValueError:
+        fail("invalid_setting", "database and cluster are names: a-z, 0-9 and _", "database")
+    click.echo(";\n".join(statements) + ";")
+
+
 def fail(code: str, message: str, field: str | None = None) -> NoReturn:
     body = {"error": {"code": code, "message": message, "field": field}}
     click.echo(orjson.dumps(body).decode(), err=True)

@@ -24,11 +24,13 @@ import sys
 from typing import Literal
 
 # The steps of a flush, each named by what has just been done: the batch was taken from the
-# log; its identities were resolved (inside the store's write); the store holds its rows and
-# its marker; the metadata DB holds the LSN applied; the log segments below it are released.
+# log; its identities were resolved (inside the store's write); the store holds its rows (and,
+# with transactions, its marker); the store holds its marker; the metadata DB holds the LSN
+# applied; the log segments below it are released.
 FLUSH = (
     "flush.read",
     "flush.resolved",
+    "flush.rows_written",
     "flush.store_written",
     "flush.progress_recorded",
     "flush.log_released",

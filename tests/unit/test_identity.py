@@ -316,4 +316,4 @@ def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["abs.duckdb", "rel.duckdb"]
     with pytest.raises(ValueError, match="unsupported"):
-        open_store("clickhouse://localhost/db")
+        open_store("mysql://localhost/db")

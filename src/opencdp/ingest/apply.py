@@ -41,22 +41,30 @@ class Applied:
     deleted_users: int = 0
 
 
-def apply_records(w: StoreWriter, catalog: Catalog, records: Sequence[Record]) -> Applied:
+def apply_records(
+    w: StoreWriter,
+    catalog: Catalog,
+    records: Sequence[Record],
+    lsns: Sequence[int] | None = None,
+) -> Applied:
+    """Apply ``records`` (at the log positions ``lsns``, when they come from the ingest log:
+    a replay then leaves out the folds a profile holds already, see
+    :meth:`StoreWriter.profile_stamps`)."""
     stats = Applied(records=len(records))
-    by_project: dict[int, list[Record]] = {}
-    for r in records:
-        by_project.setdefault(r.project_id, []).append(r)
+    by_project: dict[int, list[tuple[Record, int]]] = {}
+    for i, r in enumerate(records):
+        by_project.setdefault(r.project_id, []).append((r, lsns[i] if lsns is not None else 0))
     for pid, recs in by_project.items():
         schema = catalog.schema(pid)
-        named = {k for r in recs for k in (*r.user_values, *r.event_values)}
+        named = {k for r, _ in recs for k in (*r.user_values, *r.event_values)}
         if not named <= schema.by_id.keys():
             # Records another process validated, against properties it created a moment ago:
             # this process's snapshot is looked at again rather than their values dropped.
             catalog.refresh(now_=True)
             schema = catalog.schema(pid)
         w.ensure_project(pid)
-        run: list[Record] = []
-        for r in recs:
+        run: list[tuple[Record, int]] = []
+        for r, lsn in recs:
             if r.kind == USER_DELETE:
                 _apply_run(w, schema, run, stats)
                 run = []
@@ -64,7 +72,7 @@ def apply_records(w: StoreWriter, catalog: Catalog, records: Sequence[Record]) -
                 w.delete_users(pid, sorted(users))
                 stats.deleted_users += len(users)
             else:
-                run.append(r)
+                run.append((r, lsn))
         _apply_run(w, schema, run, stats)
     return stats
 
@@ -80,17 +88,31 @@ def _props(schema: Schema, ids: set[int]) -> list[Property]:
     return out
 
 
-def _apply_run(w: StoreWriter, schema: Schema, run: list[Record], stats: Applied) -> None:
-    if not run:
+def _apply_run(
+    w: StoreWriter, schema: Schema, run_at: list[tuple[Record, int]], stats: Applied
+) -> None:
+    if not run_at:
         return
     pid = schema.project_id
+    run = [r for r, _ in run_at]
     user_props = list(schema.user.values())
     # Every record has at least one token (validation requires an identity), and resolution
     # already maps each record to the surviving user of any merge.
     res = resolve(w, pid, [r.tokens for r in run], user_props)
     crashpoints.reached("flush.resolved")
     stats.merges += len(res.merges)
-    stored = _stored_values(w, schema, run, res.user_ids)
+    # A record a profile holds already (a replay, on a store without transactions) changes
+    # nothing of the profile again; its event is written again by its id, which is harmless.
+    stamps = w.profile_stamps(pid, sorted(set(res.user_ids))) if any(at for _, at in run_at) else {}
+    folded = [
+        lsn == 0 or lsn > stamps.get(uid, 0)
+        for (_, lsn), uid in zip(run_at, res.user_ids, strict=True)
+    ]
+    stored = _stored_values(
+        w, schema, [r for r, f in zip(run, folded, strict=True) if f],
+        [u for u, f in zip(res.user_ids, folded, strict=True) if f],
+    )  # fmt: skip
+    profile_lsn: dict[int, int] = {}
 
     # Profiles: later values win, column by column; operations other than a plain set fold
     # onto the value before them (earlier in the run, else stored), in log order.
@@ -104,14 +126,16 @@ def _apply_run(w: StoreWriter, schema: Schema, run: list[Record], stats: Applied
     # A first event whose id is stored already is dropped; so is one whose id came earlier.
     firsts = sorted({r.event_id for r in run if r.kind == EVENT and r.event_mode == FIRST})
     stored_events = w.existing_event_ids(pid, firsts) if firsts else set()
-    for r, uid in zip(run, res.user_ids, strict=True):
-        vals = profile_values.setdefault(uid, {})
-        if r.ops:
-            _fold(vals, r, stored.get(uid, {}))
-        else:
-            vals.update(r.user_values)
-        user_ids.update(r.user_values)
-        profile_at[uid] = max(profile_at.get(uid, 0), r.received_at)
+    for (r, lsn), uid, fold in zip(run_at, res.user_ids, folded, strict=True):
+        if fold:
+            vals = profile_values.setdefault(uid, {})
+            if r.ops:
+                _fold(vals, r, stored.get(uid, {}))
+            else:
+                vals.update(r.user_values)
+            user_ids.update(r.user_values)
+            profile_at[uid] = max(profile_at.get(uid, 0), r.received_at)
+            profile_lsn[uid] = max(profile_lsn.get(uid, 0), lsn)
         if r.kind == EVENT:
             i = events.get(r.event_id)
             if r.event_mode == FIRST and (i is not None or r.event_id in stored_events):
@@ -148,6 +172,7 @@ def _apply_run(w: StoreWriter, schema: Schema, run: list[Record], stats: Applied
         user_ids=list(profile_values),
         touched_at=[profile_at[u] for u in profile_values],
         values=list(profile_values.values()),
+        lsns=[profile_lsn[u] for u in profile_values],
     )
     w.upsert_profiles(pid, rows, uprops)
     if clears:

@@ -45,7 +45,7 @@ from opencdp.health import Health
 from opencdp.ingest.apply import Applied, apply_records
 from opencdp.ingest.records import Record
 from opencdp.meta.progress import STORE_INGEST_LSN, ProgressLog
-from opencdp.store.base import Store
+from opencdp.store.base import Store, StoreWriter
 
 COMPONENT = "store"
 MIN_BACKOFF, MAX_BACKOFF = 0.05, 5.0
@@ -281,18 +281,27 @@ class Flusher:
         if self.store.capabilities.transactions:
             with self.store.writer() as w:
                 held = w.checkpoint_for_update(STORE_INGEST_LSN)
-                todo = [r for lsn, r in entries if lsn > held]
-                stats = apply_records(w, self.catalog, todo) if todo else Applied()
+                todo = [(lsn, r) for lsn, r in entries if lsn > held]
+                stats = self._records(w, todo)
                 end = max(end, held)
                 w.set_checkpoint(STORE_INGEST_LSN, end)
+            crashpoints.reached("flush.rows_written")
         else:
+            # Rows first, each profile stamped with the last record folded into it; then the
+            # marker. A replay in between leaves out what the stamps cover.
             with self.store.writer() as w:
-                stats = apply_records(w, self.catalog, [r for _, r in entries])
+                stats = self._records(w, entries)
+            crashpoints.reached("flush.rows_written")
             with self.store.writer() as w:
                 w.set_checkpoint(STORE_INGEST_LSN, end)
         self.store_lsn = end
         crashpoints.reached("flush.store_written")
         return stats
+
+    def _records(self, w: StoreWriter, entries: list[tuple[int, Record]]) -> Applied:
+        if not entries:
+            return Applied()
+        return apply_records(w, self.catalog, [r for _, r in entries], [lsn for lsn, _ in entries])
 
     def _record(self, end: int, i: int) -> None:
         """Record the progress up to ``end`` in the metadata DB, then release the log."""

@@ -93,6 +93,10 @@ class ProfileRows:
     user_ids: list[int] = field(default_factory=list)
     touched_at: list[int] = field(default_factory=list)  # epoch µs
     values: list[dict[int, Any]] = field(default_factory=list)  # property id -> value
+    # The ingest log position of the last record folded into each row (empty: not from the
+    # log): what a store without transactions keeps per profile to tell a replay
+    # (:meth:`StoreWriter.profile_stamps`).
+    lsns: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -189,6 +193,17 @@ class StoreWriter(ABC):
     ) -> dict[int, dict[int, Any]]:
         """The stored values of ``props`` (non-null ones only) of each of ``user_ids`` that has
         a profile: user id -> property id -> value, as :meth:`Store.profile` reads them."""
+
+    def profile_stamps(self, project_id: int, user_ids: Sequence[int]) -> dict[int, int]:
+        """The ingest log position of the last record folded into each of ``user_ids``'s
+        profiles (:attr:`ProfileRows.lsns`), where the store keeps it.
+
+        A store without transactions writes a flush's rows before its marker: a batch
+        replayed after a crash in between finds its records' folds (``user_add``,
+        ``user_append``) already in the profiles these positions cover, and leaves them out.
+        A store with transactions commits rows and marker together and never replays a
+        written record: it keeps none (an empty answer)."""
+        return {}
 
     @abstractmethod
     def clear_profile_values(

@@ -27,7 +27,14 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError,
 from opencdp.catalog.model import Property
 from opencdp.store.base import Store
 from opencdp.store.clickhouse.locks import LocalLocks, Locks, PostgresLocks
-from opencdp.store.clickhouse.sql import CAPABILITIES, FINAL, PROJECT_TABLES, PROP_TABLES, TABLES
+from opencdp.store.clickhouse.sql import (
+    CAPABILITIES,
+    FINAL,
+    LOCAL,
+    PROJECT_TABLES,
+    PROP_TABLES,
+    TABLES,
+)
 from opencdp.store.names import ident
 
 log = logging.getLogger(__name__)
@@ -45,7 +52,13 @@ SESSION = {
     "async_insert": 0,
     "lightweight_deletes_sync": 2,
     "mutations_sync": 2,
+    # On a cluster (no effect on one server): a query's IN and JOIN send the (temporary)
+    # right side to the shards; an insert into a Distributed table is on the shards when it
+    # returns; a read sees every insert a quorum of replicas acknowledged.
+    "prefer_global_in_and_join": 1,
+    "distributed_foreground_insert": 1,
 }
+CLUSTER_SESSION = {"insert_quorum": "auto", "select_sequential_consistency": 1}
 
 # Error codes of passing conditions: memory, disk, parts not merged yet, too many queries,
 # I/O, network, a replica or Keeper unavailable, a read-only table (Keeper session lost).
@@ -75,12 +88,18 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def _connect(url: str) -> tuple[dict[str, Any], str]:
-    """clickhouse-connect's arguments for a store URL, and the store's database."""
+def _connect(url: str) -> tuple[dict[str, Any], str, str | None]:
+    """clickhouse-connect's arguments for a store URL, the store's database, and the cluster
+    its tables are spread over (``?cluster=``), if any."""
     parts = urlsplit(url)
     options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    cluster = options.get("cluster")
     if parts.scheme == "chdb":
-        return {"dsn": f"chdb://{parts.netloc}{parts.path}"}, options.get("database", "opencdp")
+        return (
+            {"dsn": f"chdb://{parts.netloc}{parts.path}"},
+            options.get("database", "opencdp"),
+            None,
+        )
     args: dict[str, Any] = {
         "host": parts.hostname or "localhost",
         "port": parts.port or (8443 if parts.scheme == "clickhouses" else 8123),
@@ -88,7 +107,7 @@ def _connect(url: str) -> tuple[dict[str, Any], str]:
         "password": unquote(parts.password or ""),
         "secure": parts.scheme == "clickhouses",
     }
-    return args, parts.path.strip("/") or "opencdp"
+    return args, parts.path.strip("/") or "opencdp", cluster
 
 
 class ClickHouseBase(Store):
@@ -97,9 +116,11 @@ class ClickHouseBase(Store):
     capabilities = CAPABILITIES
 
     def __init__(self, url: str, locks_url: str | None = None, pool_size: int = 8) -> None:
-        self._args, database = _connect(url)
+        self._args, database, cluster = _connect(url)
         self.db = ident(database)  # (an operator's name, checked as a generated one is)
         self.database = database
+        self.cluster = ident(cluster) if cluster else None
+        self._session = {**SESSION, **(CLUSTER_SESSION if cluster else {})}
         self._pool: queue.LifoQueue[Client] = queue.LifoQueue()
         self._pool_size = pool_size
         self._columns: dict[str, set[str]] = {}
@@ -128,6 +149,33 @@ class ClickHouseBase(Store):
         """A table of the store, qualified by its database."""
         return f"{self.db}.{ident(name)}"
 
+    def _check_cluster(self, c: Client) -> None:
+        """On a cluster the operator creates the tables (``cluster_ddl``): refuse to start
+        without them."""
+        rows = c.query(
+            "SELECT name FROM system.tables WHERE database = {d:String}",
+            parameters={"d": self.database},
+        ).result_rows
+        missing = sorted({*TABLES} - {r[0] for r in rows})
+        if missing:
+            raise RuntimeError(
+                f"the ClickHouse cluster's database {self.database} lacks the store's tables "
+                f"({', '.join(missing)}): create them with `opencdp clickhouse-ddl` first"
+            )
+
+    def targets(self, name: str) -> list[str]:
+        """Where a change of a table's definition goes: on a cluster, the shards' tables and
+        then the Distributed table, each on every node."""
+        if self.cluster is None:
+            return [self.t(name)]
+        on = f"ON CLUSTER {self.cluster}"
+        return [f"{self.db}.{ident(name + LOCAL)} {on}", f"{self.t(name)} {on}"]
+
+    def deletes(self, name: str) -> str:
+        """Where a DELETE of a table's rows goes (a Distributed table takes none: on a cluster,
+        the shards' tables)."""
+        return self.targets(name)[0]
+
     def final(self, name: str, alias: str = "") -> str:
         """A table as its reads see it: its latest versions where it keeps versions."""
         named = f"{self.t(name)} AS {ident(alias)}" if alias else self.t(name)
@@ -146,7 +194,7 @@ class ClickHouseBase(Store):
         try:
             c = self._pool.get_nowait()
         except queue.Empty:
-            c = clickhouse_connect.get_client(**self._args, settings=SESSION)
+            c = clickhouse_connect.get_client(**self._args, settings=self._session)
         ok = False
         try:
             yield c

@@ -72,8 +72,8 @@ class ResolveWrites(Writes, SetBasedWrites):
         return bool(unique[0]) and not self._any_stored(project_id, src, keys)
 
     def _profile_insert(self, project_id: int, props: Sequence[Property]) -> str:
-        cols = ", ".join(["project_id", "user_id", "created_at", "updated_at", "_version",
-                          "_deleted", *(column(p) for p in props)])  # fmt: skip
+        cols = ", ".join(["project_id", "user_id", "created_at", "updated_at", "_lsn",
+                          "_version", "_deleted", *(column(p) for p in props)])  # fmt: skip
         return f"INSERT INTO {self.t('profiles')} ({cols})"
 
     def _each_row_new(
@@ -107,7 +107,7 @@ class ResolveWrites(Writes, SetBasedWrites):
         )
         props = self.present(props)
         values = ", ".join(
-            [str(pid), "r.user_id", "s._touched", "s._touched", str(self._v()), "0"]
+            [str(pid), "r.user_id", "s._touched", "s._touched", "0", str(self._v()), "0"]
             + [self._value(p, f"s.{column(p)}") for p in props]
         )
         self._x(

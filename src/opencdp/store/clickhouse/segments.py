@@ -269,7 +269,7 @@ class SegmentWrites(Writes):
         pid, sid = int(project_id), int(segment_id)
         cond = f"project_id = {pid} AND segment_id = {sid} AND ({where})"
         if self._one(f"SELECT count() FROM {self.t('segment_members')} WHERE {cond}")[0]:
-            self._x(f"DELETE FROM {self.t('segment_members')} WHERE {cond}")
+            self._x(f"DELETE FROM {self._store.deletes('segment_members')} WHERE {cond}")
 
     def _keep_two(self, project_id: int, segment_id: int, version: int) -> int:
         v = int(version)

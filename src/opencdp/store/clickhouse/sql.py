@@ -18,6 +18,8 @@ which are never versioned: each event id is one row, de-duplicated before it is 
 
 from __future__ import annotations
 
+import re
+
 import sqlglot.expressions as exp
 
 from opencdp.catalog.model import Property
@@ -114,8 +116,11 @@ REPLACING = "ReplacingMergeTree(_version, _deleted)"
 # The store's tables: name -> (columns, engine and keys). Every project's rows share them,
 # ``project_id`` leading each key.
 TABLES: dict[str, tuple[str, str]] = {
+    # ``_lsn``: the ingest log position of the last record folded into the profile (a replayed
+    # flush leaves out what it covers: StoreWriter.profile_stamps).
     "profiles": (
-        f"project_id UInt64, user_id Int64, created_at {TIME}, updated_at {TIME}, {VERSIONED}",
+        f"project_id UInt64, user_id Int64, created_at {TIME}, updated_at {TIME}, "
+        f"_lsn UInt64, {VERSIONED}",
         f"{REPLACING} ORDER BY (project_id, user_id)",
     ),
     "identities": (
@@ -172,6 +177,51 @@ TABLES: dict[str, tuple[str, str]] = {
         f"{REPLACING} ORDER BY key",
     ),
 }
+# How a cluster spreads each table over its shards: a function of the leading columns of the
+# table's key, so that every version of a row lands on one shard (where FINAL, and a
+# de-duplication by key, see them all). A user's profile, memberships and the events written
+# with its id share a shard.
+SHARDING = {
+    "profiles": "cityHash64(project_id, user_id)",
+    "identities": "cityHash64(project_id, key_id, value)",
+    "overrides": "cityHash64(project_id, old_user_id)",
+    "events": "cityHash64(project_id, user_id)",
+    "event_ids": "cityHash64(project_id, event_id)",
+    "list_members": "cityHash64(project_id, user_id)",
+    "segment_members": "cityHash64(project_id, user_id)",
+    "documents": "cityHash64(project_id, collection_id, _id)",
+    "_opencdp_state": "cityHash64(name)",
+    "_opencdp_batches": "cityHash64(key)",
+    "_opencdp_user_ids": "cityHash64(project_id)",
+    "_opencdp_reserved_ids": "cityHash64(key)",
+}
+LOCAL = "_local"  # a cluster's tables on each shard: <name>_local; <name> is the Distributed one
+
+
+def cluster_ddl(database: str, cluster: str) -> list[str]:
+    """The schema of the store on a ClickHouse cluster: each table as a replicated table on
+    every shard (``<name>_local``) behind a ``Distributed`` table of the name the store's
+    queries use. Run once, by an operator, before the first server starts (the store does
+    not create tables on a cluster). ``database`` and ``cluster`` are an operator's names."""
+    db, on = ident(database), f"ON CLUSTER {ident(cluster)}"
+    out = [f"CREATE DATABASE IF NOT EXISTS {db} {on}"]
+    for name, (columns, engine) in TABLES.items():
+        m = re.fullmatch(r"(\w+)(?:\(([^)]*)\))? (.*)", engine)
+        assert m is not None, engine
+        kind, params, keys = m.group(1), m.group(2) or "", m.group(3)
+        path = f"'/clickhouse/tables/{{shard}}/{database}/{name}', '{{replica}}'"
+        replicated = f"Replicated{kind}({path}{', ' + params if params else ''})"
+        local = ident(name + LOCAL)
+        out.append(
+            f"CREATE TABLE IF NOT EXISTS {db}.{local} {on} ({columns}) ENGINE = {replicated} {keys}"
+        )
+        out.append(
+            f"CREATE TABLE IF NOT EXISTS {db}.{ident(name)} {on} AS {db}.{local} "
+            f"ENGINE = Distributed({ident(cluster)}, {db}, {local}, {SHARDING[name]})"
+        )
+    return out
+
+
 # The tables holding projects' rows, each read by a query of a project through the
 # ``additional_table_filters`` of its settings (the second wall between tenants).
 PROJECT_TABLES = tuple(t for t in TABLES if not t.startswith("_") or t == "_opencdp_user_ids")

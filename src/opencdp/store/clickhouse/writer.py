@@ -173,7 +173,8 @@ class WriterBase(StoreWriter):
                     f"ADD COLUMN IF NOT EXISTS {column(p)} {CAPABILITIES.column_types[p.type]}"
                     for p in new
                 )
-                self._x(f"ALTER TABLE {self.t(tbl)} {adds}")
+                for target in self._store.targets(tbl):
+                    self._x(f"ALTER TABLE {target} {adds}")
                 self._store.added(tbl, (p.column for p in new))
 
     def present(self, props: Iterable[Property]) -> list[Property]:
@@ -298,8 +299,9 @@ class Writes(WriterBase):
         v = self._v()
         self._x(
             f"INSERT INTO {self.t('profiles')} (project_id, user_id, created_at, updated_at, "
-            f"{', '.join(['_version', '_deleted', *map(ident, cols)])}) "
-            f"SELECT {pid}, {group} AS survivor, min(created_at), max(updated_at), {v}, 0"
+            f"{', '.join(['_lsn', '_version', '_deleted', *map(ident, cols)])}) "
+            f"SELECT {pid}, {group} AS survivor, min(created_at), max(updated_at), max(_lsn), "
+            f"{v}, 0"
             f"{', ' + picks if picks else ''} FROM {self.final('profiles')} "
             f"WHERE project_id = {pid} AND user_id IN {literals(members)} GROUP BY survivor"
         )
@@ -333,12 +335,13 @@ class Writes(WriterBase):
         data: dict[str, pa.Array] = {
             "user_id": pa.array(rows.user_ids, pa.int64()),
             "touched": pa.array(rows.touched_at, pa.timestamp("us")),
+            "_lsn": pa.array(rows.lsns or [0] * len(rows), pa.int64()),
         }
         for p in props:
             data[p.column] = pa.array([v.get(p.id) for v in rows.values], ARROW_TYPES[p.type])
         staged = self._stage(pa.table(data))
         try:
-            self._upsert_profiles(project_id, staged, "user_id", "touched", props)
+            self._upsert_profiles(project_id, staged, "user_id", "touched", props, lsn=True)
         finally:
             self._unstage(staged)
 
@@ -350,14 +353,17 @@ class Writes(WriterBase):
         touched: str,
         props: Sequence[Property],
         where: str = "1",
+        lsn: bool = False,
     ) -> None:
         """Upsert profiles from the rows of ``source`` (one per user) that ``where`` picks: a
         stored profile gets a new version with the rows' values (a null leaves a stored value),
-        a new one is inserted."""
+        a new one is inserted. With ``lsn``, ``source`` has each row's ``_lsn`` (the ingest
+        log position of its last record) for the profile to keep."""
         pid, src = int(project_id), ident(source)
         s_uid, s_t = f"s.{ident(uid)}", f"s.{ident(touched)}"
+        stamp = "greatest(o._lsn, toUInt64(s._lsn))" if lsn else "o._lsn"
         replace = ", ".join(
-            [f"{s_t} AS updated_at", f"{self._v()} AS _version"]
+            [f"{s_t} AS updated_at", f"{stamp} AS _lsn", f"{self._v()} AS _version"]
             + [f"{kept(p, f's.{column(p)}', f'o.{column(p)}')} AS {column(p)}" for p in props]
         )
         self._x(
@@ -365,10 +371,10 @@ class Writes(WriterBase):
             f"FROM {self.final('profiles', 'o')} JOIN {src} AS s ON {s_uid} = o.user_id "
             f"WHERE o.project_id = {pid} AND ({where})"
         )
-        cols = ", ".join(["project_id", "user_id", "created_at", "updated_at", "_version",
-                          "_deleted", *(column(p) for p in props)])  # fmt: skip
+        cols = ", ".join(["project_id", "user_id", "created_at", "updated_at", "_lsn",
+                          "_version", "_deleted", *(column(p) for p in props)])  # fmt: skip
         values = ", ".join(
-            [str(pid), s_uid, s_t, s_t, str(self._v()), "0"]
+            [str(pid), s_uid, s_t, s_t, "toUInt64(s._lsn)" if lsn else "0", str(self._v()), "0"]
             + [self._value(p, f"s.{column(p)}") for p in props]
         )
         self._x(
@@ -481,7 +487,7 @@ class Writes(WriterBase):
         for i in range(0, len(rows), _LITERAL_ROWS):
             chunk = rows[i : i + _LITERAL_ROWS] + old[i : i + _LITERAL_ROWS]
             self._x(
-                f"DELETE FROM {self.t('events')} WHERE project_id = {pid} "
+                f"DELETE FROM {self._store.deletes('events')} WHERE project_id = {pid} "
                 f"AND event_name IN {literals({r[1] for r in chunk})} "
                 f"AND user_id IN {literals({int(r[2]) for r in chunk})} "
                 f"AND event_id IN {literals({r[0] for r in chunk})} AND _version < {int(v)}"
@@ -489,7 +495,7 @@ class Writes(WriterBase):
         for i in range(len(rows), len(old), _LITERAL_ROWS):  # (old rows beyond the new ones)
             chunk = old[i : i + _LITERAL_ROWS]
             self._x(
-                f"DELETE FROM {self.t('events')} WHERE project_id = {pid} "
+                f"DELETE FROM {self._store.deletes('events')} WHERE project_id = {pid} "
                 f"AND event_name IN {literals({r[1] for r in chunk})} "
                 f"AND user_id IN {literals({int(r[2]) for r in chunk})} "
                 f"AND event_id IN {literals({r[0] for r in chunk})} AND _version < {int(v)}"
@@ -546,14 +552,28 @@ class Writes(WriterBase):
             return
         self._lock(project_id)
         pid, ids = int(project_id), literals(map(int, user_ids))
-        # A user's events include those of the users merged into it.
-        everyone = self._store.own_users(pid, user_ids)
-        self._tombstone("event_ids", f"t.project_id = {pid} AND t.user_id IN {everyone}")
+        # A user's events include those of the users merged into it (as literals: a delete
+        # runs on the shards, where the store's other tables are not what it reads).
+        owners = literals(
+            int(r[0]) for r in self._all(f"SELECT * FROM {self._store.own_users(pid, user_ids)}")
+        )
+        self._tombstone("event_ids", f"t.project_id = {pid} AND t.user_id IN {owners}")
         self._x(
-            f"DELETE FROM {self.t('events')} WHERE project_id = {pid} AND user_id IN {everyone}"
+            f"DELETE FROM {self._store.deletes('events')} WHERE project_id = {pid} "
+            f"AND user_id IN {owners}"
         )
         for name in ("identities", "list_members", "segment_members", "profiles"):
             self._tombstone(name, f"t.project_id = {pid} AND t.user_id IN {ids}")
+
+    def profile_stamps(self, project_id: int, user_ids: Sequence[int]) -> dict[int, int]:
+        if not user_ids:
+            return {}
+        self._pid = int(project_id)
+        rows = self._all(
+            f"SELECT user_id, _lsn FROM {self.final('profiles')} WHERE project_id = "
+            f"{int(project_id)} AND user_id IN {literals(map(int, user_ids))} AND _lsn > 0"
+        )
+        return {int(u): int(n) for u, n in rows}
 
     def profile_values(
         self, project_id: int, user_ids: Sequence[int], props: Sequence[Property]
