@@ -23,6 +23,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
@@ -172,10 +173,16 @@ def _kept_key(engine: sa.Engine) -> bytes:
 
 
 def check_store(settings: Settings, engine: sa.Engine) -> None:
-    """Before the store is opened: the default store file must exist once projects do
-    (opening would create an empty one)."""
-    path = settings.data_dir / "store.duckdb"
-    if not settings.store_url and not path.exists() and _has_projects(engine):
+    """Before the store is opened: a store kept in a local file or folder (the default DuckDB
+    file, a chdb path) must exist once projects do (opening would create an empty one)."""
+    url = settings.store_url
+    if not url:
+        path = settings.data_dir / "store.duckdb"
+    elif url.startswith("chdb://"):
+        path = Path(urlsplit(url).path)
+    else:
+        return
+    if not path.exists() and _has_projects(engine):
         raise DataDirError(
             f"{path} is missing, but the metadata DB holds projects: the analytic store "
             "holds nothing of this deployment. Restore the store from a backup."

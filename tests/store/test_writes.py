@@ -149,6 +149,38 @@ def test_values_of_every_type_are_read_back_as_written(store: Store) -> None:
     assert stored == {1: user}
 
 
+def test_an_empty_list_is_a_value_and_times_of_any_year_are_kept(store: Store) -> None:
+    """Data comes out as it went in at the edges: an empty list is kept as one (not as no
+    value, and it replaces a stored list), and times from year 1 to 9999 keep every
+    microsecond, in reads and in exports (epoch milliseconds rounded down)."""
+    early, late = datetime(1, 1, 2, 0, 0, 0, 1), datetime(9999, 12, 29, 23, 59, 59, 999999)
+    write(
+        store,
+        lambda w: w.upsert_profiles(
+            P,
+            profiles([(1, T0, {TAGS.id: ["a"]}), (2, T0, {TAGS.id: [], SEEN.id: early})]),
+            USER_PROPS,
+        ),
+        lambda w: w.upsert_profiles(P, profiles([(1, T0 + 1, {TAGS.id: []})]), USER_PROPS),
+        lambda w: w.upsert_events(
+            P, event_rows([Event("e1", 2, values={AT.id: late, ITEMS.id: []})]), EVENT_PROPS
+        ),
+    )
+    assert values(store, 1) == {TAGS.id: []}
+    assert values(store, 2) == {TAGS.id: [], SEEN.id: early}
+    (got,) = store.latest_events(P, 2, 10, EVENT_PROPS)
+    assert got["values"] == {AT.id: late, ITEMS.id: []}
+    rows = [
+        r
+        for b in store.export_profiles(P, [TAGS, SEEN], datetime(1, 1, 2), datetime(9999, 12, 30))
+        for r in b.to_pylist()
+    ]
+    assert [(r[TAGS.column], r[SEEN.column]) for r in rows] == [
+        ("[]", None),
+        ("[]", str(-62135510400000)),  # (0001-01-02 00:00:00.000001, rounded down)
+    ]  # fmt: skip
+
+
 def test_an_event_upsert_replaces_by_event_id_and_keeps_properties_not_given(
     store: Store,
 ) -> None:

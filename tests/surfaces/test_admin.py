@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Project
-from tests.liveserver import ADMIN_TOKEN, LiveServer
+from tests.liveserver import ADMIN_TOKEN, TEST_STORE, LiveServer
 
 _n = itertools.count(1)
 
@@ -95,7 +95,7 @@ def test_health(server: LiveServer) -> None:
     assert resp.json() == {"status": "ok"}
     detail = server.admin("GET", "/health").json()
     assert detail["status"] == "ok"
-    assert detail["store"] == "duckdb"
+    assert detail["store"] == ("clickhouse" if TEST_STORE == "chdb" else "duckdb")
     assert detail["projects"] >= 1
     assert detail["dead_letters"] == 0
     assert isinstance(detail["ingest_backlog"], int)

@@ -19,8 +19,11 @@ import httpx
 import pytest
 
 from tests.engines import PostgresCluster
-from tests.liveserver import LiveServer
+from tests.liveserver import TEST_STORE, LiveServer
 from tests.surfaces.test_marketo import Mkto
+
+# The store's own file (or folder) in a server's data directory.
+STORE = "chdb" if TEST_STORE == "chdb" else "store.duckdb"
 
 
 @pytest.fixture
@@ -123,7 +126,9 @@ def test_a_full_disk_refuses_records_and_recovers_without_a_restart(small_disk: 
             assert body["errcode"] == 10000
             assert "No space left on device" in body["errmsg"], body
             assert "nothing was stored" in body["errmsg"], body
-        assert refused > 50
+        # (ClickHouse's failed inserts give back the scratch space they held: records fit
+        # more often, and each acknowledged one is stored in the end all the same.)
+        assert refused > (50 if TEST_STORE == "duckdb" else 0)
         # A record naming a new property (a metadata DB write) is refused the same way.
         resp = send(srv, secret, 30, brand_new_property="x")
         assert resp.status_code == 503 and "nothing was stored" in resp.json()["errmsg"]
@@ -230,7 +235,7 @@ def test_a_damaged_log_frame_is_set_aside_and_the_records_after_it_replayed(
     [
         ("meta.db", "meta.db is missing"),
         ("secret.key", "secret.key is missing"),
-        ("store.duckdb", "holds nothing of this deployment"),
+        (STORE, "holds nothing of this deployment"),
     ],
 )
 def test_a_deployment_missing_a_file_refuses_to_start_and_changes_nothing(
@@ -241,7 +246,7 @@ def test_a_deployment_missing_a_file_refuses_to_start_and_changes_nothing(
     assert all(acked(send(srv, info["api_token"], i)) for i in range(5))
     srv.kill()  # the five are in the log only
     for path in fresh_dir.glob(remove + "*"):
-        path.unlink()
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     before = _data_files(fresh_dir)
     with pytest.raises(RuntimeError, match="server exited") as err:
         LiveServer(fresh_dir, port=srv.port).start()

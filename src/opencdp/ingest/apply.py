@@ -45,15 +45,15 @@ def apply_records(
     w: StoreWriter,
     catalog: Catalog,
     records: Sequence[Record],
-    lsns: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
 ) -> Applied:
-    """Apply ``records`` (at the log positions ``lsns``, when they come from the ingest log:
-    a replay then leaves out the folds a profile holds already, see
-    :meth:`StoreWriter.profile_stamps`)."""
+    """Apply ``records`` (at the log ``positions``, when they come from the ingest log: a
+    replay then leaves out the folds a profile holds already, see
+    :meth:`StoreWriter.profile_stamps` and :attr:`ProfileRows.positions`)."""
     stats = Applied(records=len(records))
     by_project: dict[int, list[tuple[Record, int]]] = {}
     for i, r in enumerate(records):
-        by_project.setdefault(r.project_id, []).append((r, lsns[i] if lsns is not None else 0))
+        by_project.setdefault(r.project_id, []).append((r, positions[i] if positions else 0))
     for pid, recs in by_project.items():
         schema = catalog.schema(pid)
         named = {k for r, _ in recs for k in (*r.user_values, *r.event_values)}
@@ -64,7 +64,7 @@ def apply_records(
             schema = catalog.schema(pid)
         w.ensure_project(pid)
         run: list[tuple[Record, int]] = []
-        for r, lsn in recs:
+        for r, at in recs:
             if r.kind == USER_DELETE:
                 _apply_run(w, schema, run, stats)
                 run = []
@@ -72,7 +72,7 @@ def apply_records(
                 w.delete_users(pid, sorted(users))
                 stats.deleted_users += len(users)
             else:
-                run.append((r, lsn))
+                run.append((r, at))
         _apply_run(w, schema, run, stats)
     return stats
 
@@ -112,7 +112,7 @@ def _apply_run(
         w, schema, [r for r, f in zip(run, folded, strict=True) if f],
         [u for u, f in zip(res.user_ids, folded, strict=True) if f],
     )  # fmt: skip
-    profile_lsn: dict[int, int] = {}
+    profile_position: dict[int, int] = {}
 
     # Profiles: later values win, column by column; operations other than a plain set fold
     # onto the value before them (earlier in the run, else stored), in log order.
@@ -135,7 +135,7 @@ def _apply_run(
                 vals.update(r.user_values)
             user_ids.update(r.user_values)
             profile_at[uid] = max(profile_at.get(uid, 0), r.received_at)
-            profile_lsn[uid] = max(profile_lsn.get(uid, 0), lsn)
+            profile_position[uid] = max(profile_position.get(uid, 0), lsn)
         if r.kind == EVENT:
             i = events.get(r.event_id)
             if r.event_mode == FIRST and (i is not None or r.event_id in stored_events):
@@ -172,7 +172,7 @@ def _apply_run(
         user_ids=list(profile_values),
         touched_at=[profile_at[u] for u in profile_values],
         values=list(profile_values.values()),
-        lsns=[profile_lsn[u] for u in profile_values],
+        positions=[profile_position[u] for u in profile_values],
     )
     w.upsert_profiles(pid, rows, uprops)
     if clears:

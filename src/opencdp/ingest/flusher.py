@@ -70,6 +70,18 @@ class Stalled(Exception):
         self.cause = cause
 
 
+def positions(entries: list[tuple[int, Record]]) -> list[int]:
+    """Each record's log position: its frame's LSN shifted left by 32 bits, plus its index in
+    the frame (the records of one request share an LSN; a batch holds whole frames)."""
+    out: list[int] = []
+    prev, k = -1, 0
+    for lsn, _ in entries:
+        k = k + 1 if lsn == prev else 0
+        prev = lsn
+        out.append((lsn << 32) | k)
+    return out
+
+
 class Flusher:
     def __init__(
         self,
@@ -301,7 +313,7 @@ class Flusher:
     def _records(self, w: StoreWriter, entries: list[tuple[int, Record]]) -> Applied:
         if not entries:
             return Applied()
-        return apply_records(w, self.catalog, [r for _, r in entries], [lsn for lsn, _ in entries])
+        return apply_records(w, self.catalog, [r for _, r in entries], positions(entries))
 
     def _record(self, end: int, i: int) -> None:
         """Record the progress up to ``end`` in the metadata DB, then release the log."""

@@ -95,8 +95,9 @@ class ProfileRows:
     values: list[dict[int, Any]] = field(default_factory=list)  # property id -> value
     # The ingest log position of the last record folded into each row (empty: not from the
     # log): what a store without transactions keeps per profile to tell a replay
-    # (:meth:`StoreWriter.profile_stamps`).
-    lsns: list[int] = field(default_factory=list)
+    # (:meth:`StoreWriter.profile_stamps`). A position is the record's frame LSN shifted
+    # left by 32 bits plus its index within the frame (a frame holds a request's records).
+    positions: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -196,7 +197,7 @@ class StoreWriter(ABC):
 
     def profile_stamps(self, project_id: int, user_ids: Sequence[int]) -> dict[int, int]:
         """The ingest log position of the last record folded into each of ``user_ids``'s
-        profiles (:attr:`ProfileRows.lsns`), where the store keeps it.
+        profiles (:attr:`ProfileRows.positions`), where the store keeps it.
 
         A store without transactions writes a flush's rows before its marker: a batch
         replayed after a crash in between finds its records' folds (``user_add``,

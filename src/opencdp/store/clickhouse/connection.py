@@ -25,11 +25,13 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
 from opencdp.catalog.model import Property
+from opencdp.catalog.types import PropertyType
 from opencdp.store.base import Store
 from opencdp.store.clickhouse.locks import LocalLocks, Locks, PostgresLocks
 from opencdp.store.clickhouse.sql import (
     CAPABILITIES,
     FINAL,
+    LIST_COMMENT,
     LOCAL,
     PROJECT_TABLES,
     PROP_TABLES,
@@ -124,6 +126,7 @@ class ClickHouseBase(Store):
         self._pool: queue.LifoQueue[Client] = queue.LifoQueue()
         self._pool_size = pool_size
         self._columns: dict[str, set[str]] = {}
+        self.lists: set[str] = set()  # the property columns that hold lists (JSON text)
         self._lock = threading.Lock()
         floor = 0
         with self._client() as c:
@@ -212,15 +215,18 @@ class ClickHouseBase(Store):
     # ---- property columns ---------------------------------------------------------------
     def _load_columns(self, c: Client) -> None:
         rows = c.query(
-            "SELECT table, name FROM system.columns WHERE database = {db:String} "
+            "SELECT table, name, comment FROM system.columns WHERE database = {db:String} "
             "AND table IN ('profiles', 'events')",
             parameters={"db": self.database},
         ).result_rows
         found: dict[str, set[str]] = {"profiles": set(), "events": set()}
-        for tbl, name in rows:
+        lists: set[str] = set()
+        for tbl, name, comment in rows:
             found[tbl].add(name)
+            if comment == LIST_COMMENT:
+                lists.add(name)
         with self._lock:
-            self._columns = found
+            self._columns, self.lists = found, lists
 
     def has_columns(self, c: Client, table: str, names: Iterable[str]) -> set[str]:
         """Those of ``names`` that are columns of ``table`` (a miss is looked up again:
@@ -230,9 +236,12 @@ class ClickHouseBase(Store):
             self._load_columns(c)
         return names & self._columns.get(table, set())
 
-    def added(self, table: str, names: Iterable[str]) -> None:
+    def added(self, table: str, props: Iterable[Property]) -> None:
         with self._lock:
-            self._columns.setdefault(table, set()).update(names)
+            for p in props:
+                self._columns.setdefault(table, set()).add(p.column)
+                if p.type is PropertyType.LIST:
+                    self.lists.add(p.column)
 
     def present(self, c: Client, props: Iterable[Property]) -> list[Property]:
         """Those of ``props`` that have a column."""

@@ -5,7 +5,7 @@ stays open while the caller writes a page out)."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -13,11 +13,18 @@ from clickhouse_connect.driver.client import Client
 
 from opencdp.catalog.model import Property
 from opencdp.store.clickhouse.connection import ClickHouseBase
-from opencdp.store.clickhouse.sql import column, json_value, text_value
+from opencdp.store.clickhouse.sql import column, epoch_ms, json_value, text_value
 
 PAGE_ROWS = 65_536
 Column = tuple[str, str, pa.DataType]  # name, SQL, Arrow type
-_MS = "toUnixTimestamp64Milli({})"
+_MS = epoch_ms("{0}")
+
+
+def when(d: datetime) -> str:
+    """A UTC datetime as a ``DateTime64`` parameter's text (every year in four digits)."""
+    if d.tzinfo is not None:
+        d = d.astimezone(UTC).replace(tzinfo=None)
+    return f"{d.year:04d}-{d:%m-%d %H:%M:%S}.{d.microsecond:06d}"
 
 
 class ExportReads(ClickHouseBase):
@@ -46,7 +53,9 @@ class ExportReads(ClickHouseBase):
             page = dict(params)
             cond = where
             if last is not None:
-                page.update({f"k{i}": v for i, v in enumerate(last)})
+                page.update(
+                    {f"k{i}": when(v) if isinstance(v, datetime) else v for i, v in enumerate(last)}
+                )
                 cond = f"({where}) AND {after}"
             with self._client() as c:
                 table = c.query_arrow(
@@ -103,7 +112,7 @@ class ExportReads(ClickHouseBase):
             f"e.project_id = {pid} AND e.received_at >= {{s:DateTime64(6, 'UTC')}} "
             "AND e.received_at < {t:DateTime64(6, 'UTC')}"
         )
-        params: dict[str, Any] = {"s": start, "t": end}
+        params: dict[str, Any] = {"s": when(start), "t": when(end)}
         if names is not None:
             where += " AND e.event_name IN (SELECT arrayJoin({n:Array(String)}))"
             params["n"] = list(names)
@@ -142,7 +151,7 @@ class ExportReads(ClickHouseBase):
         )
         keys = [("u.user_id", "Int64")]
         yield from self._pages(
-            pid, cols, self.final("profiles", "u"), where, keys, {"s": start, "t": end}
+            pid, cols, self.final("profiles", "u"), where, keys, {"s": when(start), "t": when(end)}
         )
 
     def received_counts(
@@ -150,7 +159,7 @@ class ExportReads(ClickHouseBase):
     ) -> tuple[dict[str | None, int], int]:
         pid = int(project_id)
         window = "BETWEEN {s:DateTime64(6, 'UTC')} AND {t:DateTime64(6, 'UTC')}"
-        params = {"s": start, "t": end}
+        params = {"s": when(start), "t": when(end)}
         with self._client() as c:
             rows = c.query(
                 f"SELECT event_name, count() FROM {self.t('events')} WHERE project_id = {pid} "

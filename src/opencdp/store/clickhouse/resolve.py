@@ -5,7 +5,7 @@ people, found by minimum-label propagation with pointer jumping), in ClickHouse'
 temporary tables of the batch's size.
 
 A person's properties, the value of its last row that has one, are ``argMax`` over the row
-number (which skips nulls; a list: its last non-empty value).
+number (which skips nulls).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from opencdp.catalog.model import Property
-from opencdp.catalog.types import PropertyType
 from opencdp.store.base import ImportOutcome
 from opencdp.store.clickhouse.sql import column
 from opencdp.store.clickhouse.writer import Writes
@@ -27,11 +26,9 @@ _TEMPS = (
 
 
 def _last(p: Property, alias: str = "s") -> str:
-    """SQL: a property's value on the last row (by ``_row``) that has one."""
-    col = f"{alias}.{column(p)}"
-    if p.type is PropertyType.LIST:
-        return f"argMaxIf({col}, {alias}._row, notEmpty({col})) AS {column(p)}"
-    return f"argMax({col}, {alias}._row) AS {column(p)}"
+    """SQL: a property's value on the last row (by ``_row``) that has one (``argMax`` skips
+    nulls)."""
+    return f"argMax({alias}.{column(p)}, {alias}._row) AS {column(p)}"
 
 
 class ResolveWrites(Writes, SetBasedWrites):
@@ -72,7 +69,7 @@ class ResolveWrites(Writes, SetBasedWrites):
         return bool(unique[0]) and not self._any_stored(project_id, src, keys)
 
     def _profile_insert(self, project_id: int, props: Sequence[Property]) -> str:
-        cols = ", ".join(["project_id", "user_id", "created_at", "updated_at", "_lsn",
+        cols = ", ".join(["project_id", "user_id", "created_at", "updated_at", "_position",
                           "_version", "_deleted", *(column(p) for p in props)])  # fmt: skip
         return f"INSERT INTO {self.t('profiles')} ({cols})"
 
@@ -108,7 +105,7 @@ class ResolveWrites(Writes, SetBasedWrites):
         props = self.present(props)
         values = ", ".join(
             [str(pid), "r.user_id", "s._touched", "s._touched", "0", str(self._v()), "0"]
-            + [self._value(p, f"s.{column(p)}") for p in props]
+            + [f"s.{column(p)}" for p in props]
         )
         self._x(
             f"{self._profile_insert(pid, props)} SELECT {values} FROM {src} AS s "

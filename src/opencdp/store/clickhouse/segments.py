@@ -23,10 +23,11 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from opencdp.catalog.model import Property
+from opencdp.catalog.types import PropertyType
 from opencdp.store import tree
 from opencdp.store.base import SEGMENT_ROWS, Budget, OverBudget, QueryError
 from opencdp.store.clickhouse.connection import ClickHouseBase, error_code, first_line
-from opencdp.store.clickhouse.sql import SQL, column
+from opencdp.store.clickhouse.sql import CAPABILITIES, SQL, column, seen
 from opencdp.store.clickhouse.writer import Writes, literals
 from opencdp.store.duckdb.sql import ARROW_TYPES
 from opencdp.store.names import ident
@@ -67,14 +68,13 @@ def _logical(
     props = sorted(store.has_columns(c, table, names))
     if logical == tree.USERS:
         cols = [*_OWN[logical], *props]
-        body = (
-            f"SELECT {', '.join(map(ident, cols))} FROM {store.final('profiles')} "
-            f"WHERE project_id = {pid}"
-        )
+        exprs = [*_OWN[logical], *(f"{seen(p, p in store.lists)} AS {ident(p)}" for p in props)]
+        body = f"SELECT {', '.join(exprs)} FROM {store.final('profiles')} WHERE project_id = {pid}"
         return body, cols
     source, user = store.events_source(c, pid)
     exprs = [f"e.{c_}" for c_ in _OWN[logical] if c_ != "user_id"]
-    exprs += [f"{user} AS _uid", *(f"e.{ident(p)}" for p in props)]
+    exprs += [f"{user} AS _uid"]
+    exprs += [f"{seen(f'e.{p}', p in store.lists)} AS {ident(p)}" for p in props]
     inner = f"SELECT {', '.join(exprs)} FROM {source} WHERE e.project_id = {pid}"
     cols = [*_OWN[logical], *props]
     outer = ", ".join("_uid AS user_id" if c_ == "user_id" else ident(c_) for c_ in cols)
@@ -212,12 +212,12 @@ class SegmentReads(ClickHouseBase):
                 "AND table = {t:String}",
                 parameters={"d": self.database, "t": table},
             ).result_rows
-            from opencdp.store.clickhouse.sql import CAPABILITIES
-
             by_type = {v: k for k, v in CAPABILITIES.column_types.items()}
             for name, typ in rows:
-                if name in stored and typ in by_type:
-                    out[name] = ARROW_TYPES[by_type[typ]]
+                if name in stored:
+                    kind = PropertyType.LIST if name in self.lists else by_type.get(typ)
+                    if kind is not None:
+                        out[name] = ARROW_TYPES[kind]
         return out
 
     def segment_members(

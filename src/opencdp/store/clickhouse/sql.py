@@ -87,8 +87,9 @@ SQL = tree.SqlDialect(
     },
 )
 
-# A list is never null in ClickHouse (an Array cannot be Nullable): no items is no value,
-# which is how segment definitions read an empty list anyway.
+# ``column_types``: the types a segment query sees a property as. A list is an ``Array`` there
+# (no items for none: an Array cannot be Nullable, and definitions read an empty list as no
+# value anyway); it is stored as JSON text (STORAGE_TYPES), which keeps null and [] apart.
 CAPABILITIES = Capabilities(
     name="clickhouse",
     sql=SQL,
@@ -116,11 +117,11 @@ REPLACING = "ReplacingMergeTree(_version, _deleted)"
 # The store's tables: name -> (columns, engine and keys). Every project's rows share them,
 # ``project_id`` leading each key.
 TABLES: dict[str, tuple[str, str]] = {
-    # ``_lsn``: the ingest log position of the last record folded into the profile (a replayed
-    # flush leaves out what it covers: StoreWriter.profile_stamps).
+    # ``_position``: the ingest log position of the last record folded into the profile (a
+    # replayed flush leaves out what it covers: StoreWriter.profile_stamps).
     "profiles": (
         f"project_id UInt64, user_id Int64, created_at {TIME}, updated_at {TIME}, "
-        f"_lsn UInt64, {VERSIONED}",
+        f"_position UInt128, {VERSIONED}",
         f"{REPLACING} ORDER BY (project_id, user_id)",
     ),
     "identities": (
@@ -230,23 +231,47 @@ FINAL = {t for t, (_, engine) in TABLES.items() if engine.startswith("Replacing"
 # Kinds of property and the table each belongs to.
 PROP_TABLES = {"user": "profiles", "event": "events"}
 
+# How a property is stored: as it is seen, but a list as its JSON text (``["a","b"]``), with
+# the column's comment saying it is a list.
+STORAGE_TYPES = {**CAPABILITIES.column_types, PropertyType.LIST: "Nullable(String)"}
+LIST_COMMENT = "list"
+
+
+def storage_column(p: Property) -> str:
+    """The definition of a property's column."""
+    comment = f" COMMENT '{LIST_COMMENT}'" if p.type is PropertyType.LIST else ""
+    return f"{column(p)} {STORAGE_TYPES[p.type]}{comment}"
+
+
+def seen(col: str, is_list: bool) -> str:
+    """SQL for a stored property column (a generated reference, ``e.p_12`` or ``p_12``) as a
+    segment query sees it."""
+    return f"JSONExtract(ifNull({col}, '[]'), 'Array(String)')" if is_list else col
+
+
+def epoch_ms(col: str) -> str:
+    """SQL: a time as epoch milliseconds, rounded down (before 1970 too)."""
+    us = f"toUnixTimestamp64Micro({col})"
+    return f"(intDiv({us}, 1000) - (modulo({us}, 1000) < 0))"
+
+
 # The largest magnitude below which every integer is a double: exported as an integer.
 EXACT_INT = 2**53
 
 
 def json_value(p: Property, col: str) -> str:
-    """SQL for a property's value as JSON text, null where there is none: whole numbers
-    (within ±2^53) as integers, datetimes as epoch milliseconds, lists as arrays (none for no
-    items); NaN and infinities as null. ``col`` is a generated column reference."""
+    """SQL for a stored property's value as JSON text, null where there is none: whole numbers
+    (within ±2^53) as integers, datetimes as epoch milliseconds, lists as arrays; NaN and
+    infinities as null. ``col`` is a generated column reference."""
     if p.type is PropertyType.NUMBER:
         return (
             f"if(NOT isFinite({col}), NULL, if({col} = trunc({col}) AND abs({col}) <= "
             f"{EXACT_INT}, toString(toInt64({col})), toString({col})))"
         )
     if p.type is PropertyType.DATETIME:
-        return f"toString(toUnixTimestamp64Milli({col}))"
-    if p.type is PropertyType.LIST:
-        return f"if(empty({col}), NULL, toJSONString({col}))"
+        return f"toString({epoch_ms(col)})"
+    if p.type is PropertyType.LIST:  # (stored as its JSON text)
+        return col
     if p.type is PropertyType.BOOL:
         return f"if(isNull({col}), NULL, if({col}, 'true', 'false'))"
     return f"if(isNull({col}), NULL, toJSONString({col}))"
@@ -257,16 +282,9 @@ def text_value(p: Property, col: str) -> str:
     return col if p.type is PropertyType.STRING else json_value(p, col)
 
 
-def no_value(p: Property) -> str:
-    """SQL for a property's "no value": null, or an empty list."""
-    return "[]" if p.type is PropertyType.LIST else "NULL"
-
-
-def kept(p: Property, new: str, old: str) -> str:
+def kept(new: str, old: str) -> str:
     """SQL for a property's value after a write of ``new`` over ``old`` (generated column
-    references): a null (an empty list) leaves the stored value."""
-    if p.type is PropertyType.LIST:
-        return f"if(empty({new}), {old}, {new})"
+    references): a null leaves the stored value."""
     return f"coalesce({new}, {old})"
 
 

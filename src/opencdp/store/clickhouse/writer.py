@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
@@ -28,7 +29,7 @@ from opencdp.catalog.types import PropertyType
 from opencdp.store.base import EventRows, ProfileRows, StoreWriter, Token, survivors
 from opencdp.store.clickhouse.connection import ClickHouseBase
 from opencdp.store.clickhouse.locks import MARKER, PROJECT, Turn, marker_key
-from opencdp.store.clickhouse.sql import CAPABILITIES, PROP_TABLES, column, kept, no_value
+from opencdp.store.clickhouse.sql import PROP_TABLES, STORAGE_TYPES, column, kept, storage_column
 from opencdp.store.duckdb.sql import ARROW_TYPES
 from opencdp.store.names import ident
 
@@ -45,8 +46,6 @@ def _stage_type(t: pa.DataType) -> str:
         return "Nullable(Bool)"
     if pa.types.is_timestamp(t):
         return "Nullable(DateTime64(6, 'UTC'))"
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        return "Array(String)"
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t):
         return "Nullable(String)"
     raise TypeError(f"cannot stage a column of type {t}")
@@ -64,9 +63,9 @@ def _stageable(arr: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
         return arr.cast(pa.int64())
     if pa.types.is_large_string(t):
         return arr.cast(pa.string())
-    if pa.types.is_list(t) or pa.types.is_large_list(t):  # (no items for a null list)
-        items = [[] if v is None else [str(x) for x in v if x is not None] for v in arr.to_pylist()]
-        return pa.array(items, pa.list_(pa.string()))
+    if pa.types.is_list(t) or pa.types.is_large_list(t):  # (as its JSON text)
+        items = [None if v is None else orjson.dumps(v).decode() for v in arr.to_pylist()]
+        return pa.array(items, pa.string())
     return arr
 
 
@@ -169,13 +168,10 @@ class WriterBase(StoreWriter):
             have = self._store.has_columns(self._c, tbl, (p.column for p in mine))
             new = [p for p in mine if p.column not in have]
             if new:
-                adds = ", ".join(
-                    f"ADD COLUMN IF NOT EXISTS {column(p)} {CAPABILITIES.column_types[p.type]}"
-                    for p in new
-                )
+                adds = ", ".join(f"ADD COLUMN IF NOT EXISTS {storage_column(p)}" for p in new)
                 for target in self._store.targets(tbl):
                     self._x(f"ALTER TABLE {target} {adds}")
-                self._store.added(tbl, (p.column for p in new))
+                self._store.added(tbl, new)
 
     def present(self, props: Iterable[Property]) -> list[Property]:
         return self._store.present(self._c, props)
@@ -294,27 +290,19 @@ class Writes(WriterBase):
         group = f"transform(user_id, {list(map(int, losers))}, {new})"
         cols = self._props_columns("profiles")
         picks = ", ".join(
-            f"argMaxIf({ident(c)}, updated_at, {self._has(c)}) AS {ident(c)}" for c in cols
+            f"argMaxIf({ident(c)}, updated_at, {ident(c)} IS NOT NULL) AS {ident(c)}" for c in cols
         )
         v = self._v()
         self._x(
             f"INSERT INTO {self.t('profiles')} (project_id, user_id, created_at, updated_at, "
-            f"{', '.join(['_lsn', '_version', '_deleted', *map(ident, cols)])}) "
-            f"SELECT {pid}, {group} AS survivor, min(created_at), max(updated_at), max(_lsn), "
+            f"{', '.join(['_position', '_version', '_deleted', *map(ident, cols)])}) "
+            f"SELECT {pid}, {group} AS survivor, min(created_at), max(updated_at), "
+            "max(_position), "
             f"{v}, 0"
             f"{', ' + picks if picks else ''} FROM {self.final('profiles')} "
             f"WHERE project_id = {pid} AND user_id IN {literals(members)} GROUP BY survivor"
         )
         self._tombstone("profiles", mine)
-
-    def _has(self, col: str) -> str:
-        """SQL: whether the profile column ``col`` holds a value."""
-        types = self._column_types("profiles")
-        return (
-            f"notEmpty({ident(col)})"
-            if types.get(col, "").startswith("Array")
-            else (f"{ident(col)} IS NOT NULL")
-        )
 
     def _column_types(self, table: str) -> dict[str, str]:
         rows = self._all(
@@ -335,13 +323,17 @@ class Writes(WriterBase):
         data: dict[str, pa.Array] = {
             "user_id": pa.array(rows.user_ids, pa.int64()),
             "touched": pa.array(rows.touched_at, pa.timestamp("us")),
-            "_lsn": pa.array(rows.lsns or [0] * len(rows), pa.int64()),
+            # (a position as two halves: Arrow has no 128-bit integers)
+            "_pos_hi": pa.array([p >> 32 for p in rows.positions or [0] * len(rows)], pa.int64()),
+            "_pos_lo": pa.array(
+                [p & 0xFFFFFFFF for p in rows.positions or [0] * len(rows)], pa.int64()
+            ),
         }
         for p in props:
             data[p.column] = pa.array([v.get(p.id) for v in rows.values], ARROW_TYPES[p.type])
         staged = self._stage(pa.table(data))
         try:
-            self._upsert_profiles(project_id, staged, "user_id", "touched", props, lsn=True)
+            self._upsert_profiles(project_id, staged, "user_id", "touched", props, positioned=True)
         finally:
             self._unstage(staged)
 
@@ -353,29 +345,30 @@ class Writes(WriterBase):
         touched: str,
         props: Sequence[Property],
         where: str = "1",
-        lsn: bool = False,
+        positioned: bool = False,
     ) -> None:
         """Upsert profiles from the rows of ``source`` (one per user) that ``where`` picks: a
         stored profile gets a new version with the rows' values (a null leaves a stored value),
-        a new one is inserted. With ``lsn``, ``source`` has each row's ``_lsn`` (the ingest
-        log position of its last record) for the profile to keep."""
+        a new one is inserted. With ``positioned``, ``source`` has each row's ingest log
+        position (of its last record: ``_pos_hi``, ``_pos_lo``) for the profile to keep."""
         pid, src = int(project_id), ident(source)
         s_uid, s_t = f"s.{ident(uid)}", f"s.{ident(touched)}"
-        stamp = "greatest(o._lsn, toUInt64(s._lsn))" if lsn else "o._lsn"
+        position = "bitShiftLeft(toUInt128(s._pos_hi), 32) + toUInt128(s._pos_lo)"
+        stamp = f"greatest(o._position, {position})" if positioned else "o._position"
         replace = ", ".join(
-            [f"{s_t} AS updated_at", f"{stamp} AS _lsn", f"{self._v()} AS _version"]
-            + [f"{kept(p, f's.{column(p)}', f'o.{column(p)}')} AS {column(p)}" for p in props]
+            [f"{s_t} AS updated_at", f"{stamp} AS _position", f"{self._v()} AS _version"]
+            + [f"{kept(f's.{column(p)}', f'o.{column(p)}')} AS {column(p)}" for p in props]
         )
         self._x(
             f"INSERT INTO {self.t('profiles')} SELECT o.* REPLACE ({replace}) "
             f"FROM {self.final('profiles', 'o')} JOIN {src} AS s ON {s_uid} = o.user_id "
             f"WHERE o.project_id = {pid} AND ({where})"
         )
-        cols = ", ".join(["project_id", "user_id", "created_at", "updated_at", "_lsn",
+        cols = ", ".join(["project_id", "user_id", "created_at", "updated_at", "_position",
                           "_version", "_deleted", *(column(p) for p in props)])  # fmt: skip
         values = ", ".join(
-            [str(pid), s_uid, s_t, s_t, "toUInt64(s._lsn)" if lsn else "0", str(self._v()), "0"]
-            + [self._value(p, f"s.{column(p)}") for p in props]
+            [str(pid), s_uid, s_t, s_t, position if positioned else "0", str(self._v()), "0"]
+            + [f"s.{column(p)}" for p in props]
         )
         self._x(
             f"INSERT INTO {self.t('profiles')} ({cols}) SELECT {values} FROM {src} AS s "
@@ -385,11 +378,7 @@ class Writes(WriterBase):
 
     @staticmethod
     def _typed_none(p: Property) -> str:
-        return f"CAST({no_value(p)} AS {CAPABILITIES.column_types[p.type]})"
-
-    @staticmethod
-    def _value(p: Property, col: str) -> str:
-        return col if p.type is not PropertyType.LIST else f"ifNull({col}, [])"
+        return f"CAST(NULL AS {STORAGE_TYPES[p.type]})"
 
     # ---- events -----------------------------------------------------------------------------
     def upsert_events(self, project_id: int, rows: EventRows, props: Sequence[Property]) -> None:
@@ -442,12 +431,12 @@ class Writes(WriterBase):
             # Stored events the batch changes: written anew, their older rows deleted.
             v = self._v()
             merged = [f"s.{c} AS {c}" for c in fixed if c != "event_id"] + [
-                f"{kept(p, f's.{column(p)}', f'o.{column(p)}')} AS {column(p)}" for p in props
+                f"{kept(f's.{column(p)}', f'o.{column(p)}')} AS {column(p)}" for p in props
             ]
             before = ", ".join([*(f"o.{c}" for c in fixed), *(f"o.{column(p)}" for p in props)])
             after = ", ".join(
                 [*(f"s.{c}" for c in fixed)]
-                + [kept(p, f"s.{column(p)}", f"o.{column(p)}") for p in props]
+                + [kept(f"s.{column(p)}", f"o.{column(p)}") for p in props]
             )
             self._temp(
                 "_evnew",
@@ -462,7 +451,7 @@ class Writes(WriterBase):
         cols = ", ".join(["project_id", *fixed, "_version", *(column(p) for p in props)])
         values = ", ".join(
             [str(pid), *(f"s.{c}" for c in fixed), str(self._v())]
-            + [self._value(p, f"s.{column(p)}") for p in props]
+            + [f"s.{column(p)}" for p in props]
         )
         self._x(
             f"INSERT INTO {self.t('events')} ({cols}) SELECT {values} FROM {src} AS s WHERE {where}"
@@ -516,16 +505,9 @@ class Writes(WriterBase):
             v = self._v()
             types = self._column_types("events")
             nulls = [
-                f"CAST({'[]' if types[c].startswith('Array') else 'NULL'} AS {types[c]}) "
-                f"AS {ident(c)}"
-                for c in self._props_columns("events")
+                f"CAST(NULL AS {types[c]}) AS {ident(c)}" for c in self._props_columns("events")
             ]
-            none = " OR ".join(
-                f"notEmpty(t.{ident(c)})"
-                if types[c].startswith("Array")
-                else f"t.{ident(c)} IS NOT NULL"
-                for c in self._props_columns("events")
-            )
+            none = " OR ".join(f"t.{ident(c)} IS NOT NULL" for c in self._props_columns("events"))
             self._temp(
                 "_evnew",
                 f"SELECT t.* REPLACE ({', '.join([*nulls, f'{v} AS _version'])}) "
@@ -570,8 +552,8 @@ class Writes(WriterBase):
             return {}
         self._pid = int(project_id)
         rows = self._all(
-            f"SELECT user_id, _lsn FROM {self.final('profiles')} WHERE project_id = "
-            f"{int(project_id)} AND user_id IN {literals(map(int, user_ids))} AND _lsn > 0"
+            f"SELECT user_id, _position FROM {self.final('profiles')} WHERE project_id = "
+            f"{int(project_id)} AND user_id IN {literals(map(int, user_ids))} AND _position > 0"
         )
         return {int(u): int(n) for u, n in rows}
 
@@ -655,11 +637,10 @@ class Writes(WriterBase):
 
 
 def values_of(props: Sequence[Property], row: Sequence[Any]) -> dict[int, Any]:
-    """The values of ``props`` in a row (their columns, in order) that are there: not null,
-    and for a list not empty."""
+    """The values of ``props`` in a row (their stored columns, in order) that are not null;
+    a list from its JSON text."""
     out = {}
     for p, v in zip(props, row, strict=True):
-        if v is None or (p.type is PropertyType.LIST and not v):
-            continue
-        out[p.id] = list(v) if p.type is PropertyType.LIST else v
+        if v is not None:
+            out[p.id] = orjson.loads(v) if p.type is PropertyType.LIST else v
     return out
