@@ -23,8 +23,16 @@ from tests.liveserver import LiveServer
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def drive(data: Path, step: str, point: str | None) -> subprocess.CompletedProcess[str]:
+# The flush tests run on both kinds of store: DuckDB commits a flush's rows with its marker;
+# ClickHouse (chdb) writes the rows first and the marker after them.
+STORES = ["duckdb", "chdb"]
+
+
+def drive(
+    data: Path, step: str, point: str | None, store: str = "duckdb"
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != crashpoints.ENV}
+    env["OPENCDP_TEST_STORE"] = store
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH")) if p
     )
@@ -36,10 +44,10 @@ def drive(data: Path, step: str, point: str | None) -> subprocess.CompletedProce
     )  # fmt: skip
 
 
-def flushed_state(data: Path) -> dict[str, Any]:
+def flushed_state(data: Path, store: str) -> dict[str, Any]:
     """What the store holds after a restart (read in a process of its own, as chdb opens one
     data path per process)."""
-    done = drive(data, "state", None)
+    done = drive(data, "state", None, store)
     assert done.returncode == 0, done.stderr
     people = json.loads(done.stdout.strip().splitlines()[-1])
     assert people.pop("covered")  # progress and the store's marker cover the whole log
@@ -57,24 +65,28 @@ EXPECTED = {
 }
 
 
-def test_the_driver_without_a_crash(tmp_path: Path) -> None:
-    done = drive(tmp_path / "data", "send", None)
+@pytest.mark.parametrize("store", STORES)
+def test_the_driver_without_a_crash(tmp_path: Path, store: str) -> None:
+    done = drive(tmp_path / "data", "send", None, store)
     assert done.returncode == 0, done.stderr
-    state = flushed_state(tmp_path / "data")
+    state = flushed_state(tmp_path / "data", store)
     assert {k: state[k] for k in "ab"} == EXPECTED
     assert state["counts"]["events"] == crashdriver.ADDS
 
 
+@pytest.mark.parametrize("store", STORES)
 @pytest.mark.parametrize("point", crashpoints.FLUSH)
-def test_a_flush_crashed_at_any_point_applies_every_record_once(tmp_path: Path, point: str) -> None:
+def test_a_flush_crashed_at_any_point_applies_every_record_once(
+    tmp_path: Path, point: str, store: str
+) -> None:
     data = tmp_path / "data"
-    crashed = drive(data, "send", point)
+    crashed = drive(data, "send", point, store)
     assert crashed.returncode == crashpoints.EXIT_CODE, crashed.stderr
     assert f"crash point {point}" in crashed.stderr
     # The start after it replays the log, and may crash at the same point again.
-    again = drive(data, "recover", point)
+    again = drive(data, "recover", point, store)
     assert again.returncode in (0, crashpoints.EXIT_CODE), again.stderr
-    state = flushed_state(data)
+    state = flushed_state(data, store)
     assert {k: state[k] for k in "ab"} == EXPECTED
     assert state["counts"]["events"] == crashdriver.ADDS
     assert not (data / "dead-letter.jsonl").exists()

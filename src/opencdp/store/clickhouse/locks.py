@@ -34,6 +34,8 @@ def marker_key(name: str) -> int:
 class Turn(ABC):
     """One write turn's locks and versions."""
 
+    shared = False  # whether other processes write the store too
+
     def __init__(self) -> None:
         self._base = 0
         self._n = 0
@@ -162,6 +164,8 @@ class PostgresLocks(Locks):
 
 
 class _PostgresTurn(Turn):
+    shared = True
+
     def __init__(self, engine: Any) -> None:
         super().__init__()
         self._engine = engine

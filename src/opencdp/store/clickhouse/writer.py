@@ -156,7 +156,8 @@ class WriterBase(StoreWriter):
         if project_id not in self._locked:
             self._turn.lock(PROJECT, int(project_id))
             self._locked.add(project_id)
-            self._store._load_columns(self._c)
+            if self._turn.shared:  # (another process may have added columns)
+                self._store._load_columns(self._c)
 
     def ensure_project(self, project_id: int) -> None:
         self._lock(project_id)  # (the tables are every project's)
