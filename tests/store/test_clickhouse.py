@@ -245,3 +245,15 @@ def test_the_shipped_cluster_schema_is_the_stores_tables_spread_by_their_keys(
             got = c.query(f"DESCRIBE TABLE {store.db}.{name}_local").result_rows
             want = c.query(f"DESCRIBE TABLE {store.t(name)}").result_rows
             assert [r[:2] for r in got] == [r[:2] for r in want], name
+
+
+def test_a_store_on_a_cluster_refuses_to_start_without_the_clusters_tables(
+    store: ClickHouseStore,
+) -> None:
+    """On a cluster the operator creates the tables (they are replicated and distributed):
+    the store does not make plain ones in their place."""
+    with pytest.raises(RuntimeError, match="opencdp clickhouse-ddl") as err:
+        open_store(f"chdb://{chdb_path()}?database=c_no_tables&cluster=main")
+    assert "events" in str(err.value)
+    with store._client() as c:
+        assert not c.query("SELECT 1 FROM system.databases WHERE name = 'c_no_tables'").result_rows

@@ -90,6 +90,9 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
+_SHARED_COLUMNS: dict[str, tuple[dict[str, set[str]], set[str], threading.Lock]] = {}
+
+
 def _connect(url: str) -> tuple[dict[str, Any], str, str | None]:
     """clickhouse-connect's arguments for a store URL, the store's database, and the cluster
     its tables are spread over (``?cluster=``), if any."""
@@ -97,11 +100,8 @@ def _connect(url: str) -> tuple[dict[str, Any], str, str | None]:
     options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     cluster = options.get("cluster")
     if parts.scheme == "chdb":
-        return (
-            {"dsn": f"chdb://{parts.netloc}{parts.path}"},
-            options.get("database", "opencdp"),
-            None,
-        )
+        dsn = f"chdb://{parts.netloc}{parts.path}"
+        return {"dsn": dsn}, options.get("database", "opencdp"), cluster
     args: dict[str, Any] = {
         "host": parts.hostname or "localhost",
         "port": parts.port or (8443 if parts.scheme == "clickhouses" else 8123),
@@ -125,16 +125,22 @@ class ClickHouseBase(Store):
         self._session = {**SESSION, **(CLUSTER_SESSION if cluster else {})}
         self._pool: queue.LifoQueue[Client] = queue.LifoQueue()
         self._pool_size = pool_size
-        self._columns: dict[str, set[str]] = {}
-        self.lists: set[str] = set()  # the property columns that hold lists (JSON text)
-        self._lock = threading.Lock()
+        # The property columns of each table, and those that hold lists (JSON text): shared by
+        # the store objects of one database in this process (a column one adds, another sees).
+        key = f"{sorted(self._args.items())}/{database}"
+        self._columns, self.lists, self._lock = _SHARED_COLUMNS.setdefault(
+            key, ({}, set(), threading.Lock())
+        )
         floor = 0
         with self._client() as c:
-            c.command(f"CREATE DATABASE IF NOT EXISTS {self.db}")
-            for name, (columns, engine) in TABLES.items():
-                c.command(
-                    f"CREATE TABLE IF NOT EXISTS {self.t(name)} ({columns}) ENGINE = {engine}"
-                )
+            if self.cluster is None:
+                c.command(f"CREATE DATABASE IF NOT EXISTS {self.db}")
+                for name, (columns, engine) in TABLES.items():
+                    c.command(
+                        f"CREATE TABLE IF NOT EXISTS {self.t(name)} ({columns}) ENGINE = {engine}"
+                    )
+            else:  # (the operator creates a cluster's tables: `opencdp clickhouse-ddl`)
+                self._check_cluster(c)
             self._load_columns(c)
             if locks_url is None:
                 floor = max(
@@ -142,11 +148,7 @@ class ClickHouseBase(Store):
                     for name, (columns, _) in TABLES.items()
                     if "_version" in columns
                 )
-        self.locks: Locks = (
-            PostgresLocks(locks_url)
-            if locks_url
-            else LocalLocks.of(f"{sorted(self._args.items())}/{database}", floor)
-        )
+        self.locks: Locks = PostgresLocks(locks_url) if locks_url else LocalLocks.of(key, floor)
 
     def t(self, name: str) -> str:
         """A table of the store, qualified by its database."""
@@ -226,7 +228,10 @@ class ClickHouseBase(Store):
             if comment == LIST_COMMENT:
                 lists.add(name)
         with self._lock:
-            self._columns, self.lists = found, lists
+            self._columns.clear()
+            self._columns.update(found)
+            self.lists.clear()
+            self.lists.update(lists)
 
     def has_columns(self, c: Client, table: str, names: Iterable[str]) -> set[str]:
         """Those of ``names`` that are columns of ``table`` (a miss is looked up again:

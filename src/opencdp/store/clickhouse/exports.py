@@ -1,6 +1,5 @@
-"""The export queries: events, profiles and segment members as Arrow batches, a page of rows at
-a time (keyset paging on each export's order: memory is bounded by one page, and no query
-stays open while the caller writes a page out)."""
+"""The export queries: events, profiles and segment members streamed as Arrow batches, one
+query each (memory is bounded by a block of rows; the sort spills to disk beyond a bound)."""
 
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ from opencdp.store.clickhouse.connection import ClickHouseBase
 from opencdp.store.clickhouse.sql import column, epoch_ms, json_value, text_value
 
 PAGE_ROWS = 65_536
+SORT_BYTES = 256 << 20
 Column = tuple[str, str, pa.DataType]  # name, SQL, Arrow type
 _MS = epoch_ms("{0}")
 
@@ -37,40 +37,29 @@ class ExportReads(ClickHouseBase):
         keys: list[tuple[str, str]],
         params: dict[str, Any],
     ) -> Iterator[pa.RecordBatch]:
-        """``SELECT <cols> FROM <rest> WHERE <where>`` in pages ordered by ``keys`` (SQL and
-        ClickHouse type; unique together), as Arrow batches of the columns' names and types."""
+        """``SELECT <cols> FROM <rest> WHERE <where> ORDER BY <keys>`` streamed as Arrow
+        batches of at most :data:`PAGE_ROWS` rows, with the columns' names and types. A sort
+        larger than :data:`SORT_BYTES` spills to disk."""
         schema = pa.schema([(name, typ) for name, _, typ in cols])
-        select = ", ".join(
-            [f"{sql} AS _c{i}" for i, (_, sql, _) in enumerate(cols)]
-            + [f"{sql} AS _k{i}" for i, (sql, _) in enumerate(keys)]
-        )
-        order = ", ".join(f"_k{i}" for i in range(len(keys)))
-        after = (
-            f"tuple({order}) > tuple({', '.join(f'{{k{i}:{t}}}' for i, (_, t) in enumerate(keys))})"
-        )
-        last: list[Any] | None = None
-        while True:
-            page = dict(params)
-            cond = where
-            if last is not None:
-                page.update(
-                    {f"k{i}": when(v) if isinstance(v, datetime) else v for i, v in enumerate(last)}
-                )
-                cond = f"({where}) AND {after}"
-            with self._client() as c:
-                table = c.query_arrow(
-                    f"SELECT {select} FROM {rest} WHERE {cond} ORDER BY {order} LIMIT {PAGE_ROWS}",
-                    parameters=page,
-                    settings=self.scoped(project_id),
-                )
-            if table.num_rows == 0:
-                return
-            arrays = [table.column(f"_c{i}").cast(f.type) for i, f in enumerate(schema)]
-            yield from pa.table(arrays, schema=schema).to_batches()
-            if table.num_rows < PAGE_ROWS:
-                return
-            tail = table.slice(table.num_rows - 1)
-            last = [tail.column(f"_k{i}")[0].as_py() for i in range(len(keys))]
+        select = ", ".join(f"{sql} AS _c{i}" for i, (_, sql, _) in enumerate(cols))
+        order = ", ".join(sql for sql, _ in keys)
+        settings = {
+            **self.scoped(project_id),
+            "max_block_size": PAGE_ROWS,
+            "max_bytes_before_external_sort": SORT_BYTES,
+        }
+        with (
+            self._client() as c,
+            c.query_arrow_stream(
+                f"SELECT {select} FROM {rest} WHERE {where} ORDER BY {order}",
+                parameters=params,
+                settings=settings,
+            ) as stream,
+        ):
+            for batch in stream:
+                if batch.num_rows:
+                    arrays = [batch.column(i).cast(f.type) for i, f in enumerate(schema)]
+                    yield pa.RecordBatch.from_arrays(arrays, schema=schema)
 
     def _login(
         self, c: Client, project_id: int, login: Property | None, user: str

@@ -72,11 +72,14 @@ def _logical(
         body = f"SELECT {', '.join(exprs)} FROM {store.final('profiles')} WHERE project_id = {pid}"
         return body, cols
     source, user = store.events_source(c, pid)
-    exprs = [f"e.{c_}" for c_ in _OWN[logical] if c_ != "user_id"]
-    exprs += [f"{user} AS _uid"]
-    exprs += [f"{seen(f'e.{p}', p in store.lists)} AS {ident(p)}" for p in props]
-    inner = f"SELECT {', '.join(exprs)} FROM {source} WHERE e.project_id = {pid}"
     cols = [*_OWN[logical], *props]
+    values = [f"{seen(f'e.{p}', p in store.lists)} AS {ident(p)}" for p in props]
+    if user == "e.user_id":  # (no merged users: the events as they are)
+        exprs = [f"e.{c_}" for c_ in _OWN[logical]] + values
+        return f"SELECT {', '.join(exprs)} FROM {source} WHERE e.project_id = {pid}", cols
+    # Each event's user as it is now, named user_id outside the join that maps it.
+    exprs = [f"e.{c_}" for c_ in _OWN[logical] if c_ != "user_id"] + [f"{user} AS _uid", *values]
+    inner = f"SELECT {', '.join(exprs)} FROM {source} WHERE e.project_id = {pid}"
     outer = ", ".join("_uid AS user_id" if c_ == "user_id" else ident(c_) for c_ in cols)
     return f"SELECT {outer} FROM ({inner})", cols
 
