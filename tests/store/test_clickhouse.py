@@ -257,3 +257,24 @@ def test_a_store_on_a_cluster_refuses_to_start_without_the_clusters_tables(
     assert "events" in str(err.value)
     with store._client() as c:
         assert not c.query("SELECT 1 FROM system.databases WHERE name = 'c_no_tables'").result_rows
+
+
+def test_ids_written_into_a_delete_as_literals_keep_every_character(
+    store: ClickHouseStore,
+) -> None:
+    """A changed event's old row is deleted by its id written as a literal (a delete runs on
+    the shards): quotes, backslashes and NUL in an id are kept."""
+    from opencdp.store.clickhouse.writer import literals
+
+    ids = ["a'b", "c\\d", "e\x00f", "\\'", "x' OR 1=1 --"]
+    assert raw(store, f"SELECT arrayJoin([{literals(ids)[1:-1]}])") == [(i,) for i in ids]
+    for n in (1.0, 2.0):  # written, then changed: its old row deleted by id
+        write(
+            store,
+            lambda w, n=n: w.upsert_events(
+                P, event_rows([Event(i, 1, values={AMOUNT.id: n}) for i in ids]), EVENT_PROPS
+            ),
+        )
+    assert sorted(raw(store, "SELECT event_id, p_20 FROM {db}.events")) == sorted(
+        (i, 2.0) for i in ids
+    )

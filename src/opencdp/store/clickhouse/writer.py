@@ -80,7 +80,9 @@ def literals(values: Iterable[Any]) -> str:
 
 
 def _quote(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """Text as a ClickHouse string literal (backslash, quote and NUL escaped)."""
+    escaped = text.replace("\\", "\\\\").replace("'", "\\'").replace("\x00", "\\0")
+    return "'" + escaped + "'"
 
 
 class WriterBase(StoreWriter):
