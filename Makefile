@@ -20,9 +20,10 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# The live-server tests again, every server's analytic store on ClickHouse (chdb).
+# The live-server tests and the crash tests again, every server's analytic store on
+# ClickHouse (chdb).
 test-chdb: install
-	OPENCDP_TEST_STORE=chdb $(BIN)/python -m pytest -q tests/surfaces
+	OPENCDP_TEST_STORE=chdb $(BIN)/python -m pytest -q tests/surfaces tests/unit/test_crash_points.py
 
 lint: install
 	$(BIN)/ruff check src tests bench

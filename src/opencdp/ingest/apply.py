@@ -105,8 +105,8 @@ def _apply_run(
     # nothing of the profile again; its event is written again by its id, which is harmless.
     stamps = w.profile_stamps(pid, sorted(set(res.user_ids))) if any(at for _, at in run_at) else {}
     folded = [
-        lsn == 0 or lsn > stamps.get(uid, 0)
-        for (_, lsn), uid in zip(run_at, res.user_ids, strict=True)
+        at == 0 or at > stamps.get(uid, 0)
+        for (_, at), uid in zip(run_at, res.user_ids, strict=True)
     ]
     stored = _stored_values(
         w, schema, [r for r, f in zip(run, folded, strict=True) if f],
@@ -126,7 +126,7 @@ def _apply_run(
     # A first event whose id is stored already is dropped; so is one whose id came earlier.
     firsts = sorted({r.event_id for r in run if r.kind == EVENT and r.event_mode == FIRST})
     stored_events = w.existing_event_ids(pid, firsts) if firsts else set()
-    for (r, lsn), uid, fold in zip(run_at, res.user_ids, folded, strict=True):
+    for (r, at), uid, fold in zip(run_at, res.user_ids, folded, strict=True):
         if fold:
             vals = profile_values.setdefault(uid, {})
             if r.ops:
@@ -135,7 +135,7 @@ def _apply_run(
                 vals.update(r.user_values)
             user_ids.update(r.user_values)
             profile_at[uid] = max(profile_at.get(uid, 0), r.received_at)
-            profile_position[uid] = max(profile_position.get(uid, 0), lsn)
+            profile_position[uid] = max(profile_position.get(uid, 0), at)
         if r.kind == EVENT:
             i = events.get(r.event_id)
             if r.event_mode == FIRST and (i is not None or r.event_id in stored_events):
